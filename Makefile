@@ -1,0 +1,51 @@
+# gridctl — build, run and test from a fresh machine (only Python 3.11 and Rust needed).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+CONFIG ?= config/demo.toml
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: run test test-all lint build bench clean
+.DEFAULT_GOAL := run
+
+$(VENV)/.deps: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt maturin \
+		asyncua pymodbus textual pydantic pyserial pyserial-asyncio-fast uvloop msgpack prometheus-client \
+		pytest pytest-asyncio hypothesis ruff mypy
+	touch $@
+
+# The extension is rebuilt whenever any Rust source changes.
+$(VENV)/.built: $(VENV)/.deps Cargo.toml core_rs/Cargo.toml $(shell find core_rs/src -name '*.rs')
+	$(VENV)/bin/maturin develop --release --quiet
+	touch $@
+
+build: $(VENV)/.built
+
+run: build
+	$(VENV)/bin/gridctl run --config $(CONFIG)
+
+lint: build
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	cargo fmt --all -- --check
+	cargo clippy --quiet --all-targets -- -D warnings
+	$(PY) -m mypy.stubtest controller._core_rs --allowlist .stubtest-allowlist
+
+test: build lint
+	cargo test --quiet
+	$(PY) -m pytest -q
+
+test-all: build lint
+	cargo test --quiet
+	$(PY) -m pytest -q -m 'not bench'
+
+bench: build
+	$(PIP) install --quiet -c constraints.txt dlt645
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) target var

@@ -1,0 +1,1 @@
+"""gridctl opcua_server."""
