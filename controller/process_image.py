@@ -1,0 +1,191 @@
+"""The process image: the single source of truth between drivers and logic.
+
+Drivers write readings here; control logic reads from here and never talks to
+a wire; publishers (OPC UA, metrics, journal, HMI) subscribe to changes
+through bounded queues, so a slow publisher can never stall a writer.
+
+Tag names are slash paths mirroring the plant, e.g.
+``buses/bus1/meters/000000000161/voltage_a``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+
+class Quality(IntEnum):
+    """OPC UA-style quality; the reason string says why a value is not Good."""
+
+    GOOD = 0
+    UNCERTAIN = 1
+    BAD = 2
+
+
+@dataclass(slots=True, frozen=True)
+class TagValue:
+    value: Any
+    quality: Quality
+    reason: str
+    source_time: float  # epoch seconds at the device (or when the driver saw it)
+    server_time: float  # epoch seconds when the image was written
+
+
+@dataclass(slots=True)
+class Tag:
+    name: str
+    unit: str
+    description: str
+    current: TagValue
+
+
+class TagError(KeyError):
+    """Unknown tag or conflicting definition; the message names the tag."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "tag error"
+
+
+class ChangeQueue:
+    """Bounded queue of tag changes for one publisher.
+
+    Overflow policy: drop the oldest change and count it. Publishers that need
+    the latest state can always re-read the image; what a drop loses is only
+    an intermediate value, never the current one.
+    """
+
+    def __init__(self, name: str, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError(f"{name}: queue maxsize must be >= 1, got {maxsize}")
+        self.name = name
+        self.maxsize = maxsize
+        self.dropped = 0
+        self._items: deque[tuple[Tag, TagValue]] = deque()
+        self._event = asyncio.Event()
+
+    def put(self, tag: Tag, value: TagValue) -> None:
+        if len(self._items) >= self.maxsize:
+            self._items.popleft()
+            self.dropped += 1
+        self._items.append((tag, value))
+        self._event.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def drain(self, limit: int | None = None) -> list[tuple[Tag, TagValue]]:
+        """Take up to ``limit`` queued changes (all when None) without waiting."""
+        items = self._items
+        if limit is None or limit >= len(items):
+            out = list(items)
+            items.clear()
+        else:
+            out = [items.popleft() for _ in range(limit)]
+        if not items:
+            self._event.clear()
+        return out
+
+    async def get_batch(self, limit: int | None = None) -> list[tuple[Tag, TagValue]]:
+        """Wait until something is queued, then drain."""
+        while not self._items:
+            self._event.clear()
+            await self._event.wait()
+        return self.drain(limit)
+
+
+class ProcessImage:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._tags: dict[str, Tag] = {}
+        self._subscribers: list[ChangeQueue] = []
+        self.writes = 0
+
+    # -- definition ---------------------------------------------------------
+    def define(self, name: str, unit: str = "", description: str = "", initial: Any = None) -> Tag:
+        """Create a tag (Bad "not yet read" until its first write); idempotent for equal units."""
+        tag = self._tags.get(name)
+        if tag is not None:
+            if tag.unit != unit:
+                raise TagError(f"tag {name!r} already defined with unit {tag.unit!r}, not {unit!r}")
+            return tag
+        now = self._clock()
+        tag = Tag(name, unit, description, TagValue(initial, Quality.BAD, "not yet read", now, now))
+        self._tags[name] = tag
+        return tag
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tags
+
+    def __len__(self) -> int:
+        return len(self._tags)
+
+    def tag(self, name: str) -> Tag:
+        try:
+            return self._tags[name]
+        except KeyError:
+            raise TagError(f"unknown tag {name!r}") from None
+
+    def tags(self, prefix: str = "") -> Iterator[Tag]:
+        if not prefix:
+            yield from self._tags.values()
+            return
+        for name, tag in self._tags.items():
+            if name.startswith(prefix):
+                yield tag
+
+    # -- values -------------------------------------------------------------
+    def get(self, name: str) -> TagValue:
+        return self.tag(name).current
+
+    def value(self, name: str) -> Any:
+        """The value if Good, else None: logic must not act on a value it cannot trust."""
+        current = self.tag(name).current
+        return current.value if current.quality is Quality.GOOD else None
+
+    def write(
+        self,
+        name: str,
+        value: Any,
+        quality: Quality = Quality.GOOD,
+        reason: str = "",
+        source_time: float | None = None,
+    ) -> bool:
+        """Write a value; returns True when value or quality changed (and notifies)."""
+        tag = self.tag(name)
+        old = tag.current
+        now = self._clock()
+        new = TagValue(value, quality, reason, now if source_time is None else source_time, now)
+        tag.current = new
+        self.writes += 1
+        if old.value == value and old.quality is quality and old.reason == reason:
+            return False
+        for queue in self._subscribers:
+            queue.put(tag, new)
+        return True
+
+    def invalidate(self, prefix: str, reason: str, quality: Quality = Quality.BAD) -> int:
+        """Mark every tag under ``prefix`` Bad (keeping the last value); returns how many changed."""
+        changed = 0
+        for tag in list(self.tags(prefix)):
+            cur = tag.current
+            if cur.quality is not quality or cur.reason != reason:
+                changed += self.write(tag.name, cur.value, quality, reason, cur.source_time)
+        return changed
+
+    # -- publishers -----------------------------------------------------------
+    def subscribe(self, name: str, maxsize: int = 10_000) -> ChangeQueue:
+        queue = ChangeQueue(name, maxsize)
+        self._subscribers.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: ChangeQueue) -> None:
+        self._subscribers.remove(queue)
+
+    @property
+    def subscribers(self) -> tuple[ChangeQueue, ...]:
+        return tuple(self._subscribers)
