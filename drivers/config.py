@@ -2,13 +2,675 @@
 
 The root config (`controller.config.GridConfig`) extends `FieldConfig` with the
 runtime's own sections; this module holds only what the drivers need.
+
+Every model forbids unknown keys, and every validator names the field and the
+allowed range, so a typo in a site config is a clear error at load time and
+never a surprise on the wire.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from drivers.quantities import QUANTITIES, normalise_di
+
+BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+_PARITY_ALIASES = {"N": "N", "NONE": "N", "E": "E", "EVEN": "E", "O": "O", "ODD": "O"}
+_ADDRESS_RE = re.compile(r"^[0-9]{12}$")
+_HEX_RE = re.compile(r"^[0-9A-Fa-f]+$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+
+FaultKind = Literal["dead", "slow", "noisy", "bad_checksum", "exception", "drop_control"]
+FAULT_KINDS: tuple[str, ...] = FaultKind.__args__  # type: ignore[attr-defined]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_default=True)
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            f"{what} must be 1-63 characters of letters, digits, '_', '.', '-' "
+            f"(no '/': it becomes part of tag paths), got {value!r}"
+        )
+    return value
+
+
+def _core_di_known(di: str) -> bool:
+    """True when the Rust DI table has ``di`` (or our quantity table does, if the core is older)."""
+    try:
+        from controller._core_rs import di_info
+    except ImportError:
+        return di in QUANTITIES
+    try:
+        return di_info(di) is not None or di in QUANTITIES
+    except Exception:
+        return di in QUANTITIES
+
+
+# ---------------------------------------------------------------------------
+# poll groups
+# ---------------------------------------------------------------------------
+
+
+class ItemFormat(_Model):
+    """Format of a DI the core table does not know (manufacturer-specific items)."""
+
+    length: int = Field(description="bytes of one element")
+    decimals: int = 0
+    signed: bool = False
+    unit: str = ""
+    count: int = 1
+
+    @field_validator("length")
+    @classmethod
+    def _length(cls, v: int) -> int:
+        if not 1 <= v <= 16:
+            raise ValueError(f"length must be 1..16 bytes, got {v}")
+        return v
+
+    @field_validator("decimals")
+    @classmethod
+    def _decimals(cls, v: int) -> int:
+        if not 0 <= v <= 8:
+            raise ValueError(f"decimals must be 0..8, got {v}")
+        return v
+
+    @field_validator("count")
+    @classmethod
+    def _count(cls, v: int) -> int:
+        if not 1 <= v <= 32:
+            raise ValueError(f"count must be 1..32 elements, got {v}")
+        return v
+
+
+class PollItem(_Model):
+    """One DI read in a poll group. Written in TOML as ``"02010100"`` or a table."""
+
+    di: str
+    name: str | None = None  # tag short name; default from the quantity table
+    format: ItemFormat | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        if isinstance(data, str | int):
+            return {"di": data}
+        return data
+
+    @field_validator("di", mode="before")
+    @classmethod
+    def _di(cls, v: Any) -> str:
+        if not isinstance(v, str | int):
+            raise ValueError(f"di must be 8 hex digits such as '00010000', got {v!r}")
+        return normalise_di(v)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return None if v is None else _check_name(v, "name")
+
+    @model_validator(mode="after")
+    def _known(self) -> PollItem:
+        if self.format is None and not _core_di_known(self.di):
+            raise ValueError(
+                f"di {self.di} is not in the DI table; give it a format "
+                "(format = {length = N, decimals = D, unit = \"...\"}) and a name"
+            )
+        if self.format is not None and self.name is None and self.di not in QUANTITIES:
+            self.name = f"di_{self.di.lower()}"
+        return self
+
+
+class PollGroup(_Model):
+    """A set of DIs read together at one period (e.g. instant 15 s, energy 15 min)."""
+
+    period_s: float
+    items: list[PollItem] = []
+    kind: Literal["read", "clock"] = "read"
+    lane: Literal["cyclic", "event"] = "cyclic"
+    # clock groups: broadcast time sync when |meter − controller| exceeds this
+    max_drift_s: float = 30.0
+
+    @field_validator("period_s")
+    @classmethod
+    def _period(cls, v: float) -> float:
+        if not 0.1 <= v <= 31 * 86400:
+            raise ValueError(f"period_s must be 0.1..2678400 s (31 days), got {v}")
+        return v
+
+    @field_validator("max_drift_s")
+    @classmethod
+    def _drift(cls, v: float) -> float:
+        if not 1.0 <= v <= 3600.0:
+            raise ValueError(f"max_drift_s must be 1..3600 s, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _items(self) -> PollGroup:
+        if self.kind == "read" and not self.items:
+            raise ValueError("items must list at least one DI for a read group")
+        if len(self.items) > 64:
+            raise ValueError(f"items must hold at most 64 DIs, got {len(self.items)}")
+        return self
+
+
+# ---------------------------------------------------------------------------
+# links
+# ---------------------------------------------------------------------------
+
+
+class LinkConfig(_Model):
+    """Serial line or TCP link: ``port`` is a device path or ``tcp://host:port``."""
+
+    port: str
+    baud: int = 2400
+    byte_size: int = 8
+    parity: str = "E"
+    stop_bits: int = 1
+    # gap after which a partial reply is abandoned (DL/T 645: inter-byte ≤ 500 ms)
+    byte_timeout_s: float = 0.5
+    # first byte of the reply must arrive within this (meters answer in 20-500 ms)
+    response_timeout_s: float = 1.0
+    # reconnect back-off for a closed port or lost connection
+    reconnect_initial_s: float = 1.0
+    reconnect_max_s: float = 30.0
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("port must be a serial device path or tcp://host:port, got ''")
+        if v.startswith("tcp://"):
+            host, _, port = v[6:].rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"port must be tcp://host:PORT with PORT 1..65535, got {v!r}")
+        return v
+
+    @field_validator("baud")
+    @classmethod
+    def _baud(cls, v: int) -> int:
+        if v not in BAUD_RATES:
+            raise ValueError(f"baud must be one of {', '.join(map(str, BAUD_RATES))}, got {v}")
+        return v
+
+    @field_validator("byte_size")
+    @classmethod
+    def _byte_size(cls, v: int) -> int:
+        if v not in (7, 8):
+            raise ValueError(f"byte_size must be 7 or 8, got {v}")
+        return v
+
+    @field_validator("parity", mode="before")
+    @classmethod
+    def _parity(cls, v: Any) -> str:
+        key = str(v).strip().upper() if isinstance(v, str) else None
+        if key not in _PARITY_ALIASES:
+            raise ValueError(f"parity must be one of N, E, O (none, even, odd), got {v!r}")
+        return _PARITY_ALIASES[key]
+
+    @field_validator("stop_bits")
+    @classmethod
+    def _stop_bits(cls, v: int) -> int:
+        if v not in (1, 2):
+            raise ValueError(f"stop_bits must be 1 or 2, got {v}")
+        return v
+
+    @field_validator("byte_timeout_s")
+    @classmethod
+    def _byte_timeout(cls, v: float) -> float:
+        if not 0.001 <= v <= 5.0:
+            raise ValueError(f"byte_timeout_s must be 0.001..5 s, got {v}")
+        return v
+
+    @field_validator("response_timeout_s")
+    @classmethod
+    def _response_timeout(cls, v: float) -> float:
+        if not 0.02 <= v <= 30.0:
+            raise ValueError(f"response_timeout_s must be 0.02..30 s, got {v}")
+        return v
+
+    @field_validator("reconnect_initial_s", "reconnect_max_s")
+    @classmethod
+    def _reconnect(cls, v: float) -> float:
+        if not 0.01 <= v <= 3600.0:
+            raise ValueError(f"reconnect back-off must be 0.01..3600 s, got {v}")
+        return v
+
+    @property
+    def is_tcp(self) -> bool:
+        return self.port.startswith("tcp://")
+
+    @property
+    def tcp_endpoint(self) -> tuple[str, int]:
+        host, _, port = self.port[6:].rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def bits_per_char(self) -> int:
+        """Start bit + data bits + parity bit + stop bits (8E1 = 11)."""
+        return 1 + self.byte_size + (0 if self.parity == "N" else 1) + self.stop_bits
+
+    @property
+    def char_time_s(self) -> float:
+        return self.bits_per_char / self.baud
+
+
+class Quarantine(_Model):
+    """Exponential back-off for a meter that failed all its retries."""
+
+    initial_s: float = 30.0
+    max_s: float = 900.0
+    factor: float = 2.0
+
+    @field_validator("initial_s", "max_s")
+    @classmethod
+    def _times(cls, v: float) -> float:
+        if not 0.1 <= v <= 86400.0:
+            raise ValueError(f"quarantine times must be 0.1..86400 s, got {v}")
+        return v
+
+    @field_validator("factor")
+    @classmethod
+    def _factor(cls, v: float) -> float:
+        if not 1.0 <= v <= 10.0:
+            raise ValueError(f"factor must be 1..10, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _order(self) -> Quarantine:
+        if self.max_s < self.initial_s:
+            raise ValueError(f"max_s ({self.max_s}) must be ≥ initial_s ({self.initial_s})")
+        return self
+
+
+# ---------------------------------------------------------------------------
+# DL/T 645 buses
+# ---------------------------------------------------------------------------
+
+
+class MeterConfig(_Model):
+    address: str
+    name: str | None = None
+    groups: list[str] = []
+    password_level: int = 2
+    password: str = "000000"
+    operator: str = "00000000"
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address(cls, v: Any) -> str:
+        text = str(v).strip()
+        if not _ADDRESS_RE.match(text):
+            raise ValueError(f"address must be 12 decimal digits, got {v!r}")
+        if text == "999999999999":
+            raise ValueError("address 999999999999 is the broadcast address, not a meter")
+        return text
+
+    @field_validator("password_level")
+    @classmethod
+    def _level(cls, v: int) -> int:
+        if not 0 <= v <= 0xFF:
+            raise ValueError(f"password_level must be 0..255 (usually 2 or 4), got {v}")
+        return v
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, v: str) -> str:
+        if len(v) != 6 or not _HEX_RE.match(v):
+            raise ValueError(f"password must be 6 hex digits, got {v!r}")
+        return v.upper()
+
+    @field_validator("operator")
+    @classmethod
+    def _operator(cls, v: str) -> str:
+        if len(v) != 8 or not _HEX_RE.match(v):
+            raise ValueError(f"operator must be 8 hex digits, got {v!r}")
+        return v.upper()
+
+
+class MeterBlock(_Model):
+    """A run of meters with consecutive addresses (compact form for big buses)."""
+
+    first_address: str
+    count: int
+    groups: list[str] = []
+    password_level: int = 2
+    password: str = "000000"
+    operator: str = "00000000"
+
+    @field_validator("count")
+    @classmethod
+    def _count(cls, v: int) -> int:
+        if not 1 <= v <= 256:
+            raise ValueError(f"count must be 1..256 meters, got {v}")
+        return v
+
+    @field_validator("first_address")
+    @classmethod
+    def _first(cls, v: str) -> str:
+        if not _ADDRESS_RE.match(v):
+            raise ValueError(f"first_address must be 12 decimal digits, got {v!r}")
+        return v
+
+    def expand(self) -> list[dict[str, Any]]:
+        base = int(self.first_address)
+        return [
+            {
+                "address": f"{base + i:012d}",
+                "groups": list(self.groups),
+                "password_level": self.password_level,
+                "password": self.password,
+                "operator": self.operator,
+            }
+            for i in range(self.count)
+        ]
+
+
+class Dlt645BusConfig(LinkConfig):
+    name: str
+    protocol: Literal["dlt645"] = "dlt645"
+    # FE bytes sent before each request to wake the meter's UART (0..4)
+    preamble: int = 4
+    # quiet time on the line between the end of a reply and the next request
+    send_interval_s: float = 0.02
+    retries: int = 3
+    quarantine: Quarantine = Quarantine()
+    # the scheduler stretches cyclic periods above this bus utilisation
+    max_utilisation: float = 0.95
+    meters: list[MeterConfig] = []
+    meter_block: MeterBlock | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, "name")
+
+    @field_validator("preamble")
+    @classmethod
+    def _preamble(cls, v: int) -> int:
+        if not 0 <= v <= 4:
+            raise ValueError(f"preamble must be 0..4 FE bytes, got {v}")
+        return v
+
+    @field_validator("send_interval_s")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if not 0.0 <= v <= 2.0:
+            raise ValueError(f"send_interval_s must be 0..2 s, got {v}")
+        return v
+
+    @field_validator("retries")
+    @classmethod
+    def _retries(cls, v: int) -> int:
+        if not 0 <= v <= 10:
+            raise ValueError(f"retries must be 0..10, got {v}")
+        return v
+
+    @field_validator("max_utilisation")
+    @classmethod
+    def _util(cls, v: float) -> float:
+        if not 0.1 <= v <= 1.0:
+            raise ValueError(f"max_utilisation must be 0.1..1.0, got {v}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_block(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("meter_block"):
+            block = MeterBlock.model_validate(data["meter_block"])
+            data = dict(data)
+            data["meters"] = [*data.get("meters", []), *block.expand()]
+        return data
+
+    @model_validator(mode="after")
+    def _unique(self) -> Dlt645BusConfig:
+        seen: set[str] = set()
+        for i, meter in enumerate(self.meters):
+            if meter.address in seen:
+                raise ValueError(
+                    f"meters[{i}].address {meter.address} is a duplicate on bus {self.name!r}: "
+                    "every meter on one bus needs its own address"
+                )
+            seen.add(meter.address)
+        if len(self.meters) > 256:
+            raise ValueError(f"meters must be at most 256 on one bus, got {len(self.meters)}")
+        return self
+
+
+# ---------------------------------------------------------------------------
+# Modbus buses
+# ---------------------------------------------------------------------------
+
+ModbusTable = Literal["coil", "discrete_input", "holding", "input"]
+ModbusType = Literal["bool", "u16", "i16", "u32", "i32", "f32"]
+REGISTER_WIDTH = {"bool": 1, "u16": 1, "i16": 1, "u32": 2, "i32": 2, "f32": 2}
+MAX_READ_REGISTERS = 125  # Modbus Application Protocol V1.1b3, function 03/04
+MAX_READ_BITS = 2000  # function 01/02
+
+
+class ModbusTag(_Model):
+    name: str
+    table: ModbusTable
+    address: int
+    type: ModbusType = "u16"
+    scale: float = 1.0
+    unit: str = ""
+    writable: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, "name")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: int) -> int:
+        if not 0 <= v <= 65535:
+            raise ValueError(f"address must be 0..65535, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _type(self) -> ModbusTag:
+        bits = self.table in ("coil", "discrete_input")
+        if bits != (self.type == "bool"):
+            raise ValueError(
+                f"type {self.type!r} does not fit table {self.table!r}: "
+                "coils and discrete inputs are 'bool', registers are u16/i16/u32/i32/f32"
+            )
+        if self.writable and self.table not in ("coil", "holding"):
+            raise ValueError(f"writable needs table 'coil' or 'holding', got {self.table!r}")
+        return self
+
+
+class ModbusDeviceConfig(_Model):
+    name: str
+    unit_id: int = 1
+    period_s: float = 1.0
+    tags: list[ModbusTag] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, "name")
+
+    @field_validator("unit_id")
+    @classmethod
+    def _unit(cls, v: int) -> int:
+        if not 0 <= v <= 247:
+            raise ValueError(f"unit_id must be 0..247, got {v}")
+        return v
+
+    @field_validator("period_s")
+    @classmethod
+    def _period(cls, v: float) -> float:
+        if not 0.05 <= v <= 86400:
+            raise ValueError(f"period_s must be 0.05..86400 s, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> ModbusDeviceConfig:
+        names = [t.name for t in self.tags]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"tags[].name must be unique in a device, duplicated: {sorted(dup)}")
+        return self
+
+
+class ModbusBusConfig(LinkConfig):
+    name: str
+    protocol: Literal["modbus_tcp", "modbus_rtu"]
+    baud: int = 9600
+    parity: str = "E"
+    retries: int = 3
+    quarantine: Quarantine = Quarantine(initial_s=5.0, max_s=120.0)
+    devices: list[ModbusDeviceConfig] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, "name")
+
+    @field_validator("retries")
+    @classmethod
+    def _retries(cls, v: int) -> int:
+        if not 0 <= v <= 10:
+            raise ValueError(f"retries must be 0..10, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> ModbusBusConfig:
+        if self.protocol == "modbus_tcp" and not self.is_tcp:
+            raise ValueError(f"port must be tcp://host:port for modbus_tcp, got {self.port!r}")
+        names = [d.name for d in self.devices]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"devices[].name must be unique on a bus, duplicated: {sorted(dup)}")
+        if self.protocol == "modbus_rtu":
+            ids = [d.unit_id for d in self.devices]
+            dup_ids = {i for i in ids if ids.count(i) > 1}
+            if dup_ids:
+                raise ValueError(
+                    f"devices[].unit_id must be unique on an RTU line, duplicated: {sorted(dup_ids)}"
+                )
+        return self
+
+
+BusConfig = Annotated[Dlt645BusConfig | ModbusBusConfig, Field(discriminator="protocol")]
+
+
+# ---------------------------------------------------------------------------
+# simulated plant
+# ---------------------------------------------------------------------------
+
+
+class SimMeterConfig(_Model):
+    """Per-meter simulation parameters (all optional)."""
+
+    peak_kw: float | None = None  # default: spread 1-8 kW by address
+    phases: Literal[1, 3] = 3
+    energy_kwh: float | None = None
+    money_yuan: float = 500.0
+    relay_open: bool = False
+    keep_power: bool = False
+    clock_drift_s_per_day: float | None = None
+    clock_offset_s: float = 0.0
+    faults: list[FaultKind] = []
+
+    @field_validator("peak_kw")
+    @classmethod
+    def _peak(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v <= 1000.0:
+            raise ValueError(f"peak_kw must be 0..1000 kW, got {v}")
+        return v
+
+
+class SimBusConfig(_Model):
+    simulated: bool = True
+    response_delay_s: float | None = None
+    # data bytes per reply frame before the meter splits it into follow-up frames
+    max_frame_data: int = 200
+    meters: dict[str, SimMeterConfig] = {}
+    # meters that exist on the simulated wire but not in the controller config (discovery)
+    extra_meters: list[str] = []
+
+    @field_validator("response_delay_s")
+    @classmethod
+    def _delay(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v <= 0.5:
+            raise ValueError(f"response_delay_s must be 0..0.5 s (meters: 20-500 ms), got {v}")
+        return v
+
+    @field_validator("max_frame_data")
+    @classmethod
+    def _max_data(cls, v: int) -> int:
+        if not 16 <= v <= 200:
+            raise ValueError(f"max_frame_data must be 16..200 bytes, got {v}")
+        return v
+
+
+class SimModbusDeviceConfig(_Model):
+    power_kw: float = 50.0  # per closed output
+    outputs: int = 4
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, v: int) -> int:
+        if not 1 <= v <= 64:
+            raise ValueError(f"outputs must be 1..64, got {v}")
+        return v
+
+
+class SimConfig(_Model):
+    enabled: bool = False
+    # skip wire timing and response delays (unit tests)
+    fast: bool = False
+    control_socket: str = "var/sim.sock"
+    seed: int = 1
+    response_delay_s: float = 0.05
+    tariff_yuan_per_kwh: float = 0.6
+    # simulated time runs this much faster for energy integration (demo: see values move)
+    time_scale: float = 1.0
+    buses: dict[str, SimBusConfig] = {}
+    modbus_devices: dict[str, SimModbusDeviceConfig] = {}
+
+    @field_validator("response_delay_s")
+    @classmethod
+    def _delay(cls, v: float) -> float:
+        if not 0.0 <= v <= 0.5:
+            raise ValueError(f"response_delay_s must be 0..0.5 s (meters: 20-500 ms), got {v}")
+        return v
+
+    @field_validator("time_scale")
+    @classmethod
+    def _scale(cls, v: float) -> float:
+        if not 0.0 <= v <= 10000.0:
+            raise ValueError(f"time_scale must be 0..10000, got {v}")
+        return v
+
+    @field_validator("tariff_yuan_per_kwh")
+    @classmethod
+    def _tariff(cls, v: float) -> float:
+        if not 0.0 <= v <= 100.0:
+            raise ValueError(f"tariff_yuan_per_kwh must be 0..100, got {v}")
+        return v
+
+
+# ---------------------------------------------------------------------------
+# root
+# ---------------------------------------------------------------------------
 
 
 class FieldConfig(BaseModel):
@@ -16,6 +678,65 @@ class FieldConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    buses: list[Any] = []
-    poll_groups: dict[str, Any] = {}
-    sim: dict[str, Any] = {}
+    buses: list[BusConfig] = []
+    poll_groups: dict[str, PollGroup] = {}
+    sim: SimConfig = SimConfig()
+
+    @field_validator("poll_groups")
+    @classmethod
+    def _group_names(cls, v: dict[str, PollGroup]) -> dict[str, PollGroup]:
+        for name in v:
+            _check_name(name, "poll group name")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> FieldConfig:
+        names = [b.name for b in self.buses]
+        for i, name in enumerate(names):
+            if names.index(name) != i:
+                raise ValueError(f"buses[{i}].name {name!r} is a duplicate: bus names must be unique")
+        ports = [b.port for b in self.buses]
+        for i, port in enumerate(ports):
+            if ports.index(port) != i:
+                raise ValueError(
+                    f"buses[{i}].port {port!r} is already used by bus {names[ports.index(port)]!r}: "
+                    "exactly one bus owns a physical wire"
+                )
+        for i, bus in enumerate(self.buses):
+            if isinstance(bus, Dlt645BusConfig):
+                for j, meter in enumerate(bus.meters):
+                    for group in meter.groups:
+                        if group not in self.poll_groups:
+                            known = ", ".join(sorted(self.poll_groups)) or "none defined"
+                            raise ValueError(
+                                f"buses[{i}].meters[{j}].groups: unknown poll group {group!r} "
+                                f"(known: {known})"
+                            )
+        for name in self.sim.buses:
+            if name not in names:
+                raise ValueError(f"sim.buses.{name}: no bus named {name!r} in buses")
+        return self
+
+    def bus(self, name: str) -> Dlt645BusConfig | ModbusBusConfig:
+        for b in self.buses:
+            if b.name == name:
+                return b
+        raise KeyError(f"no bus named {name!r}")
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``buses[1].baud: baud must be one of ..., got 0``."""
+    lines = []
+    for err in exc.errors():
+        parts: list[str] = []
+        for loc in err["loc"]:
+            if isinstance(loc, int):
+                parts[-1:] = [f"{parts[-1] if parts else ''}[{loc}]"]
+            elif loc in ("dlt645", "modbus_tcp", "modbus_rtu", "function-after[_known(), PollItem]"):
+                continue
+            else:
+                parts.append(str(loc))
+        where = ".".join(parts) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}")
+    return "\n".join(lines)
