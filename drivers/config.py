@@ -11,6 +11,7 @@ never a surprise on the wire.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -740,3 +741,38 @@ def describe_validation_error(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {msg}")
     return "\n".join(lines)
+
+
+FIELD_KEYS = ("buses", "poll_groups", "sim")
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be read or does not validate; the message names the field."""
+
+
+def load_field_config(path: str | Path) -> FieldConfig:
+    """Load the field part of a config file.
+
+    Uses the root loader (`controller.config.load_config`) when it exists, so
+    every section is checked; otherwise reads the TOML and validates only the
+    drivers' keys."""
+    try:
+        from controller.config import load_config  # type: ignore[import-not-found]
+    except ImportError:
+        load_config = None
+    if load_config is not None:
+        return load_config(path)  # type: ignore[no-any-return]
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"{path}: not valid TOML: {exc}") from exc
+    subset = {k: v for k, v in data.items() if k in FIELD_KEYS}
+    try:
+        return FieldConfig.model_validate(subset)
+    except ValidationError as exc:
+        raise ConfigFileError(f"{path}:\n{describe_validation_error(exc)}") from exc

@@ -1,0 +1,413 @@
+"""A DL/T 645 bus: the wire transaction, meter polling into the process image, commands."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controller import _core_rs as core
+from controller.process_image import ProcessImage, Quality
+from drivers.bus_owner import LANES, BusOwner, PeriodicJob, WireRecord
+from drivers.config import Dlt645BusConfig, MeterConfig, PollGroup, PollItem
+from drivers.dlt645_client import Dlt645Client
+from drivers.errors import BusTimeout, FrameCorrupt, MeterException
+from drivers.quantities import STATUS3_FLAGS, normalise_di, quantity_for
+from drivers.transport import Link, open_link
+
+# Longest reply the standard allows: 12 header/trailer bytes + 255 data + 4 preamble.
+MAX_REPLY_BYTES = 271
+# Typical sizes for planning the scheduler before any job has run.
+READ_REQUEST_BYTES = 16
+READ_REPLY_BYTES = 24
+
+
+def decode_format(item: PollItem, raw: bytes) -> list[float | None]:
+    """Decode a DI the core table does not know, from its configured format (BCD, LSB first)."""
+    fmt = item.format
+    assert fmt is not None
+    out: list[float | None] = []
+    for i in range(fmt.count):
+        chunk = raw[i * fmt.length : (i + 1) * fmt.length]
+        if len(chunk) != fmt.length:
+            raise ValueError(f"DI {item.di}: reply has {len(raw)} bytes, format needs {fmt.length * fmt.count}")
+        if all(b == 0xFF for b in chunk):
+            out.append(None)
+            continue
+        sign = 1
+        body = bytearray(chunk)
+        if fmt.signed and body[-1] & 0x80:
+            sign = -1
+            body[-1] &= 0x7F
+        value = 0
+        for b in reversed(body):
+            hi, lo = b >> 4, b & 0x0F
+            if hi > 9 or lo > 9:
+                raise ValueError(f"DI {item.di}: bad BCD byte 0x{b:02X}")
+            value = value * 100 + hi * 10 + lo
+        out.append(sign * value / 10**fmt.decimals)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ItemPlan:
+    """How one poll item lands in the image: tag short names and unit."""
+
+    item: PollItem
+    names: tuple[str, ...]
+    unit: str
+
+
+def plan_item(item: PollItem) -> ItemPlan:
+    q = quantity_for(item.di)
+    info = core.di_info(item.di) if item.format is None else None
+    if item.format is not None:
+        fmt = item.format
+        base = item.name or f"di_{item.di.lower()}"
+        names = (base,) if fmt.count == 1 else tuple(f"{base}_{i + 1}" for i in range(fmt.count))
+        return ItemPlan(item, names, fmt.unit)
+    unit = info.unit if info is not None else (q.unit if q else "")
+    if item.name:
+        count = info.count if info is not None else (len(q.names) if q else 1)
+        names = (item.name,) if count == 1 else tuple(f"{item.name}_{i + 1}" for i in range(count))
+    elif q is not None:
+        names = q.names
+    else:
+        base = (info.name if info is not None else "").strip().lower().replace(" ", "_") or f"di_{item.di.lower()}"
+        count = info.count if info is not None else 1
+        names = (base,) if count == 1 else tuple(f"{base}_{i + 1}" for i in range(count))
+    return ItemPlan(item, names, unit)
+
+
+class Dlt645Bus(BusOwner):
+    protocol = "dlt645"
+
+    def __init__(
+        self,
+        config: Dlt645BusConfig,
+        groups: dict[str, PollGroup],
+        image: ProcessImage,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        link: Link | None = None,
+    ) -> None:
+        super().__init__(
+            config.name,
+            config,
+            image,
+            quarantine=config.quarantine,
+            max_utilisation=config.max_utilisation,
+            clock=clock,
+            wall=wall,
+        )
+        self.config = config
+        self.groups = groups
+        self.link = link or open_link(config)
+        self.deframer = core.Dlt645Deframer()
+        self.meters: dict[str, MeterConfig] = {m.address: m for m in config.meters}
+        # polls go through the preemptible exchange so control commands slip in between
+        self.poller = Dlt645Client(self._exchange_polled, preamble=config.preamble, retries=config.retries)
+        self.client = Dlt645Client(self._exchange, preamble=config.preamble, retries=config.retries)
+        self._line_free_at = 0.0
+        self._plans: dict[str, list[ItemPlan]] = {
+            name: [plan_item(i) for i in g.items] for name, g in groups.items()
+        }
+        self.stray_frames = 0
+        self.stale_bytes = 0
+        self.time_syncs = 0
+        self._define_tags()
+        self._add_jobs()
+
+    # -- setup -----------------------------------------------------------------------
+    def _device_prefix(self, device: str) -> str:
+        return f"buses/{self.name}/meters/{device}/"
+
+    def devices(self) -> list[str]:
+        return list(self.meters)
+
+    def _define_tags(self) -> None:
+        for address, meter in self.meters.items():
+            prefix = self._device_prefix(address)
+            self.image.define(prefix + "online", "", f"meter {address} answers on {self.name}")
+            for group in meter.groups:
+                g = self.groups[group]
+                if g.kind == "clock":
+                    self.image.define(prefix + "clock_drift_s", "s", "meter clock minus controller clock")
+                for plan in self._plans[group]:
+                    for n in plan.names:
+                        self.image.define(prefix + n, plan.unit, f"DI {plan.item.di}")
+                    if plan.item.di == "04000503":
+                        for flag in STATUS3_FLAGS:
+                            self.image.define(prefix + flag, "", "from status word 3")
+
+    def _expected_duration(self, group: PollGroup) -> float:
+        n = len(group.items) if group.kind == "read" else 2
+        return n * core.transaction_time(
+            self.config.baud,
+            self.config.bits_per_char,
+            READ_REQUEST_BYTES + self.config.preamble,
+            READ_REPLY_BYTES,
+            0.05,
+            self.config.send_interval_s,
+        )
+
+    def _add_jobs(self) -> None:
+        for address, meter in self.meters.items():
+            for group in meter.groups:
+                g = self.groups[group]
+                self.add_periodic(address, group, g.period_s, LANES[g.lane], self._expected_duration(g))
+
+    # -- link ------------------------------------------------------------------------
+    async def _open(self) -> None:
+        await self.link.open()
+        self.deframer.reset()
+
+    async def _close(self) -> None:
+        await self.link.close()
+
+    def _counters(self) -> tuple[int, int]:
+        return self.deframer.discarded_bytes + self.stale_bytes, self.deframer.checksum_errors
+
+    async def _exchange_polled(
+        self, request: bytes, address: str, function: int, *, reply: bool = True
+    ) -> core.Dlt645Frame | None:
+        await self._run_controls()
+        return await self._exchange(request, address, function, reply=reply)
+
+    async def _exchange(
+        self, request: bytes, address: str, function: int, *, reply: bool = True
+    ) -> core.Dlt645Frame | None:
+        """One request on the wire and its reply. Never two in flight: only the owner task calls this."""
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        # DL/T 645 send interval: the line must be quiet this long before a new request
+        wait = self._line_free_at - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        stale = self.link.discard_input()
+        if stale:
+            self.stale_bytes += stale  # late replies or noise between transactions
+        if self.deframer.buffered:
+            self.deframer.reset()
+        checksum_before = self.deframer.checksum_errors
+        t0 = loop.time()
+        record = WireRecord(t0, address, function)
+        self.wire_log.append(record)
+        self.link.write(request)
+        # the UART clocks the request out after write() returns; the meter's
+        # response delay starts only after its last character
+        tx_end = t0 + len(request) * cfg.char_time_s
+        if not reply:
+            self._line_free_at = tx_end + cfg.send_interval_s
+            self.busy_s += tx_end - t0
+            self.transactions["ok"] += 1
+            record.outcome = "ok"
+            return None
+        deadline = tx_end + cfg.response_timeout_s
+        hard_deadline = deadline + MAX_REPLY_BYTES * cfg.char_time_s + cfg.byte_timeout_s
+        while True:
+            chunk = await self.link.read_some(min(deadline, hard_deadline))
+            now = loop.time()
+            if chunk:
+                for frame in self.deframer.feed(chunk):
+                    if (
+                        frame.from_meter
+                        and frame.function == function
+                        and (address == core.WILDCARD_ADDRESS or frame.address == address)
+                    ):
+                        self._line_free_at = now + cfg.send_interval_s
+                        self.busy_s += now - t0
+                        outcome = "exception" if frame.is_exception else "ok"
+                        self.transactions[outcome] += 1
+                        record.outcome = outcome
+                        return frame
+                    self.stray_frames += 1
+                # after the first byte, the reply may pause at most byte_timeout between bytes
+                deadline = now + cfg.byte_timeout_s
+            elif now >= deadline or now >= hard_deadline:
+                break
+        self._line_free_at = loop.time() + cfg.send_interval_s
+        self.busy_s += loop.time() - t0
+        if self.deframer.checksum_errors > checksum_before:
+            self.transactions["checksum"] += 1
+            record.outcome = "checksum"
+            raise FrameCorrupt(f"meter {address}: reply failed its checksum")
+        self.transactions["timeout"] += 1
+        record.outcome = "timeout"
+        raise BusTimeout(f"meter {address}: no reply to 0x{function:02X} within {cfg.response_timeout_s} s")
+
+    # -- polling ----------------------------------------------------------------------
+    async def _poll(self, job: PeriodicJob, probe: bool) -> None:
+        group = self.groups[job.group]
+        address = job.device
+        # a quarantined meter gets one probe, no retries: a dead meter costs one timeout
+        retries: int | None = 0 if probe else None
+        if group.kind == "clock":
+            await self._clock_check(address, group, retries)
+            return
+        for plan in self._plans[job.group]:
+            try:
+                raw = await self.poller.read(address, plan.item.di, retries=retries)
+            except MeterException as exc:
+                # it answered, so it is alive; this item simply is not available
+                prefix = self._device_prefix(address)
+                for n in plan.names:
+                    self.image.write(prefix + n, self.image.get(prefix + n).value, Quality.BAD, str(exc))
+                retries = None
+                continue
+            retries = None
+            self._store(address, plan, raw, self.wall())
+
+    def _store(self, address: str, plan: ItemPlan, raw: bytes, when: float) -> None:
+        prefix = self._device_prefix(address)
+        try:
+            if plan.item.format is not None:
+                values: list[Any] = list(decode_format(plan.item, raw))
+            else:
+                decoded = core.decode_value(plan.item.di, raw)
+                values = list(decoded) if isinstance(decoded, list) else [decoded]
+        except ValueError as exc:
+            for n in plan.names:
+                self.image.write(prefix + n, None, Quality.BAD, f"undecodable reply: {exc}", when)
+            return
+        for n, v in zip(plan.names, values, strict=False):
+            if v is None:
+                self.image.write(prefix + n, None, Quality.BAD, "not present on this meter", when)
+            else:
+                self.image.write(prefix + n, v, Quality.GOOD, "", when)
+        if plan.item.di == "04000503" and isinstance(values[0], int):
+            for flag, bit in STATUS3_FLAGS.items():
+                self.image.write(prefix + flag, bool(values[0] & bit), Quality.GOOD, "", when)
+
+    def _device_answered(self, device: str) -> None:
+        name = self._device_prefix(device) + "online"
+        cur = self.image.get(name)
+        if cur.value is not True or cur.quality is not Quality.GOOD:
+            self.image.write(name, True, Quality.GOOD, "", self.wall())
+
+    async def _clock_check(self, address: str, group: PollGroup, retries: int | None) -> None:
+        date = await self.poller.read_value(address, "04000101", retries=retries)
+        clock = await self.poller.read_value(address, "04000102")
+        now = self.wall()
+        try:
+            meter_time = dt.datetime.fromisoformat(f"{date}T{clock}").timestamp()
+        except (TypeError, ValueError):
+            self.image.write(
+                self._device_prefix(address) + "clock_drift_s", None, Quality.BAD, f"bad clock {date} {clock}"
+            )
+            return
+        drift = round(meter_time - now, 1)
+        self.image.write(self._device_prefix(address) + "clock_drift_s", drift, Quality.GOOD, "", now)
+        if abs(drift) > group.max_drift_s:
+            # one broadcast sets every meter on the bus; meters never answer it
+            await self.poller.broadcast_time(dt.datetime.fromtimestamp(self.wall()))
+            self.time_syncs += 1
+
+    # -- commands ---------------------------------------------------------------------
+    def _meter(self, address: str) -> MeterConfig:
+        meter = self.meters.get(address)
+        if meter is None:
+            raise KeyError(f"address: no meter {address!r} on bus {self.name}")
+        return meter
+
+    async def submit_control(
+        self,
+        address: str,
+        n1: int,
+        *,
+        valid_for_s: float = 600.0,
+        valid_until: dt.datetime | None = None,
+        read_back: bool = True,
+    ) -> None:
+        """1C control on the control lane (next frame on the wire).
+
+        Returns when the meter accepted it (9C); raises MeterException,
+        BusTimeout/FrameCorrupt after retries, or CommandRejected. With
+        ``read_back`` an event-lane read of status word 3 follows, so the
+        relay tags confirm the command soon after."""
+        meter = self._meter(address)
+        until = valid_until or dt.datetime.fromtimestamp(self.wall() + valid_for_s)
+
+        async def action() -> None:
+            await self.client.control(
+                address,
+                n1,
+                until,
+                password_level=meter.password_level,
+                password=meter.password,
+                operator=meter.operator,
+            )
+
+        await self._submit_control(action)
+        if read_back:
+            asyncio.get_running_loop().create_task(self._read_back_status(address))
+
+    async def _read_back_status(self, address: str) -> None:
+        try:
+            await self.read_now(address, ["04000503"], lane="event")
+        except Exception:
+            pass  # confirmation will come with the next status poll
+
+    async def read_now(self, address: str, dis: list[str], *, lane: str = "operator") -> dict[str, Any]:
+        """Read DIs now (operator or event lane); results also land in the image."""
+        self._meter(address)
+        items = [PollItem(di=normalise_di(d)) for d in dis]
+        plans = [plan_item(i) for i in items]
+        for p in plans:
+            for n in p.names:
+                self.image.define(self._device_prefix(address) + n, p.unit)
+            if p.item.di == "04000503":
+                for flag in STATUS3_FLAGS:
+                    self.image.define(self._device_prefix(address) + flag, "")
+
+        async def action() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for p in plans:
+                raw = await self.client.read(address, p.item.di)
+                self._store(address, p, raw, self.wall())
+                out[p.item.di] = core.decode_value(p.item.di, raw) if p.item.format is None else raw
+            return out
+
+        return await self._submit_oneshot(LANES[lane], address, action)
+
+    async def write_item(self, address: str, di: str, value: Any) -> None:
+        """0x14 write of one DI (value encoded by the core table), control lane."""
+        meter = self._meter(address)
+        raw = core.encode_value(normalise_di(di), value)
+
+        async def action() -> None:
+            await self.client.write(
+                address,
+                di,
+                raw,
+                password_level=meter.password_level,
+                password=meter.password,
+                operator=meter.operator,
+            )
+
+        await self._submit_control(action)
+
+    async def broadcast_time_sync(self, when: dt.datetime | None = None) -> None:
+        async def action() -> None:
+            await self.client.broadcast_time(when or dt.datetime.fromtimestamp(self.wall()))
+            self.time_syncs += 1
+
+        await self._submit_control(action)
+
+    async def freeze(self, address: str = core.BROADCAST_ADDRESS, pattern: str = "99999999") -> None:
+        async def action() -> None:
+            await self.client.freeze(address, pattern)
+
+        await self._submit_control(action)
+
+    async def discover(self) -> str:
+        """Wildcard read-address; works with one meter on the line (commissioning)."""
+
+        async def action() -> str:
+            return await self.client.read_address()
+
+        return await self._submit_oneshot(LANES["operator"], None, action)

@@ -1,0 +1,89 @@
+"""`gridctl sim`: run the simulated plant, or change a running plant's faults."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+from drivers.config import FAULT_KINDS, ConfigFileError, load_field_config
+
+READY_PREFIX = "gridctl-sim ready "
+DEFAULT_CONFIG = "config/demo.toml"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sim", help="run the simulated field plant (meters, Modbus devices)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default %(default)s)")
+    p.add_argument("--fast", action="store_true", help="skip wire timing (unit tests)")
+    p.set_defaults(func=_run)
+    sim_sub = p.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
+    f = sim_sub.add_parser("fault", help="inject or clear a fault on a running simulator")
+    f.add_argument("meter", help="meter address (12 digits)")
+    f.add_argument("kind", choices=FAULT_KINDS)
+    f.add_argument("--bus", help="bus name, when the address exists on several buses")
+    f.add_argument("--off", action="store_true", help="clear the fault instead")
+    f.add_argument("--config", default=DEFAULT_CONFIG, help="config naming the control socket")
+    f.add_argument("--socket", help="control socket path (overrides the config)")
+    f.set_defaults(func=_fault)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = load_field_config(args.config)
+    except ConfigFileError as exc:
+        print(f"gridctl sim: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    return runner(_serve(config, fast=True if args.fast else None))
+
+
+async def _serve(config: object, fast: bool | None) -> int:
+    from drivers.sim.plant import SimulatedPlant
+
+    plant = SimulatedPlant(config, fast=fast)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await plant.start()
+    except OSError as exc:
+        print(f"gridctl sim: cannot start: {exc}", file=sys.stderr)
+        await plant.stop()
+        return 1
+    print(READY_PREFIX + json.dumps(plant.ready_info()), flush=True)
+    await stop.wait()
+    await plant.stop()
+    return 0
+
+
+def _fault(args: argparse.Namespace) -> int:
+    from drivers.sim.control import request
+
+    path = args.socket
+    if path is None:
+        try:
+            path = load_field_config(args.config).sim.control_socket
+        except ConfigFileError as exc:
+            print(f"gridctl sim fault: {exc}", file=sys.stderr)
+            return 2
+    msg = {"op": "fault", "meter": args.meter, "kind": args.kind, "on": not args.off, "bus": args.bus}
+    try:
+        reply = asyncio.run(request(Path(path), msg))
+    except (OSError, TimeoutError) as exc:
+        print(f"gridctl sim fault: no simulator at {path}: {exc}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"gridctl sim fault: {reply.get('error')}", file=sys.stderr)
+        return 2
+    print(f"{reply['bus']}/{reply['meter']}: faults = {', '.join(reply['faults']) or 'none'}")
+    return 0

@@ -1,0 +1,359 @@
+"""One simulated DL/T 645-2007 meter: plausible physics and the protocol answers.
+
+Sans-I/O: `SimMeter.handle(frame, now)` takes a decoded request and returns the
+reply frames (bytes) or nothing; the farm owns the wire and its timing.
+
+Physics, kept simple but consistent so that the controller's logic sees a
+believable plant:
+- active power follows a daily load profile (night trough, morning and
+  evening peaks) scaled by the meter's peak, with a little noise;
+- relay open → power and currents 0;
+- energy integrates power; remaining money falls with energy × tariff;
+- the meter clock drifts at a per-meter rate until a broadcast time sync.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from controller import _core_rs as core
+from drivers.config import SimMeterConfig
+from drivers.errors import ERR_NO_DATA, ERR_OTHER, ERR_PASSWORD
+from drivers.quantities import SW3_KEEP_POWER, SW3_PRE_TRIP_ALARM, SW3_RELAY_COMMANDED_OPEN, SW3_RELAY_OPEN
+
+# Seconds after a "close allowed" (1B) before the simulated customer presses the button.
+CUSTOMER_CLOSE_DELAY_S = 3.0
+NOMINAL_VOLTAGE_V = 220.0
+
+
+def load_profile(hour: float) -> float:
+    """Fraction of peak load at a time of day (0..1): night trough, 8 h and 19 h peaks."""
+    morning = math.exp(-(((hour - 8.0) / 2.0) ** 2))
+    evening = math.exp(-(((hour - 19.5) / 2.5) ** 2))
+    return min(1.0, 0.25 + 0.45 * morning + 0.75 * evening)
+
+
+def bcd_to_int(data: bytes) -> int:
+    """Little-endian BCD bytes (as on the wire after −0x33) to an int."""
+    value = 0
+    for byte in reversed(data):
+        value = value * 100 + (byte >> 4) * 10 + (byte & 0x0F)
+    return value
+
+
+def _hex_le(data: bytes) -> str:
+    """Password/operator bytes (sent low byte first) as the printed hex string."""
+    return data[::-1].hex().upper()
+
+
+@dataclass
+class SimMeter:
+    address: str
+    password: str = "000000"
+    peak_kw: float = 3.0
+    phases: int = 3
+    energy_kwh: float = 1000.0
+    money_yuan: float = 500.0
+    tariff: float = 0.6
+    relay_open: bool = False
+    relay_commanded_open: bool = False
+    pre_trip_alarm: bool = False
+    keep_power: bool = False
+    clock_drift_s_per_day: float = 0.5
+    clock_offset_s: float = 0.0
+    time_scale: float = 1.0
+    rng: random.Random = field(default_factory=random.Random)
+    faults: set[str] = field(default_factory=set)
+    written: dict[str, bytes] = field(default_factory=dict)
+    frozen_energy_kwh: float | None = None
+    controls_honoured: int = 0
+    _last_t: float | None = None
+    _close_at: float | None = None
+    _power_kw: float = 0.0
+    _pf: float = 0.95
+    # remaining chunks of a long reply, per DI, sent with 0x12 follow-up reads
+    _followups: dict[str, list[bytes]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(
+        cls,
+        address: str,
+        cfg: SimMeterConfig,
+        *,
+        password: str,
+        tariff: float,
+        time_scale: float,
+        seed: int,
+    ) -> SimMeter:
+        rng = random.Random(f"{seed}:{address}")
+        return cls(
+            address=address,
+            password=password,
+            peak_kw=cfg.peak_kw if cfg.peak_kw is not None else round(rng.uniform(1.0, 8.0), 2),
+            phases=cfg.phases,
+            energy_kwh=cfg.energy_kwh
+            if cfg.energy_kwh is not None
+            else round(rng.uniform(100, 20000), 2),
+            money_yuan=cfg.money_yuan,
+            tariff=tariff,
+            relay_open=cfg.relay_open,
+            relay_commanded_open=cfg.relay_open,
+            keep_power=cfg.keep_power,
+            clock_drift_s_per_day=cfg.clock_drift_s_per_day
+            if cfg.clock_drift_s_per_day is not None
+            else rng.uniform(-2.0, 2.0),
+            clock_offset_s=cfg.clock_offset_s,
+            time_scale=time_scale,
+            rng=rng,
+            faults=set(cfg.faults),
+            _pf=rng.uniform(0.88, 0.99),
+        )
+
+    # -- physics -------------------------------------------------------------
+    def advance(self, now: float, wall: float) -> None:
+        """Integrate energy and money up to monotonic ``now``; ``wall`` picks the profile hour."""
+        if self._close_at is not None and now >= self._close_at:
+            self._close_at = None
+            if not self.relay_commanded_open:
+                self.relay_open = False
+        if self._last_t is None:
+            self._last_t = now
+        dt_s = max(0.0, now - self._last_t) * self.time_scale
+        self._last_t = now
+        # the clock drifts in real time, independent of the energy time scale
+        self.clock_offset_s += self.clock_drift_s_per_day * (dt_s / max(self.time_scale, 1e-9)) / 86400.0
+        if self.relay_open:
+            self._power_kw = 0.0
+        else:
+            local = dt.datetime.fromtimestamp(wall)
+            hour = local.hour + local.minute / 60.0
+            self._power_kw = self.peak_kw * load_profile(hour) * self.rng.uniform(0.97, 1.03)
+        used = self._power_kw * dt_s / 3600.0
+        self.energy_kwh += used
+        self.money_yuan -= used * self.tariff
+
+    def status_word_3(self) -> int:
+        word = 0
+        if self.relay_open:
+            word |= SW3_RELAY_OPEN
+        if self.relay_commanded_open:
+            word |= SW3_RELAY_COMMANDED_OPEN
+        if self.pre_trip_alarm:
+            word |= SW3_PRE_TRIP_ALARM
+        if self.keep_power:
+            word |= SW3_KEEP_POWER
+        return word
+
+    def value_of(self, di: str, wall: float) -> object | None:
+        """The decoded value for a DI, or None when this meter does not have it."""
+        if di in self.written:
+            return core.decode_value(di, self.written[di])
+        p = 0.0 if self.relay_open else self._power_kw
+        n = self.phases
+        volts = [round(NOMINAL_VOLTAGE_V * self.rng.uniform(0.98, 1.03), 1) for _ in range(3)]
+        if n == 1:
+            volts_opt: list[float | None] = [volts[0], None, None]
+        else:
+            volts_opt = list(volts)
+        per_phase = p / n
+        currents: list[float | None] = []
+        for i in range(3):
+            v = volts_opt[i]
+            currents.append(None if v is None else round(per_phase * 1000 / (v * self._pf), 3))
+        powers: list[float | None] = [round(p, 4)] + [
+            round(per_phase, 4) if volts_opt[i] is not None else None for i in range(3)
+        ]
+        pfs: list[float | None] = [round(self._pf, 3)] + [
+            round(self._pf, 3) if volts_opt[i] is not None else None for i in range(3)
+        ]
+        clock = dt.datetime.fromtimestamp(wall + self.clock_offset_s)
+        e = round(self.energy_kwh, 2)
+        tariffs = [e, round(e * 0.3, 2), round(e * 0.4, 2), round(e * 0.3, 2), 0.0]
+        table: dict[str, object] = {
+            "00000000": e,
+            "00010000": e,
+            "00020000": 0.0,
+            "0001FF00": tariffs,
+            "02010100": volts_opt[0],
+            "02010200": volts_opt[1],
+            "02010300": volts_opt[2],
+            "0201FF00": volts_opt,
+            "02020100": currents[0],
+            "02020200": currents[1],
+            "02020300": currents[2],
+            "0202FF00": currents,
+            "02030000": powers[0],
+            "0203FF00": powers,
+            "02040000": round(p * math.tan(math.acos(self._pf)), 4),
+            "02060000": pfs[0],
+            "0206FF00": pfs,
+            "02800002": round(self.rng.uniform(49.98, 50.02), 2),
+            "04000101": clock.strftime("%Y-%m-%d"),
+            "04000102": clock.strftime("%H:%M:%S"),
+            "04000401": self.address,
+            "04000501": 0,
+            "04000502": 0,
+            "04000503": self.status_word_3(),
+            "00900200": round(max(self.money_yuan, 0.0), 2),
+        }
+        if di not in table:
+            return None
+        return table[di]  # None: this phase is not present on this meter
+
+    # -- protocol -------------------------------------------------------------
+    def handle(
+        self, frame: core.Dlt645Frame, now: float, wall: float, max_frame_data: int = 200
+    ) -> list[bytes]:
+        """Reply frames for a request addressed to this meter (empty: no reply)."""
+        self.advance(now, wall)
+        fn = frame.function
+        if "exception" in self.faults and fn in (core.FN_READ, core.FN_READ_FOLLOWUP):
+            return [core.dlt645_exception(self.address, fn, ERR_NO_DATA)]
+        if fn == core.FN_READ:
+            return self._read(frame, wall, max_frame_data)
+        if fn == core.FN_READ_FOLLOWUP:
+            return self._followup(frame)
+        if fn == core.FN_READ_ADDRESS:
+            return [core.dlt645_reply(self.address, fn, _address_bytes(self.address))]
+        if fn == core.FN_WRITE:
+            return self._write(frame)
+        if fn == core.FN_FREEZE:
+            self.frozen_energy_kwh = self.energy_kwh
+            return [core.dlt645_reply(self.address, fn)]
+        if fn == core.FN_CONTROL:
+            if "drop_control" in self.faults:
+                return []
+            return self._control(frame, now, wall)
+        return [core.dlt645_exception(self.address, fn, ERR_OTHER)]
+
+    def broadcast_time(self, data: bytes, wall: float) -> None:
+        """0x08: set the clock (ss mm hh DD MM YY); no reply (broadcast)."""
+        when = _parse_time6(data)
+        if when is not None:
+            self.clock_offset_s = when.timestamp() - wall
+
+    def _read(self, frame: core.Dlt645Frame, wall: float, max_frame_data: int) -> list[bytes]:
+        di_raw = frame.data[:4]
+        di = di_raw[::-1].hex().upper()
+        value = self.value_of(di, wall)
+        if value is None:
+            return [core.dlt645_exception(self.address, core.FN_READ, ERR_NO_DATA)]
+        payload = core.encode_value(di, value)  # type: ignore[arg-type]
+        room = max_frame_data - 4
+        if len(payload) <= room:
+            return [core.dlt645_reply(self.address, core.FN_READ, di_raw + payload)]
+        # too long for one frame: the rest goes in follow-up frames (0x12 with SEQ)
+        chunks = [payload[i : i + room - 1] for i in range(room, len(payload), room - 1)]
+        self._followups[di] = chunks
+        return [core.dlt645_reply(self.address, core.FN_READ, di_raw + payload[:room], followup=True)]
+
+    def _followup(self, frame: core.Dlt645Frame) -> list[bytes]:
+        di_raw = frame.data[:4]
+        di = di_raw[::-1].hex().upper()
+        seq = frame.data[4] if len(frame.data) > 4 else 1
+        chunks = self._followups.get(di)
+        if not chunks or not 1 <= seq <= len(chunks):
+            return [core.dlt645_exception(self.address, core.FN_READ_FOLLOWUP, ERR_NO_DATA)]
+        more = seq < len(chunks)
+        if not more:
+            self._followups.pop(di, None)
+        data = di_raw + chunks[seq - 1] + bytes([seq])
+        return [core.dlt645_reply(self.address, core.FN_READ_FOLLOWUP, data, followup=more)]
+
+    def _check_password(self, pa_p: bytes) -> bool:
+        return _hex_le(pa_p[1:4]) == self.password.upper()
+
+    def _write(self, frame: core.Dlt645Frame) -> list[bytes]:
+        data = frame.data
+        if len(data) < 12:
+            return [core.dlt645_exception(self.address, core.FN_WRITE, ERR_OTHER)]
+        if not self._check_password(data[4:8]):
+            return [core.dlt645_exception(self.address, core.FN_WRITE, ERR_PASSWORD)]
+        di = data[:4][::-1].hex().upper()
+        value = data[12:]
+        try:
+            core.decode_value(di, value)
+        except ValueError:
+            return [core.dlt645_exception(self.address, core.FN_WRITE, ERR_OTHER)]
+        self.written[di] = value
+        return [core.dlt645_reply(self.address, core.FN_WRITE)]
+
+    def _control(self, frame: core.Dlt645Frame, now: float, wall: float) -> list[bytes]:
+        data = frame.data
+        if len(data) != 16:
+            return [core.dlt645_exception(self.address, core.FN_CONTROL, ERR_OTHER)]
+        if not self._check_password(data[0:4]):
+            return [core.dlt645_exception(self.address, core.FN_CONTROL, ERR_PASSWORD)]
+        n1 = data[8]
+        expiry = _parse_time6(data[10:16])
+        meter_now = wall + self.clock_offset_s
+        if expiry is None or expiry.timestamp() < meter_now:
+            # an expired command must never act (its validity time has passed)
+            return [core.dlt645_exception(self.address, core.FN_CONTROL, ERR_OTHER)]
+        if n1 == core.N1_TRIP:
+            if self.keep_power:
+                return [core.dlt645_exception(self.address, core.FN_CONTROL, ERR_OTHER)]
+            self.relay_commanded_open = True
+            self.relay_open = True
+            self._close_at = None
+        elif n1 == core.N1_CLOSE_ALLOWED:
+            self.relay_commanded_open = False
+            if self.relay_open:
+                self._close_at = now + CUSTOMER_CLOSE_DELAY_S
+        elif n1 == core.N1_DIRECT_CLOSE:
+            self.relay_commanded_open = False
+            self.relay_open = False
+            self._close_at = None
+        elif n1 == core.N1_ALARM_ON:
+            self.pre_trip_alarm = True
+        elif n1 == core.N1_ALARM_OFF:
+            self.pre_trip_alarm = False
+        elif n1 == core.N1_KEEP_POWER_ON:
+            self.keep_power = True
+            self.relay_commanded_open = False
+            self.relay_open = False
+        elif n1 == core.N1_KEEP_POWER_OFF:
+            self.keep_power = False
+        else:
+            return [core.dlt645_exception(self.address, core.FN_CONTROL, ERR_OTHER)]
+        self.controls_honoured += 1
+        self.advance(now, wall)
+        return [core.dlt645_reply(self.address, core.FN_CONTROL)]
+
+    def state(self) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "power_kw": round(self._power_kw, 4),
+            "energy_kwh": round(self.energy_kwh, 3),
+            "money_yuan": round(self.money_yuan, 2),
+            "relay_open": self.relay_open,
+            "relay_commanded_open": self.relay_commanded_open,
+            "pre_trip_alarm": self.pre_trip_alarm,
+            "keep_power": self.keep_power,
+            "clock_offset_s": round(self.clock_offset_s, 3),
+            "faults": sorted(self.faults),
+            "controls_honoured": self.controls_honoured,
+        }
+
+
+def _address_bytes(address: str) -> bytes:
+    """Address as data bytes: 12 BCD digits, low byte first."""
+    return bytes.fromhex(address)[::-1]
+
+
+def _parse_time6(data: bytes) -> dt.datetime | None:
+    """ss mm hh DD MM YY (BCD) → datetime, None when not a valid time."""
+    if len(data) != 6:
+        return None
+    try:
+        ss, mm, hh, dd, mo, yy = (bcd_to_int(bytes([b])) for b in data)
+        return dt.datetime(2000 + yy, mo, dd, hh, mm, ss)
+    except ValueError:
+        return None
+
+
+MeterFactory = Callable[[str], SimMeter]
