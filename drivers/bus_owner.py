@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections import Counter, deque
@@ -36,6 +37,7 @@ from drivers.errors import CommandRejected, TransactionError, TransportClosed
 from drivers.quarantine import QuarantineState
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 LANES = {"control": 0, "operator": 1, "event": 2, "cyclic": 3}
 # Control commands waiting for the wire; more than this means something upstream is wrong.
@@ -136,15 +138,18 @@ class BusOwner(ABC):
     @abstractmethod
     def devices(self) -> list[str]: ...
 
+    @abstractmethod
     def _device_answered(self, device: str) -> None:
-        """Hook: the device answered (online)."""
+        """The device answered: mark it online."""
 
     def _counters(self) -> tuple[int, int]:
         """(discarded bytes, checksum errors) of the link's deframer."""
         return 0, 0
 
     # -- jobs -------------------------------------------------------------------
-    def add_periodic(self, device: str, group: str, period_s: float, lane: int, expected_s: float) -> int:
+    def add_periodic(
+        self, device: str, group: str, period_s: float, lane: int, expected_s: float
+    ) -> int:
         job_id = len(self._periodic) + 1
         self._periodic[job_id] = PeriodicJob(job_id, device, group, period_s, lane)
         self._jobs_by_device.setdefault(device, []).append(job_id)
@@ -156,11 +161,15 @@ class BusOwner(ABC):
         self.scheduler.add_job(job_id, period_s, lane, first, expected_s)
         return job_id
 
-    async def _submit_oneshot(self, lane: int, device: str | None, action: Callable[[], Awaitable[T]]) -> T:
+    async def _submit_oneshot(
+        self, lane: int, device: str | None, action: Callable[[], Awaitable[T]]
+    ) -> T:
         if self._stopping:
             raise CommandRejected(f"bus {self.name}: stopped")
         if len(self._oneshots) >= MAX_ONESHOT_JOBS:
-            raise CommandRejected(f"bus {self.name}: {MAX_ONESHOT_JOBS} one-shot jobs already queued")
+            raise CommandRejected(
+                f"bus {self.name}: {MAX_ONESHOT_JOBS} one-shot jobs already queued"
+            )
         job_id = self._next_oneshot
         self._next_oneshot += 1
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -274,6 +283,18 @@ class BusOwner(ABC):
                 with contextlib.suppress(Exception):
                     await self._close()
                 self._link_down(str(exc))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # a bug or an unexpected library error must not kill the bus:
+                # record it, drop the link state and start over after a pause
+                log.exception("bus %s: unexpected error", self.name)
+                self.transactions["io_error"] += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                with contextlib.suppress(Exception):
+                    await self._close()
+                self._link_down(self.last_error)
+                await self._sleep(self.link_config.reconnect_initial_s)
 
     def _link_down(self, reason: str) -> None:
         self.connected = False

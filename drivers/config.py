@@ -127,7 +127,7 @@ class PollItem(_Model):
         if self.format is None and not _core_di_known(self.di):
             raise ValueError(
                 f"di {self.di} is not in the DI table; give it a format "
-                "(format = {length = N, decimals = D, unit = \"...\"}) and a name"
+                '(format = {length = N, decimals = D, unit = "..."}) and a name'
             )
         if self.format is not None and self.name is None and self.di not in QUANTITIES:
             self.name = f"di_{self.di.lower()}"
@@ -695,7 +695,9 @@ class FieldConfig(BaseModel):
         names = [b.name for b in self.buses]
         for i, name in enumerate(names):
             if names.index(name) != i:
-                raise ValueError(f"buses[{i}].name {name!r} is a duplicate: bus names must be unique")
+                raise ValueError(
+                    f"buses[{i}].name {name!r} is a duplicate: bus names must be unique"
+                )
         ports = [b.port for b in self.buses]
         for i, port in enumerate(ports):
             if ports.index(port) != i:
@@ -733,7 +735,12 @@ def describe_validation_error(exc: ValidationError) -> str:
         for loc in err["loc"]:
             if isinstance(loc, int):
                 parts[-1:] = [f"{parts[-1] if parts else ''}[{loc}]"]
-            elif loc in ("dlt645", "modbus_tcp", "modbus_rtu", "function-after[_known(), PollItem]"):
+            elif loc in (
+                "dlt645",
+                "modbus_tcp",
+                "modbus_rtu",
+                "function-after[_known(), PollItem]",
+            ):
                 continue
             else:
                 parts.append(str(loc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -33,7 +34,9 @@ def decode_format(item: PollItem, raw: bytes) -> list[float | None]:
     for i in range(fmt.count):
         chunk = raw[i * fmt.length : (i + 1) * fmt.length]
         if len(chunk) != fmt.length:
-            raise ValueError(f"DI {item.di}: reply has {len(raw)} bytes, format needs {fmt.length * fmt.count}")
+            raise ValueError(
+                f"DI {item.di}: reply has {len(raw)} bytes, format needs {fmt.length * fmt.count}"
+            )
         if all(b == 0xFF for b in chunk):
             out.append(None)
             continue
@@ -76,7 +79,9 @@ def plan_item(item: PollItem) -> ItemPlan:
     elif q is not None:
         names = q.names
     else:
-        base = (info.name if info is not None else "").strip().lower().replace(" ", "_") or f"di_{item.di.lower()}"
+        base = (info.name if info is not None else "").strip().lower().replace(
+            " ", "_"
+        ) or f"di_{item.di.lower()}"
         count = info.count if info is not None else 1
         names = (base,) if count == 1 else tuple(f"{base}_{i + 1}" for i in range(count))
     return ItemPlan(item, names, unit)
@@ -110,7 +115,9 @@ class Dlt645Bus(BusOwner):
         self.deframer = core.Dlt645Deframer()
         self.meters: dict[str, MeterConfig] = {m.address: m for m in config.meters}
         # polls go through the preemptible exchange so control commands slip in between
-        self.poller = Dlt645Client(self._exchange_polled, preamble=config.preamble, retries=config.retries)
+        self.poller = Dlt645Client(
+            self._exchange_polled, preamble=config.preamble, retries=config.retries
+        )
         self.client = Dlt645Client(self._exchange, preamble=config.preamble, retries=config.retries)
         self._line_free_at = 0.0
         self._plans: dict[str, list[ItemPlan]] = {
@@ -136,7 +143,9 @@ class Dlt645Bus(BusOwner):
             for group in meter.groups:
                 g = self.groups[group]
                 if g.kind == "clock":
-                    self.image.define(prefix + "clock_drift_s", "s", "meter clock minus controller clock")
+                    self.image.define(
+                        prefix + "clock_drift_s", "s", "meter clock minus controller clock"
+                    )
                 for plan in self._plans[group]:
                     for n in plan.names:
                         self.image.define(prefix + n, plan.unit, f"DI {plan.item.di}")
@@ -159,7 +168,9 @@ class Dlt645Bus(BusOwner):
         for address, meter in self.meters.items():
             for group in meter.groups:
                 g = self.groups[group]
-                self.add_periodic(address, group, g.period_s, LANES[g.lane], self._expected_duration(g))
+                self.add_periodic(
+                    address, group, g.period_s, LANES[g.lane], self._expected_duration(g)
+                )
 
     # -- link ------------------------------------------------------------------------
     async def _open(self) -> None:
@@ -238,7 +249,9 @@ class Dlt645Bus(BusOwner):
             raise FrameCorrupt(f"meter {address}: reply failed its checksum")
         self.transactions["timeout"] += 1
         record.outcome = "timeout"
-        raise BusTimeout(f"meter {address}: no reply to 0x{function:02X} within {cfg.response_timeout_s} s")
+        raise BusTimeout(
+            f"meter {address}: no reply to 0x{function:02X} within {cfg.response_timeout_s} s"
+        )
 
     # -- polling ----------------------------------------------------------------------
     async def _poll(self, job: PeriodicJob, probe: bool) -> None:
@@ -256,7 +269,9 @@ class Dlt645Bus(BusOwner):
                 # it answered, so it is alive; this item simply is not available
                 prefix = self._device_prefix(address)
                 for n in plan.names:
-                    self.image.write(prefix + n, self.image.get(prefix + n).value, Quality.BAD, str(exc))
+                    self.image.write(
+                        prefix + n, self.image.get(prefix + n).value, Quality.BAD, str(exc)
+                    )
                 retries = None
                 continue
             retries = None
@@ -297,11 +312,16 @@ class Dlt645Bus(BusOwner):
             meter_time = dt.datetime.fromisoformat(f"{date}T{clock}").timestamp()
         except (TypeError, ValueError):
             self.image.write(
-                self._device_prefix(address) + "clock_drift_s", None, Quality.BAD, f"bad clock {date} {clock}"
+                self._device_prefix(address) + "clock_drift_s",
+                None,
+                Quality.BAD,
+                f"bad clock {date} {clock}",
             )
             return
         drift = round(meter_time - now, 1)
-        self.image.write(self._device_prefix(address) + "clock_drift_s", drift, Quality.GOOD, "", now)
+        self.image.write(
+            self._device_prefix(address) + "clock_drift_s", drift, Quality.GOOD, "", now
+        )
         if abs(drift) > group.max_drift_s:
             # one broadcast sets every meter on the bus; meters never answer it
             await self.poller.broadcast_time(dt.datetime.fromtimestamp(self.wall()))
@@ -347,12 +367,13 @@ class Dlt645Bus(BusOwner):
             asyncio.get_running_loop().create_task(self._read_back_status(address))
 
     async def _read_back_status(self, address: str) -> None:
-        try:
+        # on failure the confirmation simply comes with the next status poll
+        with contextlib.suppress(Exception):
             await self.read_now(address, ["04000503"], lane="event")
-        except Exception:
-            pass  # confirmation will come with the next status poll
 
-    async def read_now(self, address: str, dis: list[str], *, lane: str = "operator") -> dict[str, Any]:
+    async def read_now(
+        self, address: str, dis: list[str], *, lane: str = "operator"
+    ) -> dict[str, Any]:
         """Read DIs now (operator or event lane); results also land in the image."""
         self._meter(address)
         items = [PollItem(di=normalise_di(d)) for d in dis]
@@ -398,7 +419,9 @@ class Dlt645Bus(BusOwner):
 
         await self._submit_control(action)
 
-    async def freeze(self, address: str = core.BROADCAST_ADDRESS, pattern: str = "99999999") -> None:
+    async def freeze(
+        self, address: str = core.BROADCAST_ADDRESS, pattern: str = "99999999"
+    ) -> None:
         async def action() -> None:
             await self.client.freeze(address, pattern)
 

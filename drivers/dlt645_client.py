@@ -48,7 +48,13 @@ class Dlt645Client:
         self.retried = 0  # transactions repeated after a timeout or checksum error
 
     async def _request(
-        self, request: bytes, address: str, function: int, *, retries: int | None, di: str | None = None
+        self,
+        request: bytes,
+        address: str,
+        function: int,
+        *,
+        retries: int | None,
+        di: str | None = None,
     ) -> core.Dlt645Frame:
         attempts = 1 + (self.retries if retries is None else retries)
         last: TransactionError | None = None
@@ -72,17 +78,25 @@ class Dlt645Client:
         di = normalise_di(di)
         want = _di_bytes(di)
         frame = await self._request(
-            core.dlt645_read(address, di, self.preamble), address, core.FN_READ, retries=retries, di=di
+            core.dlt645_read(address, di, self.preamble),
+            address,
+            core.FN_READ,
+            retries=retries,
+            di=di,
         )
         data = frame.data
         if data[:4] != want:
-            raise FrameCorrupt(f"meter {address} answered DI {data[:4][::-1].hex().upper()}, asked {di}")
+            raise FrameCorrupt(
+                f"meter {address} answered DI {data[:4][::-1].hex().upper()}, asked {di}"
+            )
         value = bytearray(data[4:])
         seq = 0
         while frame.has_followup:
             seq += 1
             if seq > MAX_FOLLOWUP_FRAMES:
-                raise FrameCorrupt(f"meter {address}: more than {MAX_FOLLOWUP_FRAMES} follow-up frames for {di}")
+                raise FrameCorrupt(
+                    f"meter {address}: more than {MAX_FOLLOWUP_FRAMES} follow-up frames for {di}"
+                )
             frame = await self._request(
                 core.dlt645_read_followup(address, di, seq, self.preamble),
                 address,
@@ -94,14 +108,19 @@ class Dlt645Client:
             value += frame.data[4:-1]
         return bytes(value)
 
-    async def read_value(self, address: str, di: str | int, *, retries: int | None = None) -> core.DecodedValue:
+    async def read_value(
+        self, address: str, di: str | int, *, retries: int | None = None
+    ) -> core.DecodedValue:
         di = normalise_di(di)
         return core.decode_value(di, await self.read(address, di, retries=retries))
 
     async def read_address(self, *, retries: int | None = None) -> str:
         """Wildcard read-address (0x13): only meaningful with one meter on the line."""
         frame = await self._request(
-            core.dlt645_read_address(self.preamble), core.WILDCARD_ADDRESS, core.FN_READ_ADDRESS, retries=retries
+            core.dlt645_read_address(self.preamble),
+            core.WILDCARD_ADDRESS,
+            core.FN_READ_ADDRESS,
+            retries=retries,
         )
         return frame.address
 
@@ -117,16 +136,23 @@ class Dlt645Client:
         retries: int | None = None,
     ) -> None:
         di = normalise_di(di)
-        request = core.dlt645_write(address, di, password_level, password, operator, value, self.preamble)
+        request = core.dlt645_write(
+            address, di, password_level, password, operator, value, self.preamble
+        )
         await self._request(request, address, core.FN_WRITE, retries=retries, di=di)
 
     async def broadcast_time(self, when: dt.datetime) -> None:
         """0x08 broadcast time sync: no meter answers a broadcast."""
         await self._exchange(
-            core.dlt645_time_sync(_time6(when), self.preamble), core.BROADCAST_ADDRESS, core.FN_BROADCAST_TIME, reply=False
+            core.dlt645_time_sync(_time6(when), self.preamble),
+            core.BROADCAST_ADDRESS,
+            core.FN_BROADCAST_TIME,
+            reply=False,
         )
 
-    async def freeze(self, address: str, pattern: str = "99999999", *, retries: int | None = None) -> None:
+    async def freeze(
+        self, address: str, pattern: str = "99999999", *, retries: int | None = None
+    ) -> None:
         request = core.dlt645_freeze(address, pattern, self.preamble)
         if address == core.BROADCAST_ADDRESS:
             await self._exchange(request, address, core.FN_FREEZE, reply=False)

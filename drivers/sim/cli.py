@@ -76,7 +76,13 @@ def _fault(args: argparse.Namespace) -> int:
         except ConfigFileError as exc:
             print(f"gridctl sim fault: {exc}", file=sys.stderr)
             return 2
-    msg = {"op": "fault", "meter": args.meter, "kind": args.kind, "on": not args.off, "bus": args.bus}
+    msg = {
+        "op": "fault",
+        "meter": args.meter,
+        "kind": args.kind,
+        "on": not args.off,
+        "bus": args.bus,
+    }
     try:
         reply = asyncio.run(request(Path(path), msg))
     except (OSError, TimeoutError) as exc:

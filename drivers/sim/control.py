@@ -66,7 +66,9 @@ class ControlServer:
             writer.close()
 
 
-async def request(path: Path | str, message: dict[str, Any], timeout: float = CLIENT_TIMEOUT_S) -> dict[str, Any]:
+async def request(
+    path: Path | str, message: dict[str, Any], timeout: float = CLIENT_TIMEOUT_S
+) -> dict[str, Any]:
     """Send one control message and return the reply."""
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_unix_connection(str(path))

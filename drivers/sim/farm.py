@@ -145,7 +145,10 @@ class MeterFarm:
 
     def _noisy(self, reply: bytes) -> bytes:
         rng = self._rng
-        prefix = bytes(rng.choice((0x68, 0x16, 0xFE, 0x00, 0xFF, rng.randrange(256))) for _ in range(rng.randrange(1, 9)))
+        prefix = bytes(
+            rng.choice((0x68, 0x16, 0xFE, 0x00, 0xFF, rng.randrange(256)))
+            for _ in range(rng.randrange(1, 9))
+        )
         body = bytearray(reply)
         if rng.random() < NOISY_CORRUPT_RATIO:
             i = rng.randrange(len(body))

@@ -57,7 +57,11 @@ class SimulatorProcess:
 
 
 def start_simulator(
-    config_path: Path, *, fast: bool = False, cwd: Path | None = None, timeout: float = READY_TIMEOUT_S
+    config_path: Path,
+    *,
+    fast: bool = False,
+    cwd: Path | None = None,
+    timeout: float = READY_TIMEOUT_S,
 ) -> SimulatorProcess:
     """Spawn the simulator and return once its ports and control socket are ready."""
     cmd = [sys.executable, "-m", "controller", "sim", "--config", str(config_path)]
@@ -66,7 +70,7 @@ def start_simulator(
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     # stderr goes to a file: a pipe nobody reads would block a chatty child
-    errlog = tempfile.TemporaryFile(mode="w+")
+    errlog = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the child
     process = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=errlog, text=True, cwd=cwd, env=env
     )
@@ -87,7 +91,9 @@ def start_simulator(
         process.wait()
         errlog.seek(0)
         err = errlog.read()
-        raise SimulatorError(f"simulator did not become ready within {timeout} s: {err.strip()[-2000:]}")
+        raise SimulatorError(
+            f"simulator did not become ready within {timeout} s: {err.strip()[-2000:]}"
+        )
     # keep draining stdout so the child never blocks on a full pipe
     threading.Thread(target=_drain, args=(process,), daemon=True).start()
     return SimulatorProcess(process, result["info"])

@@ -23,7 +23,12 @@ from dataclasses import dataclass, field
 from controller import _core_rs as core
 from drivers.config import SimMeterConfig
 from drivers.errors import ERR_NO_DATA, ERR_OTHER, ERR_PASSWORD
-from drivers.quantities import SW3_KEEP_POWER, SW3_PRE_TRIP_ALARM, SW3_RELAY_COMMANDED_OPEN, SW3_RELAY_OPEN
+from drivers.quantities import (
+    SW3_KEEP_POWER,
+    SW3_PRE_TRIP_ALARM,
+    SW3_RELAY_COMMANDED_OPEN,
+    SW3_RELAY_OPEN,
+)
 
 # Seconds after a "close allowed" (1B) before the simulated customer presses the button.
 CUSTOMER_CLOSE_DELAY_S = 3.0
@@ -125,7 +130,9 @@ class SimMeter:
         dt_s = max(0.0, now - self._last_t) * self.time_scale
         self._last_t = now
         # the clock drifts in real time, independent of the energy time scale
-        self.clock_offset_s += self.clock_drift_s_per_day * (dt_s / max(self.time_scale, 1e-9)) / 86400.0
+        self.clock_offset_s += (
+            self.clock_drift_s_per_day * (dt_s / max(self.time_scale, 1e-9)) / 86400.0
+        )
         if self.relay_open:
             self._power_kw = 0.0
         else:
@@ -249,7 +256,9 @@ class SimMeter:
         # too long for one frame: the rest goes in follow-up frames (0x12 with SEQ)
         chunks = [payload[i : i + room - 1] for i in range(room, len(payload), room - 1)]
         self._followups[di] = chunks
-        return [core.dlt645_reply(self.address, core.FN_READ, di_raw + payload[:room], followup=True)]
+        return [
+            core.dlt645_reply(self.address, core.FN_READ, di_raw + payload[:room], followup=True)
+        ]
 
     def _followup(self, frame: core.Dlt645Frame) -> list[bytes]:
         di_raw = frame.data[:4]

@@ -24,7 +24,9 @@ FC_WRITE_COILS = 15
 
 
 class LoadControlTerminal:
-    def __init__(self, name: str, unit_id: int, *, outputs: int = 4, power_kw: float = 50.0, seed: int = 1) -> None:
+    def __init__(
+        self, name: str, unit_id: int, *, outputs: int = 4, power_kw: float = 50.0, seed: int = 1
+    ) -> None:
         self.name = name
         self.unit_id = unit_id
         self.outputs = outputs

@@ -71,7 +71,9 @@ class SimulatedPlant:
     def _build_dlt645(self, bus: Dlt645BusConfig, sb: SimBusConfig) -> None:
         sim = self.config.sim
         passwords = {m.address: m.password for m in bus.meters}
-        addresses = [m.address for m in bus.meters] + [a for a in sb.extra_meters if a not in passwords]
+        addresses = [m.address for m in bus.meters] + [
+            a for a in sb.extra_meters if a not in passwords
+        ]
         meters = [
             SimMeter.from_config(
                 address,
@@ -87,7 +89,9 @@ class SimulatedPlant:
             bus.name,
             meters,
             char_time_s=bus.char_time_s,
-            response_delay_s=sb.response_delay_s if sb.response_delay_s is not None else sim.response_delay_s,
+            response_delay_s=sb.response_delay_s
+            if sb.response_delay_s is not None
+            else sim.response_delay_s,
             fast=self.fast,
             max_frame_data=sb.max_frame_data,
             seed=sim.seed,
@@ -142,9 +146,13 @@ class SimulatedPlant:
             raise KeyError(f"bus: no simulated DL/T 645 bus {bus!r} (have {sorted(self.farms)})")
         hits = [(f, f.meters[address]) for f in farms if address in f.meters]
         if not hits:
-            raise KeyError(f"meter: no simulated meter {address!r}" + (f" on bus {bus!r}" if bus else ""))
+            raise KeyError(
+                f"meter: no simulated meter {address!r}" + (f" on bus {bus!r}" if bus else "")
+            )
         if len(hits) > 1:
-            raise ValueError(f"meter: {address} is on several buses ({[f.name for f, _ in hits]}); give bus")
+            raise ValueError(
+                f"meter: {address} is on several buses ({[f.name for f, _ in hits]}); give bus"
+            )
         return hits[0]
 
     async def _handle(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +162,10 @@ class SimulatedPlant:
         if op == "buses":
             return {
                 "ok": True,
-                "buses": {n: {"meters": sorted(f.meters), "requests": f.requests} for n, f in self.farms.items()},
+                "buses": {
+                    n: {"meters": sorted(f.meters), "requests": f.requests}
+                    for n, f in self.farms.items()
+                },
                 "modbus": {n: s.description for n, s in self.modbus.items()},
             }
         if op == "fault":
@@ -163,7 +174,12 @@ class SimulatedPlant:
                 raise ValueError(f"kind: must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
             farm, meter = self._find_meter(str(msg.get("meter", "")), msg.get("bus"))
             farm.set_fault(meter.address, kind, bool(msg.get("on", True)))
-            return {"ok": True, "bus": farm.name, "meter": meter.address, "faults": sorted(meter.faults)}
+            return {
+                "ok": True,
+                "bus": farm.name,
+                "meter": meter.address,
+                "faults": sorted(meter.faults),
+            }
         if op == "state":
             farm, meter = self._find_meter(str(msg.get("meter", "")), msg.get("bus"))
             meter.advance(asyncio.get_running_loop().time(), time.time())

@@ -74,7 +74,7 @@ class Link(ABC):
         protocol = _LinkProtocol()
         try:
             self._transport = await self._connect(protocol)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:
             raise TransportClosed(f"{self.name}: cannot open: {exc}") from exc
         self._protocol = protocol
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import termios
 
 import serial
 import serial_asyncio_fast
@@ -23,6 +25,9 @@ class SerialTransport(Link):
         stop_bits: int = 1,
     ) -> None:
         super().__init__(path)
+        # a pseudo-terminal (simulated bus) has no parity bit, and some kernels
+        # reject PARENB on one; the simulator models the 11-bit timing instead
+        self.pseudo_terminal = False
         self.path = path
         self.baud = baud
         self.byte_size = byte_size
@@ -30,6 +35,8 @@ class SerialTransport(Link):
         self.stop_bits = stop_bits
 
     async def _connect(self, protocol: _LinkProtocol) -> asyncio.Transport:
+        self.pseudo_terminal = os.path.realpath(self.path).startswith("/dev/pts/")
+        parity = serial.PARITY_NONE if self.pseudo_terminal else _PARITY[self.parity]
         try:
             transport, _ = await serial_asyncio_fast.create_serial_connection(
                 asyncio.get_running_loop(),
@@ -37,10 +44,10 @@ class SerialTransport(Link):
                 self.path,
                 baudrate=self.baud,
                 bytesize=self.byte_size,
-                parity=_PARITY[self.parity],
+                parity=parity,
                 stopbits=self.stop_bits,
                 exclusive=True,  # one owner per wire, enforced by the OS lock
             )
-        except serial.SerialException as exc:
+        except (serial.SerialException, termios.error) as exc:
             raise OSError(str(exc)) from exc
         return transport

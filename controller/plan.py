@@ -1,0 +1,161 @@
+"""`gridctl plan`: will the configured poll plan fit the buses?
+
+Per bus, the Rust planner turns frame sizes, baud, character format, the
+meters' response delay and the send interval into predicted utilisation and
+the worst-case cycle (every job once, back to back), and we warn when a bus
+cannot meet its periods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from controller import _core_rs as core
+from drivers.config import (
+    ConfigFileError,
+    Dlt645BusConfig,
+    FieldConfig,
+    ModbusBusConfig,
+    PollItem,
+    load_field_config,
+)
+from drivers.modbus_blocks import plan_device_reads
+
+# DL/T 645 frame overhead: 68 A0..A5 68 C L ... CS 16
+DLT645_OVERHEAD = 12
+DI_BYTES = 4
+# Assumed meter response delay when the config does not simulate the plant.
+DEFAULT_RESPONSE_DELAY_S = 0.1
+# Modbus RTU: request = id fc addr(2) count(2) crc(2); reply = id fc n data crc(2)
+MODBUS_RTU_REQUEST = 8
+MODBUS_RTU_REPLY_OVERHEAD = 5
+
+
+def _item_reply_bytes(item: PollItem) -> int:
+    if item.format is not None:
+        value = item.format.length * item.format.count
+    else:
+        info = core.di_info(item.di)
+        value = info.length * info.count if info is not None else 4
+    return DLT645_OVERHEAD + DI_BYTES + value
+
+
+def plan_dlt645(bus: Dlt645BusConfig, config: FieldConfig, delay: float) -> core.BusPlan:
+    users: dict[str, int] = {}
+    for meter in bus.meters:
+        for g in meter.groups:
+            users[g] = users.get(g, 0) + 1
+    jobs = []
+    request = DLT645_OVERHEAD + DI_BYTES + bus.preamble
+    for name, count in users.items():
+        group = config.poll_groups[name]
+        items = (
+            group.items
+            if group.kind == "read"
+            else [PollItem(di="04000101"), PollItem(di="04000102")]
+        )
+        for item in items:
+            jobs.append(
+                core.PlanJob(
+                    f"{name}:{item.di}",
+                    request,
+                    _item_reply_bytes(item),
+                    group.period_s,
+                    delay,
+                    count,
+                    bus.send_interval_s,
+                )
+            )
+    return core.plan_bus(bus.baud, bus.bits_per_char, jobs)
+
+
+def plan_modbus_rtu(bus: ModbusBusConfig, delay: float) -> core.BusPlan:
+    _t15, t35 = core.modbus_rtu_timing(bus.baud, bus.bits_per_char)
+    jobs = []
+    for device in bus.devices:
+        for read in plan_device_reads(device):
+            data = (
+                (read.count + 7) // 8
+                if read.table in ("coil", "discrete_input")
+                else 2 * read.count
+            )
+            jobs.append(
+                core.PlanJob(
+                    f"{device.name}:{read.table}@{read.start}",
+                    MODBUS_RTU_REQUEST,
+                    MODBUS_RTU_REPLY_OVERHEAD + data,
+                    device.period_s,
+                    delay,
+                    1,
+                    t35,
+                )
+            )
+    return core.plan_bus(bus.baud, bus.bits_per_char, jobs)
+
+
+def render(config: FieldConfig, delay: float | None) -> tuple[str, bool]:
+    if delay is None:
+        delay = config.sim.response_delay_s if config.sim.enabled else DEFAULT_RESPONSE_DELAY_S
+    lines = [
+        f"response delay assumed: {delay * 1000:.0f} ms",
+        f"{'bus':<12} {'protocol':<11} {'link':<10} {'jobs':>5} {'util':>7} {'cycle s':>9} {'max tx/s':>9}  verdict",
+    ]
+    ok = True
+    for bus in config.buses:
+        link = f"{bus.baud} {bus.byte_size}{bus.parity}{bus.stop_bits}" if not bus.is_tcp else "tcp"
+        if isinstance(bus, Dlt645BusConfig):
+            plan = plan_dlt645(bus, config, delay)
+        elif bus.protocol == "modbus_rtu":
+            plan = plan_modbus_rtu(bus, delay)
+        else:
+            lines.append(
+                f"{bus.name:<12} {bus.protocol:<11} {link:<10} {'-':>5} {'-':>7} {'-':>9} {'-':>9}  not wire-limited"
+            )
+            continue
+        verdict = "ok"
+        if not plan.feasible or plan.utilisation > 1.0:
+            verdict = "WARNING: cannot meet its periods"
+            ok = False
+        elif plan.utilisation > getattr(bus, "max_utilisation", 0.95):
+            verdict = "warning: above max_utilisation, periods will stretch"
+        lines.append(
+            f"{bus.name:<12} {bus.protocol:<11} {link:<10} {len(plan.jobs):>5} "
+            f"{plan.utilisation * 100:>6.1f}% {plan.worst_case_cycle_s:>9.2f} "
+            f"{plan.max_transactions_per_s:>9.2f}  {verdict}"
+        )
+        if not ok and verdict.startswith("WARNING"):
+            worst = sorted(plan.jobs, key=lambda j: j.utilisation, reverse=True)[:3]
+            lines.append(
+                "    biggest: " + ", ".join(f"{j.name} {j.utilisation * 100:.0f}%" for j in worst)
+            )
+    return "\n".join(lines), ok
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan", help="predict bus utilisation and cycle for the configured poll plan"
+    )
+    p.add_argument("--config", default="config/demo.toml")
+    p.add_argument(
+        "--response-delay-ms",
+        type=float,
+        default=None,
+        help="meter response delay to assume (default: the simulator's, else 100 ms)",
+    )
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = load_field_config(args.config)
+    except ConfigFileError as exc:
+        print(f"gridctl plan: {exc}", file=sys.stderr)
+        return 2
+    delay = None if args.response_delay_ms is None else args.response_delay_ms / 1000.0
+    if delay is not None and not 0.0 <= delay <= 2.0:
+        print("gridctl plan: --response-delay-ms must be 0..2000", file=sys.stderr)
+        return 2
+    text, ok = render(config, delay)
+    print(text)
+    return 0 if ok else 1

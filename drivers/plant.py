@@ -1,0 +1,58 @@
+"""`FieldPlant`: every bus of the config, each with its own `BusOwner` task."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from controller.process_image import ProcessImage
+from drivers.bus_owner import BusOwner
+from drivers.bus_stats import BusSnapshot
+from drivers.config import Dlt645BusConfig, FieldConfig, ModbusBusConfig
+from drivers.dlt645_bus import Dlt645Bus
+
+
+class FieldPlant:
+    def __init__(
+        self,
+        config: FieldConfig,
+        image: ProcessImage,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.image = image
+        self._buses: dict[str, BusOwner] = {}
+        for bus in config.buses:
+            if isinstance(bus, Dlt645BusConfig):
+                self._buses[bus.name] = Dlt645Bus(
+                    bus, config.poll_groups, image, clock=clock, wall=wall
+                )
+            elif isinstance(bus, ModbusBusConfig):
+                from drivers.modbus_bus import ModbusBus
+
+                self._buses[bus.name] = ModbusBus(bus, image, clock=clock, wall=wall)
+
+    async def start(self) -> None:
+        """Open transports and start one owner task per bus; does not wait for readings."""
+        for bus in self._buses.values():
+            await bus.start()
+
+    async def stop(self) -> None:
+        """Abort in-flight transactions and close every port."""
+        await asyncio.gather(*(bus.stop() for bus in self._buses.values()))
+
+    def snapshot(self) -> list[BusSnapshot]:
+        return [bus.snapshot() for bus in self._buses.values()]
+
+    def bus(self, name: str) -> BusOwner:
+        try:
+            return self._buses[name]
+        except KeyError:
+            raise KeyError(f"no bus named {name!r} (have {sorted(self._buses)})") from None
+
+    @property
+    def buses(self) -> dict[str, BusOwner]:
+        return dict(self._buses)
