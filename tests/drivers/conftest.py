@@ -1,0 +1,109 @@
+"""Shared helpers: configs written to tmp dirs, an in-process simulated plant on real ptys."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.config import FieldConfig
+
+GROUPS = """
+[poll_groups.instant]
+period_s = {instant}
+items = ["0201FF00", "0202FF00", "02030000", "02060000"]
+
+[poll_groups.energy]
+period_s = {energy}
+items = ["00010000", "00900200"]
+
+[poll_groups.status]
+period_s = {status}
+items = ["04000503"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dlt645_config(
+    tmp: Path,
+    *,
+    meters: int = 4,
+    port: str | None = None,
+    instant: float = 1.0,
+    energy: float = 2.0,
+    status: float = 1.5,
+    fast: bool = True,
+    response_timeout_s: float = 0.15,
+    quarantine_s: float = 3.0,
+    extra_bus: str = "",
+    extra: str = "",
+) -> FieldConfig:
+    import tomllib
+
+    port = port or str(tmp / "tty" / "bus1")
+    text = (
+        GROUPS.format(instant=instant, energy=energy, status=status)
+        + f"""
+[[buses]]
+name = "bus1"
+protocol = "dlt645"
+port = "{port}"
+response_timeout_s = {response_timeout_s}
+byte_timeout_s = 0.05
+send_interval_s = 0.0
+quarantine = {{ initial_s = {quarantine_s}, max_s = {quarantine_s * 4}, factor = 2 }}
+meter_block = {{ first_address = "000000000001", count = {meters}, groups = ["instant", "energy", "status"] }}
+{extra_bus}
+[sim]
+enabled = true
+fast = {"true" if fast else "false"}
+control_socket = "{tmp / "sim.sock"}"
+response_delay_s = 0.02
+{extra}
+"""
+    )
+    (tmp / "field.toml").write_text(text)
+    return FieldConfig.model_validate(tomllib.loads(text))
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        await asyncio.sleep(step)
+    return predicate()
+
+
+@pytest.fixture
+async def running() -> Any:
+    """Start a SimulatedPlant and a FieldPlant for a config; stop both afterwards."""
+    from controller.process_image import ProcessImage
+    from drivers.plant import FieldPlant
+    from drivers.sim.plant import SimulatedPlant
+
+    started: list[Any] = []
+
+    async def start(config: FieldConfig) -> tuple[SimulatedPlant, FieldPlant, ProcessImage]:
+        sim = SimulatedPlant(config)
+        await sim.start()
+        started.append(sim)
+        image = ProcessImage()
+        plant = FieldPlant(config, image)
+        await plant.start()
+        started.append(plant)
+        return sim, plant, image
+
+    yield start
+    for thing in reversed(started):
+        await thing.stop()
