@@ -247,30 +247,44 @@ def modbus_crc16(data: bytes) -> int:
     """CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF)."""
 
 def modbus_rtu_frame(adu_without_crc: bytes) -> bytes:
-    """Append the CRC, low byte first."""
+    """Append the CRC, low byte first. EncodeError unless 2..254 bytes."""
 
 def modbus_rtu_check(frame: bytes) -> bool:
     """True when the last two bytes are the CRC of the rest."""
 
 def modbus_rtu_timing(baud: int, bits_per_char: int = 11) -> tuple[float, float]:
-    """(t1.5, t3.5) in seconds; fixed 0.75 ms / 1.75 ms above 19200 baud."""
+    """(t1.5, t3.5) in seconds; fixed 0.75 ms / 1.75 ms above 19200 baud.
+
+    Raises EncodeError naming ``baud`` (50..10000000) or ``bits_per_char`` (10..12)."""
 
 class ModbusRtuDeframer:
     """Finds frame ends by function code and length fields.
 
     ``role="response"`` parses replies from a slave (what a master hears);
-    ``role="request"`` parses requests (what a slave hears)."""
+    ``role="request"`` parses requests (what a slave hears). A candidate whose
+    CRC fails costs one byte and scanning resumes at the next, so a good frame
+    behind garbage is never lost; when the newest bytes already form a good
+    frame it is delivered at once, even behind a plausible-looking header.
+    Unknown function codes resync byte by byte. Raises EncodeError naming
+    ``role`` or ``max_buffer`` (256..1048576)."""
 
     def __init__(self, role: str = "response", max_buffer: int = 512) -> None: ...
     def feed(self, chunk: bytes) -> list[bytes]:
         """Complete frames (CRC included and verified), in order."""
-    def reset(self) -> None: ...
+    def reset(self) -> None:
+        """Drop any partial frame (e.g. after a timeout); counted as discarded bytes."""
+    @property
+    def role(self) -> str: ...
     @property
     def frames(self) -> int: ...
     @property
     def discarded_bytes(self) -> int: ...
     @property
-    def crc_errors(self) -> int: ...
+    def crc_errors(self) -> int:
+        """Candidates whose length fields fit but whose CRC did not match."""
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
 
 # --------------------------------------------------------------------------
 # Poll scheduler and capacity planner
