@@ -368,7 +368,12 @@ class PollScheduler:
         lane: int = 3,
         first_release: float = 0.0,
         expected_duration_s: float = 0.0,
-    ) -> None: ...
+    ) -> None:
+        """A periodic job released at ``first_release + k·period_s``.
+
+        ``first_release`` is on the caller's clock: with a monotonic clock pass
+        ``now`` plus a stagger, since a release in the past runs at once and
+        counts as lateness."""
     def remove_job(self, job_id: int) -> None:
         """Forget a job at once, whatever its state; complete() for it then raises."""
     def submit(self, job_id: int, lane: int, release: float) -> None:
