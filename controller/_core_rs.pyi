@@ -247,30 +247,44 @@ def modbus_crc16(data: bytes) -> int:
     """CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF)."""
 
 def modbus_rtu_frame(adu_without_crc: bytes) -> bytes:
-    """Append the CRC, low byte first."""
+    """Append the CRC, low byte first. EncodeError unless 2..254 bytes."""
 
 def modbus_rtu_check(frame: bytes) -> bool:
     """True when the last two bytes are the CRC of the rest."""
 
 def modbus_rtu_timing(baud: int, bits_per_char: int = 11) -> tuple[float, float]:
-    """(t1.5, t3.5) in seconds; fixed 0.75 ms / 1.75 ms above 19200 baud."""
+    """(t1.5, t3.5) in seconds; fixed 0.75 ms / 1.75 ms above 19200 baud.
+
+    Raises EncodeError naming ``baud`` (50..10000000) or ``bits_per_char`` (10..12)."""
 
 class ModbusRtuDeframer:
     """Finds frame ends by function code and length fields.
 
     ``role="response"`` parses replies from a slave (what a master hears);
-    ``role="request"`` parses requests (what a slave hears)."""
+    ``role="request"`` parses requests (what a slave hears). A candidate whose
+    CRC fails costs one byte and scanning resumes at the next, so a good frame
+    behind garbage is never lost; when the newest bytes already form a good
+    frame it is delivered at once, even behind a plausible-looking header.
+    Unknown function codes resync byte by byte. Raises EncodeError naming
+    ``role`` or ``max_buffer`` (256..1048576)."""
 
     def __init__(self, role: str = "response", max_buffer: int = 512) -> None: ...
     def feed(self, chunk: bytes) -> list[bytes]:
         """Complete frames (CRC included and verified), in order."""
-    def reset(self) -> None: ...
+    def reset(self) -> None:
+        """Drop any partial frame (e.g. after a timeout); counted as discarded bytes."""
+    @property
+    def role(self) -> str: ...
     @property
     def frames(self) -> int: ...
     @property
     def discarded_bytes(self) -> int: ...
     @property
-    def crc_errors(self) -> int: ...
+    def crc_errors(self) -> int:
+        """Candidates whose length fields fit but whose CRC did not match."""
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
 
 # --------------------------------------------------------------------------
 # Poll scheduler and capacity planner
@@ -283,9 +297,15 @@ LANE_CYCLIC: Final[int]  # 3
 
 class JobStats:
     @property
-    def runs(self) -> int: ...
+    def runs(self) -> int:
+        """Completed runs (complete() calls), failures included."""
     @property
     def failures(self) -> int: ...
+    @property
+    def skipped(self) -> int:
+        """Release slots missed because the job ran late (counted, never run in a burst)."""
+    @property
+    def lane(self) -> int: ...
     @property
     def lateness_max_s(self) -> float: ...
     @property
@@ -297,13 +317,16 @@ class JobStats:
         """Configured period."""
     @property
     def effective_period_s(self) -> float:
-        """Period after stretching on an overloaded bus (≥ period_s)."""
+        """Period after stretching on an overloaded bus (≥ period_s); 0 for one-shot jobs."""
 
 class BusStats:
     @property
     def runs(self) -> int: ...
     @property
     def failures(self) -> int: ...
+    @property
+    def skipped(self) -> int:
+        """Σ skipped slots over every job that has run on the bus."""
     @property
     def busy_s(self) -> float:
         """Sum of transaction durations reported via complete()."""
@@ -325,9 +348,19 @@ class PollScheduler:
     Periodic jobs are released at ``t0 + k·period`` (no drift); their deadline is
     the release time. Among released jobs the lowest lane wins, then the earliest
     deadline. When the bus demand exceeds ``max_utilisation`` the periods of
-    LANE_CYCLIC jobs are stretched by a common factor so every job still runs."""
+    LANE_CYCLIC jobs are stretched by a common factor so every job still runs.
+
+    A periodic job taken late is re-released at its first slot not before the
+    ``now`` passed to complete(); missed slots are counted in ``skipped``.
+    Demand uses ``expected_duration_s`` until complete() reports real
+    durations, then an EWMA of them. Bad arguments (unknown or duplicate
+    ``job_id``, ``period_s`` ≤ 0, ``lane`` outside 0..3, NaN or infinite times,
+    negative durations, ``max_utilisation`` outside (0, 1]) raise
+    SchedulerError naming the field and the allowed range, and change nothing."""
 
     def __init__(self, max_utilisation: float = 0.95) -> None: ...
+    @property
+    def max_utilisation(self) -> float: ...
     def add_job(
         self,
         job_id: int,
@@ -335,10 +368,18 @@ class PollScheduler:
         lane: int = 3,
         first_release: float = 0.0,
         expected_duration_s: float = 0.0,
-    ) -> None: ...
-    def remove_job(self, job_id: int) -> None: ...
+    ) -> None:
+        """A periodic job released at ``first_release + k·period_s``.
+
+        ``first_release`` is on the caller's clock: with a monotonic clock pass
+        ``now`` plus a stagger, since a release in the past runs at once and
+        counts as lateness."""
+    def remove_job(self, job_id: int) -> None:
+        """Forget a job at once, whatever its state; complete() for it then raises."""
     def submit(self, job_id: int, lane: int, release: float) -> None:
-        """A one-shot job (command, operator read, event read); runs once."""
+        """A one-shot job (command, operator read, event read); runs once.
+
+        Its id is free again (and job_stats() for it raises) once it completes."""
     def next_job(self, now: float) -> tuple[int, float] | None:
         """Take the next released job as (job_id, lateness_s), or None when nothing is due."""
     def next_release(self) -> float | None:
@@ -346,10 +387,14 @@ class PollScheduler:
     def complete(self, job_id: int, now: float, duration_s: float, ok: bool) -> None:
         """Report a taken job's outcome; periodic jobs are re-released at their next slot."""
     def postpone(self, job_id: int, release: float) -> None:
-        """Move a periodic job's next release (quarantine back-off)."""
+        """Move a periodic job's next release (quarantine back-off).
+
+        Its slot grid restarts at ``release``. On a running job it applies when
+        the job completes; a waiting one-shot job is simply moved."""
     def job_stats(self, job_id: int) -> JobStats: ...
     def bus_stats(self) -> BusStats: ...
     def __len__(self) -> int: ...
+    def __contains__(self, job_id: object, /) -> bool: ...
 
 class PlanJob:
     def __init__(
@@ -364,6 +409,19 @@ class PlanJob:
     ) -> None: ...
     @property
     def name(self) -> str: ...
+    @property
+    def request_bytes(self) -> int: ...
+    @property
+    def response_bytes(self) -> int: ...
+    @property
+    def period_s(self) -> float: ...
+    @property
+    def response_delay_s(self) -> float: ...
+    @property
+    def count(self) -> int:
+        """Transactions of this kind per period (e.g. meters on the bus); 0..1000000."""
+    @property
+    def gap_s(self) -> float: ...
 
 class PlanJobResult:
     @property
@@ -389,9 +447,20 @@ class BusPlan:
     def jobs(self) -> list[PlanJobResult]: ...
 
 def plan_bus(baud: int, bits_per_char: int, jobs: Sequence[PlanJob]) -> BusPlan:
-    """Predict utilisation and worst-case cycle of one bus from wire timing."""
+    """Predict utilisation and worst-case cycle of one bus from wire timing.
+
+    Bad arguments (``baud`` outside 50..10000000, ``bits_per_char`` outside
+    7..12, and PlanJob fields) raise SchedulerError naming the field."""
 
 def transaction_time(
-    baud: int, bits_per_char: int, request_bytes: int, response_bytes: int, response_delay_s: float, gap_s: float = 0.0
+    baud: int,
+    bits_per_char: int,
+    request_bytes: int,
+    response_bytes: int,
+    response_delay_s: float,
+    gap_s: float = 0.0,
 ) -> float:
-    """Seconds for one request/response on the wire: (req + resp) × bits/baud + delay + gap."""
+    """Seconds for one request/response on the wire: (req + resp) × bits/baud + delay + gap.
+
+    SchedulerError names ``baud`` (50..10000000), ``bits_per_char`` (7..12),
+    ``request_bytes``/``response_bytes`` (0..65535) or a negative/NaN time."""
