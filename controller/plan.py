@@ -25,8 +25,8 @@ from drivers.modbus_blocks import plan_device_reads
 # DL/T 645 frame overhead: 68 A0..A5 68 C L ... CS 16
 DLT645_OVERHEAD = 12
 DI_BYTES = 4
-# Assumed meter response delay when the config does not simulate the plant.
-DEFAULT_RESPONSE_DELAY_S = 0.1
+# Assumed Modbus RTU slave response delay.
+MODBUS_RESPONSE_DELAY_S = 0.02
 # Modbus RTU: request = id fc addr(2) count(2) crc(2); reply = id fc n data crc(2)
 MODBUS_RTU_REQUEST = 8
 MODBUS_RTU_REPLY_OVERHEAD = 5
@@ -41,7 +41,10 @@ def _item_reply_bytes(item: PollItem) -> int:
     return DLT645_OVERHEAD + DI_BYTES + value
 
 
-def plan_dlt645(bus: Dlt645BusConfig, config: FieldConfig, delay: float) -> core.BusPlan:
+def plan_dlt645(
+    bus: Dlt645BusConfig, config: FieldConfig, delay: float | None = None
+) -> core.BusPlan:
+    delay = bus.response_delay_s if delay is None else delay
     users: dict[str, int] = {}
     for meter in bus.meters:
         for g in meter.groups:
@@ -70,7 +73,8 @@ def plan_dlt645(bus: Dlt645BusConfig, config: FieldConfig, delay: float) -> core
     return core.plan_bus(bus.baud, bus.bits_per_char, jobs)
 
 
-def plan_modbus_rtu(bus: ModbusBusConfig, delay: float) -> core.BusPlan:
+def plan_modbus_rtu(bus: ModbusBusConfig, delay: float | None = None) -> core.BusPlan:
+    delay = MODBUS_RESPONSE_DELAY_S if delay is None else delay
     _t15, t35 = core.modbus_rtu_timing(bus.baud, bus.bits_per_char)
     jobs = []
     for device in bus.devices:
@@ -95,22 +99,23 @@ def plan_modbus_rtu(bus: ModbusBusConfig, delay: float) -> core.BusPlan:
 
 
 def render(config: FieldConfig, delay: float | None) -> tuple[str, bool]:
-    if delay is None:
-        delay = config.sim.response_delay_s if config.sim.enabled else DEFAULT_RESPONSE_DELAY_S
     lines = [
-        f"response delay assumed: {delay * 1000:.0f} ms",
-        f"{'bus':<12} {'protocol':<11} {'link':<10} {'jobs':>5} {'util':>7} {'cycle s':>9} {'max tx/s':>9}  verdict",
+        f"{'bus':<12} {'protocol':<11} {'link':<10} {'delay ms':>8} {'jobs':>5} {'util':>7} "
+        f"{'cycle s':>9} {'max tx/s':>9}  verdict",
     ]
     ok = True
     for bus in config.buses:
         link = f"{bus.baud} {bus.byte_size}{bus.parity}{bus.stop_bits}" if not bus.is_tcp else "tcp"
         if isinstance(bus, Dlt645BusConfig):
             plan = plan_dlt645(bus, config, delay)
+            used = bus.response_delay_s if delay is None else delay
         elif bus.protocol == "modbus_rtu":
             plan = plan_modbus_rtu(bus, delay)
+            used = MODBUS_RESPONSE_DELAY_S if delay is None else delay
         else:
             lines.append(
-                f"{bus.name:<12} {bus.protocol:<11} {link:<10} {'-':>5} {'-':>7} {'-':>9} {'-':>9}  not wire-limited"
+                f"{bus.name:<12} {bus.protocol:<11} {link:<10} {'-':>8} {'-':>5} {'-':>7} {'-':>9} "
+                f"{'-':>9}  not wire-limited"
             )
             continue
         verdict = "ok"
@@ -120,7 +125,7 @@ def render(config: FieldConfig, delay: float | None) -> tuple[str, bool]:
         elif plan.utilisation > getattr(bus, "max_utilisation", 0.95):
             verdict = "warning: above max_utilisation, periods will stretch"
         lines.append(
-            f"{bus.name:<12} {bus.protocol:<11} {link:<10} {len(plan.jobs):>5} "
+            f"{bus.name:<12} {bus.protocol:<11} {link:<10} {used * 1000:>8.0f} {len(plan.jobs):>5} "
             f"{plan.utilisation * 100:>6.1f}% {plan.worst_case_cycle_s:>9.2f} "
             f"{plan.max_transactions_per_s:>9.2f}  {verdict}"
         )
@@ -141,7 +146,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--response-delay-ms",
         type=float,
         default=None,
-        help="meter response delay to assume (default: the simulator's, else 100 ms)",
+        help="meter response delay to assume for every bus (default: each bus's response_delay_s)",
     )
     p.set_defaults(func=_run)
 

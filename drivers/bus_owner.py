@@ -57,6 +57,7 @@ class PeriodicJob:
     group: str
     period_s: float
     lane: int
+    expected_s: float
 
 
 @dataclass(slots=True)
@@ -151,7 +152,7 @@ class BusOwner(ABC):
         self, device: str, group: str, period_s: float, lane: int, expected_s: float
     ) -> int:
         job_id = len(self._periodic) + 1
-        self._periodic[job_id] = PeriodicJob(job_id, device, group, period_s, lane)
+        self._periodic[job_id] = PeriodicJob(job_id, device, group, period_s, lane, expected_s)
         self._jobs_by_device.setdefault(device, []).append(job_id)
         self._quarantine.setdefault(device, QuarantineState(self.quarantine_policy))
         # stagger first releases over the first period so a restart does not
@@ -219,8 +220,15 @@ class BusOwner(ABC):
     def _enter_quarantine(self, device: str, now: float, reason: str) -> None:
         q = self._quarantine[device]
         until = q.fail(now, reason)
+        # While quarantined the device really is polled once per back-off, so
+        # its jobs are re-registered with that period: the scheduler's demand
+        # estimate (and the stretch it applies to everyone else) then reflects
+        # the probe, not the timeouts of a meter nobody is asking any more.
+        probe_s = self.link_config.response_timeout_s
         for job_id in self._jobs_by_device.get(device, []):
-            self.scheduler.postpone(job_id, until)
+            job = self._periodic[job_id]
+            self.scheduler.remove_job(job_id)
+            self.scheduler.add_job(job_id, max(job.period_s, q.backoff_s), job.lane, until, probe_s)
         self.image.invalidate(
             self._device_prefix(device), f"no answer ({reason}); retrying in {q.backoff_s:.0f} s"
         )
@@ -228,10 +236,17 @@ class BusOwner(ABC):
         if online in self.image:
             self.image.write(online, False, Quality.GOOD, "", self.wall())
 
-    def _recover(self, device: str) -> None:
+    def _recover(self, device: str, running_job: int) -> None:
+        """Back to the configured periods; the job that just ran re-registers when it completes."""
         q = self._quarantine.get(device)
-        if q is not None:
-            q.recover()
+        if q is None or not q.recover():
+            return
+        now = self.clock()
+        for job_id in self._jobs_by_device.get(device, []):
+            job = self._periodic[job_id]
+            self.scheduler.remove_job(job_id)
+            first = now + (job.period_s if job_id == running_job else 0.0)
+            self.scheduler.add_job(job_id, job.period_s, job.lane, first, job.expected_s)
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -351,7 +366,7 @@ class BusOwner(ABC):
         end = self.clock()
         self.scheduler.complete(job_id, end, end - t0, ok)
         if q.suspect:
-            self._recover(job.device)
+            self._recover(job.device, job_id)
         self._device_answered(job.device)
 
     async def _run_oneshot(self, job: OneShotJob) -> None:

@@ -391,6 +391,9 @@ class Dlt645BusConfig(LinkConfig):
     quarantine: Quarantine = Quarantine()
     # the scheduler stretches cyclic periods above this bus utilisation
     max_utilisation: float = 0.95
+    # meter response delay assumed for planning: `gridctl plan` and the
+    # scheduler's first duration estimate (real durations replace it)
+    response_delay_s: float = 0.1
     meters: list[MeterConfig] = []
     meter_block: MeterBlock | None = None
 
@@ -425,6 +428,13 @@ class Dlt645BusConfig(LinkConfig):
     def _util(cls, v: float) -> float:
         if not 0.1 <= v <= 1.0:
             raise ValueError(f"max_utilisation must be 0.1..1.0, got {v}")
+        return v
+
+    @field_validator("response_delay_s")
+    @classmethod
+    def _delay(cls, v: float) -> float:
+        if not 0.0 <= v <= 2.0:
+            raise ValueError(f"response_delay_s must be 0..2 s (meters: 20-500 ms), got {v}")
         return v
 
     @model_validator(mode="before")

@@ -160,7 +160,7 @@ class Dlt645Bus(BusOwner):
             self.config.bits_per_char,
             READ_REQUEST_BYTES + self.config.preamble,
             READ_REPLY_BYTES,
-            0.05,
+            self.config.response_delay_s,
             self.config.send_interval_s,
         )
 

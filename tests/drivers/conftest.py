@@ -47,10 +47,12 @@ def dlt645_config(
     quarantine_s: float = 3.0,
     extra_bus: str = "",
     extra: str = "",
+    baud: int | None = None,
 ) -> FieldConfig:
     import tomllib
 
     port = port or str(tmp / "tty" / "bus1")
+    baud = baud or (115200 if fast else 2400)
     text = (
         GROUPS.format(instant=instant, energy=energy, status=status)
         + f"""
@@ -58,6 +60,9 @@ def dlt645_config(
 name = "bus1"
 protocol = "dlt645"
 port = "{port}"
+# fast mode: the farm answers at once, so plan with a fast link and no delay
+baud = {baud}
+response_delay_s = 0.0
 response_timeout_s = {response_timeout_s}
 byte_timeout_s = 0.05
 send_interval_s = 0.0

@@ -44,7 +44,7 @@ async def test_all_values_arrive_with_units(tmp_path, running) -> None:
         assert image.value(prefix + "online") is True
     snap = plant.snapshot()[0]
     assert snap.connected and snap.meters_total == 32 and snap.meters_quarantined == 0
-    assert snap.transactions.get("ok", 0) > 32 * 7
+    assert snap.transactions.get("ok", 0) >= 32 * 7  # 4 instant + 2 energy + 1 status
 
 
 async def test_dead_meter_is_quarantined_and_costs_one_timeout_per_backoff(
