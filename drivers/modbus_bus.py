@@ -1,0 +1,291 @@
+"""A Modbus bus (TCP or RTU) through pymodbus: merged block reads, coils for load control.
+
+pymodbus owns the socket or serial port and the framing; this owner adds what
+the field needs on top: one request in flight, the priority lanes, our own
+retry count (pymodbus retries are off so they cannot hide a dead device),
+quarantine, and tags in the process image under
+``buses/<bus>/devices/<device>/<tag>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+
+from controller.process_image import ProcessImage, Quality
+from drivers.bus_owner import LANES, BusOwner, PeriodicJob, WireRecord
+from drivers.config import ModbusBusConfig, ModbusDeviceConfig, ModbusTag
+from drivers.errors import BusTimeout, ModbusDeviceError, TransportClosed
+from drivers.modbus_blocks import BlockRead, merge_reads
+
+FC = {"coil": 1, "discrete_input": 2, "holding": 3, "input": 4}
+POLL_GROUP = "poll"
+
+
+def decode_tag(tag: ModbusTag, block: BlockRead, values: list[int] | list[bool]) -> Any:
+    """A tag's engineering value from a block read's registers (or bits)."""
+    offset = tag.address - block.start
+    if tag.type == "bool":
+        return bool(values[offset])
+    regs = [
+        int(v) for v in values[offset : offset + (2 if tag.type in ("u32", "i32", "f32") else 1)]
+    ]
+    if tag.type == "u16":
+        raw: float = regs[0]
+    elif tag.type == "i16":
+        raw = struct.unpack(">h", struct.pack(">H", regs[0]))[0]
+    else:
+        # two registers, high word first (the common "big-endian" device order)
+        packed = struct.pack(">HH", regs[0], regs[1])
+        raw = struct.unpack({"u32": ">I", "i32": ">i", "f32": ">f"}[tag.type], packed)[0]
+    value = raw * tag.scale
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def encode_tag(tag: ModbusTag, value: float) -> list[int]:
+    raw = value / tag.scale
+    if tag.type in ("u16", "i16"):
+        n = round(raw)
+        lo, hi = (0, 0xFFFF) if tag.type == "u16" else (-0x8000, 0x7FFF)
+        if not lo <= n <= hi:
+            raise ValueError(
+                f"value: {value} does not fit {tag.name} ({tag.type}, scale {tag.scale})"
+            )
+        return [n & 0xFFFF]
+    fmt = {"u32": ">I", "i32": ">i", "f32": ">f"}[tag.type]
+    try:
+        packed = struct.pack(fmt, raw if tag.type == "f32" else round(raw))
+    except struct.error as exc:
+        raise ValueError(f"value: {value} does not fit {tag.name} ({tag.type})") from exc
+    return list(struct.unpack(">HH", packed))
+
+
+class ModbusBus(BusOwner):
+    def __init__(
+        self,
+        config: ModbusBusConfig,
+        image: ProcessImage,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(
+            config.name, config, image, quarantine=config.quarantine, clock=clock, wall=wall
+        )
+        self.protocol = config.protocol
+        self.config = config
+        self.device_configs: dict[str, ModbusDeviceConfig] = {d.name: d for d in config.devices}
+        self.reads: dict[str, list[BlockRead]] = {
+            d.name: merge_reads(d.tags) for d in config.devices
+        }
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        for device in config.devices:
+            prefix = self._device_prefix(device.name)
+            image.define(prefix + "online", "", f"device {device.name} answers on {self.name}")
+            for tag in device.tags:
+                image.define(prefix + tag.name, tag.unit, f"{tag.table} {tag.address}")
+            # one TCP round trip or RTU exchange per block read
+            expected = 0.005 * len(self.reads[device.name])
+            self.add_periodic(device.name, POLL_GROUP, device.period_s, LANES["cyclic"], expected)
+
+    def _device_prefix(self, device: str) -> str:
+        return f"buses/{self.name}/devices/{device}/"
+
+    def devices(self) -> list[str]:
+        return list(self.device_configs)
+
+    # -- link ------------------------------------------------------------------------
+    async def _open(self) -> None:
+        cfg = self.config
+        client: AsyncModbusTcpClient | AsyncModbusSerialClient
+        if cfg.is_tcp:
+            host, port = cfg.tcp_endpoint
+            client = AsyncModbusTcpClient(
+                host, port=port, timeout=cfg.response_timeout_s, retries=0, reconnect_delay=0
+            )
+        else:
+            client = AsyncModbusSerialClient(
+                cfg.port,
+                baudrate=cfg.baud,
+                bytesize=cfg.byte_size,
+                parity=cfg.parity,
+                stopbits=cfg.stop_bits,
+                timeout=cfg.response_timeout_s,
+                retries=0,
+                reconnect_delay=0,
+            )
+        try:
+            ok = await client.connect()
+        except Exception as exc:
+            raise TransportClosed(f"{cfg.port}: cannot connect: {exc}") from exc
+        if not ok:
+            client.close()
+            raise TransportClosed(f"{cfg.port}: cannot connect")
+        self._client = client
+
+    async def _close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # -- one exchange -------------------------------------------------------------------
+    async def _call(
+        self, device: ModbusDeviceConfig, fc: int, call: Callable[[], Awaitable[Any]], retries: int
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        last: Exception | None = None
+        for _attempt in range(1 + retries):
+            await self._run_controls()
+            client = self._client
+            if client is None or not client.connected:
+                raise TransportClosed(f"{self.config.port}: connection lost")
+            t0 = loop.time()
+            record = WireRecord(t0, device.name, fc)
+            self.wire_log.append(record)
+            try:
+                response = await call()
+            except ConnectionException as exc:
+                self.busy_s += loop.time() - t0
+                raise TransportClosed(f"{self.config.port}: {exc}") from exc
+            except (ModbusIOException, TimeoutError) as exc:
+                self.busy_s += loop.time() - t0
+                self.transactions["timeout"] += 1
+                record.outcome = "timeout"
+                last = BusTimeout(f"device {device.name}: no reply to function {fc}: {exc}")
+                if self._client is None or not self._client.connected:
+                    raise TransportClosed(f"{self.config.port}: connection lost") from exc
+                continue
+            self.busy_s += loop.time() - t0
+            if response.isError():
+                self.transactions["exception"] += 1
+                record.outcome = "exception"
+                code = getattr(response, "exception_code", None)
+                raise ModbusDeviceError(f"device {device.name}: exception {code} to function {fc}")
+            self.transactions["ok"] += 1
+            record.outcome = "ok"
+            return response
+        assert last is not None
+        raise last
+
+    # -- polling ------------------------------------------------------------------------
+    async def _poll(self, job: PeriodicJob, probe: bool) -> None:
+        device = self.device_configs[job.device]
+        retries = 0 if probe else self.config.retries
+        prefix = self._device_prefix(device.name)
+        for block in self.reads[device.name]:
+            try:
+                response = await self._call(
+                    device, FC[block.table], self._reader(device, block), retries
+                )
+            except ModbusDeviceError as exc:
+                for tag in block.tags:
+                    cur = self.image.get(prefix + tag.name)
+                    self.image.write(prefix + tag.name, cur.value, Quality.BAD, str(exc))
+                continue
+            retries = self.config.retries
+            values = (
+                response.bits if block.table in ("coil", "discrete_input") else response.registers
+            )
+            now = self.wall()
+            for tag in block.tags:
+                self.image.write(
+                    prefix + tag.name, decode_tag(tag, block, values), Quality.GOOD, "", now
+                )
+
+    def _reader(self, device: ModbusDeviceConfig, block: BlockRead) -> Callable[[], Awaitable[Any]]:
+        client = self._client
+        assert client is not None
+        method = {
+            "coil": client.read_coils,
+            "discrete_input": client.read_discrete_inputs,
+            "holding": client.read_holding_registers,
+            "input": client.read_input_registers,
+        }[block.table]
+        return lambda: method(block.start, count=block.count, device_id=device.unit_id)
+
+    def _device_answered(self, device: str) -> None:
+        name = self._device_prefix(device) + "online"
+        cur = self.image.get(name)
+        if cur.value is not True or cur.quality is not Quality.GOOD:
+            self.image.write(name, True, Quality.GOOD, "", self.wall())
+
+    # -- commands -----------------------------------------------------------------------
+    def _tag(self, device: str, tag: str) -> tuple[ModbusDeviceConfig, ModbusTag]:
+        dev = self.device_configs.get(device)
+        if dev is None:
+            raise KeyError(f"device: no device {device!r} on bus {self.name}")
+        for t in dev.tags:
+            if t.name == tag:
+                if not t.writable:
+                    raise ValueError(f"tag: {device}/{tag} is not writable")
+                return dev, t
+        raise KeyError(f"tag: no tag {tag!r} on device {device!r}")
+
+    async def write_coil(self, device: str, tag: str, value: bool) -> None:
+        """Write a coil (e.g. a load-control output) on the control lane; reads it back into the image."""
+        dev, t = self._tag(device, tag)
+        if t.table != "coil":
+            raise ValueError(f"tag: {device}/{tag} is a {t.table}, not a coil")
+
+        async def action() -> None:
+            client = self._client
+            if client is None:
+                raise TransportClosed(f"{self.config.port}: not connected")
+            await self._call(
+                dev,
+                5,
+                lambda: client.write_coil(t.address, value, device_id=dev.unit_id),
+                self.config.retries,
+            )
+            reply = await self._call(
+                dev,
+                1,
+                lambda: client.read_coils(t.address, count=1, device_id=dev.unit_id),
+                self.config.retries,
+            )
+            self.image.write(
+                self._device_prefix(dev.name) + t.name,
+                bool(reply.bits[0]),
+                Quality.GOOD,
+                "",
+                self.wall(),
+            )
+
+        await self._submit_control(action)
+
+    async def write_register(self, device: str, tag: str, value: float) -> None:
+        """Write a holding register tag (scaled, u16/i16 or two registers), control lane."""
+        dev, t = self._tag(device, tag)
+        if t.table != "holding":
+            raise ValueError(f"tag: {device}/{tag} is a {t.table}, not a holding register")
+        regs = encode_tag(t, value)
+
+        async def action() -> None:
+            client = self._client
+            if client is None:
+                raise TransportClosed(f"{self.config.port}: not connected")
+            if len(regs) == 1:
+                await self._call(
+                    dev,
+                    6,
+                    lambda: client.write_register(t.address, regs[0], device_id=dev.unit_id),
+                    self.config.retries,
+                )
+            else:
+                await self._call(
+                    dev,
+                    16,
+                    lambda: client.write_registers(t.address, regs, device_id=dev.unit_id),
+                    self.config.retries,
+                )
+            self.image.write(
+                self._device_prefix(dev.name) + t.name, value, Quality.GOOD, "", self.wall()
+            )
+
+        await self._submit_control(action)
