@@ -20,25 +20,14 @@ from drivers.config import (
     PollItem,
     load_field_config,
 )
+from drivers.dlt645_bus import read_reply_bytes, read_request_bytes
 from drivers.modbus_blocks import plan_device_reads
 
-# DL/T 645 frame overhead: 68 A0..A5 68 C L ... CS 16
-DLT645_OVERHEAD = 12
-DI_BYTES = 4
 # Assumed Modbus RTU slave response delay.
 MODBUS_RESPONSE_DELAY_S = 0.02
 # Modbus RTU: request = id fc addr(2) count(2) crc(2); reply = id fc n data crc(2)
 MODBUS_RTU_REQUEST = 8
 MODBUS_RTU_REPLY_OVERHEAD = 5
-
-
-def _item_reply_bytes(item: PollItem) -> int:
-    if item.format is not None:
-        value = item.format.length * item.format.count
-    else:
-        info = core.di_info(item.di)
-        value = info.length * info.count if info is not None else 4
-    return DLT645_OVERHEAD + DI_BYTES + value
 
 
 def plan_dlt645(
@@ -50,7 +39,7 @@ def plan_dlt645(
         for g in meter.groups:
             users[g] = users.get(g, 0) + 1
     jobs = []
-    request = DLT645_OVERHEAD + DI_BYTES + bus.preamble
+    request = read_request_bytes(bus.preamble)
     for name, count in users.items():
         group = config.poll_groups[name]
         items = (
@@ -63,7 +52,7 @@ def plan_dlt645(
                 core.PlanJob(
                     f"{name}:{item.di}",
                     request,
-                    _item_reply_bytes(item),
+                    read_reply_bytes(item),
                     group.period_s,
                     delay,
                     count,

@@ -294,6 +294,7 @@ class BusOwner(ABC):
             try:
                 await self._step()
             except TransportClosed as exc:
+                log.warning("bus %s: %s", self.name, exc)
                 self.transactions["io_error"] += 1
                 with contextlib.suppress(Exception):
                     await self._close()

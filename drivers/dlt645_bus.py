@@ -21,9 +21,27 @@ from drivers.transport import Link, open_link
 
 # Longest reply the standard allows: 12 header/trailer bytes + 255 data + 4 preamble.
 MAX_REPLY_BYTES = 271
-# Typical sizes for planning the scheduler before any job has run.
-READ_REQUEST_BYTES = 16
-READ_REPLY_BYTES = 24
+# 68 A0..A5 68 C L ... CS 16
+FRAME_OVERHEAD = 12
+DI_BYTES = 4
+
+
+def read_request_bytes(preamble: int) -> int:
+    """Bytes on the wire for a 0x11 read of one DI."""
+    return FRAME_OVERHEAD + DI_BYTES + preamble
+
+
+def read_reply_bytes(item: PollItem) -> int:
+    """Bytes of the normal reply to a read of ``item`` (meters' own FE preamble not counted)."""
+    if item.format is not None:
+        value = item.format.length * item.format.count
+    else:
+        info = core.di_info(item.di)
+        value = info.length * info.count if info is not None else 4
+    return FRAME_OVERHEAD + DI_BYTES + value
+
+
+CLOCK_ITEMS = (PollItem(di="04000101"), PollItem(di="04000102"))
 
 
 def decode_format(item: PollItem, raw: bytes) -> list[float | None]:
@@ -154,14 +172,18 @@ class Dlt645Bus(BusOwner):
                             self.image.define(prefix + flag, "", "from status word 3")
 
     def _expected_duration(self, group: PollGroup) -> float:
-        n = len(group.items) if group.kind == "read" else 2
-        return n * core.transaction_time(
-            self.config.baud,
-            self.config.bits_per_char,
-            READ_REQUEST_BYTES + self.config.preamble,
-            READ_REPLY_BYTES,
-            self.config.response_delay_s,
-            self.config.send_interval_s,
+        """The scheduler's first estimate, from the same frame sizes `gridctl plan` uses."""
+        items = group.items if group.kind == "read" else CLOCK_ITEMS
+        return sum(
+            core.transaction_time(
+                self.config.baud,
+                self.config.bits_per_char,
+                read_request_bytes(self.config.preamble),
+                read_reply_bytes(item),
+                self.config.response_delay_s,
+                self.config.send_interval_s,
+            )
+            for item in items
         )
 
     def _add_jobs(self) -> None:

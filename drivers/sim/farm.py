@@ -22,6 +22,7 @@ import time
 import tty
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from controller import _core_rs as core
 from drivers.sim.meter import SimMeter
@@ -262,7 +263,8 @@ class _FarmTcpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses: duck-type
+        transport = cast(asyncio.Transport, transport)
         old = self.wire.active
         if old is not None and old.transport is not None:
             old.transport.close()  # a transparent server serves one master at a time
