@@ -89,7 +89,7 @@ def plan_modbus_rtu(bus: ModbusBusConfig, delay: float | None = None) -> core.Bu
 
 def render(config: FieldConfig, delay: float | None) -> tuple[str, bool]:
     lines = [
-        f"{'bus':<12} {'protocol':<11} {'link':<10} {'delay ms':>8} {'jobs':>5} {'util':>7} "
+        f"{'bus':<14} {'protocol':<11} {'link':<10} {'delay ms':>8} {'jobs':>5} {'util':>7} "
         f"{'cycle s':>9} {'max tx/s':>9}  verdict",
     ]
     ok = True
@@ -103,7 +103,7 @@ def render(config: FieldConfig, delay: float | None) -> tuple[str, bool]:
             used = MODBUS_RESPONSE_DELAY_S if delay is None else delay
         else:
             lines.append(
-                f"{bus.name:<12} {bus.protocol:<11} {link:<10} {'-':>8} {'-':>5} {'-':>7} {'-':>9} "
+                f"{bus.name:<14} {bus.protocol:<11} {link:<10} {'-':>8} {'-':>5} {'-':>7} {'-':>9} "
                 f"{'-':>9}  not wire-limited"
             )
             continue
@@ -114,7 +114,7 @@ def render(config: FieldConfig, delay: float | None) -> tuple[str, bool]:
         elif plan.utilisation > getattr(bus, "max_utilisation", 0.95):
             verdict = "warning: above max_utilisation, periods will stretch"
         lines.append(
-            f"{bus.name:<12} {bus.protocol:<11} {link:<10} {used * 1000:>8.0f} {len(plan.jobs):>5} "
+            f"{bus.name:<14} {bus.protocol:<11} {link:<10} {used * 1000:>8.0f} {len(plan.jobs):>5} "
             f"{plan.utilisation * 100:>6.1f}% {plan.worst_case_cycle_s:>9.2f} "
             f"{plan.max_transactions_per_s:>9.2f}  {verdict}"
         )
