@@ -159,8 +159,8 @@ class OpcUaServer:
         pub = self._publisher
         queue = self._queue
         return {
-            "dropped": queue.dropped if queue else 0,
-            "queue_length": len(queue) if queue else 0,
+            "dropped": queue.dropped if queue is not None else 0,
+            "queue_length": len(queue) if queue is not None else 0,
             "published": pub.stats.published if pub else 0,
             "coalesced": pub.stats.coalesced if pub else 0,
             "unknown_tags": pub.stats.unknown if pub else 0,
