@@ -94,6 +94,7 @@ class OpcUaServer:
         self._diag: dict[str, VarEntry] = {}
         self._bus_diag: dict[str, dict[str, VarEntry]] = {}
         self._bus_prev: dict[str, tuple[float, float]] = {}
+        self._bus_util: dict[str, float] = {}
         self._diag_task: asyncio.Task[None] | None = None
         self._started_mono = 0.0
 
@@ -335,18 +336,24 @@ class OpcUaServer:
     async def _update_bus(
         self, entries: dict[str, VarEntry], snap: BusSnapshot, now: datetime
     ) -> None:
+        # Utilisation over the last diagnostics period (d busy / d uptime); the
+        # first sample, or a restarted bus, falls back to the lifetime average.
         prev = self._bus_prev.get(snap.name)
-        self._bus_prev[snap.name] = (snap.uptime_s, snap.busy_s)
-        util: float | None = None
+        util: float | None = self._bus_util.get(snap.name)
         if prev is not None and snap.uptime_s > prev[0]:
             util = 100.0 * (snap.busy_s - prev[1]) / (snap.uptime_s - prev[0])
-        elif snap.uptime_s > 0:
+        elif (prev is None or snap.uptime_s < prev[0]) and snap.uptime_s > 0:
             util = 100.0 * snap.busy_s / snap.uptime_s
+        if prev is None or snap.uptime_s != prev[0]:
+            self._bus_prev[snap.name] = (snap.uptime_s, snap.busy_s)
+        if util is not None:
+            util = max(0.0, min(100.0, util))
+            self._bus_util[snap.name] = util
         tx = snap.transactions
         values: dict[str, Any] = {
             "Connected": snap.connected,
             "Protocol": snap.protocol,
-            "Utilisation": None if util is None else max(0.0, min(100.0, util)),
+            "Utilisation": util,
             "MetersTotal": snap.meters_total,
             "MetersQuarantined": snap.meters_quarantined,
             "TransactionsOk": tx.get("ok", 0),
