@@ -21,7 +21,7 @@ The resulting nodes are indistinguishable from ``add_nodes`` ones to clients
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from asyncua import ua
@@ -70,6 +70,11 @@ VARIANT_FOR_DATATYPE: dict[ua.NodeId, ua.VariantType | None] = {
     DT_BASE: None,  # any type: let asyncua guess from the Python value
 }
 
+# Shared empty values for reference fields (never mutated; saves three objects per reference).
+_NULL_ID = ua.NodeId()
+_EMPTY_QN = ua.QualifiedName()
+_EMPTY_LT = ua.LocalizedText()
+
 READ = ua.AccessLevel.CurrentRead.mask
 READ_HISTORY = READ | ua.AccessLevel.HistoryRead.mask
 
@@ -82,7 +87,7 @@ class Made:
     nodeclass: ua.NodeClass
     browse_name: ua.QualifiedName
     display_name: ua.LocalizedText
-    typedef: ua.NodeId = field(default_factory=ua.NodeId)
+    typedef: ua.NodeId = _NULL_ID
 
     @property
     def nodeid(self) -> ua.NodeId:
@@ -97,6 +102,10 @@ class NodeFactory:
         self.ns = ns
         self.created = 0
         self._shared: dict[tuple[Any, ...], AttributeValue] = {}
+        self._templates: dict[tuple[Any, ...], dict[ua.AttributeIds, AttributeValue]] = {}
+        self._qnames: dict[str, ua.QualifiedName] = {}
+        self._names: dict[tuple[int, str, str], tuple[AttributeValue, AttributeValue]] = {}
+        self._descriptions: dict[str, AttributeValue] = {}
 
     # -- attribute helpers ----------------------------------------------------
     def shared(self, attr: ua.AttributeIds, value: Any, vtype: ua.VariantType) -> AttributeValue:
@@ -112,7 +121,10 @@ class NodeFactory:
         return ua.NodeId(identifier, self.ns)
 
     def qn(self, name: str) -> ua.QualifiedName:
-        return ua.QualifiedName(name, self.ns)
+        qn = self._qnames.get(name)
+        if qn is None:
+            qn = self._qnames[name] = ua.QualifiedName(name, self.ns)
+        return qn
 
     def existing(self, nodeid: ua.NodeId) -> Made:
         data = self.aspace[nodeid]
@@ -121,6 +133,16 @@ class NodeFactory:
         nclass = ua.NodeClass(data.attributes[A.NodeClass].value.Value.Value)  # type: ignore[union-attr]
         return Made(data, nclass, bname, dname)
 
+    def template(
+        self, key: tuple[Any, ...], attrs: dict[ua.AttributeIds, tuple[Any, ua.VariantType]]
+    ) -> dict[ua.AttributeIds, AttributeValue]:
+        """The constant attributes of a node shape, built once per shape."""
+        tpl = self._templates.get(key)
+        if tpl is None:
+            tpl = {attr: self.shared(attr, value, vt) for attr, (value, vt) in attrs.items()}
+            self._templates[key] = tpl
+        return tpl
+
     def _base(
         self,
         nodeid: ua.NodeId,
@@ -128,23 +150,38 @@ class NodeFactory:
         browse_name: ua.QualifiedName,
         display: str,
         description: str,
+        template: dict[ua.AttributeIds, AttributeValue] | None = None,
     ) -> NodeData:
-        if nodeid in self.aspace:
+        aspace = self.aspace
+        if nodeid in aspace:
             raise ValueError(f"node {nodeid.to_string()} already exists")
         data = NodeData(nodeid)
-        attrs = data.attributes
+        if template is None:
+            template = self.template(
+                ("base", nodeclass),
+                {
+                    A.NodeClass: (int(nodeclass), ua.VariantType.Int32),
+                    A.WriteMask: (0, ua.VariantType.UInt32),
+                    A.UserWriteMask: (0, ua.VariantType.UInt32),
+                },
+            )
+        attrs = data.attributes = dict(template)
         attrs[A.NodeId] = AttributeValue(ua.DataValue(ua.Variant(nodeid, ua.VariantType.NodeId)))
-        attrs[A.NodeClass] = self.shared(A.NodeClass, int(nodeclass), ua.VariantType.Int32)
-        attrs[A.BrowseName] = self.shared(A.BrowseName, browse_name, ua.VariantType.QualifiedName)
-        attrs[A.DisplayName] = self.shared(
-            A.DisplayName, ua.LocalizedText(display), ua.VariantType.LocalizedText
-        )
-        attrs[A.Description] = self.shared(
-            A.Description, ua.LocalizedText(description), ua.VariantType.LocalizedText
-        )
-        attrs[A.WriteMask] = self.shared(A.WriteMask, 0, ua.VariantType.UInt32)
-        attrs[A.UserWriteMask] = self.shared(A.UserWriteMask, 0, ua.VariantType.UInt32)
-        self.aspace[nodeid] = data
+        names = self._names.get((browse_name.NamespaceIndex, browse_name.Name, display))
+        if names is None:
+            names = (
+                self.shared(A.BrowseName, browse_name, ua.VariantType.QualifiedName),
+                self.shared(A.DisplayName, ua.LocalizedText(display), ua.VariantType.LocalizedText),
+            )
+            self._names[(browse_name.NamespaceIndex, browse_name.Name, display)] = names
+        attrs[A.BrowseName], attrs[A.DisplayName] = names
+        desc = self._descriptions.get(description)
+        if desc is None:
+            desc = self._descriptions[description] = self.shared(
+                A.Description, ua.LocalizedText(description), ua.VariantType.LocalizedText
+            )
+        attrs[A.Description] = desc
+        aspace[nodeid] = data
         self.created += 1
         return data
 
@@ -176,7 +213,13 @@ class NodeFactory:
         made.typedef = typedef
         made.data.references.append(
             ua.ReferenceDescription(
-                ReferenceTypeId=REF_HAS_TYPEDEF, IsForward=True, NodeId=typedef, NodeClass=typeclass
+                ReferenceTypeId=REF_HAS_TYPEDEF,
+                IsForward=True,
+                NodeId=typedef,
+                NodeClass=typeclass,
+                BrowseName=_EMPTY_QN,
+                DisplayName=_EMPTY_LT,
+                TypeDefinition=_NULL_ID,
             )
         )
 
@@ -187,6 +230,9 @@ class NodeFactory:
                 IsForward=True,
                 NodeId=rule,
                 NodeClass=ua.NodeClass.Object,
+                BrowseName=_EMPTY_QN,
+                DisplayName=_EMPTY_LT,
+                TypeDefinition=_NULL_ID,
             )
         )
 
@@ -240,19 +286,27 @@ class NodeFactory:
         sampling_ms: float = 0.0,
     ) -> Made:
         bname = self.qn(name) if reftype != REF_HAS_PROPERTY else ua.QualifiedName(name, 0)
-        data = self._base(self.nid(ident), ua.NodeClass.Variable, bname, name, description)
-        attrs = data.attributes
-        attrs[A.Value] = AttributeValue(value)
-        attrs[A.DataType] = self.shared(A.DataType, datatype, ua.VariantType.NodeId)
-        attrs[A.ValueRank] = self.shared(A.ValueRank, value_rank, ua.VariantType.Int32)
-        if value_rank >= 0:
-            attrs[A.ArrayDimensions] = self.shared(A.ArrayDimensions, [0], ua.VariantType.UInt32)
-        attrs[A.AccessLevel] = self.shared(A.AccessLevel, access, ua.VariantType.Byte)
-        attrs[A.UserAccessLevel] = self.shared(A.UserAccessLevel, access, ua.VariantType.Byte)
-        attrs[A.MinimumSamplingInterval] = self.shared(
-            A.MinimumSamplingInterval, sampling_ms, ua.VariantType.Double
+        shape: dict[ua.AttributeIds, tuple[Any, ua.VariantType]] = {
+            A.NodeClass: (int(ua.NodeClass.Variable), ua.VariantType.Int32),
+            A.WriteMask: (0, ua.VariantType.UInt32),
+            A.UserWriteMask: (0, ua.VariantType.UInt32),
+            A.DataType: (datatype, ua.VariantType.NodeId),
+            A.ValueRank: (value_rank, ua.VariantType.Int32),
+            A.AccessLevel: (access, ua.VariantType.Byte),
+            A.UserAccessLevel: (access, ua.VariantType.Byte),
+            A.MinimumSamplingInterval: (sampling_ms, ua.VariantType.Double),
+            A.Historizing: (False, ua.VariantType.Boolean),
+        }
+        key = ("var", datatype.Identifier, datatype.NamespaceIndex, value_rank, access, sampling_ms)
+        template = self._templates.get(key)
+        if template is None:
+            if value_rank >= 0:
+                shape[A.ArrayDimensions] = ([0], ua.VariantType.UInt32)
+            template = self.template(key, shape)
+        data = self._base(
+            self.nid(ident), ua.NodeClass.Variable, bname, name, description, template
         )
-        attrs[A.Historizing] = self.shared(A.Historizing, False, ua.VariantType.Boolean)
+        data.attributes[A.Value] = AttributeValue(value)
         made = Made(data, ua.NodeClass.Variable, bname, ua.LocalizedText(name))
         self._typedef(made, typedef, ua.NodeClass.VariableType)
         self.link(parent, made, reftype)

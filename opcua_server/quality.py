@@ -84,9 +84,9 @@ def data_value(tv: TagValue, vtype: ua.VariantType | None) -> ua.DataValue:
     """A DataValue for a tag value. Bad values carry a null Variant (Part 4, 7.7.1)."""
     status = status_code(tv.quality, tv.reason)
     variant = _NULL if tv.quality is Quality.BAD else to_variant(tv.value, vtype)
-    return ua.DataValue(
-        variant,
-        status,
-        SourceTimestamp=datetime.fromtimestamp(tv.source_time, UTC),
-        ServerTimestamp=datetime.fromtimestamp(tv.server_time, UTC),
+    source = datetime.fromtimestamp(tv.source_time, UTC)
+    # Drivers without a device clock stamp both times alike: convert once.
+    server = (
+        source if tv.server_time == tv.source_time else datetime.fromtimestamp(tv.server_time, UTC)
     )
+    return ua.DataValue(variant, status, SourceTimestamp=source, ServerTimestamp=server)
