@@ -16,6 +16,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, str] = {
     "frame": "controller.frame_tool",
     "check-config": "controller.config",
+    "run": "controller.service",
 }
 
 

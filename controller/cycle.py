@@ -47,7 +47,7 @@ Sleeper = Callable[[float], Awaitable[object]]
 
 # Histogram bucket upper bounds in seconds: 1 µs .. 1 s, 1-2-5 steps (+Inf implicit).
 BUCKETS: tuple[float, ...] = (
-    *tuple(m * 10.0**e for e in range(-6, 0) for m in (1.0, 2.0, 5.0)),
+    *(float(f"{m}e{e}") for e in range(-6, 0) for m in (1, 2, 5)),
     1.0,
 )
 
@@ -168,6 +168,7 @@ class CycleTask:
         self._sleep = sleep
         self._programs: list[tuple[str, Program, bool]] = []
         self._task: asyncio.Task[None] | None = None
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self._stopping = False
         self.t0 = 0.0
         self.k = 0  # index of the next deadline
@@ -202,6 +203,7 @@ class CycleTask:
     async def stop(self) -> None:
         """Stop now: a waiting task is cancelled; an async program is interrupted at its await."""
         self._stopping = True
+        self._wake_idle_waiters()
         task, self._task = self._task, None
         if task is None or task.done():
             return
@@ -260,6 +262,8 @@ class CycleTask:
                         )
             end = clock()
             self.execution.add(end - wake)
+            if self._idle_waiters:
+                self._wake_idle_waiters()
             self.cycles += 1
             k += 1
             if end >= self.t0 + k * period:
@@ -269,6 +273,25 @@ class CycleTask:
                 self.skipped += nxt - k
                 k = nxt
             self.k = k
+
+    def after_cycle(self) -> asyncio.Future[None]:
+        """Resolves right after the next cycle ends: the start of the task's idle time.
+
+        Long loop steps (a metrics scrape) started here have the most room
+        before the next deadline. Resolves at once when the task is not running.
+        """
+        fut = asyncio.get_running_loop().create_future()
+        if self.running:
+            self._idle_waiters.append(fut)
+        else:
+            fut.set_result(None)
+        return fut
+
+    def _wake_idle_waiters(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     # -- publishing -----------------------------------------------------------------------
     def snapshot(self) -> TaskSnapshot:
