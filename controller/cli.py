@@ -15,6 +15,8 @@ from collections.abc import Sequence
 # subcommand -> module providing `add_parser(subparsers)`; the parser sets `func`.
 SUBCOMMANDS: dict[str, str] = {
     "frame": "controller.frame_tool",
+    "check-config": "controller.config",
+    "run": "controller.service",
     "sim": "drivers.sim.cli",
     "plan": "controller.plan",
 }

@@ -774,11 +774,14 @@ def load_field_config(path: str | Path) -> FieldConfig:
     every section is checked; otherwise reads the TOML and validates only the
     drivers' keys."""
     try:
-        from controller.config import load_config  # type: ignore[import-not-found]
+        from controller.config import ConfigError, load_config
     except ImportError:
-        load_config = None
-    if load_config is not None:
-        return load_config(path)  # type: ignore[no-any-return]
+        pass
+    else:
+        try:
+            return load_config(path)
+        except ConfigError as exc:
+            raise ConfigFileError(str(exc)) from exc
     import tomllib
 
     try:

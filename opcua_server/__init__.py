@@ -1,1 +1,17 @@
-"""gridctl opcua_server."""
+"""gridctl OPC UA server: information model, publisher, methods, security."""
+
+from .config import OpcUaConfig, Role, UserConfig
+from .methods import AlarmInfo, AlarmSource, CommandRefused, CommandRequest, CommandSink
+from .server import OpcUaServer
+
+__all__ = [
+    "AlarmInfo",
+    "AlarmSource",
+    "CommandRefused",
+    "CommandRequest",
+    "CommandSink",
+    "OpcUaConfig",
+    "OpcUaServer",
+    "Role",
+    "UserConfig",
+]

@@ -1,0 +1,416 @@
+"""Commands as durable records with a lifecycle.
+
+A command (trip, close, set a limit, start a batch, an outbound order) is
+journaled before anything acts on it, carries a unique id (a retry with the
+same id is the same command, never a second one) and ends in exactly one
+terminal state.
+
+States::
+
+    armed ──▶ queued ──▶ sent ──▶ confirmed
+      │          │         ├────▶ failed    (with reason)
+      │          │         └────▶ expired
+      │          ├──▶ refused / failed / expired
+      └──▶ refused / failed / expired
+
+- ``armed``: selected by an operator (select-before-operate), waiting for execute.
+- ``queued``: accepted and journaled; has not touched a wire.
+- ``sent``: journaled as sent *before* the bytes go out (write-ahead). After a
+  crash, a ``sent`` command may or may not have reached the device: it is
+  reconciled by reading the device back, never by re-sending blindly.
+- terminal: ``confirmed`` (read back as commanded), ``failed`` (reason),
+  ``expired``, ``refused`` (interlock or intake closed).
+
+Every state change is committed with ``synchronous=FULL`` before the call
+returns, so whatever a caller has been told survives SIGKILL and power loss.
+This module holds no switching logic: it is the record keeper.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+
+from controller.cycle import Series
+from controller.journal import Journal, Statement
+
+log = logging.getLogger("gridctl.commands")
+
+
+class CommandState(StrEnum):
+    ARMED = "armed"
+    QUEUED = "queued"
+    SENT = "sent"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    REFUSED = "refused"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset(
+    {CommandState.CONFIRMED, CommandState.FAILED, CommandState.EXPIRED, CommandState.REFUSED}
+)
+_ENDS = {CommandState.FAILED, CommandState.EXPIRED, CommandState.REFUSED}
+TRANSITIONS: dict[CommandState, frozenset[CommandState]] = {
+    CommandState.ARMED: frozenset({CommandState.QUEUED, *_ENDS}),
+    CommandState.QUEUED: frozenset({CommandState.SENT, *_ENDS}),
+    CommandState.SENT: frozenset(
+        {CommandState.CONFIRMED, CommandState.FAILED, CommandState.EXPIRED}
+    ),
+    **{s: frozenset() for s in TERMINAL},
+}
+
+# Kinds known today; later parts pass their own set to CommandLog. Kinds are a
+# metric label, so the set must stay bounded.
+DEFAULT_KINDS: frozenset[str] = frozenset(
+    {
+        "trip",
+        "close_allowed",
+        "direct_close",
+        "alarm_on",
+        "alarm_off",
+        "keep_power_on",
+        "keep_power_off",
+        "set_limit",
+        "start_batch",
+        "outbound_order",
+        "inbound_order",
+        "test",
+    }
+)
+
+
+class CommandError(ValueError):
+    """Bad command argument, unknown id or illegal transition; the message says which."""
+
+
+class CommandRefused(CommandError):
+    """The command log is not accepting new commands (shutting down)."""
+
+
+@dataclass(slots=True)
+class Transition:
+    state: CommandState
+    at: float
+    reason: str
+    who: str
+
+
+@dataclass(slots=True)
+class Command:
+    id: str
+    kind: str
+    target: str
+    args: dict[str, Any]
+    who: str
+    why: str
+    state: CommandState
+    reason: str
+    created: float
+    updated: float
+    expires: float | None
+    history: list[Transition] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+@dataclass(slots=True, frozen=True)
+class Resolution:
+    """What a reconcile read-back found for a pending command."""
+
+    state: CommandState  # confirmed, failed or expired
+    reason: str = ""
+
+
+Reread = Callable[[Command], Awaitable[Resolution | None]]
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    examined: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    def count(self, state: CommandState) -> None:
+        self.outcomes[state.value] = self.outcomes.get(state.value, 0) + 1
+
+
+def _pack(args: dict[str, Any]) -> bytes:
+    try:
+        return msgpack.packb(args, use_bin_type=True)
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"args: not serialisable: {exc}") from None
+
+
+class CommandLog:
+    """The record keeper for commands; one per service, all calls on the event loop."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        kinds: Iterable[str] = DEFAULT_KINDS,
+        clock: Callable[[], float] = time.time,
+        recent: int = 256,
+    ) -> None:
+        self.journal = journal
+        self.kinds = frozenset(kinds)
+        self._clock = clock
+        self._pending: dict[str, Command] = {}
+        self._recent: deque[Command] = deque(maxlen=recent)
+        self.accepting = True
+        self.refusal = ""
+        # (kind, outcome) -> created→terminal latency; bounded by kinds × 4
+        self.latency: dict[tuple[str, str], Series] = {}
+
+    # -- start-up -----------------------------------------------------------------------------
+    def load(self) -> int:
+        """Load pending commands from the journal (at start-up); returns how many."""
+        rows = self.journal.query(
+            "SELECT * FROM commands WHERE state NOT IN ('confirmed', 'failed', 'expired', 'refused') "
+            "ORDER BY created"
+        )
+        for row in rows:
+            cmd = self._from_row(row)
+            self._pending[cmd.id] = cmd
+        return len(rows)
+
+    def _from_row(self, row: Any) -> Command:
+        cmd = Command(
+            row["id"],
+            row["kind"],
+            row["target"],
+            msgpack.unpackb(row["args"], raw=False),
+            row["who"],
+            row["why"],
+            CommandState(row["state"]),
+            row["reason"],
+            row["created"],
+            row["updated"],
+            row["expires"],
+        )
+        for t in self.journal.query(
+            "SELECT state, at, reason, who FROM command_transitions WHERE command_id = ? ORDER BY seq",
+            (cmd.id,),
+        ):
+            cmd.history.append(Transition(CommandState(t["state"]), t["at"], t["reason"], t["who"]))
+        return cmd
+
+    # -- queries ----------------------------------------------------------------------------
+    def get(self, command_id: str) -> Command:
+        cmd = self._pending.get(command_id)
+        if cmd is not None:
+            return cmd
+        for cmd in self._recent:
+            if cmd.id == command_id:
+                return cmd
+        rows = self.journal.query("SELECT * FROM commands WHERE id = ?", (command_id,))
+        if not rows:
+            raise CommandError(f"unknown command id {command_id!r}")
+        return self._from_row(rows[0])
+
+    def pending(self) -> list[Command]:
+        return list(self._pending.values())
+
+    def recent(self) -> list[Command]:
+        return list(self._recent)
+
+    # -- intake -----------------------------------------------------------------------------
+    def close_intake(self, reason: str = "service stopping") -> None:
+        """Refuse new commands from now on (orderly stop)."""
+        self.accepting = False
+        self.refusal = reason
+
+    async def submit(
+        self,
+        kind: str,
+        target: str,
+        args: dict[str, Any] | None = None,
+        *,
+        who: str,
+        why: str,
+        command_id: str | None = None,
+        expires_in_s: float | None = None,
+        arm: bool = False,
+    ) -> Command:
+        """Create a command (``queued``, or ``armed`` for select-before-operate), durably.
+
+        A known ``command_id`` with the same content returns the existing record
+        (idempotent retry); with different content it is an error.
+        """
+        if not self.accepting:
+            raise CommandRefused(f"not accepting commands: {self.refusal}")
+        if kind not in self.kinds:
+            raise CommandError(
+                f"kind: must be one of {', '.join(sorted(self.kinds))} (got {kind!r})"
+            )
+        if not isinstance(target, str) or not 0 < len(target) <= 200:
+            raise CommandError(
+                f"target: must be a non-empty string of at most 200 characters (got {target!r})"
+            )
+        if not who or not isinstance(who, str):
+            raise CommandError("who: required (every command is audited with its user)")
+        if not why or not isinstance(why, str):
+            raise CommandError("why: required (every command is audited with its reason)")
+        if expires_in_s is not None and not expires_in_s > 0:
+            raise CommandError(f"expires_in_s: must be > 0 (got {expires_in_s})")
+        args = {} if args is None else args
+        if not isinstance(args, dict):
+            raise CommandError(f"args: must be a mapping (got {type(args).__name__})")
+        blob = _pack(args)
+        if command_id is not None:
+            if not isinstance(command_id, str) or not 0 < len(command_id) <= 64:
+                raise CommandError(f"command_id: must be 1..64 characters (got {command_id!r})")
+            try:
+                existing = self.get(command_id)
+            except CommandError:
+                existing = None
+            if existing is not None:
+                if (existing.kind, existing.target, existing.args) != (kind, target, args):
+                    raise CommandError(
+                        f"command id {command_id!r} already used for a different command"
+                    )
+                return existing
+        cid = command_id or uuid.uuid4().hex
+        now = self._clock()
+        state = CommandState.ARMED if arm else CommandState.QUEUED
+        expires = None if expires_in_s is None else now + expires_in_s
+        cmd = Command(cid, kind, target, args, who, why, state, "", now, now, expires)
+        cmd.history.append(Transition(state, now, "", who))
+        await self.journal.commit(
+            [
+                (
+                    "INSERT INTO commands(id, kind, target, args, who, why, state, reason, created, "
+                    "updated, expires) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?)",
+                    (cid, kind, target, blob, who, why, state.value, now, now, expires),
+                ),
+                self._transition_row(cid, state, "", who, now),
+            ],
+            durable=True,
+        )
+        self._pending[cid] = cmd
+        return cmd
+
+    @staticmethod
+    def _transition_row(
+        cid: str, state: CommandState, reason: str, who: str, at: float
+    ) -> Statement:
+        return (
+            "INSERT INTO command_transitions(command_id, state, reason, who, at) VALUES (?, ?, ?, ?, ?)",
+            (cid, state.value, reason, who, at),
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def transition(
+        self, command_id: str, state: CommandState | str, *, reason: str = "", who: str = "system"
+    ) -> Command:
+        """Move a pending command to ``state``; returns once the change is on disk."""
+        state = CommandState(state)
+        cmd = self._pending.get(command_id)
+        if cmd is None:
+            known = self.get(command_id)  # raises for unknown ids
+            raise CommandError(
+                f"command {command_id}: already {known.state.value}; no further transitions"
+            )
+        if state not in TRANSITIONS[cmd.state]:
+            allowed = ", ".join(sorted(s.value for s in TRANSITIONS[cmd.state]))
+            raise CommandError(
+                f"command {command_id}: cannot go from {cmd.state.value} to {state.value} (allowed: {allowed})"
+            )
+        if state in _ENDS and not reason:
+            raise CommandError(f"command {command_id}: a reason is required for {state.value}")
+        now = self._clock()
+        await self.journal.commit(
+            [
+                (
+                    "UPDATE commands SET state = ?, reason = ?, updated = ? WHERE id = ?",
+                    (state.value, reason, now, command_id),
+                ),
+                self._transition_row(command_id, state, reason, who, now),
+            ],
+            durable=True,
+        )
+        cmd.state, cmd.reason, cmd.updated = state, reason, now
+        cmd.history.append(Transition(state, now, reason, who))
+        if state in TERMINAL:
+            del self._pending[command_id]
+            self._recent.append(cmd)
+            key = (cmd.kind, state.value)
+            series = self.latency.get(key)
+            if series is None:
+                series = self.latency[key] = Series(256)
+            series.add(now - cmd.created)
+        return cmd
+
+    async def expire_due(self, now: float | None = None) -> list[Command]:
+        """Expire armed/queued commands past their expiry (sent ones wait for read-back)."""
+        now = self._clock() if now is None else now
+        due = [
+            c
+            for c in self._pending.values()
+            if c.expires is not None and c.expires <= now and c.state is not CommandState.SENT
+        ]
+        return [
+            await self.transition(c.id, CommandState.EXPIRED, reason="expiry time passed")
+            for c in due
+        ]
+
+    async def reconcile(self, reread: Reread) -> ReconcileReport:
+        """Bring every pending command loaded at start-up to a terminal state.
+
+        ``armed`` ones expire (an operator selection does not survive a restart).
+        ``queued`` and ``sent`` ones are resolved by ``reread`` — a read-back of
+        the target, never a re-send. ``None`` from ``reread`` means the device
+        does not show the command applied: a ``queued`` one is failed as not
+        sent (write-ahead guarantees it never reached the wire), a ``sent`` one
+        as not applied; either may be expired if past its expiry.
+        """
+        report = ReconcileReport()
+        for cmd in list(self._pending.values()):
+            report.examined += 1
+            if cmd.state is CommandState.ARMED:
+                done = await self.transition(
+                    cmd.id, CommandState.EXPIRED, reason="armed before restart; selection lapsed"
+                )
+                report.count(done.state)
+                continue
+            try:
+                res = await reread(cmd)
+                err = ""
+            except Exception as exc:
+                res, err = None, f"read-back failed: {exc}"
+            if res is None:
+                expired = cmd.expires is not None and cmd.expires <= self._clock()
+                if expired:
+                    res = Resolution(CommandState.EXPIRED, "expired across restart; not re-sent")
+                elif cmd.state is CommandState.QUEUED:
+                    res = Resolution(CommandState.FAILED, "not sent before restart; not re-sent")
+                else:
+                    res = Resolution(
+                        CommandState.FAILED,
+                        err or "not applied per read-back after restart; not re-sent",
+                    )
+            if cmd.state is CommandState.QUEUED and res.state is CommandState.CONFIRMED:
+                # the target already shows the commanded state; record the path honestly
+                await self.transition(
+                    cmd.id, CommandState.SENT, reason="reconcile: already applied"
+                )
+            done = await self.transition(cmd.id, res.state, reason=res.reason, who="reconcile")
+            report.count(done.state)
+        log.info(
+            "commands: reconciled %d pending after restart: %s", report.examined, report.outcomes
+        )
+        return report

@@ -1,0 +1,333 @@
+"""The root configuration: the field part (drivers) plus the runtime's own tables.
+
+A config is one TOML file validated by pydantic. Every table forbids unknown
+keys, so a typo is an error rather than a silently ignored default. Errors are
+reported one per line as ``FILE: dotted.field.path: what is allowed (got X)``.
+
+Relative paths (journal, state directory) are kept relative and therefore
+resolve against the working directory of ``gridctl run``; the demo keeps
+everything under ``./var/``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+
+from drivers.config import FieldConfig
+
+DEFAULT_CONFIG = Path("config/demo.toml")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; ``str()`` is one line per problem, each naming the file."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
+
+
+class _Strict(BaseModel):
+    # strict: "10" is not 10 and 1 is not true in a config file
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# TOML has no path type: accept strings (strict mode would demand Path instances).
+PathStr = Annotated[Path, Field(strict=False)]
+
+
+class ServiceConfig(_Strict):
+    """``[service]``: process-wide settings."""
+
+    name: str = Field(default="gridctl", min_length=1, max_length=64)
+    state_dir: PathStr = Path("var")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Start the simulated plant described in [sim] as child processes (the demo).
+    embedded_sim: bool = False
+    # Run the simulators with accelerated timing (tests, benchmarks).
+    sim_fast: bool = False
+    # Budget for an orderly stop after SIGTERM/SIGINT.
+    stop_timeout_s: float = Field(default=5.0, ge=0.5, le=30.0)
+    # Local control channel (Unix socket, msgpack); empty string disables it.
+    control_socket: str = "var/gridctl.sock"
+
+
+class TasksConfig(_Strict):
+    """``[tasks]``: the cyclic tasks (IEC 61131-3 style, absolute deadlines)."""
+
+    fast_period_ms: int = Field(default=10, ge=1, le=1000)
+    # Yield-spin budget before each deadline (coarse sleep until then).
+    fast_spin_us: int = Field(default=2000, ge=0, le=100_000)
+    control_period_ms: int = Field(default=1000, ge=10, le=60_000)
+    control_spin_us: int = Field(default=2000, ge=0, le=100_000)
+    # What happens when a cycle ends after the next deadline. Only "skip" is
+    # implemented: resume at the next future deadline and count the skipped cycles.
+    overrun: Literal["skip"] = "skip"
+    # Samples kept per task for exact recent percentiles (histograms are cumulative).
+    stats_window: int = Field(default=4096, ge=16, le=1_048_576)
+    gc_freeze: bool = True
+
+    @field_validator("fast_spin_us", "control_spin_us")
+    @classmethod
+    def _spin_below_period(cls, v: int, info: ValidationInfo) -> int:
+        task = (info.field_name or "").split("_", 1)[0]
+        period_ms = info.data.get(f"{task}_period_ms")
+        if period_ms is not None and v >= period_ms * 1000:
+            raise ValueError(
+                f"must be less than {task}_period_ms in µs ({period_ms * 1000}) (got {v})"
+            )
+        return v
+
+
+class JournalConfig(_Strict):
+    """``[journal]``: the SQLite (WAL) journal."""
+
+    path: PathStr = Path("var/journal.sqlite")
+    # Pending writes waiting for the writer thread. Events beyond it are dropped
+    # and counted; commands are refused (never dropped).
+    queue_limit: int = Field(default=10_000, ge=10, le=1_000_000)
+    # Writes merged into one transaction (group commit).
+    batch_max: int = Field(default=256, ge=1, le=10_000)
+
+
+class MetricsConfig(_Strict):
+    """``[metrics]``: the Prometheus endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)  # 0: pick a free port (tests)
+    # "asyncio": served on the service loop; "thread": prometheus_client's own server.
+    server: Literal["asyncio", "thread"] = "asyncio"
+
+
+class OpcUaConfig(_Strict):
+    """``[opcua]``: the OPC UA server (endpoint only until the server lands)."""
+
+    enabled: bool = True
+    endpoint: str = "opc.tcp://127.0.0.1:4840/gridctl"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        m = re.fullmatch(r"opc\.tcp://([^/:]+):(\d{1,5})(/.*)?", v)
+        if not m or not 0 < int(m.group(2)) < 65536:
+            raise ValueError(f"must look like opc.tcp://HOST:PORT/PATH, port 1..65535 (got {v!r})")
+        return v
+
+
+class GridConfig(FieldConfig):
+    """The whole config file: field tables (drivers) plus the runtime tables."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: ServiceConfig = ServiceConfig()
+    tasks: TasksConfig = TasksConfig()
+    journal: JournalConfig = JournalConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    opcua: OpcUaConfig = OpcUaConfig()
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+_TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def load_config(path: Path | str) -> GridConfig:
+    """Read and validate a config file; raises ConfigError naming the file and each field."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = _TOML_POS.search(msg)
+        if m:
+            where = f"line {m.group(1)}, column {m.group(2)}"
+            msg = msg[: m.start()]
+            raise ConfigError(path, [f"{where}: TOML syntax error: {msg}"]) from None
+        raise ConfigError(path, [f"TOML syntax error: {msg}"]) from None
+    return validate_config(data, path)
+
+
+def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> GridConfig:
+    try:
+        return GridConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, [_describe(err) for err in exc.errors()]) from None
+
+
+# -- error formatting -------------------------------------------------------------------------
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip Optional/Annotated wrappers; return the single non-None member if any."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+            continue
+        if origin in (Union, types.UnionType):
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(members) == 1:
+                tp = members[0]
+                continue
+        return tp
+
+
+def _resolve(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    """Walk GridConfig along ``loc``: the model owning the last element and its field.
+
+    Best effort: unions with several models, or anything unexpected, give (None, None).
+    """
+    model: Any = GridConfig
+    field: FieldInfo | None = None
+    owner: type[BaseModel] | None = None
+    for part in loc:
+        tp = _unwrap(model)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            if not isinstance(part, str) or part not in tp.model_fields:
+                return (tp, None)
+            owner, field = tp, tp.model_fields[part]
+            model = field.annotation
+            continue
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin in (list, tuple, set, frozenset) and args:
+            model, field, owner = args[0], None, None
+        elif origin is dict and len(args) == 2:
+            model, field, owner = args[1], None, None
+        else:
+            return (None, None)
+    return (owner, field)
+
+
+def _bounds(field: FieldInfo | None) -> tuple[Any, Any]:
+    lo = hi = None
+    for meta in field.metadata if field is not None else ():
+        if isinstance(meta, annotated_types.Ge | annotated_types.Gt):
+            lo = getattr(meta, "ge", getattr(meta, "gt", None))
+        elif isinstance(meta, annotated_types.Le | annotated_types.Lt):
+            hi = getattr(meta, "le", getattr(meta, "lt", None))
+    return lo, hi
+
+
+def _got(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(err: Any) -> str:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    got = _got(err.get("input"))
+    where = _dotted(loc)
+    if kind == "extra_forbidden":
+        owner, _ = _resolve((*loc[:-1], "__nothing__"))
+        allowed = ", ".join(sorted(owner.model_fields)) if owner else ""
+        tail = f" (allowed: {allowed})" if allowed else ""
+        return f"{where}: unknown key{tail}"
+    if kind == "missing":
+        return f"{where}: required, missing"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        _, field = _resolve(loc)
+        lo, hi = _bounds(field)
+        if lo is not None and hi is not None:
+            return f"{where}: must be between {lo} and {hi} (got {got})"
+        sign = {
+            "greater_than_equal": ">=",
+            "less_than_equal": "<=",
+            "greater_than": ">",
+            "less_than": "<",
+        }[kind]
+        limit = next(iter(ctx.values()), "?")
+        return f"{where}: must be {sign} {limit} (got {got})"
+    if kind == "literal_error":
+        return f"{where}: must be one of {ctx.get('expected', '?')} (got {got})"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"{where}: must be an integer (got {got})"
+    if kind in ("float_type", "float_parsing"):
+        return f"{where}: must be a number (got {got})"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"{where}: must be true or false (got {got})"
+    if kind in ("string_type",):
+        return f"{where}: must be a string (got {got})"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{where}: must be a table (got {got})"
+    if kind in ("path_type", "path_parsing"):
+        return f"{where}: must be a path string (got {got})"
+    if kind == "list_type":
+        return f"{where}: must be an array (got {got})"
+    if kind == "string_pattern_mismatch":
+        return f"{where}: must match {ctx.get('pattern', '?')} (got {got})"
+    if kind in ("string_too_short", "string_too_long"):
+        _, field = _resolve(loc)
+        lo = hi = None
+        for meta in field.metadata if field is not None else ():
+            lo = getattr(meta, "min_length", lo)
+            hi = getattr(meta, "max_length", hi)
+        return f"{where}: length must be between {lo or 0} and {hi or '∞'} characters (got {got})"
+    if kind == "value_error":
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        return f"{where}: {msg}"
+    return f"{where}: {err.get('msg', kind)} (got {got})"
+
+
+# -- CLI: gridctl check-config ----------------------------------------------------------------
+
+
+def summary(cfg: GridConfig) -> str:
+    t = cfg.tasks
+    return (
+        f"{len(cfg.buses)} buses, {len(cfg.poll_groups)} poll groups, "
+        f"tasks fast {t.fast_period_ms} ms / control {t.control_period_ms} ms, "
+        f"journal {cfg.journal.path}, "
+        f"metrics {'off' if not cfg.metrics.enabled else f'{cfg.metrics.host}:{cfg.metrics.port}'}, "
+        f"opcua {cfg.opcua.endpoint if cfg.opcua.enabled else 'off'}"
+    )
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("check-config", help="validate a config file without starting anything")
+    p.add_argument("file", type=Path, help="TOML config file")
+    p.set_defaults(func=_check_config)
+
+
+def _check_config(args: Any) -> int:
+    import sys
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{args.file}: ok: {summary(cfg)}")
+    return 0

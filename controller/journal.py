@@ -1,0 +1,391 @@
+"""The durable journal: one SQLite file in WAL mode, one writer thread.
+
+Everything that must survive a crash goes through here: commands and their
+state transitions, alarms and events, and the domain tables later parts add
+(results, inventory, orders) through further migrations.
+
+Writing
+    Writes are *units* (a list of SQL statements applied atomically) queued to
+    one writer thread, which merges up to ``batch_max`` units into one
+    transaction (group commit), each unit in its own savepoint so a bad unit
+    fails alone. The event loop never waits on the disk unless it asks to.
+
+Durability
+    In WAL mode ``synchronous=NORMAL`` survives a process crash (SIGKILL) but
+    a power cut can lose the last commits, because the WAL is not fsynced at
+    commit. That is fine for events, not for commands: a command must be on
+    disk before its bytes go to a wire (write-ahead), and "confirmed" must
+    never be taken back. So a batch holding any *durable* unit is committed
+    with ``synchronous=FULL`` (WAL fsynced at commit); other batches use
+    NORMAL. (SQLite refuses to change the level inside a transaction, so the
+    level is set per batch, between transactions.)
+
+Back-pressure
+    The queue is bounded (``queue_limit``). ``post`` (events) drops and counts
+    when it is full; ``commit`` (commands) raises ``JournalFull`` — a command
+    is refused, never silently dropped.
+
+Schema
+    ``MIGRATIONS`` is an ordered list of SQL scripts; ``PRAGMA user_version``
+    is the number applied. Each runs in one transaction with its version bump.
+    Later parts append to the list; never edit an applied script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.cycle import Series
+
+log = logging.getLogger("gridctl.journal")
+
+Statement = tuple[str, Sequence[Any]]
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "commands, alarms and events",
+        """
+        CREATE TABLE commands (
+            id       TEXT PRIMARY KEY,
+            kind     TEXT NOT NULL,
+            target   TEXT NOT NULL,
+            args     BLOB NOT NULL,          -- msgpack
+            who      TEXT NOT NULL,
+            why      TEXT NOT NULL,
+            state    TEXT NOT NULL,
+            reason   TEXT NOT NULL DEFAULT '',
+            created  REAL NOT NULL,          -- epoch seconds
+            updated  REAL NOT NULL,
+            expires  REAL                    -- epoch seconds, NULL = no expiry
+        );
+        CREATE INDEX commands_pending ON commands(state)
+            WHERE state NOT IN ('confirmed', 'failed', 'expired', 'refused');
+        CREATE TABLE command_transitions (
+            seq        INTEGER PRIMARY KEY,
+            command_id TEXT NOT NULL REFERENCES commands(id),
+            state      TEXT NOT NULL,
+            reason     TEXT NOT NULL DEFAULT '',
+            who        TEXT NOT NULL,
+            at         REAL NOT NULL
+        );
+        CREATE INDEX command_transitions_by_command ON command_transitions(command_id, seq);
+        CREATE TABLE alarms (
+            key           TEXT PRIMARY KEY,  -- condition:source
+            condition     TEXT NOT NULL,
+            source        TEXT NOT NULL,
+            severity      INTEGER NOT NULL,
+            active        INTEGER NOT NULL,
+            acked         INTEGER NOT NULL,
+            shelved_until REAL,
+            shelved_by    TEXT,
+            message       TEXT NOT NULL DEFAULT '',
+            raised_at     REAL,
+            cleared_at    REAL,
+            acked_at      REAL,
+            acked_by      TEXT,
+            ack_note      TEXT,
+            updated       REAL NOT NULL
+        );
+        CREATE TABLE events (
+            seq      INTEGER PRIMARY KEY,
+            at       REAL NOT NULL,
+            kind     TEXT NOT NULL,          -- alarm, command, service, ...
+            source   TEXT NOT NULL,
+            severity INTEGER NOT NULL DEFAULT 0,
+            message  TEXT NOT NULL,
+            data     BLOB                    -- msgpack or NULL
+        );
+        CREATE INDEX events_by_time ON events(at);
+        """,
+    ),
+]
+
+
+class JournalError(RuntimeError):
+    pass
+
+
+class JournalFull(JournalError):
+    """The write queue is at its limit; the write was refused."""
+
+
+class JournalClosed(JournalError):
+    pass
+
+
+@dataclass(slots=True)
+class _Unit:
+    statements: Sequence[Statement]
+    durable: bool
+    queued_at: float
+    future: concurrent.futures.Future[None] | None
+
+
+@dataclass(slots=True, frozen=True)
+class JournalSnapshot:
+    path: str
+    schema_version: int
+    queue_depth: int
+    queue_limit: int
+    units: int
+    batches: int
+    durable_batches: int
+    dropped: int
+    failed: int
+    write_latency: Any  # cycle.Summary: enqueue → committed
+    commit_time: Any  # cycle.Summary: one transaction incl. fsync
+
+
+class Journal:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        queue_limit: int = 10_000,
+        batch_max: int = 256,
+        migrations: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.queue_limit = queue_limit
+        self.batch_max = batch_max
+        self.migrations = MIGRATIONS if migrations is None else migrations
+        self.schema_version = 0
+        self._queue: deque[_Unit] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._read: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self.units = 0
+        self.batches = 0
+        self.durable_batches = 0
+        self.dropped = 0
+        self.failed = 0
+        self.write_latency = Series(4096)
+        self.commit_time = Series(4096)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA busy_timeout = 10000")
+        return conn
+
+    def open(self) -> int:
+        """Create or migrate the file, start the writer; returns the schema version."""
+        if self._thread is not None:
+            raise JournalError("journal already open")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise JournalError(f"{self.path}: cannot enable WAL (journal_mode={mode})")
+            self.schema_version = self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self._closing = False
+        self._thread = threading.Thread(
+            target=self._writer, args=(conn,), name="journal-writer", daemon=True
+        )
+        self._thread.start()
+        self._read = self._connect()
+        self._read.row_factory = sqlite3.Row
+        return self.schema_version
+
+    def _migrate(self, conn: sqlite3.Connection) -> int:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        known = len(self.migrations)
+        if version > known:
+            raise JournalError(
+                f"{self.path}: schema version {version} is newer than this gridctl knows ({known})"
+            )
+        for number in range(version + 1, known + 1):
+            name, script = self.migrations[number - 1]
+            log.info("journal: migrating %s to version %d (%s)", self.path, number, name)
+            try:
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+                )
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise JournalError(
+                    f"{self.path}: migration {number} ({name}) failed: {exc}"
+                ) from exc
+        return known
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Flush what is queued and stop the writer; True when everything was written."""
+        thread = self._thread
+        if thread is None:
+            return True
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        thread.join(timeout)
+        self._thread = None
+        if self._read is not None:
+            with self._read_lock:
+                self._read.close()
+            self._read = None
+        return not thread.is_alive() and not self._queue
+
+    @property
+    def is_open(self) -> bool:
+        return self._thread is not None and not self._closing
+
+    # -- writing ----------------------------------------------------------------------------
+    def _enqueue(self, unit: _Unit, *, drop: bool) -> bool:
+        with self._cond:
+            if self._closing or self._thread is None:
+                raise JournalClosed(f"{self.path}: journal is closed")
+            if len(self._queue) >= self.queue_limit:
+                if drop:
+                    self.dropped += 1
+                    return False
+                raise JournalFull(f"journal queue full ({self.queue_limit} pending writes)")
+            self._queue.append(unit)
+            self._cond.notify()
+        return True
+
+    def submit(
+        self, statements: Sequence[Statement], *, durable: bool = True
+    ) -> concurrent.futures.Future[None]:
+        """Queue a unit; the future resolves when it is committed (or fails)."""
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._enqueue(_Unit(statements, durable, time.perf_counter(), fut), drop=False)
+        return fut
+
+    async def commit(self, statements: Sequence[Statement], *, durable: bool = True) -> None:
+        """Queue a unit and wait until it is on disk (fsynced when ``durable``)."""
+        await asyncio.wrap_future(self.submit(statements, durable=durable))
+
+    def post(self, statements: Sequence[Statement]) -> bool:
+        """Fire and forget (events): False when dropped because the queue is full."""
+        try:
+            return self._enqueue(_Unit(statements, False, time.perf_counter(), None), drop=True)
+        except JournalClosed:
+            self.dropped += 1
+            return False
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        await self.commit([], durable=False)
+
+    def _writer(self, conn: sqlite3.Connection) -> None:
+        sync_full = False
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closing:
+                        self._cond.wait()
+                    if not self._queue and self._closing:
+                        return
+                    n = min(len(self._queue), self.batch_max)
+                    batch = [self._queue.popleft() for _ in range(n)]
+                durable = any(u.durable for u in batch)
+                if durable != sync_full:
+                    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                    sync_full = durable
+                self._write_batch(conn, batch, durable)
+        finally:
+            conn.close()
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Unit], durable: bool) -> None:
+        started = time.perf_counter()
+        errors: list[BaseException | None] = [None] * len(batch)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for i, unit in enumerate(batch):
+                conn.execute("SAVEPOINT unit")
+                try:
+                    for sql, params in unit.statements:
+                        conn.execute(sql, params)
+                except sqlite3.Error as exc:
+                    conn.execute("ROLLBACK TO unit")
+                    errors[i] = exc
+                conn.execute("RELEASE unit")
+            conn.execute("COMMIT")
+        except BaseException as exc:  # the whole batch failed (disk full, I/O error)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            log.error("journal: batch of %d writes failed: %s", len(batch), exc)
+            errors = [exc] * len(batch)
+        done = time.perf_counter()
+        self.commit_time.add(done - started)
+        self.batches += 1
+        self.durable_batches += durable
+        for unit, err in zip(batch, errors, strict=True):
+            self.units += 1
+            self.write_latency.add(done - unit.queued_at)
+            if err is not None:
+                self.failed += 1
+                if unit.future is None:
+                    log.error("journal: write failed: %s", err)
+            if unit.future is not None and not unit.future.cancelled():
+                if err is None:
+                    unit.future.set_result(None)
+                else:
+                    unit.future.set_exception(JournalError(f"journal write failed: {err}"))
+
+    # -- reading ----------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Read committed data (a separate connection; WAL lets it run beside the writer)."""
+        if self._read is None:
+            raise JournalClosed(f"{self.path}: journal is closed")
+        with self._read_lock:
+            return self._read.execute(sql, params).fetchall()
+
+    async def aquery(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return await asyncio.to_thread(self.query, sql, params)
+
+    # -- publishing -------------------------------------------------------------------------
+    def snapshot(self) -> JournalSnapshot:
+        return JournalSnapshot(
+            str(self.path),
+            self.schema_version,
+            len(self._queue),
+            self.queue_limit,
+            self.units,
+            self.batches,
+            self.durable_batches,
+            self.dropped,
+            self.failed,
+            self.write_latency.summary(),
+            self.commit_time.summary(),
+        )
+
+    # -- events -----------------------------------------------------------------------------
+    def event(
+        self,
+        kind: str,
+        source: str,
+        message: str,
+        *,
+        severity: int = 0,
+        data: bytes | None = None,
+        at: float | None = None,
+    ) -> bool:
+        """Record an event (fire and forget)."""
+        return self.post(
+            [
+                (
+                    "INSERT INTO events(at, kind, source, severity, message, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (time.time() if at is None else at, kind, source, severity, message, data),
+                )
+            ]
+        )

@@ -1,0 +1,374 @@
+"""`gridctl run`: the whole service on one uvloop event loop.
+
+Start-up order (one log line per subsystem when it is ready):
+
+1. journal (SQLite WAL, migrations) and the command log (pending commands loaded);
+2. alarm engine (states restored);
+3. simulated plant as child processes, when ``[service] embedded_sim``;
+4. field plant: one bus owner per wire (``drivers.plant.FieldPlant``);
+5. reconciliation of commands left pending by the previous run (read-back);
+6. metrics endpoint;
+7. OPC UA server (not built yet: the seam is ``_start_opcua``);
+8. ``gc.collect()`` + ``gc.freeze()`` (before the tasks start, so the
+   collection does not cost the fast task an overrun);
+9. cyclic tasks ``fast`` and ``control``.
+
+SIGTERM / SIGINT stop it in order within ``stop_timeout_s``: refuse new
+commands, stop the tasks, drive outputs to their safe state, stop the
+publishers and the plant, flush and close the journal; exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import inspect
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from controller.alarms import AlarmEngine
+from controller.commands import Command, CommandLog, Resolution
+from controller.config import DEFAULT_CONFIG, ConfigError, GridConfig, load_config
+from controller.cycle import CycleTask
+from controller.journal import Journal
+from controller.metrics import MetricsServer, Sources, make_registry
+from controller.process_image import ProcessImage
+
+log = logging.getLogger("gridctl.service")
+
+SafeState = Callable[[], Any]
+
+
+def _optional(module: str, name: str) -> Any:
+    """Import ``module.name`` if the module exists; None when it does not (yet)."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.startswith(exc.name):
+            return None
+        raise
+    return getattr(mod, name, None)
+
+
+class Service:
+    def __init__(self, config: GridConfig, *, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.image = ProcessImage()
+        j = config.journal
+        self.journal = Journal(j.path, queue_limit=j.queue_limit, batch_max=j.batch_max)
+        self.commands = CommandLog(self.journal)
+        self.alarms = AlarmEngine(self.journal)
+        t = config.tasks
+        self.fast = CycleTask(
+            "fast", t.fast_period_ms / 1000, spin_s=t.fast_spin_us / 1e6, window=t.stats_window
+        )
+        self.control = CycleTask(
+            "control",
+            t.control_period_ms / 1000,
+            spin_s=t.control_spin_us / 1e6,
+            window=t.stats_window,
+        )
+        self.tasks = (self.fast, self.control)
+        self.plant: Any = None
+        self.simulator: Any = None
+        self.metrics: MetricsServer | None = None
+        self.opcua: Any = None
+        self.reread: Callable[[Command], Any] | None = None  # set by load control when it exists
+        self._safe_state: list[tuple[str, SafeState]] = []
+        self._stop_event = asyncio.Event()
+        self._started = False
+        self.control.attach("alarms", self._control_alarms)
+        self.control.attach("command-expiry", self._control_expiry)
+
+    # -- hooks for the parts that come later ------------------------------------------------
+    def add_safe_state(self, name: str, action: SafeState) -> None:
+        """Register an action driving outputs to their safe state at stop (sync or async)."""
+        self._safe_state.append((name, action))
+
+    # -- control-task programs --------------------------------------------------------------
+    def _control_alarms(self, _deadline: float) -> None:
+        if self.plant is not None:
+            for snap in self.plant.snapshot():
+                self.alarms.check_bus(snap)
+        fast = self.fast
+        self.alarms.set(
+            "cycle_overrun",
+            "task/fast",
+            fast.overruns > getattr(self, "_fast_overruns_seen", 0),
+            f"{fast.overruns} overruns",
+        )
+        self._fast_overruns_seen = fast.overruns
+        js = self.journal.snapshot()
+        self.alarms.set(
+            "journal_backlog",
+            "journal",
+            js.queue_depth > js.queue_limit // 2,
+            f"{js.queue_depth} queued",
+        )
+        self.alarms.tick()
+
+    async def _control_expiry(self, _deadline: float) -> None:
+        if self.commands.accepting:
+            await self.commands.expire_due()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        Path(cfg.service.state_dir).mkdir(parents=True, exist_ok=True)
+
+        version = await asyncio.to_thread(self.journal.open)
+        pending = self.commands.load()
+        log.info(
+            "journal ready: %s (schema %d, WAL), %d commands pending from the previous run",
+            self.journal.path.resolve(),
+            version,
+            pending,
+        )
+        restored = self.alarms.load()
+        log.info(
+            "alarms ready: %d conditions known, %d alarms restored",
+            len(self.alarms.conditions),
+            restored,
+        )
+
+        await self._start_simulator()
+        await self._start_plant()
+        await self._reconcile()
+
+        if cfg.metrics.enabled:
+            registry, collector = make_registry(
+                Sources(
+                    tasks=lambda: self.tasks,
+                    buses=self._bus_snapshots,
+                    commands=self.commands,
+                    alarms=self.alarms,
+                    journal=self.journal,
+                    image=self.image,
+                    info={"name": cfg.service.name, "version": _version()},
+                )
+            )
+            self.metrics = MetricsServer(
+                registry,
+                collector,
+                host=cfg.metrics.host,
+                port=cfg.metrics.port,
+                mode=cfg.metrics.server,
+                quiet_point=self.fast.after_cycle,
+            )
+            port = await self.metrics.start()
+            log.info(
+                "metrics ready: http://%s:%d/metrics (%s server)",
+                cfg.metrics.host,
+                port,
+                cfg.metrics.server,
+            )
+        else:
+            log.info("metrics: disabled in config")
+
+        await self._start_opcua()
+
+        if cfg.tasks.gc_freeze:
+            gc.collect()
+            gc.freeze()
+            log.info("gc: start-up objects frozen (%d)", gc.get_freeze_count())
+        loop_t = time.monotonic()
+        for task in self.tasks:
+            task.start(loop_t + task.period)
+        log.info(
+            "tasks ready: fast %g ms (spin %d µs), control %g ms (spin %d µs), overrun policy %s",
+            self.fast.period * 1000,
+            cfg.tasks.fast_spin_us,
+            self.control.period * 1000,
+            cfg.tasks.control_spin_us,
+            cfg.tasks.overrun,
+        )
+
+        self._started = True
+        self.journal.event("service", "service", f"started ({cfg.service.name})")
+        log.info("service ready: %s (pid %d)", cfg.service.name, os.getpid())
+
+    def _bus_snapshots(self) -> list[Any]:
+        return list(self.plant.snapshot()) if self.plant is not None else []
+
+    async def _start_simulator(self) -> None:
+        cfg = self.config
+        if not cfg.service.embedded_sim:
+            log.info("simulators: not requested (service.embedded_sim = false)")
+            return
+        start_simulator = _optional("drivers.sim.launch", "start_simulator")
+        if start_simulator is None:
+            log.warning(
+                "simulators: drivers.sim.launch is not available in this build; no simulated plant started"
+            )
+            return
+        if self.config_path is None:
+            log.warning("simulators: no config file path to hand to the simulator; not started")
+            return
+        self.simulator = await asyncio.to_thread(
+            start_simulator, self.config_path, fast=cfg.service.sim_fast
+        )
+        log.info("simulators ready: %s", getattr(self.simulator, "describe", lambda: "running")())
+
+    async def _start_plant(self) -> None:
+        plant_cls = _optional("drivers.plant", "FieldPlant")
+        if plant_cls is None:
+            log.warning(
+                "field: drivers.plant is not available in this build; running with no buses"
+            )
+            return
+        self.plant = plant_cls(self.config, self.image)
+        await self.plant.start()
+        snaps = self.plant.snapshot()
+        log.info(
+            "field ready: %d buses (%s), %d meters",
+            len(snaps),
+            ", ".join(s.name for s in snaps) or "none",
+            sum(s.meters_total for s in snaps),
+        )
+
+    async def _reconcile(self) -> None:
+        if not self.commands.pending():
+            return
+        reread = self.reread or _no_reread
+        report = await self.commands.reconcile(reread)
+        log.info("commands reconciled: %d examined, outcomes %s", report.examined, report.outcomes)
+
+    async def _start_opcua(self) -> None:
+        """Seam for the OPC UA server (a later part): ``opcua_server.server.start(service)``."""
+        cfg = self.config.opcua
+        if not cfg.enabled:
+            log.info("opcua: disabled in config")
+            return
+        start = _optional("opcua_server.server", "start")
+        if start is None:
+            log.warning("opcua: server not built yet; %s is not served", cfg.endpoint)
+            return
+        self.opcua = await start(self)
+        log.info("opcua ready: %s", cfg.endpoint)
+
+    def request_stop(self) -> None:
+        self._stop_event.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop_event.wait()
+
+    async def stop(self) -> bool:
+        """Orderly stop within ``stop_timeout_s``; True when every step completed in time."""
+        budget_end = time.monotonic() + self.config.service.stop_timeout_s - 0.3
+        ok = True
+
+        async def step(name: str, coro: Any) -> None:
+            nonlocal ok
+            remaining = max(0.05, budget_end - time.monotonic())
+            try:
+                await asyncio.wait_for(coro, remaining)
+            except TimeoutError:
+                ok = False
+                log.error("stop: %s did not finish in time", name)
+            except Exception:
+                ok = False
+                log.exception("stop: %s failed", name)
+
+        self.commands.close_intake("service stopping")
+        log.info("stopping: new commands refused")
+        for task in self.tasks:
+            await step(f"task {task.name}", task.stop())
+        for name, action in self._safe_state:
+            await step(f"safe state {name}", _call(action))
+        log.info("outputs: %d safe-state actions run", len(self._safe_state))
+        if self.opcua is not None:
+            await step("opcua", _call(getattr(self.opcua, "stop", lambda: None)))
+        if self.metrics is not None:
+            await step("metrics", self.metrics.stop())
+        if self.plant is not None:
+            await step("field plant", self.plant.stop())
+        if self.simulator is not None:
+            await step("simulators", asyncio.to_thread(self.simulator.stop))
+        if self.journal.is_open:
+            self.journal.event("service", "service", "stopped")
+            remaining = max(0.1, budget_end - time.monotonic())
+            flushed = await asyncio.to_thread(self.journal.close, remaining)
+            ok = ok and flushed
+            log.info("journal %s", "flushed and closed" if flushed else "NOT fully flushed")
+        log.info("service stopped%s", "" if ok else " (with errors)")
+        return ok
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+        except BaseException:
+            log.exception("start-up failed; stopping what was started")
+            await self.stop()
+            return 1
+        await self.wait_stopped()
+        log.info("stop requested")
+        return 0 if await self.stop() else 1
+
+
+async def _call(action: Any) -> None:
+    result = action()
+    if inspect.isawaitable(result):
+        await result
+
+
+async def _no_reread(cmd: Command) -> Resolution | None:
+    """Without load control there is nothing to read back: the command is not re-sent."""
+    return None
+
+
+def _version() -> str:
+    from controller import __version__
+
+    return __version__
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the controller service (default: the embedded demo)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"TOML config (default {DEFAULT_CONFIG})",
+    )
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import sys
+
+    import uvloop
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.service.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log.info("config %s: %s", args.config, _summary(config))
+    service = Service(config, config_path=args.config)
+    return uvloop.run(service.run())
+
+
+def _summary(config: GridConfig) -> str:
+    from controller.config import summary
+
+    return summary(config)

@@ -1,0 +1,121 @@
+"""The ``[opcua]`` config section: endpoint, security, users and publisher limits.
+
+Defined here (not in the controller) so the OPC UA server owns its schema; the
+root ``GridConfig`` embeds :class:`OpcUaConfig` as its ``opcua`` table.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Role(StrEnum):
+    """gridctl roles, ordered: each one may do everything the previous one may."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ENGINEER = "engineer"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return _ROLE_RANK[self]
+
+    def allows(self, required: Role) -> bool:
+        return self.rank >= required.rank
+
+
+_ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ENGINEER: 2, Role.ADMIN: 3}
+
+SecurityPolicyName = Literal["None", "Basic256Sha256", "Aes256_Sha256_RsaPss"]
+SecurityModeName = Literal["Sign", "SignAndEncrypt"]
+
+
+class UserConfig(BaseModel):
+    """One OPC UA user. ``password_hash`` comes from ``python -m opcua_server.users hash``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    password_hash: str = Field(pattern=r"^scrypt\$")
+    role: Role = Role.VIEWER
+
+
+class OpcUaConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    endpoint: str = "opc.tcp://127.0.0.1:4840/gridctl"
+    namespace: str = "urn:gridctl"
+    application_uri: str = "urn:gridctl:server"
+    server_name: str = "gridctl"
+    # Security. "None" is only offered when listed here; it is meant for the demo.
+    security_policies: list[SecurityPolicyName] = ["Basic256Sha256", "Aes256_Sha256_RsaPss"]
+    security_modes: list[SecurityModeName] = ["Sign", "SignAndEncrypt"]
+    # Anonymous sessions are read-only at most; off by default outside the demo.
+    anonymous: Literal["off", "read-only"] = "off"
+    users: list[UserConfig] = []
+    # Client application certificates: "trust-all" accepts any (self-signed)
+    # client certificate; "trust-list" only those in <state_dir>/pki/trusted.
+    client_certificates: Literal["trust-all", "trust-list"] = "trust-all"
+    certificate_days: int = Field(default=3650, ge=1, le=36500)
+    # Publisher limits: the change queue is bounded (drop-oldest, counted) and
+    # each step writes at most `publish_batch` values before yielding the loop.
+    queue_size: int = Field(default=100_000, ge=1, le=10_000_000)
+    publish_batch: int = Field(default=2_000, ge=1, le=1_000_000)
+    # Browse has no continuation points in asyncua, and adding a sibling is
+    # O(siblings): a collection with more children is split into range folders.
+    max_children: int = Field(default=500, ge=10, le=10_000)
+    min_publishing_interval_ms: float = Field(default=100.0, ge=10.0, le=60_000.0)
+    # Select-before-operate: an Arm token must be executed within this time.
+    arm_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        url = urlparse(value)
+        if url.scheme != "opc.tcp" or not url.hostname:
+            raise ValueError(f"endpoint must be opc.tcp://HOST:PORT/PATH, got {value!r}")
+        try:
+            port = url.port
+        except ValueError as exc:
+            raise ValueError(f"endpoint port: {exc}") from None
+        if port is None:
+            raise ValueError(f"endpoint needs an explicit port, got {value!r}")
+        return value
+
+    @field_validator("security_policies")
+    @classmethod
+    def _policies(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("security_policies must name at least one policy")
+        if len(set(value)) != len(value):
+            raise ValueError(f"security_policies has duplicates: {value}")
+        return value
+
+    @field_validator("security_modes")
+    @classmethod
+    def _modes(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("security_modes must name at least one mode (Sign, SignAndEncrypt)")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_users(self) -> OpcUaConfig:
+        names = [u.name for u in self.users]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"users: duplicate user names {dupes}")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.endpoint).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlparse(self.endpoint).port or 4840

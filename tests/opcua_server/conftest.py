@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import Client, ua
+
+from controller.process_image import ProcessImage
+from opcua_server import OpcUaConfig, OpcUaServer, UserConfig
+from opcua_server.users import hash_password
+
+PASSWORDS = {"vera": "viewer-pw", "otto": "operator-pw", "emma": "engineer-pw", "ada": "admin-pw"}
+ROLES = {"vera": "viewer", "otto": "operator", "emma": "engineer", "ada": "admin"}
+# Cheap scrypt parameters keep the suite fast; the cost is stored in the hash.
+USERS = [
+    UserConfig(name=n, password_hash=hash_password(p, n=2**10), role=ROLES[n])
+    for n, p in PASSWORDS.items()
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo_image(buses: int = 2, meters: int = 3) -> ProcessImage:
+    image = ProcessImage()
+    for b in range(1, buses + 1):
+        for m in range(1, meters + 1):
+            base = f"buses/bus{b}/meters/{m:012d}"
+            image.define(f"{base}/voltage_a", "V", "phase A voltage")
+            image.define(f"{base}/current_a", "A")
+            image.define(f"{base}/power_factor", "PF")
+            image.define(f"{base}/energy_forward_active", "kWh")
+            image.define(f"{base}/balance", "yuan")
+    image.define("loads/feeder1_l1/relay_open", "", initial=False)
+    image.define("loads/feeder1_l2/relay_open", "", initial=False)
+    return image
+
+
+def make_config(**overrides: Any) -> OpcUaConfig:
+    base: dict[str, Any] = {
+        "endpoint": f"opc.tcp://127.0.0.1:{free_port()}/gridctl",
+        "security_policies": ["None", "Basic256Sha256", "Aes256_Sha256_RsaPss"],
+        "anonymous": "read-only",
+        "users": USERS,
+    }
+    base.update(overrides)
+    return OpcUaConfig(**base)
+
+
+ServerFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    started: list[OpcUaServer] = []
+
+    async def start(image: ProcessImage | None = None, **kwargs: Any) -> OpcUaServer:
+        config = kwargs.pop("config", None) or make_config(**kwargs.pop("config_overrides", {}))
+        srv = OpcUaServer(
+            config, image if image is not None else demo_image(), state_dir=tmp_path, **kwargs
+        )
+        await srv.start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        await srv.stop()
+
+
+def client_for(srv: OpcUaServer, user: str | None = None) -> Client:
+    client = Client(srv.endpoint, timeout=10)
+    if user is not None:
+        client.set_user(user)
+        client.set_password(PASSWORDS[user])
+    return client
+
+
+async def ns_of(client: Client) -> int:
+    return await client.get_namespace_index("urn:gridctl")
+
+
+def nid(ns: int, path: str) -> ua.NodeId:
+    return ua.NodeId(path, ns)
