@@ -129,7 +129,9 @@ def test_load_field_config_reports_file_and_field(tmp_path) -> None:
     with pytest.raises(ConfigFileError) as info:
         load_field_config(path)
     message = str(info.value)
-    assert str(path) in message and "buses[0]." in message and ".baud: baud must be one of" in message
+    assert (
+        str(path) in message and "buses[0]." in message and ".baud: baud must be one of" in message
+    )
 
 
 def test_demo_config_is_valid() -> None:
