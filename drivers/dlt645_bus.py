@@ -21,6 +21,8 @@ from drivers.transport import Link, open_link
 
 # Longest reply the standard allows: 12 header/trailer bytes + 255 data + 4 preamble.
 MAX_REPLY_BYTES = 271
+# DL/T 645 broadcast address (time sync, freeze): no meter answers it
+BROADCAST_ADDRESS = "999999999999"
 # 68 A0..A5 68 C L ... CS 16
 FRAME_OVERHEAD = 12
 DI_BYTES = 4
@@ -442,7 +444,7 @@ class Dlt645Bus(BusOwner):
         await self._submit_control(action)
 
     async def freeze(
-        self, address: str = core.BROADCAST_ADDRESS, pattern: str = "99999999"
+        self, address: str = BROADCAST_ADDRESS, pattern: str = "99999999"
     ) -> None:
         async def action() -> None:
             await self.client.freeze(address, pattern)
