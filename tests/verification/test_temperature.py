@@ -25,9 +25,15 @@ SHORT = {
 def run_with_supervisor(line, specs, trace_station):
     scheme = parse_scheme(SHORT)
     line.rig.feed(specs)
-    line.seq.create_batch("HEAT", scheme, METER_TYPE, [MeterTask(s.barcode, s.address) for s in specs])
+    line.seq.create_batch(
+        "HEAT", scheme, METER_TYPE, [MeterTask(s.barcode, s.address) for s in specs]
+    )
     sup = TemperatureSupervisor(
-        line.rig.stations, line.config.temperature.limit_c, line.seq.on_over_temperature, line.image, line.alarms
+        line.rig.stations,
+        line.config.temperature.limit_c,
+        line.seq.on_over_temperature,
+        line.image,
+        line.alarms,
     )
     trace = []
 
@@ -51,7 +57,9 @@ def run_with_supervisor(line, specs, trace_station):
 def test_supervisor_cuts_in_the_same_scan(line):
     alarms = Alarms()
     trips = []
-    sup = TemperatureSupervisor(line.rig.stations, 75.0, lambda s, t: trips.append((s, t)), line.image, alarms)
+    sup = TemperatureSupervisor(
+        line.rig.stations, 75.0, lambda s, t: trips.append((s, t)), line.image, alarms
+    )
     line.rig.force_temperature(7, 74.9)
     assert sup.scan() == 0 and not line.rig.stations[7].cut
     line.rig.force_temperature(7, 75.2)
@@ -90,7 +98,9 @@ def test_loose_terminal_heats_up_mid_batch_only_that_station_stops(line):
     aborted = [r for r in results.values() if r.barcode == m5 and r.verdict == "aborted"]
     assert len(aborted) == 1 and aborted[0].reason == "over-temperature"
     assert aborted[0].kind in ("basic_error", "constant") and aborted[0].samples == []
-    later = [r for r in results.values() if r.barcode == m5 and r.item_index > aborted[0].item_index]
+    later = [
+        r for r in results.values() if r.barcode == m5 and r.item_index > aborted[0].item_index
+    ]
     assert later and all(r.verdict == "skipped" for r in later)
     assert summary.failed == {m5: "aborted: over-temperature"}
     assert len(summary.passed) == 47  # the other stations, same unit included, finished
@@ -102,7 +112,7 @@ def test_loose_terminal_heats_up_mid_batch_only_that_station_stops(line):
 def test_forced_temperature_at_a_given_instant(line):
     specs = [good(n) for n in range(48)]
     line.clock.loop.call_at(150.0, line.rig.force_temperature, 30, 95.0)
-    summary, sup, trace = run_with_supervisor(line, specs, trace_station=30)
+    summary, _sup, trace = run_with_supervisor(line, specs, trace_station=30)
     cut_at = next(t for t, _, _, after in trace if after)
     assert 150.0 <= cut_at <= 150.0 + 0.010 + 1e-9
     assert summary.failed == {specs[29].barcode: "aborted: over-temperature"}
