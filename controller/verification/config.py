@@ -13,6 +13,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from controller.verification.errors import AccuracyClass
 from controller.verification.scheme import MeterType
 
 
@@ -151,7 +152,7 @@ def demo_line(units: int = 2, stations_per_unit: int = 24) -> LineConfig:
         meter_types={
             "DDZY-1-5(60)A": MeterType(
                 name="DDZY-1-5(60)A",
-                accuracy_class="1",
+                accuracy_class=AccuracyClass.C1,
                 un=Decimal(220),
                 ib=Decimal(5),
                 imax=Decimal(60),

@@ -24,7 +24,7 @@ class AccuracyClass(StrEnum):
     C2 = "2"
 
     @property
-    def index(self) -> Decimal:
+    def class_index(self) -> Decimal:
         """The class index as a percentage (0.2S -> 0.2)."""
         return Decimal(self.value.rstrip("S"))
 
@@ -33,7 +33,7 @@ class AccuracyClass(StrEnum):
         # JJG 596-2012 §7.4 (data processing): the relative error is rounded to
         # 1/10 of the class index: 0.02 % for 0.2S, 0.05 % for 0.5S, 0.1 % for
         # class 1 and 0.2 % for class 2.
-        return self.index / 10
+        return self.class_index / 10
 
 
 class PowerFactor(StrEnum):

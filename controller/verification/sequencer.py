@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -480,9 +481,10 @@ class Sequencer:
                 if self._station_tasks.get(m.station) is tasks.get(m.barcode):
                     self._station_tasks.pop(m.station, None)
         for m in meters:
-            task = tasks.get(m.barcode)
-            if task is None:
+            done_task = tasks.get(m.barcode)
+            if done_task is None:
                 continue
+            task = done_task
             if task.cancelled():
                 out[m.barcode] = Aborted(self.tripped.get(m.station, "cancelled"))
             else:
@@ -655,9 +657,10 @@ class Sequencer:
             for k, p in enumerate(item.points):
                 cur = p.current
                 amps = cur.amperes(mt)
-                limit = error_limit(mt.accuracy_class, p.pf, cur.over_ib(mt), mt.imax_over_ib)
-                if limit is None:  # validate_for() refuses such schemes; never guess a limit
+                point_limit = error_limit(mt.accuracy_class, p.pf, cur.over_ib(mt), mt.imax_over_ib)
+                if point_limit is None:  # validate_for() refuses such schemes; never guess a limit
                     raise SchemeError(ctx.scheme.name, [f"items[{index}].points[{k}]: no limit"])
+                limit = point_limit
                 await unit.apply(100.0, float(amps), p.pf)
                 await self.clock.sleep(item.settle_s)
                 point_started = self.clock.now()
@@ -864,12 +867,10 @@ class Sequencer:
             started = self.clock.now()
             attempts = self.repo.begin_item(ctx.batch_id, [m.barcode], index, item.kind, started)
             self._write(station_tag(m.station, "state"), f"testing: {item.kind}")
-            res = await self._parallel(
-                [m],
-                lambda m, item=item, index=index, started=started: self._station_item(
-                    ctx, m, index, item, started
-                ),
+            run_item: Callable[[_Meter], Awaitable[ResultRow]] = functools.partial(
+                self._station_item, ctx, index=index, item=item, started=started
             )
+            res = await self._parallel([m], run_item)
             r = res[m.barcode]
             rows = (
                 [

@@ -85,13 +85,8 @@ def test_loose_terminal_heats_up_mid_batch_only_that_station_stops(line):
     t_read, temp, cut_before, cut_after = trace[k]
     assert not cut_before and cut_after
     assert trace[k - 1][1] <= limit and not trace[k - 1][3]
-    # the analytic crossing time lies inside that one 10 ms cycle
-    t_cross = None
-    for i in range(1, len(trace)):
-        if trace[i][1] > limit:
-            t_cross = trace[i][0]
-            break
-    assert t_cross is not None and t_read - trace[k - 1][0] <= 0.010 + 1e-9
+    # the crossing lies inside that one 10 ms cycle: the previous scan saw it below the limit
+    assert t_read - trace[k - 1][0] <= 0.010 + 1e-9
     # it happened mid-batch: at Imax, during the constant test
     results = {(r.barcode, r.item_index, r.point_index): r for r in line.repo.results("HEAT")}
     m5 = specs[4].barcode
