@@ -257,6 +257,11 @@ class Sequencer:
             task.cancel()
         self._write(station_tag(station, "state"), f"aborted: {OVER_TEMPERATURE}")
 
+    def reset_station(self, station: int) -> None:
+        """Operator reset after an over-temperature trip (with ``TemperatureSupervisor.reset``):
+        the station takes meters again in the next batch."""
+        self.tripped.pop(station, None)
+
     # -- unit ------------------------------------------------------------------------------
     async def _run_unit(self, ctx: _Ctx) -> tuple[float, float]:
         cfg = self.config.handling
