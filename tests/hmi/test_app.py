@@ -157,3 +157,29 @@ async def test_anonymous_is_read_only(plant):
         await wait_for(pilot, lambda: "Read-only session" in screen_text(app))
         await pilot.press("4", "a")
         await wait_for(pilot, lambda: "cannot acknowledge" in screen_text(app))
+
+
+async def test_reconnects_and_marks_stale(tmp_path):
+    from .plant import start_plant
+
+    first = await start_plant(tmp_path)
+    port = int(first.url.rsplit(":", 1)[1].split("/")[0])
+    app = make_app(first, "otto")
+    app.client.max_backoff = 0.5
+    second = None
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot, app)
+            await pilot.press("2")
+            await wait_for(pilot, lambda: "4.100" in screen_text(app))
+            await first.stop()
+            await wait_for(pilot, lambda: "RECONNECTING" in screen_text(app))
+            await wait_for(pilot, lambda: "4.100~" in screen_text(app))  # stale, marked
+            second = await start_plant(tmp_path, port=port)
+            second.image.write("buses/bus1/meters/010000000001/power_active", 5.5)
+            await wait_for(pilot, lambda: "● CONNECTED" in screen_text(app), timeout=15)
+            await wait_for(pilot, lambda: "5.500 " in screen_text(app))
+            assert "~" not in screen_text(app).split("Meter ", 1)[0]
+    finally:
+        if second is not None:
+            await second.stop()
