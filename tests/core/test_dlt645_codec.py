@@ -205,7 +205,10 @@ def test_exception_hierarchy() -> None:
         (lambda: c.dlt645_read("000000000161", "0001000"), "di: expected 8 hex digits"),
         (lambda: c.dlt645_read("000000000161", "0001000G"), "di: expected 8 hex digits"),
         (lambda: c.dlt645_read("000000000161", -1), "di: expected an int 0..=0xFFFFFFFF"),
-        (lambda: c.dlt645_read("000000000161", 1.5), "di: expected 8 hex digits (str) or an int"),
+        (
+            lambda: c.dlt645_read("000000000161", 1.5),  # type: ignore[arg-type]
+            "di: expected 8 hex digits (str) or an int",
+        ),
         (lambda: c.dlt645_read_followup("000000000161", 0, 256), "seq: expected 0..=255"),
         (lambda: c.dlt645_change_baud("000000000161", 2401), "baud: expected one of 1200"),
         (lambda: c.dlt645_freeze("000000000161", "6099999"), "pattern: expected 8 digits"),
