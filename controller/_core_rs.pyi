@@ -231,7 +231,10 @@ class Dlt645Deframer:
     """Streaming deframer: feed any chunks, get every complete valid frame in order.
 
     Skips 0xFE preamble and noise, resynchronises after a false 0x68, a bad
-    checksum or a truncated frame, keeps a partial frame between feeds.
+    checksum or a truncated frame, keeps a partial frame between feeds. On a
+    bad frame only its first 0x68 is dropped, so a good frame starting inside
+    it is still found; a complete valid frame inside a pending partial one
+    wins, so a truncated frame never holds back the reply behind it.
     ``max_buffer`` (≥ 267, one maximal frame) bounds the bytes held while a
     feed is processed; between feeds at most one partial frame is kept."""
 
