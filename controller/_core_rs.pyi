@@ -7,7 +7,8 @@ on the meter (most significant digit first); data identifiers (DI) are
 standard) or the equivalent ``int``.
 """
 
-from typing import Final, Sequence, final
+from collections.abc import Sequence
+from typing import Final, final
 
 # --------------------------------------------------------------------------
 # Exceptions: one hierarchy, all subclasses of ValueError so that bad input
@@ -36,7 +37,8 @@ class AddressError(FrameError):
     """An address that is not 12 BCD digits (``AA`` wildcards allowed where stated)."""
 
 class ValueCodecError(CoreError):
-    """Data bytes that do not fit the DI's format (bad BCD, wrong length), or a value out of range on encode."""
+    """Data bytes that do not fit the DI's format (bad BCD, wrong length), or a value out of
+    range on encode."""
 
 class SchedulerError(CoreError):
     """Bad scheduler argument: unknown job id, duplicate id, non-positive period."""
@@ -99,7 +101,8 @@ class Dlt645Frame:
         """Control code D4..D0."""
     @property
     def function_name(self) -> str:
-        """e.g. ``"read"``, ``"control"``, ``"broadcast_time"``; ``"unknown"`` for reserved codes."""
+        """e.g. ``"read"``, ``"control"``, ``"broadcast_time"``; ``"unknown"`` for reserved
+        codes."""
     @property
     def from_meter(self) -> bool:
         """D7: reply direction."""
@@ -136,7 +139,9 @@ def dlt645_error_names(err: int) -> list[str]:
     """Names of the bits set in an exception ERR byte, e.g. ``["no requested data"]``."""
 
 def dlt645_error_bits(names: Sequence[str]) -> int:
-    """The ERR byte for bit names (inverse of dlt645_error_names); EncodeError on an unknown name."""
+    """The ERR byte for bit names (inverse of dlt645_error_names).
+
+    EncodeError on an unknown name."""
 
 def dlt645_n1_name(n1: int) -> str:
     """``"trip"``, ``"close_allowed"``, ``"direct_close"``, ``"alarm_on"``, ``"alarm_off"``,
@@ -160,19 +165,23 @@ def dlt645_write(
     value: bytes,
     preamble: int = 0,
 ) -> bytes:
-    """0x14 write: DI, PA P0 P1 P2 (password: 6 hex digits), operator code (8 hex digits), value bytes."""
+    """0x14 write: DI, PA P0 P1 P2 (password: 6 hex digits), operator code (8 hex digits),
+    value bytes."""
 
 def dlt645_time_sync(when: tuple[int, int, int, int, int, int], preamble: int = 0) -> bytes:
     """0x08 broadcast time sync; ``when`` = (year, month, day, hour, minute, second)."""
 
 def dlt645_parse_time_sync(data: bytes) -> tuple[int, int, int, int, int, int]:
-    """(year, month, day, hour, minute, second) from a time-sync frame's data; FrameError if invalid."""
+    """(year, month, day, hour, minute, second) from a time-sync frame's data.
+
+    FrameError when it is not 6 BCD bytes of a real time."""
 
 def dlt645_freeze(address: str, pattern: str = "99999999", preamble: int = 0) -> bytes:
     """0x16 freeze; ``pattern`` mmhhDDMM as 8 digits (99 = every)."""
 
 def dlt645_change_baud(address: str, baud: int, preamble: int = 0) -> bytes:
-    """0x17 change baud; ``baud`` one of 1200, 2400, 4800, 9600, 19200 (sent as the feature word)."""
+    """0x17 change baud; ``baud`` one of 1200, 2400, 4800, 9600, 19200 (sent as the feature
+    word)."""
 
 def dlt645_control(
     address: str,
@@ -183,7 +192,9 @@ def dlt645_control(
     operator: str = "00000000",
     preamble: int = 0,
 ) -> bytes:
-    """0x1C trip/close/alarm/keep-power; ``valid_until`` = (year, month, day, hour, minute, second)."""
+    """0x1C trip/close/alarm/keep-power.
+
+    ``valid_until`` = (year, month, day, hour, minute, second)."""
 
 @final
 class Dlt645Control:
@@ -220,7 +231,10 @@ class Dlt645Deframer:
     """Streaming deframer: feed any chunks, get every complete valid frame in order.
 
     Skips 0xFE preamble and noise, resynchronises after a false 0x68, a bad
-    checksum or a truncated frame, keeps a partial frame between feeds.
+    checksum or a truncated frame, keeps a partial frame between feeds. On a
+    bad frame only its first 0x68 is dropped, so a good frame starting inside
+    it is still found; a complete valid frame inside a pending partial one
+    wins, so a truncated frame never holds back the reply behind it.
     ``max_buffer`` (≥ 267, one maximal frame) bounds the bytes held while a
     feed is processed; between feeds at most one partial frame is kept."""
 
@@ -249,7 +263,8 @@ class DiInfo:
     def name(self) -> str: ...
     @property
     def unit(self) -> str:
-        """Engineering unit (``"kWh"``, ``"V"``, ``"A"``, ``"kW"``, ``"kvar"``, ``"Hz"``, ``"yuan"``, ``""``)."""
+        """Engineering unit (``"kWh"``, ``"V"``, ``"A"``, ``"kW"``, ``"kvar"``, ``"Hz"``,
+        ``"yuan"``, ``""``)."""
     @property
     def decimals(self) -> int:
         """Digits after the decimal point (value = BCD integer / 10**decimals)."""
@@ -263,7 +278,8 @@ class DiInfo:
         """Elements in the reply (>1 for FF block DIs)."""
     @property
     def kind(self) -> str:
-        """``"number"``, ``"date"``, ``"time"``, ``"datetime"``, ``"demand"``, ``"status"``, ``"address"``, ``"raw"``."""
+        """``"number"``, ``"date"``, ``"time"``, ``"datetime"``, ``"demand"``, ``"status"``,
+        ``"address"``, ``"raw"``."""
 
 def di_info(di: str | int) -> DiInfo | None:
     """The table entry for a DI, or None when the DI is not in the table."""

@@ -842,6 +842,14 @@ fn count_non_fe(b: &[u8]) -> u64 {
 
 /// Streaming deframer: feed any chunks, get every valid frame in order.
 ///
+/// Rules: bytes before a 0x68 are skipped; a 0x68 whose header cannot be a
+/// frame (non-BCD address byte, no second 0x68), whose end byte or CS is
+/// wrong, is dropped alone and the scan resumes at the next byte, so a good
+/// frame that starts inside a rejected region is still found. An incomplete
+/// candidate is kept until its L bytes arrive, unless a complete valid frame
+/// already starts inside it (a truncated frame must not hold back the reply
+/// behind it until the next feed or a timeout).
+///
 /// The buffer only ever holds one unresolved candidate (< 267 bytes) between
 /// feeds; `max_buffer` bounds the working copy while a feed is processed.
 #[derive(Clone, Debug)]
