@@ -240,7 +240,7 @@ class Dlt645Deframer:
 
     def __new__(cls, max_buffer: int = 4096) -> Dlt645Deframer: ...
     def feed(self, chunk: bytes | bytearray) -> list[Dlt645Frame]: ...
-    def reset(self) -> None:
+    def reset(self) -> Dlt645Deframer:
         """Drop any partial frame (e.g. after a timeout); counted as discarded bytes."""
     @property
     def frames(self) -> int: ...
@@ -337,6 +337,7 @@ def modbus_rtu_timing(baud: int, bits_per_char: int = 11) -> tuple[float, float]
 
     Raises EncodeError naming ``baud`` (50..10000000) or ``bits_per_char`` (10..12)."""
 
+@final
 class ModbusRtuDeframer:
     """Finds frame ends by function code and length fields.
 
@@ -348,7 +349,7 @@ class ModbusRtuDeframer:
     Unknown function codes resync byte by byte. Raises EncodeError naming
     ``role`` or ``max_buffer`` (256..1048576)."""
 
-    def __init__(self, role: str = "response", max_buffer: int = 512) -> None: ...
+    def __new__(cls, role: str = "response", max_buffer: int = 512) -> ModbusRtuDeframer: ...
     def feed(self, chunk: bytes) -> list[bytes]:
         """Complete frames (CRC included and verified), in order."""
     def reset(self) -> None:
@@ -375,6 +376,7 @@ LANE_OPERATOR: Final[int]  # 1
 LANE_EVENT: Final[int]  # 2
 LANE_CYCLIC: Final[int]  # 3
 
+@final
 class JobStats:
     @property
     def runs(self) -> int:
@@ -399,6 +401,7 @@ class JobStats:
     def effective_period_s(self) -> float:
         """Period after stretching on an overloaded bus (≥ period_s); 0 for one-shot jobs."""
 
+@final
 class BusStats:
     @property
     def runs(self) -> int: ...
@@ -421,6 +424,7 @@ class BusStats:
     def demand(self) -> float:
         """Estimated bus demand: Σ duration_mean / period over periodic jobs (>1 = overloaded)."""
 
+@final
 class PollScheduler:
     """Per-bus scheduler: earliest deadline first within priority lanes.
 
@@ -438,7 +442,7 @@ class PollScheduler:
     negative durations, ``max_utilisation`` outside (0, 1]) raise
     SchedulerError naming the field and the allowed range, and change nothing."""
 
-    def __init__(self, max_utilisation: float = 0.95) -> None: ...
+    def __new__(cls, max_utilisation: float = 0.95) -> PollScheduler: ...
     @property
     def max_utilisation(self) -> float: ...
     def add_job(
@@ -476,9 +480,10 @@ class PollScheduler:
     def __len__(self) -> int: ...
     def __contains__(self, job_id: object, /) -> bool: ...
 
+@final
 class PlanJob:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         request_bytes: int,
         response_bytes: int,
@@ -486,7 +491,7 @@ class PlanJob:
         response_delay_s: float,
         count: int = 1,
         gap_s: float = 0.0,
-    ) -> None: ...
+    ) -> PlanJob: ...
     @property
     def name(self) -> str: ...
     @property
@@ -503,6 +508,7 @@ class PlanJob:
     @property
     def gap_s(self) -> float: ...
 
+@final
 class PlanJobResult:
     @property
     def name(self) -> str: ...
@@ -511,6 +517,7 @@ class PlanJobResult:
     @property
     def utilisation(self) -> float: ...
 
+@final
 class BusPlan:
     @property
     def utilisation(self) -> float:
