@@ -7,7 +7,8 @@ on the meter (most significant digit first); data identifiers (DI) are
 standard) or the equivalent ``int``.
 """
 
-from typing import Final, Sequence
+from collections.abc import Sequence
+from typing import Final, final
 
 # --------------------------------------------------------------------------
 # Exceptions: one hierarchy, all subclasses of ValueError so that bad input
@@ -36,7 +37,8 @@ class AddressError(FrameError):
     """An address that is not 12 BCD digits (``AA`` wildcards allowed where stated)."""
 
 class ValueCodecError(CoreError):
-    """Data bytes that do not fit the DI's format (bad BCD, wrong length), or a value out of range on encode."""
+    """Data bytes that do not fit the DI's format (bad BCD, wrong length), or a value out of
+    range on encode."""
 
 class SchedulerError(CoreError):
     """Bad scheduler argument: unknown job id, duplicate id, non-positive period."""
@@ -74,10 +76,20 @@ N1_ALARM_OFF: Final[int]  # 0x2B
 N1_KEEP_POWER_ON: Final[int]  # 0x3A
 N1_KEEP_POWER_OFF: Final[int]  # 0x3B
 
+# exception reply ERR bits
+ERR_OTHER: Final[int]  # 0x01
+ERR_NO_DATA: Final[int]  # 0x02
+ERR_UNAUTHORISED: Final[int]  # 0x04 password error / unauthorised
+ERR_BAUD: Final[int]  # 0x08 baud rate cannot change
+ERR_TOO_MANY_ZONES: Final[int]  # 0x10
+ERR_TOO_MANY_PERIODS: Final[int]  # 0x20
+ERR_TOO_MANY_TARIFFS: Final[int]  # 0x40
+
+@final
 class Dlt645Frame:
     """One decoded DL/T 645 frame. ``data`` is the payload with the 0x33 offset removed."""
 
-    def __init__(self, address: str, control: int, data: bytes = b"") -> None: ...
+    def __new__(cls, address: str, control: int, data: bytes = b"") -> Dlt645Frame: ...
     @property
     def address(self) -> str: ...
     @property
@@ -89,7 +101,8 @@ class Dlt645Frame:
         """Control code D4..D0."""
     @property
     def function_name(self) -> str:
-        """e.g. ``"read"``, ``"control"``, ``"broadcast_time"``; ``"unknown"`` for reserved codes."""
+        """e.g. ``"read"``, ``"control"``, ``"broadcast_time"``; ``"unknown"`` for reserved
+        codes."""
     @property
     def from_meter(self) -> bool:
         """D7: reply direction."""
@@ -107,7 +120,8 @@ class Dlt645Frame:
         """The ERR byte of an exception reply, else None."""
     def encode(self, preamble: int = 0) -> bytes:
         """Frame bytes with ``preamble`` leading 0xFE (0..4)."""
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
     def __repr__(self) -> str: ...
 
 def dlt645_encode(address: str, control: int, data: bytes = b"", preamble: int = 0) -> bytes:
@@ -123,6 +137,15 @@ def dlt645_decode(frame: bytes) -> Dlt645Frame:
 
 def dlt645_error_names(err: int) -> list[str]:
     """Names of the bits set in an exception ERR byte, e.g. ``["no requested data"]``."""
+
+def dlt645_error_bits(names: Sequence[str]) -> int:
+    """The ERR byte for bit names (inverse of dlt645_error_names).
+
+    EncodeError on an unknown name."""
+
+def dlt645_n1_name(n1: int) -> str:
+    """``"trip"``, ``"close_allowed"``, ``"direct_close"``, ``"alarm_on"``, ``"alarm_off"``,
+    ``"keep_power_on"``, ``"keep_power_off"``, or ``"unknown"``."""
 
 def dlt645_read(address: str, di: str | int, preamble: int = 0) -> bytes:
     """0x11 read request for one DI (block DIs with FF are ordinary DIs here)."""
@@ -142,16 +165,23 @@ def dlt645_write(
     value: bytes,
     preamble: int = 0,
 ) -> bytes:
-    """0x14 write: DI, PA P0 P1 P2 (password: 6 hex digits), operator code (8 hex digits), value bytes."""
+    """0x14 write: DI, PA P0 P1 P2 (password: 6 hex digits), operator code (8 hex digits),
+    value bytes."""
 
 def dlt645_time_sync(when: tuple[int, int, int, int, int, int], preamble: int = 0) -> bytes:
     """0x08 broadcast time sync; ``when`` = (year, month, day, hour, minute, second)."""
+
+def dlt645_parse_time_sync(data: bytes) -> tuple[int, int, int, int, int, int]:
+    """(year, month, day, hour, minute, second) from a time-sync frame's data.
+
+    FrameError when it is not 6 BCD bytes of a real time."""
 
 def dlt645_freeze(address: str, pattern: str = "99999999", preamble: int = 0) -> bytes:
     """0x16 freeze; ``pattern`` mmhhDDMM as 8 digits (99 = every)."""
 
 def dlt645_change_baud(address: str, baud: int, preamble: int = 0) -> bytes:
-    """0x17 change baud; ``baud`` one of 1200, 2400, 4800, 9600, 19200 (sent as the feature word)."""
+    """0x17 change baud; ``baud`` one of 1200, 2400, 4800, 9600, 19200 (sent as the feature
+    word)."""
 
 def dlt645_control(
     address: str,
@@ -162,7 +192,33 @@ def dlt645_control(
     operator: str = "00000000",
     preamble: int = 0,
 ) -> bytes:
-    """0x1C trip/close/alarm/keep-power; ``valid_until`` = (year, month, day, hour, minute, second)."""
+    """0x1C trip/close/alarm/keep-power.
+
+    ``valid_until`` = (year, month, day, hour, minute, second)."""
+
+@final
+class Dlt645Control:
+    """The 16-byte payload of a 1C command: PA P0..P2 | C0..C3 | N1 | N2 | ss mm hh DD MM YY."""
+
+    @property
+    def password_level(self) -> int: ...
+    @property
+    def password(self) -> str:
+        """6 hex digits, most significant first (P2 P1 P0)."""
+    @property
+    def operator(self) -> str:
+        """8 hex digits, most significant first (C3..C0)."""
+    @property
+    def n1(self) -> int: ...
+    @property
+    def n1_name(self) -> str: ...
+    @property
+    def n2(self) -> int: ...
+    @property
+    def valid_until(self) -> tuple[int, int, int, int, int, int]: ...
+
+def dlt645_parse_control(data: bytes) -> Dlt645Control:
+    """Parse a 1C frame's data (0x33 removed); FrameLengthError / FrameError when malformed."""
 
 def dlt645_reply(address: str, function: int, data: bytes = b"", followup: bool = False) -> bytes:
     """Normal reply (C = function | 0x80, | 0x20 with follow-up) — for simulators."""
@@ -170,20 +226,27 @@ def dlt645_reply(address: str, function: int, data: bytes = b"", followup: bool 
 def dlt645_exception(address: str, function: int, err: int) -> bytes:
     """Exception reply (C = function | 0xC0) with one ERR byte — for simulators."""
 
+@final
 class Dlt645Deframer:
     """Streaming deframer: feed any chunks, get every complete valid frame in order.
 
     Skips 0xFE preamble and noise, resynchronises after a false 0x68, a bad
-    checksum or a truncated frame, keeps a partial frame between feeds."""
+    checksum or a truncated frame, keeps a partial frame between feeds. On a
+    bad frame only its first 0x68 is dropped, so a good frame starting inside
+    it is still found; a complete valid frame inside a pending partial one
+    wins, so a truncated frame never holds back the reply behind it.
+    ``max_buffer`` (≥ 267, one maximal frame) bounds the bytes held while a
+    feed is processed; between feeds at most one partial frame is kept."""
 
-    def __init__(self, max_buffer: int = 4096) -> None: ...
-    def feed(self, chunk: bytes) -> list[Dlt645Frame]: ...
-    def reset(self) -> None:
+    def __new__(cls, max_buffer: int = 4096) -> Dlt645Deframer: ...
+    def feed(self, chunk: bytes | bytearray) -> list[Dlt645Frame]: ...
+    def reset(self) -> Dlt645Deframer:
         """Drop any partial frame (e.g. after a timeout); counted as discarded bytes."""
     @property
     def frames(self) -> int: ...
     @property
-    def discarded_bytes(self) -> int: ...
+    def discarded_bytes(self) -> int:
+        """Bytes that were not part of a frame (0xFE wake-up bytes are never counted)."""
     @property
     def checksum_errors(self) -> int: ...
     @property
@@ -192,6 +255,7 @@ class Dlt645Deframer:
 
 # value codec
 
+@final
 class DiInfo:
     @property
     def di(self) -> str: ...
@@ -199,7 +263,8 @@ class DiInfo:
     def name(self) -> str: ...
     @property
     def unit(self) -> str:
-        """Engineering unit (``"kWh"``, ``"V"``, ``"A"``, ``"kW"``, ``"kvar"``, ``"Hz"``, ``"yuan"``, ``""``)."""
+        """Engineering unit (``"kWh"``, ``"V"``, ``"A"``, ``"kW"``, ``"kvar"``, ``"Hz"``,
+        ``"yuan"``, ``""``)."""
     @property
     def decimals(self) -> int:
         """Digits after the decimal point (value = BCD integer / 10**decimals)."""
@@ -213,7 +278,8 @@ class DiInfo:
         """Elements in the reply (>1 for FF block DIs)."""
     @property
     def kind(self) -> str:
-        """``"number"``, ``"date"``, ``"time"``, ``"datetime"``, ``"demand"``, ``"status"``, ``"address"``, ``"raw"``."""
+        """``"number"``, ``"date"``, ``"time"``, ``"datetime"``, ``"demand"``, ``"status"``,
+        ``"address"``, ``"raw"``."""
 
 def di_info(di: str | int) -> DiInfo | None:
     """The table entry for a DI, or None when the DI is not in the table."""
@@ -222,7 +288,14 @@ def di_table() -> list[DiInfo]:
     """Every concrete DI the codec knows (block DIs included)."""
 
 DecodedValue = (
-    float | int | str | bytes | None | list[float | None] | tuple[float | None, str | None]
+    float
+    | int
+    | str
+    | bytes
+    | None
+    | list[float | None]
+    | tuple[float | None, str | None]
+    | list[tuple[float | None, str | None]]
 )
 
 def decode_value(di: str | int, data: bytes) -> DecodedValue:
@@ -230,14 +303,21 @@ def decode_value(di: str | int, data: bytes) -> DecodedValue:
 
     numbers → float (None when the bytes are all FF: not present); block DIs → list;
     date → "YYYY-MM-DD"; time → "HH:MM:SS"; datetime → "YYYY-MM-DDTHH:MM:SS";
-    demand → (value, "YYYY-MM-DDTHH:MM"); status words → int; address → 12-digit str;
-    unknown DI → the raw bytes. Raises ValueCodecError on bad BCD or wrong length."""
+    demand → (value, "YYYY-MM-DDTHH:MM") (time None when no demand was recorded),
+    demand blocks → list of those; status words → int; address → 12-digit str;
+    unknown DI → the raw bytes. Block DIs accept any whole number of elements
+    (meters with more tariffs send more). Raises ValueCodecError on bad BCD or
+    wrong length."""
 
 def encode_value(di: str | int, value: DecodedValue) -> bytes:
-    """The inverse of decode_value (for simulators and writes); ValueCodecError when out of range."""
+    """The inverse of decode_value (for simulators and writes); ValueCodecError when out of range.
+
+    ``bytes`` are passed through unchanged for any DI; None encodes as all FF."""
 
 def weekday_of(data: bytes) -> int | None:
-    """The WW byte of a 04000101 date reply (0 = Sunday)."""
+    """The WW byte of a 04000101 date reply (0 = Sunday).
+
+    ``data`` is the 4 value bytes, or the 8 bytes with the DI in front."""
 
 # --------------------------------------------------------------------------
 # Modbus RTU
@@ -257,6 +337,7 @@ def modbus_rtu_timing(baud: int, bits_per_char: int = 11) -> tuple[float, float]
 
     Raises EncodeError naming ``baud`` (50..10000000) or ``bits_per_char`` (10..12)."""
 
+@final
 class ModbusRtuDeframer:
     """Finds frame ends by function code and length fields.
 
@@ -268,7 +349,7 @@ class ModbusRtuDeframer:
     Unknown function codes resync byte by byte. Raises EncodeError naming
     ``role`` or ``max_buffer`` (256..1048576)."""
 
-    def __init__(self, role: str = "response", max_buffer: int = 512) -> None: ...
+    def __new__(cls, role: str = "response", max_buffer: int = 512) -> ModbusRtuDeframer: ...
     def feed(self, chunk: bytes) -> list[bytes]:
         """Complete frames (CRC included and verified), in order."""
     def reset(self) -> None:
@@ -295,6 +376,7 @@ LANE_OPERATOR: Final[int]  # 1
 LANE_EVENT: Final[int]  # 2
 LANE_CYCLIC: Final[int]  # 3
 
+@final
 class JobStats:
     @property
     def runs(self) -> int:
@@ -319,6 +401,7 @@ class JobStats:
     def effective_period_s(self) -> float:
         """Period after stretching on an overloaded bus (≥ period_s); 0 for one-shot jobs."""
 
+@final
 class BusStats:
     @property
     def runs(self) -> int: ...
@@ -341,6 +424,7 @@ class BusStats:
     def demand(self) -> float:
         """Estimated bus demand: Σ duration_mean / period over periodic jobs (>1 = overloaded)."""
 
+@final
 class PollScheduler:
     """Per-bus scheduler: earliest deadline first within priority lanes.
 
@@ -358,7 +442,7 @@ class PollScheduler:
     negative durations, ``max_utilisation`` outside (0, 1]) raise
     SchedulerError naming the field and the allowed range, and change nothing."""
 
-    def __init__(self, max_utilisation: float = 0.95) -> None: ...
+    def __new__(cls, max_utilisation: float = 0.95) -> PollScheduler: ...
     @property
     def max_utilisation(self) -> float: ...
     def add_job(
@@ -396,9 +480,10 @@ class PollScheduler:
     def __len__(self) -> int: ...
     def __contains__(self, job_id: object, /) -> bool: ...
 
+@final
 class PlanJob:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         request_bytes: int,
         response_bytes: int,
@@ -406,7 +491,7 @@ class PlanJob:
         response_delay_s: float,
         count: int = 1,
         gap_s: float = 0.0,
-    ) -> None: ...
+    ) -> PlanJob: ...
     @property
     def name(self) -> str: ...
     @property
@@ -423,6 +508,7 @@ class PlanJob:
     @property
     def gap_s(self) -> float: ...
 
+@final
 class PlanJobResult:
     @property
     def name(self) -> str: ...
@@ -431,6 +517,7 @@ class PlanJobResult:
     @property
     def utilisation(self) -> float: ...
 
+@final
 class BusPlan:
     @property
     def utilisation(self) -> float:

@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, str] = {
     "run": "controller.service",
     "sim": "drivers.sim.cli",
     "plan": "controller.plan",
+    "results": "controller.verification.cli",
+    "hmi": "controller.hmi_cli",
 }
 
 

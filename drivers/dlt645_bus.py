@@ -443,9 +443,7 @@ class Dlt645Bus(BusOwner):
 
         await self._submit_control(action)
 
-    async def freeze(
-        self, address: str = BROADCAST_ADDRESS, pattern: str = "99999999"
-    ) -> None:
+    async def freeze(self, address: str = BROADCAST_ADDRESS, pattern: str = "99999999") -> None:
         async def action() -> None:
             await self.client.freeze(address, pattern)
 

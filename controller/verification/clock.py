@@ -1,0 +1,145 @@
+"""Injectable clocks: real time for the plant, virtual time for tests and benches.
+
+The sequencer and the simulated rig only ever call ``clock.now()``,
+``clock.monotonic()`` and ``await clock.sleep(...)``; with a
+:class:`VirtualClock` those run on an asyncio loop whose time advances
+straight to the next timer instead of waiting, so an hour-long verification
+batch runs in well under a second of wall time, deterministically (the order
+of events depends only on timer deadlines, never on the host's speed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Epoch seconds, for records (result start/end times)."""
+
+    def monotonic(self) -> float:
+        """Seconds on the event loop's clock, for deadlines."""
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep until ``monotonic() >= deadline`` (absolute deadlines do not drift)."""
+
+
+class RealClock:
+    """The plant's clock: epoch time for records, the running loop's clock for deadlines."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+    async def sleep_until(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - self.monotonic()))
+
+
+class VirtualTimeDeadlock(RuntimeError):
+    """Every task waits, no timer is set and nothing external can wake the loop."""
+
+
+class _VirtualSelector(selectors.BaseSelector):
+    """Wraps the real selector: real I/O is still polled, but a wait for a timer
+    advances the loop's virtual time instead of blocking (or blocks for
+    ``timeout / scale`` real seconds when a scale is set)."""
+
+    def __init__(self, loop: VirtualTimeLoop, scale: float | None, idle_limit_s: float) -> None:
+        self._real = selectors.DefaultSelector()
+        self._loop = loop
+        self._scale = scale
+        self._idle_limit_s = idle_limit_s
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._real.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._real.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._real.modify(fileobj, events, data)
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._real.get_map()
+
+    def close(self) -> None:
+        self._real.close()
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        events = self._real.select(0)
+        if events or timeout == 0:
+            return events
+        if timeout is None:
+            # Only a thread or real I/O can wake us (run_in_executor, sockets).
+            events = self._real.select(self._idle_limit_s)
+            if not events:
+                raise VirtualTimeDeadlock(
+                    "virtual time: every task waits and no timer is set "
+                    f"(nothing happened for {self._idle_limit_s} s of real time)"
+                )
+            return events
+        if self._scale is None:
+            self._loop._vt += timeout
+            return []
+        start = time.monotonic()
+        events = self._real.select(timeout / self._scale)
+        if events:
+            self._loop._vt += min(timeout, (time.monotonic() - start) * self._scale)
+        else:
+            self._loop._vt += timeout
+        return events
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop whose ``time()`` is virtual (starts at 0)."""
+
+    def __init__(self, scale: float | None = None, idle_limit_s: float = 30.0) -> None:
+        self._vt = 0.0
+        super().__init__(_VirtualSelector(self, scale, idle_limit_s))
+
+    def time(self) -> float:
+        return self._vt
+
+
+class VirtualClock:
+    """Virtual time on its own loop; ``scale=None`` runs as fast as possible,
+    ``scale=k`` runs k times faster than real time (for crash tests that need a
+    process to be killed part-way through)."""
+
+    def __init__(
+        self, start_epoch: float = 1_767_225_600.0, scale: float | None = None
+    ) -> None:  # default start: 2026-01-01T00:00:00Z
+        self.start_epoch = start_epoch
+        self.loop = VirtualTimeLoop(scale)
+
+    def now(self) -> float:
+        return self.start_epoch + self.loop.time()
+
+    def monotonic(self) -> float:
+        return self.loop.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+    async def sleep_until(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - self.loop.time()))
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine to completion in virtual time."""
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.loop.close()

@@ -1,0 +1,162 @@
+"""`LineConfig`: the verification line's section of the site configuration.
+
+Stations (positions) are grouped into units; a unit has one source and one
+reference standard and runs the unit-wide items for all its stations at once.
+Handling (conveyor, lift, wiring press, sealing, sorter) is a set of named I/O
+points on the line PLC over Modbus.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from controller.verification.errors import AccuracyClass
+from controller.verification.scheme import MeterType
+
+
+class StationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: int = Field(ge=1, le=999, description="line-wide station number (tags use two digits)")
+    position: int = Field(
+        ge=1, le=99, description="position within its unit, 1 = nearest the infeed"
+    )
+    rs485: str = Field(
+        default="", max_length=128, description="RS-485 port or tcp:// link to the meter"
+    )
+    pulse_channel: int = Field(default=0, ge=0, le=999, description="error-calculator channel")
+    temperature_sensor: str = Field(
+        default="", max_length=64, description="PLC input of the terminal sensor"
+    )
+
+
+class UnitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: int = Field(ge=1, le=99)
+    source: str = Field(default="", max_length=128, description="the unit's test source (address)")
+    standard_constant: int = Field(
+        default=100_000_000,
+        ge=1_000,
+        le=10**10,
+        description="reference standard constant C0, imp/kWh",
+    )  # high-frequency output: 1/m0 must stay far below the rounding interval at the lowest point
+    standard_class: str = Field(default="0.05", pattern=r"^0\.(01|02|05|1)$")
+    stations: list[StationConfig] = Field(min_length=1, max_length=99)
+
+    @model_validator(mode="after")
+    def _positions(self) -> Self:
+        positions = [s.position for s in self.stations]
+        if len(set(positions)) != len(positions):
+            raise ValueError(
+                f"units[{self.id}].stations: positions must be unique, got {positions}"
+            )
+        return self
+
+
+class HandlingConfig(BaseModel):
+    """Timeouts of the handling steps; each waits for a PLC feedback input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    plc: str = Field(default="sim", max_length=128, description="Modbus link to the line PLC")
+    load_timeout_s: float = Field(default=120, ge=1, le=1800)
+    press_timeout_s: float = Field(default=15, ge=1, le=120)
+    seal_timeout_s: float = Field(default=15, ge=1, le=120)
+    unload_timeout_s: float = Field(default=120, ge=1, le=1800)
+    scan_timeout_s: float = Field(default=3, ge=0.1, le=60)
+    box_size: int = Field(default=12, ge=1, le=100, description="meters per box")
+
+
+class TemperatureConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit_c: float = Field(
+        default=75.0, ge=40, le=150, description="cut a station's current above this"
+    )
+    publish_deadband_c: float = Field(default=0.2, ge=0, le=10)
+
+
+class LineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    units: list[UnitConfig] = Field(min_length=1, max_length=32)
+    meter_types: dict[str, MeterType] = Field(default_factory=dict)
+    scheme_dir: str = Field(default="config/schemes", max_length=512)
+    handling: HandlingConfig = HandlingConfig()
+    temperature: TemperatureConfig = TemperatureConfig()
+    operator_code: str = Field(default="00000000", pattern=r"^[0-9A-Fa-f]{8}$")
+    password: str = Field(default="000000", pattern=r"^[0-9A-Fa-f]{6}$")
+    password_level: int = Field(default=2, ge=0, le=9)
+    comm_timeout_s: float = Field(default=1.0, ge=0.1, le=10)
+    # A sample may take this many times its nominal duration before the
+    # station is declared "no pulses" (a dead or very slow meter).
+    sample_timeout_factor: float = Field(default=3.0, ge=1.5, le=20)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Self:
+        ids = [u.id for u in self.units]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"units: ids must be unique, got {ids}")
+        stations = [s.id for u in self.units for s in u.stations]
+        dupes = sorted({s for s in stations if stations.count(s) > 1})
+        if dupes:
+            raise ValueError(
+                f"units[].stations[].id: station ids must be unique line-wide, repeated: {dupes}"
+            )
+        return self
+
+    @property
+    def station_ids(self) -> list[int]:
+        return [s.id for u in self.units for s in sorted(u.stations, key=lambda s: s.position)]
+
+    def unit_of(self, station: int) -> UnitConfig:
+        for u in self.units:
+            if any(s.id == station for s in u.stations):
+                return u
+        raise KeyError(f"unknown station {station}")
+
+    def meter_type(self, name: str) -> MeterType:
+        try:
+            return self.meter_types[name]
+        except KeyError:
+            raise KeyError(
+                f"meter_type: unknown {name!r}; configured: {sorted(self.meter_types)}"
+            ) from None
+
+
+def demo_line(units: int = 2, stations_per_unit: int = 24) -> LineConfig:
+    """A line like the demo site's: ``units`` × ``stations_per_unit`` positions, one meter type."""
+    return LineConfig(
+        units=[
+            UnitConfig(
+                id=u,
+                source=f"sim:source{u}",
+                stations=[
+                    StationConfig(
+                        id=(u - 1) * stations_per_unit + p,
+                        position=p,
+                        rs485=f"sim:u{u}p{p}",
+                        pulse_channel=p,
+                        temperature_sensor=f"u{u}/t{p}",
+                    )
+                    for p in range(1, stations_per_unit + 1)
+                ],
+            )
+            for u in range(1, units + 1)
+        ],
+        meter_types={
+            "DDZY-1-5(60)A": MeterType(
+                name="DDZY-1-5(60)A",
+                accuracy_class=AccuracyClass.C1,
+                un=Decimal(220),
+                ib=Decimal(5),
+                imax=Decimal(60),
+                constant=1200,
+            ),
+        },
+    )

@@ -1,0 +1,1161 @@
+"""The batch sequencer: handling, then the scheme's items, unit by unit.
+
+Units run concurrently and independently (each has its own source and
+standard). Within a unit, a unit-wide item (anything needing the source) runs
+for all stations at once; a run of consecutive per-station items runs as one
+independent chain per station, so the unit waits only once for its slowest
+station. With exact meters the unit's test time is therefore the scheme's
+lower bound: Σ unit-wide items + the per-station chain.
+
+Every measured value becomes a result only when its item completes; see
+:mod:`.results` for the crash rules. On ``run()`` of a batch that was running
+when the controller died, interrupted items are marked and run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from controller.process_image import ProcessImage
+from controller.verification.clock import Clock
+from controller.verification.config import LineConfig
+from controller.verification.errors import (
+    CREEP_MAX_PULSES,
+    STARTING_MIN_PULSES,
+    Evaluation,
+    PowerFactor,
+    creep_time_s,
+    error_limit,
+    evaluate_clock,
+    evaluate_error,
+    starting_time_s,
+    theoretical_count,
+    to_decimal,
+)
+from controller.verification.ports import AlarmSink, NullAlarms, Rig, StationPort
+from controller.verification.results import (
+    ABORTED,
+    FAIL,
+    PASS,
+    SKIPPED,
+    ResultRow,
+    ResultsRepository,
+)
+from controller.verification.scheme import (
+    AppearanceItem,
+    BasicErrorItem,
+    ClockItem,
+    CommunicationItem,
+    ConstantItem,
+    CostControlItem,
+    CreepItem,
+    Current,
+    MeterType,
+    Scheme,
+    SchemeError,
+    Scope,
+    StartingItem,
+    WithstandItem,
+    point_power_w,
+    starting_amperes,
+)
+from controller.verification.temperature import station_tag
+
+OVER_TEMPERATURE = "over-temperature"
+REGISTER_RESOLUTION_KWH = Decimal("0.01")  # DI 00010000 is XXXXXX.XX kWh
+
+
+@dataclass(frozen=True, slots=True)
+class MeterTask:
+    barcode: str
+    address: str
+
+
+@dataclass(slots=True)
+class Aborted:
+    reason: str
+
+
+@dataclass(slots=True)
+class BatchSummary:
+    batch_id: str
+    state: str
+    passed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # barcode -> verdict
+    started: float = 0.0
+    tests_started: float = 0.0
+    tests_ended: float = 0.0
+    ended: float = 0.0
+
+
+@dataclass(slots=True)
+class _Meter:
+    barcode: str
+    address: str
+    station: int
+    state: str
+    verdict: str
+    stopped: str = ""  # why the station skips the rest of the scheme
+
+
+@dataclass(slots=True)
+class _Ctx:
+    batch_id: str
+    scheme: Scheme
+    meter_type: MeterType
+    unit: int
+    meters: list[_Meter]
+    done: set[tuple[str, int]]
+    verdicts: dict[tuple[str, int], list[str]]
+
+
+class BatchError(ValueError):
+    pass
+
+
+class Sequencer:
+    def __init__(
+        self,
+        config: LineConfig,
+        rig: Rig,
+        repo: ResultsRepository,
+        clock: Clock,
+        image: ProcessImage | None = None,
+        alarms: AlarmSink | None = None,
+    ) -> None:
+        self.config = config
+        self.rig = rig
+        self.repo = repo
+        self.clock = clock
+        self.image = image if image is not None else ProcessImage(clock.now)
+        self.alarms = alarms or NullAlarms()
+        self.tripped: dict[int, str] = {}
+        self._station_tasks: dict[int, asyncio.Task[Any]] = {}
+        self._main: asyncio.Task[BatchSummary] | None = None
+        self._abort_reason = ""
+        self._conveyor: asyncio.Lock | None = None
+        self._progress_total = 1
+        self._progress_done = 0
+        self._run_started = 0.0
+        self.meters_tested = 0
+        self.meters_passed = 0
+        self._define_tags()
+
+    # -- public API -------------------------------------------------------------------
+    def create_batch(
+        self, batch_id: str, scheme: Scheme, meter_type: str, meters: Sequence[MeterTask]
+    ) -> None:
+        """Validate and record a batch: meters are assigned to stations in line order."""
+        mt = self.config.meter_type(meter_type)
+        scheme.validate_for(mt)
+        stations = self.config.station_ids
+        if not meters:
+            raise BatchError("meters: a batch needs at least 1 meter")
+        if len(meters) > len(stations):
+            raise BatchError(
+                f"meters: {len(meters)} meters but the line has {len(stations)} stations "
+                f"(allowed 1..{len(stations)})"
+            )
+        seen: set[str] = set()
+        for m in meters:
+            if m.barcode in seen:
+                raise BatchError(f"meters: barcode {m.barcode!r} appears twice")
+            seen.add(m.barcode)
+        self.repo.create_batch(
+            batch_id,
+            scheme,
+            mt,
+            [
+                (m.barcode, m.address, self.config.unit_of(sid).id, sid)
+                for m, sid in zip(meters, stations, strict=False)
+            ],
+            self.clock.now(),
+        )
+
+    async def run(self, batch_id: str) -> BatchSummary:
+        """Run (or resume) a batch to its end, or until :meth:`abort`."""
+        self._main = asyncio.current_task()  # type: ignore[assignment]
+        self._abort_reason = ""
+        self._conveyor = asyncio.Lock()
+        rec = self.repo.batch(batch_id)
+        summary = BatchSummary(batch_id, rec.state, started=self.clock.now())
+        if rec.state == "done":
+            return self._summarise(batch_id, summary)
+        if rec.state != "created":
+            self.repo.mark_interrupted(batch_id, self.clock.now())
+        self.repo.set_batch_state(batch_id, "running", self.clock.now())
+        self._write("line/batch/id", batch_id)
+        self._write("line/batch/scheme", f"{rec.scheme.name} v{rec.scheme.version}")
+        self._write("line/batch/state", "running")
+        done = self.repo.completed_items(batch_id)
+        verdicts: dict[tuple[str, int], list[str]] = {}
+        for r in self.repo.results(batch_id):
+            verdicts.setdefault((r.barcode, r.item_index), []).append(r.verdict)
+        self._progress_total = max(1, len(rec.meters) * len(rec.scheme.items))
+        self._progress_done = len(done)
+        self._run_started = self.clock.monotonic()
+        ctxs = []
+        for u in self.config.units:
+            ms = [
+                _Meter(m.barcode, m.address, m.station, m.state, m.verdict)
+                for m in rec.meters
+                if m.unit == u.id
+            ]
+            if ms:
+                ctxs.append(_Ctx(batch_id, rec.scheme, rec.meter_type, u.id, ms, done, verdicts))
+        for ctx in ctxs:
+            for m in ctx.meters:
+                self._write(station_tag(m.station, "meter"), m.barcode)
+                self._write(station_tag(m.station, "state"), m.state)
+        self._publish_progress(batch_id)
+        summary.tests_started = float("inf")
+        try:
+            times = await asyncio.gather(*(self._run_unit(ctx) for ctx in ctxs))
+        except asyncio.CancelledError:
+            if not self._abort_reason:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await self._safe_state()
+            self.repo.mark_interrupted(batch_id, self.clock.now())
+            self.repo.set_batch_state(batch_id, "aborted", self.clock.now(), self._abort_reason)
+            self._write("line/batch/state", "aborted")
+            summary.state = "aborted"
+            summary.ended = self.clock.now()
+            return summary
+        finally:
+            self._main = None
+        summary.tests_started = min((t[0] for t in times), default=0.0)
+        summary.tests_ended = max((t[1] for t in times), default=0.0)
+        self.repo.set_batch_state(batch_id, "done", self.clock.now())
+        self._write("line/batch/state", "done")
+        summary.ended = self.clock.now()
+        return self._summarise(batch_id, summary)
+
+    def abort(self, reason: str) -> None:
+        """Stop the running batch: sources off, running items recorded as interrupted.
+
+        Meters stay where they are (their recorded state says where); ``run()``
+        resumes the batch later at the interrupted items."""
+        if self._main is not None and not self._main.done():
+            self._abort_reason = reason or "operator abort"
+            self._main.cancel()
+
+    def on_over_temperature(self, station: int, celsius: float) -> None:
+        """Called by the temperature supervisor in the fast cycle, after it cut the loop."""
+        self.tripped[station] = OVER_TEMPERATURE
+        task = self._station_tasks.get(station)
+        if task is not None and not task.done():
+            task.cancel()
+        self._write(station_tag(station, "state"), f"aborted: {OVER_TEMPERATURE}")
+
+    def reset_station(self, station: int) -> None:
+        """Operator reset after an over-temperature trip (with ``TemperatureSupervisor.reset``):
+        the station takes meters again in the next batch."""
+        self.tripped.pop(station, None)
+
+    # -- unit ------------------------------------------------------------------------------
+    async def _run_unit(self, ctx: _Ctx) -> tuple[float, float]:
+        cfg = self.config.handling
+        io = self.rig.io
+        unit = self.rig.units[ctx.unit]
+        prefix = f"unit{ctx.unit}"
+        await unit.off()  # known state first: after a restart the source may still be on
+        if all(m.state == "queued" for m in ctx.meters):
+            assert self._conveyor is not None
+            async with self._conveyor:
+                self._set_unit(ctx, "loading")
+                io.write(f"{prefix}/load", True)
+                ok = await io.wait_for(f"{prefix}/loaded", True, cfg.load_timeout_s)
+                io.write(f"{prefix}/load", False)
+            if not ok:
+                raise BatchError(f"unit {ctx.unit}: loading timed out after {cfg.load_timeout_s} s")
+            self._meter_states(ctx, ctx.meters, "loaded")
+        if any(m.state in ("loaded", "connected", "testing") for m in ctx.meters):
+            # Scan on every (re)start: after a restart we trust what is on the station,
+            # not what memory says.
+            scans = await asyncio.gather(
+                *(self.rig.stations[m.station].scan_barcode() for m in ctx.meters)
+            )
+            for m, code in zip(ctx.meters, scans, strict=True):
+                if code != m.barcode and not m.verdict:
+                    m.verdict = "rejected: barcode mismatch"
+                    m.stopped = f"barcode read {code!r}, task says {m.barcode!r}"
+                    self.repo.set_meter_states(
+                        ctx.batch_id, [(m.barcode, m.state, m.verdict)], self.clock.now()
+                    )
+                    self._write(station_tag(m.station, "verdict"), m.verdict)
+            io.write(f"{prefix}/press", True)
+            if not await io.wait_for(f"{prefix}/press_down", True, cfg.press_timeout_s):
+                raise BatchError(
+                    f"unit {ctx.unit}: wiring press did not close in {cfg.press_timeout_s} s"
+                )
+            self._meter_states(ctx, [m for m in ctx.meters if m.state != "testing"], "connected")
+        tests_started = self.clock.now()
+        if any(m.state in ("connected", "testing") for m in ctx.meters):
+            self._meter_states(ctx, ctx.meters, "testing")
+            await self._run_items(ctx)
+            await unit.off()
+            self._finish_verdicts(ctx)
+            self._meter_states(ctx, ctx.meters, "tested")
+        tests_ended = self.clock.now()
+        if any(m.state == "tested" for m in ctx.meters):
+            io.write(f"{prefix}/press", False)
+            if not await io.wait_for(f"{prefix}/press_up", True, cfg.press_timeout_s):
+                raise BatchError(
+                    f"unit {ctx.unit}: wiring press did not open in {cfg.press_timeout_s} s"
+                )
+            self._meter_states(ctx, ctx.meters, "disconnected")
+        if any(m.state == "disconnected" for m in ctx.meters):
+            passed = [m for m in ctx.meters if m.verdict == PASS]
+            for m in passed:
+                io.write(f"station{m.station}/seal", True)
+            for m in passed:
+                if not await io.wait_for(f"station{m.station}/sealed", True, cfg.seal_timeout_s):
+                    raise BatchError(f"station {m.station}: sealing timed out")
+                io.write(f"station{m.station}/seal", False)
+            self._meter_states(ctx, passed, "sealed")
+            self._meter_states(ctx, [m for m in ctx.meters if m.verdict != PASS], "sorted")
+        if any(m.state in ("sealed", "sorted") for m in ctx.meters):
+            for m in ctx.meters:
+                io.write(f"station{m.station}/reject", m.verdict != PASS)
+            assert self._conveyor is not None
+            async with self._conveyor:
+                io.write(f"{prefix}/unload", True)
+                ok = await io.wait_for(f"{prefix}/empty", True, cfg.unload_timeout_s)
+                io.write(f"{prefix}/unload", False)
+            if not ok:
+                raise BatchError(
+                    f"unit {ctx.unit}: unloading timed out after {cfg.unload_timeout_s} s"
+                )
+            self._meter_states(ctx, ctx.meters, "boxed")
+        self._set_unit(ctx, "idle")
+        return tests_started, tests_ended
+
+    async def _run_items(self, ctx: _Ctx) -> None:
+        items = ctx.scheme.items
+        unit = self.rig.units[ctx.unit]
+        await unit.apply(100.0, 0.0, PowerFactor.UNITY)  # meters powered at Un between items
+        n = 0
+        while n < len(items):
+            if items[n].scope is Scope.UNIT:
+                await self._unit_item(ctx, n)
+                await unit.apply(100.0, 0.0, PowerFactor.UNITY)
+                n += 1
+                continue
+            end = n
+            while end < len(items) and items[end].scope is Scope.STATION:
+                end += 1
+            await asyncio.gather(*(self._station_chain(ctx, m, range(n, end)) for m in ctx.meters))
+            n = end
+
+    # -- bookkeeping helpers -----------------------------------------------------------------
+    def _pending(self, ctx: _Ctx, index: int, meters: Sequence[_Meter]) -> list[_Meter]:
+        """Meters that still need this item run; updates 'stopped' from stored verdicts,
+        and records 'skipped' for stopped meters."""
+        item = ctx.scheme.items[index]
+        todo: list[_Meter] = []
+        skips: list[ResultRow] = []
+        for m in meters:
+            key = (m.barcode, index)
+            if key in ctx.done:
+                self._note_verdicts(m, item, ctx.verdicts.get(key, []))
+                continue
+            if m.station in self.tripped and not m.stopped:
+                m.stopped = f"aborted: {self.tripped[m.station]}"
+            if m.stopped or m.verdict:
+                now = self.clock.now()
+                reason = m.stopped or m.verdict
+                skips.append(
+                    self._row(
+                        ctx, m, index, 0, "", [], None, None, None, "", SKIPPED, reason, now, now
+                    )
+                )
+                continue
+            todo.append(m)
+        if skips:
+            self.repo.record_skipped(skips)
+            self._mark_done(ctx, skips)
+        return todo
+
+    def _note_verdicts(self, m: _Meter, item: Any, verdicts: list[str]) -> None:
+        if ABORTED in verdicts and not m.stopped:
+            m.stopped = f"aborted: {OVER_TEMPERATURE}"
+        elif FAIL in verdicts and item.stop_on_fail and not m.stopped:
+            m.stopped = f"failed item {item.kind}"
+
+    def _mark_done(self, ctx: _Ctx, rows: Sequence[ResultRow]) -> None:
+        for r in rows:
+            key = (r.barcode, r.item_index)
+            if key not in ctx.done:
+                ctx.done.add(key)
+                self._progress_done += 1
+            ctx.verdicts.setdefault(key, []).append(r.verdict)
+        self._publish_progress(ctx.batch_id)
+
+    def _row(
+        self,
+        ctx: _Ctx,
+        m: _Meter,
+        index: int,
+        point_index: int,
+        point: str,
+        samples: list[dict[str, Any]],
+        average: Any,
+        rounded: Any,
+        limits: tuple[Any, Any] | None,
+        unit: str,
+        verdict: str,
+        reason: str,
+        started: float,
+        ended: float,
+        attempt: int = 1,
+    ) -> ResultRow:
+        return ResultRow(
+            ctx.batch_id,
+            m.barcode,
+            index,
+            point_index,
+            ctx.scheme.items[index].kind,
+            point,
+            m.station,
+            samples,
+            None if average is None else str(average),
+            None if rounded is None else str(rounded),
+            None if limits is None or limits[0] is None else str(limits[0]),
+            None if limits is None or limits[1] is None else str(limits[1]),
+            unit,
+            verdict,
+            reason,
+            started,
+            ended,
+            ctx.scheme.version,
+            attempt,
+        )
+
+    def _finish(
+        self, ctx: _Ctx, index: int, rows: list[ResultRow], attempts: dict[str, int]
+    ) -> None:
+        for r in rows:
+            r.attempt = attempts[r.barcode]
+        self.repo.finish_item(rows, self.clock.now())
+        self._mark_done(ctx, rows)
+        item = ctx.scheme.items[index]
+        by_meter: dict[str, list[str]] = {}
+        for r in rows:
+            by_meter.setdefault(r.barcode, []).append(r.verdict)
+        for m in ctx.meters:
+            if m.barcode in by_meter:
+                self._note_verdicts(m, item, by_meter[m.barcode])
+                v = by_meter[m.barcode]
+                last = ABORTED if ABORTED in v else FAIL if FAIL in v else PASS
+                self._write(station_tag(m.station, "last_item"), item.label or item.kind)
+                self._write(station_tag(m.station, "last_verdict"), last)
+
+    async def _parallel(
+        self, meters: Sequence[_Meter], fn: Callable[[_Meter], Awaitable[Any]]
+    ) -> dict[str, Any]:
+        """Run ``fn`` per meter concurrently; a station cut for over-temperature yields Aborted."""
+        tasks: dict[str, asyncio.Task[Any]] = {}
+        out: dict[str, Any] = {}
+        for m in meters:
+            if m.station in self.tripped:
+                out[m.barcode] = Aborted(self.tripped[m.station])
+                continue
+            task = asyncio.ensure_future(fn(m))
+            tasks[m.barcode] = task
+            self._station_tasks[m.station] = task
+        try:
+            if tasks:
+                await asyncio.wait(tasks.values())
+        except asyncio.CancelledError:
+            for t in tasks.values():
+                t.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            raise
+        finally:
+            for m in meters:
+                if self._station_tasks.get(m.station) is tasks.get(m.barcode):
+                    self._station_tasks.pop(m.station, None)
+        for m in meters:
+            done_task = tasks.get(m.barcode)
+            if done_task is None:
+                continue
+            task = done_task
+            if task.cancelled():
+                out[m.barcode] = Aborted(self.tripped.get(m.station, "cancelled"))
+            else:
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
+                out[m.barcode] = task.result()
+        return out
+
+    # -- unit-wide items ------------------------------------------------------------------------
+    async def _unit_item(self, ctx: _Ctx, index: int) -> None:
+        item = ctx.scheme.items[index]
+        meters = self._pending(ctx, index, ctx.meters)
+        if not meters:
+            return
+        self._write(f"line/units/{ctx.unit}/item", f"{index}: {item.label or item.kind}")
+        started = self.clock.now()
+        attempts = self.repo.begin_item(
+            ctx.batch_id, [m.barcode for m in meters], index, item.kind, started
+        )
+        for m in meters:
+            self._write(station_tag(m.station, "state"), f"testing: {item.kind}")
+        unit = self.rig.units[ctx.unit]
+        mt = ctx.meter_type
+        rows: list[ResultRow] = []
+
+        def aborted_rows(results: dict[str, Any], point_index: int, point: str) -> list[_Meter]:
+            """Rows for stations aborted in this step; returns the ones still measuring."""
+            alive = []
+            for m in meters:
+                r = results.get(m.barcode)
+                if isinstance(r, Aborted):
+                    now = self.clock.now()
+                    rows.append(
+                        self._row(
+                            ctx,
+                            m,
+                            index,
+                            point_index,
+                            point,
+                            [],
+                            None,
+                            None,
+                            None,
+                            "",
+                            ABORTED,
+                            r.reason,
+                            started,
+                            now,
+                        )
+                    )
+                elif r is not None:
+                    alive.append(m)
+            return alive
+
+        if isinstance(item, WithstandItem):
+            leak = await unit.withstand(item.kv, item.seconds, item.ramp_s)
+            now = self.clock.now()
+            limit = Decimal(str(item.leakage_limit_ma))
+            for m in meters:
+                if m.station in self.tripped:
+                    rows.append(
+                        self._row(
+                            ctx,
+                            m,
+                            index,
+                            0,
+                            "",
+                            [],
+                            None,
+                            None,
+                            None,
+                            "",
+                            ABORTED,
+                            self.tripped[m.station],
+                            started,
+                            now,
+                        )
+                    )
+                    continue
+                value = Decimal(str(leak.get(m.station, float("inf"))))
+                verdict = PASS if value <= limit else FAIL
+                rows.append(
+                    self._row(
+                        ctx,
+                        m,
+                        index,
+                        0,
+                        f"{item.kv} kV {item.seconds:g} s",
+                        [{"leakage_ma": str(value)}],
+                        value,
+                        value,
+                        (None, limit),
+                        "mA",
+                        verdict,
+                        "" if verdict == PASS else "leakage above limit",
+                        started,
+                        now,
+                    )
+                )
+        elif isinstance(item, StartingItem):
+            amps = starting_amperes(item, mt)
+            limit_s = starting_time_s(mt.constant, mt.phases, mt.un, amps)
+            await unit.apply(100.0, float(amps), PowerFactor.UNITY)
+            await self.clock.sleep(item.settle_s)
+            res = await self._parallel(
+                meters, lambda m: self.rig.stations[m.station].count_pulses(float(limit_s))
+            )
+            now = self.clock.now()
+            limit_txt = to_decimal(limit_s, 1)
+            for m in aborted_rows(res, 0, f"{float(amps):g} A"):
+                w = res[m.barcode]
+                verdict = PASS if w.count >= STARTING_MIN_PULSES else FAIL
+                first = None if w.first_pulse_s is None else Decimal(str(round(w.first_pulse_s, 1)))
+                rows.append(
+                    self._row(
+                        ctx,
+                        m,
+                        index,
+                        0,
+                        f"{float(amps):g} A",
+                        [
+                            {
+                                "pulses": w.count,
+                                "first_pulse_s": None if first is None else str(first),
+                            }
+                        ],
+                        first,
+                        first,
+                        (None, limit_txt),
+                        "s",
+                        verdict,
+                        "" if verdict == PASS else f"no pulse within {limit_txt} s",
+                        started,
+                        now,
+                    )
+                )
+        elif isinstance(item, CreepItem):
+            window = creep_time_s(mt.accuracy_class, mt.constant, mt.phases, mt.un, mt.imax)
+            await unit.apply(item.voltage_pct, 0.0, PowerFactor.UNITY)
+            await self.clock.sleep(item.settle_s)
+            res = await self._parallel(
+                meters, lambda m: self.rig.stations[m.station].count_pulses(float(window))
+            )
+            now = self.clock.now()
+            for m in aborted_rows(res, 0, f"{item.voltage_pct:g}% Un"):
+                w = res[m.barcode]
+                verdict = PASS if w.count <= CREEP_MAX_PULSES else FAIL
+                rows.append(
+                    self._row(
+                        ctx,
+                        m,
+                        index,
+                        0,
+                        f"{item.voltage_pct:g}% Un {to_decimal(window, 1)} s",
+                        [{"pulses": w.count}],
+                        w.count,
+                        w.count,
+                        (None, CREEP_MAX_PULSES),
+                        "pulses",
+                        verdict,
+                        "" if verdict == PASS else f"{w.count} pulses in {to_decimal(window, 1)} s",
+                        started,
+                        now,
+                    )
+                )
+        elif isinstance(item, BasicErrorItem):
+            c0 = next(u.standard_constant for u in self.config.units if u.id == ctx.unit)
+            alive = meters
+            for k, p in enumerate(item.points):
+                cur = p.current
+                amps = cur.amperes(mt)
+                point_limit = error_limit(mt.accuracy_class, p.pf, cur.over_ib(mt), mt.imax_over_ib)
+                if point_limit is None:  # validate_for() refuses such schemes; never guess a limit
+                    raise SchemeError(ctx.scheme.name, [f"items[{index}].points[{k}]: no limit"])
+                limit = point_limit
+                await unit.apply(100.0, float(amps), p.pf)
+                await self.clock.sleep(item.settle_s)
+                point_started = self.clock.now()
+                power = point_power_w(mt, cur, p.pf)
+                pulse_s = float(Fraction(3_600_000) / (mt.constant * power))
+                timeout = self.config.sample_timeout_factor * pulse_s * (p.pulses + 1)
+
+                async def measure(
+                    m: _Meter, p: Any = p, timeout: float = timeout
+                ) -> list[int] | None:
+                    st = self.rig.stations[m.station]
+                    counts = []
+                    for _ in range(p.samples):
+                        try:
+                            counts.append(
+                                await asyncio.wait_for(st.error_sample(p.pulses), timeout)
+                            )
+                        except TimeoutError:
+                            return None
+                    return counts
+
+                res = await self._parallel(alive, measure)
+                now = self.clock.now()
+                m0 = theoretical_count(c0, p.pulses, mt.constant)
+                still = []
+                for m in aborted_rows_for(
+                    alive, res, rows, self, ctx, index, k, p.name, point_started
+                ):
+                    counts = res[m.barcode]
+                    if counts is None:
+                        rows.append(
+                            self._row(
+                                ctx,
+                                m,
+                                index,
+                                k,
+                                p.name,
+                                [],
+                                None,
+                                None,
+                                (-limit, limit),
+                                "%",
+                                FAIL,
+                                f"no meter pulses within {timeout:.0f} s",
+                                point_started,
+                                now,
+                            )
+                        )
+                        still.append(m)
+                        continue
+                    ev = evaluate_error(m0, counts, mt.accuracy_class, limit)
+                    rows.append(
+                        self._error_row(
+                            ctx, m, index, k, p.name, p.pulses, m0, counts, ev, point_started, now
+                        )
+                    )
+                    still.append(m)
+                alive = still
+        elif isinstance(item, ConstantItem):
+            cur = Current.parse(item.i)
+            await unit.apply(100.0, float(cur.amperes(mt)), item.pf)
+            await self.clock.sleep(item.settle_s)
+            # One register digit (both readings truncate) plus one pulse (the gate
+            # may cut a pulse in two) is the most an exact meter can disagree by.
+            tolerance = (REGISTER_RESOLUTION_KWH + Decimal(1) / Decimal(mt.constant)).quantize(
+                Decimal("0.000001")
+            )
+
+            async def constant(m: _Meter) -> tuple[float | None, int, float | None]:
+                st = self.rig.stations[m.station]
+                before = await st.comms.read_energy()
+                pulses = await st.meter_pulses_during_energy(item.energy_kwh)
+                return before, pulses, None
+
+            res = await self._parallel(meters, constant)
+            await unit.apply(100.0, 0.0, PowerFactor.UNITY)
+            after = await self._parallel(
+                [m for m in meters if not isinstance(res.get(m.barcode), Aborted)],
+                lambda m: self.rig.stations[m.station].comms.read_energy(),
+            )
+            now = self.clock.now()
+            for m in aborted_rows(res, 0, str(cur)):
+                before, pulses, _ = res[m.barcode]
+                r2 = after.get(m.barcode)
+                if isinstance(r2, Aborted):
+                    rows.append(
+                        self._row(
+                            ctx,
+                            m,
+                            index,
+                            0,
+                            str(cur),
+                            [],
+                            None,
+                            None,
+                            None,
+                            "",
+                            ABORTED,
+                            r2.reason,
+                            started,
+                            now,
+                        )
+                    )
+                    continue
+                if before is None or r2 is None:
+                    rows.append(
+                        self._row(
+                            ctx,
+                            m,
+                            index,
+                            0,
+                            str(cur),
+                            [{"pulses": pulses}],
+                            None,
+                            None,
+                            (-tolerance, tolerance),
+                            "kWh",
+                            FAIL,
+                            "register not readable",
+                            started,
+                            now,
+                        )
+                    )
+                    continue
+                advance = Decimal(str(r2)) - Decimal(str(before))
+                by_pulses = Fraction(pulses, mt.constant)
+                diff = Fraction(advance) - by_pulses
+                verdict = PASS if abs(diff) <= tolerance else FAIL
+                rows.append(
+                    self._row(
+                        ctx,
+                        m,
+                        index,
+                        0,
+                        f"{cur} {item.energy_kwh:g} kWh",
+                        [
+                            {
+                                "register_before": str(before),
+                                "register_after": str(r2),
+                                "pulses": pulses,
+                                "constant": mt.constant,
+                            }
+                        ],
+                        to_decimal(diff, 6),
+                        to_decimal(diff, 4),
+                        (-tolerance, tolerance),
+                        "kWh",
+                        verdict,
+                        "" if verdict == PASS else "register advance does not match pulses / C",
+                        started,
+                        now,
+                    )
+                )
+        else:  # pragma: no cover - the scheme's union is closed
+            raise SchemeError(ctx.scheme.name, [f"items[{index}]: not a unit-wide item"])
+        self._finish(ctx, index, rows, attempts)
+
+    def _error_row(
+        self,
+        ctx: _Ctx,
+        m: _Meter,
+        index: int,
+        k: int,
+        point: str,
+        pulses: int,
+        m0: Fraction,
+        counts: list[int],
+        ev: Evaluation,
+        started: float,
+        ended: float,
+    ) -> ResultRow:
+        samples = [
+            {
+                "n": pulses,
+                "m0": f"{m0.numerator}/{m0.denominator}",
+                "m": c,
+                "error_pct": str(to_decimal(g, 6)),
+            }
+            for c, g in zip(counts, ev.samples, strict=True)
+        ]
+        return self._row(
+            ctx,
+            m,
+            index,
+            k,
+            point,
+            samples,
+            to_decimal(ev.mean, 6),
+            ev.rounded,
+            (ev.limit_low, ev.limit_high),
+            "%",
+            PASS if ev.passed else FAIL,
+            "" if ev.passed else f"error {ev.rounded} % outside ±{ev.limit_high} %",
+            started,
+            ended,
+        )
+
+    # -- per-station items ------------------------------------------------------------------
+    async def _station_chain(self, ctx: _Ctx, m: _Meter, indices: range) -> None:
+        for index in indices:
+            if not self._pending(ctx, index, [m]):
+                continue
+            item = ctx.scheme.items[index]
+            started = self.clock.now()
+            attempts = self.repo.begin_item(ctx.batch_id, [m.barcode], index, item.kind, started)
+            self._write(station_tag(m.station, "state"), f"testing: {item.kind}")
+            run_item: Callable[[_Meter], Awaitable[ResultRow]] = functools.partial(
+                self._station_item, ctx, index=index, item=item, started=started
+            )
+            res = await self._parallel([m], run_item)
+            r = res[m.barcode]
+            rows = (
+                [
+                    self._row(
+                        ctx,
+                        m,
+                        index,
+                        0,
+                        "",
+                        [],
+                        None,
+                        None,
+                        None,
+                        "",
+                        ABORTED,
+                        r.reason,
+                        started,
+                        self.clock.now(),
+                    )
+                ]
+                if isinstance(r, Aborted)
+                else [r]
+            )
+            self._finish(ctx, index, rows, attempts)
+
+    async def _station_item(
+        self, ctx: _Ctx, m: _Meter, index: int, item: Any, started: float
+    ) -> ResultRow:
+        st: StationPort = self.rig.stations[m.station]
+        if isinstance(item, AppearanceItem):
+            ok = await st.power_ok(item.power_on_s)
+            return self._row(
+                ctx,
+                m,
+                index,
+                0,
+                "power-on",
+                [{"power_ok": ok}],
+                None,
+                None,
+                None,
+                "",
+                PASS if ok else FAIL,
+                "" if ok else "no voltage-circuit burden at power-on",
+                started,
+                self.clock.now(),
+            )
+        if isinstance(item, ClockItem):
+            readings = []
+            for _ in range(item.readings):
+                try:
+                    value = await asyncio.wait_for(
+                        st.clock_reading(item.gate_s), 2 * item.gate_s + 1
+                    )
+                except TimeoutError:
+                    return self._row(
+                        ctx,
+                        m,
+                        index,
+                        0,
+                        "daily clock",
+                        [],
+                        None,
+                        None,
+                        (-item.limit_s_per_day, item.limit_s_per_day),
+                        "s/d",
+                        FAIL,
+                        "no second pulse",
+                        started,
+                        self.clock.now(),
+                    )
+                readings.append(Decimal(str(value)))
+            ev = evaluate_clock(readings, item.limit_s_per_day)
+            return self._row(
+                ctx,
+                m,
+                index,
+                0,
+                f"{item.readings} x {item.gate_s:g} s",
+                [{"s_per_day": str(r)} for r in readings],
+                to_decimal(ev.mean, 4),
+                ev.rounded,
+                (ev.limit_low, ev.limit_high),
+                "s/d",
+                PASS if ev.passed else FAIL,
+                "" if ev.passed else f"clock error {ev.rounded} s/d",
+                started,
+                self.clock.now(),
+            )
+        if isinstance(item, CommunicationItem):
+            samples: list[dict[str, Any]] = []
+            problems = []
+            if item.read_address:
+                addr = await st.comms.read_address()
+                samples.append({"address": addr})
+                if addr != m.address:
+                    problems.append(f"read address {addr!r}, expected {m.address!r}")
+            if item.read_energy:
+                energy = await st.comms.read_energy()
+                samples.append({"energy_kwh": None if energy is None else str(energy)})
+                if energy is None:
+                    problems.append("energy not readable")
+            return self._row(
+                ctx,
+                m,
+                index,
+                0,
+                "DL/T 645",
+                samples,
+                None,
+                None,
+                None,
+                "",
+                FAIL if problems else PASS,
+                "; ".join(problems),
+                started,
+                self.clock.now(),
+            )
+        if isinstance(item, CostControlItem):
+            expiry = dt.datetime.fromtimestamp(self.clock.now() + item.expiry_min * 60, dt.UTC)
+            valid_until = (
+                expiry.year,
+                expiry.month,
+                expiry.day,
+                expiry.hour,
+                expiry.minute,
+                expiry.second,
+            )
+            samples = []
+            problems = []
+            for command, want_open in (("trip", True), ("close", False)):
+                ack = await st.comms.relay_control(command, valid_until)  # type: ignore[arg-type]
+                await self.clock.sleep(item.relay_settle_s)
+                state = await st.comms.read_relay_open()
+                samples.append({"command": command, "ack": ack, "relay_open": state})
+                if not ack:
+                    problems.append(f"{command}: no acknowledgement")
+                elif state is not want_open:
+                    problems.append(
+                        f"{command}: relay read back {'open' if state else 'closed' if state is not None else 'nothing'}"
+                    )
+            return self._row(
+                ctx,
+                m,
+                index,
+                0,
+                "1C trip/close",
+                samples,
+                None,
+                None,
+                None,
+                "",
+                FAIL if problems else PASS,
+                "; ".join(problems),
+                started,
+                self.clock.now(),
+            )
+        raise SchemeError(ctx.scheme.name, [f"items[{index}]: not a per-station item"])
+
+    # -- end of tests, safe state ---------------------------------------------------------------
+    def _finish_verdicts(self, ctx: _Ctx) -> None:
+        updates = []
+        for m in ctx.meters:
+            if not m.verdict:
+                vs = [
+                    v
+                    for i in range(len(ctx.scheme.items))
+                    for v in ctx.verdicts.get((m.barcode, i), [])
+                ]
+                if ABORTED in vs:
+                    m.verdict = f"aborted: {OVER_TEMPERATURE}"
+                elif all(v == PASS for v in vs) and vs:
+                    m.verdict = PASS
+                else:
+                    m.verdict = FAIL
+            updates.append((m.barcode, m.state, m.verdict))
+            self._write(station_tag(m.station, "verdict"), m.verdict)
+            self.meters_tested += 1
+            self.meters_passed += m.verdict == PASS
+        self.repo.set_meter_states(ctx.batch_id, updates, self.clock.now())
+        self._publish_progress(ctx.batch_id)
+
+    async def _safe_state(self) -> None:
+        for unit in self.rig.units.values():
+            await unit.off()
+
+    def _meter_states(self, ctx: _Ctx, meters: Sequence[_Meter], state: str) -> None:
+        for m in meters:
+            m.state = state
+            self._write(
+                station_tag(m.station, "state"), state if not m.verdict else f"{state}: {m.verdict}"
+            )
+        self.repo.set_meter_states(
+            ctx.batch_id, [(m.barcode, state, None) for m in meters], self.clock.now()
+        )
+
+    def _set_unit(self, ctx: _Ctx, state: str) -> None:
+        self._write(f"line/units/{ctx.unit}/state", state)
+
+    def _summarise(self, batch_id: str, summary: BatchSummary) -> BatchSummary:
+        rec = self.repo.batch(batch_id)
+        summary.state = rec.state
+        for m in rec.meters:
+            if m.verdict == PASS:
+                summary.passed.append(m.barcode)
+            else:
+                summary.failed[m.barcode] = m.verdict
+        return summary
+
+    # -- process image --------------------------------------------------------------------------
+    def _define_tags(self) -> None:
+        img = self.image
+        for name, unit, desc in (
+            ("line/batch/id", "", "running batch"),
+            ("line/batch/scheme", "", "scheme name and version"),
+            ("line/batch/state", "", "created/running/aborted/done"),
+            ("line/batch/progress", "%", "completed meter-items of the batch"),
+            ("line/metrics/meters_tested", "", "meters with a final verdict since start-up"),
+            ("line/metrics/pass_rate", "%", "share of tested meters that passed"),
+            ("line/metrics/items_per_hour", "1/h", "meter-items completed per hour in this run"),
+        ):
+            img.define(name, unit, desc)
+        for u in self.config.units:
+            img.define(f"line/units/{u.id}/state", "", "handling/test state")
+            img.define(f"line/units/{u.id}/item", "", "item the unit runs")
+        for sid in self.config.station_ids:
+            for leaf in ("state", "meter", "last_item", "last_verdict", "verdict"):
+                img.define(station_tag(sid, leaf))
+
+    def _write(self, tag: str, value: Any) -> None:
+        self.image.write(tag, value)
+
+    def _publish_progress(self, batch_id: str) -> None:
+        self._write(
+            "line/batch/progress", round(100.0 * self._progress_done / self._progress_total, 2)
+        )
+        self._write("line/metrics/meters_tested", self.meters_tested)
+        if self.meters_tested:
+            self._write(
+                "line/metrics/pass_rate", round(100.0 * self.meters_passed / self.meters_tested, 2)
+            )
+        hours = (self.clock.monotonic() - self._run_started) / 3600
+        if hours > 0:
+            self._write("line/metrics/items_per_hour", round(self._progress_done / hours, 1))
+
+
+def aborted_rows_for(
+    meters: Sequence[_Meter],
+    results: dict[str, Any],
+    rows: list[ResultRow],
+    seq: Sequencer,
+    ctx: _Ctx,
+    index: int,
+    point_index: int,
+    point: str,
+    started: float,
+) -> list[_Meter]:
+    """Rows for stations aborted at this load point; returns the ones that measured."""
+    alive = []
+    for m in meters:
+        r = results.get(m.barcode)
+        if isinstance(r, Aborted):
+            rows.append(
+                seq._row(
+                    ctx,
+                    m,
+                    index,
+                    point_index,
+                    point,
+                    [],
+                    None,
+                    None,
+                    None,
+                    "",
+                    ABORTED,
+                    r.reason,
+                    started,
+                    seq.clock.now(),
+                )
+            )
+        elif m.barcode in results:
+            alive.append(m)
+    return alive

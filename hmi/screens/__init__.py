@@ -1,0 +1,1 @@
+"""The HMI's screens: one view per tab, plus dialogs and help."""

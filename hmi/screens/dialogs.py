@@ -1,0 +1,197 @@
+"""Modal dialogs: acknowledge, arm a command, confirm an armed command, help."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+# What each command does to the load, in the words the dialog uses.
+KIND_EFFECT: dict[str, str] = {
+    "trip": "OPEN the relay (the customer loses supply)",
+    "close_allowed": "ALLOW the customer to close the relay",
+    "close_direct": "CLOSE the relay (supply restored now)",
+    "alarm_on": "turn the meter's alarm ON",
+    "alarm_off": "turn the meter's alarm OFF",
+    "keep_power_on": "set KEEP-POWER: no automatic trip until removed",
+    "keep_power_off": "remove KEEP-POWER: automatic trips allowed again",
+}
+
+
+class AckDialog(ModalScreen[str | None]):
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, alarm_id: str, message: str) -> None:
+        super().__init__(classes="dialog-screen")
+        self.alarm_id = alarm_id
+        self.message = message
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(f"Acknowledge alarm {self.alarm_id}", classes="dialog-title")
+            yield Static(self.message)
+            yield Input(placeholder="comment (audited)", id="ack-comment", max_length=500)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Acknowledge", id="ack-ok", variant="primary")
+                yield Button("Cancel", id="ack-cancel")
+
+    def on_input_submitted(self, _event: Input.Submitted) -> None:
+        self.dismiss(self.query_one("#ack-comment", Input).value)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "ack-ok":
+            self.dismiss(self.query_one("#ack-comment", Input).value)
+        else:
+            self.dismiss(None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ArmDialog(ModalScreen[tuple[str, str] | None]):
+    """Choose the command and give a reason; the next step arms it on the server."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, load: str, kinds: list[str], preselect: str | None = None) -> None:
+        super().__init__(classes="dialog-screen")
+        self.load = load
+        self.kinds = kinds
+        self.preselect = preselect
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(f"Command for {self.load}", classes="dialog-title")
+            yield OptionList(
+                *[Option(f"{k:<15} {KIND_EFFECT.get(k, '')}", id=k) for k in self.kinds],
+                id="arm-kind",
+            )
+            yield Input(placeholder="reason (required, audited)", id="arm-reason", max_length=200)
+            yield Static(id="arm-error")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Arm", id="arm-ok", variant="warning")
+                yield Button("Cancel", id="arm-cancel")
+
+    def on_mount(self) -> None:
+        options = self.query_one("#arm-kind", OptionList)
+        if self.preselect in self.kinds:
+            options.highlighted = self.kinds.index(self.preselect)
+            self.query_one("#arm-reason", Input).focus()
+        else:
+            options.highlighted = 0
+            options.focus()
+
+    def on_option_list_option_selected(self, _event: OptionList.OptionSelected) -> None:
+        self.query_one("#arm-reason", Input).focus()
+
+    def _submit(self) -> None:
+        options = self.query_one("#arm-kind", OptionList)
+        reason = self.query_one("#arm-reason", Input).value.strip()
+        if options.highlighted is None:
+            self.query_one("#arm-error", Static).update(Text("Choose a command.", style="red"))
+            return
+        if not reason:
+            self.query_one("#arm-error", Static).update(Text("A reason is required.", style="red"))
+            self.query_one("#arm-reason", Input).focus()
+            return
+        self.dismiss((self.kinds[options.highlighted], reason))
+
+    def on_input_submitted(self, _event: Input.Submitted) -> None:
+        self._submit()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "arm-ok":
+            self._submit()
+        else:
+            self.dismiss(None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """States exactly what will switch; Execute sends it, anything else cancels."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, load: str, kind: str, reason: str, expires: datetime | None) -> None:
+        super().__init__(classes="dialog-screen")
+        self.load = load
+        self.kind = kind
+        self.reason = reason
+        self.expires = expires
+
+    def compose(self) -> ComposeResult:
+        text = Text()
+        text.append("Armed: ", style="bold")
+        text.append(f"{self.kind.upper()}", style="bold reverse")
+        text.append(f" on load {self.load}\n\n")
+        text.append("This will ")
+        text.append(KIND_EFFECT.get(self.kind, self.kind), style="bold")
+        text.append(f"\nfor load {self.load}.\n")
+        text.append(f"Reason: {self.reason}\n")
+        if self.expires is not None:
+            local = self.expires.replace(tzinfo=self.expires.tzinfo or UTC).astimezone()
+            text.append(f"Execute before {local:%H:%M:%S} or the arm lapses.")
+        with Vertical(classes="dialog confirm"):
+            yield Label("Confirm command", classes="dialog-title")
+            yield Static(text, id="confirm-text")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Execute", id="confirm-execute", variant="error")
+                yield Button("Cancel", id="confirm-cancel", variant="primary")
+
+    def on_mount(self) -> None:
+        # Cancel has the focus: Enter alone never switches anything.
+        self.query_one("#confirm-cancel", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "confirm-execute")
+
+    def action_cancel(self) -> None:
+        self.dismiss(False)
+
+
+HELP_TEXT = """\
+[b]gridctl HMI[/b] — keys (the footer shows those of the current screen)
+
+  1 … 6     Overview, Meters, Loads, Alarms, Line, Warehouse
+  ?         this help           q   quit
+  Tab       next field          Esc close a dialog
+
+[b]Meters[/b]   /  filter    s  sort column    r  reverse    Enter  detail
+[b]Loads[/b]    x  command…  t  trip …         (arm → confirm → execute)
+[b]Alarms[/b]   a  acknowledge with a comment   v  show shelved
+
+[b]Values[/b]
+  12.34     good               12.34?   uncertain
+  ✖ reason  bad: no value is shown       12.34~   stale (not connected,
+  n/a       not on this server                     or from before a reconnect)
+
+The top line always shows the connection; the HMI reconnects by itself.
+Commands offered depend on your role; the server has the final word.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Close"),
+        Binding("question_mark", "close", "Close"),
+        Binding("q", "close", "Close"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(classes="dialog-screen")
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog help"):
+            yield Static(HELP_TEXT, id="help-text")
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,342 @@
+"""Meters: a table that stays fast at 10 000 rows, a filter, sorting, a detail pane.
+
+Only changed cells are redrawn (``DataTable.update_cell``); the table itself
+renders only the visible rows. Rows are re-ordered only when the operator asks
+(``s``/``r``) so the row under the cursor does not jump while values change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, ClassVar
+
+from asyncua import ua
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.widgets import DataTable, Input, Sparkline, Static
+
+from ..client import Quality, Reading
+from ..format import show, show_reading
+from .base import View
+
+# (quantity, column label, digits)
+TABLE_QUANTITIES: tuple[tuple[str, str, int], ...] = (
+    ("power_active", "P kW", 3),
+    ("voltage_a", "Ua V", 1),
+    ("current_a", "Ia A", 2),
+    ("energy_forward_active", "E+ kWh", 1),
+)
+SORT_KEYS = ("meter", "bus", *[q for q, _l, _d in TABLE_QUANTITIES], "quality")
+TREND_QUANTITY = "power_active"
+TREND_POINTS = 120
+_Q_RANK = {Quality.GOOD: 0, Quality.UNCERTAIN: 1, Quality.BAD: 2}
+
+
+class MetersView(View):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("slash", "filter", "Filter"),
+        Binding("s", "sort", "Sort"),
+        Binding("r", "reverse", "Reverse"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.meters: dict[str, tuple[str, str]] = {}  # meter path -> (bus, address)
+        self.shown: list[str] = []
+        self.filter_text = ""
+        self.sort_key = "meter"
+        self.sort_reverse = False
+        self.selected: str | None = None
+        self.detail_paths: list[str] = []
+        self.units: dict[str, str] = {}
+        self.trend: deque[float] = deque(maxlen=TREND_POINTS)
+        self._cell_of: dict[str, tuple[str, str]] = {}  # tag path -> (row key, column key)
+        self._select_task: asyncio.Task[None] | None = None
+        self._index: dict[str, int] = {}  # meter -> row index in the table
+        self._deferred: set[str] = set()  # rows off screen whose cells are out of date
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="/ filter: address, bus, or 'bad'", id="meter-filter")
+        yield Static(id="meter-status")
+        yield DataTable(id="meter-table", cursor_type="row", zebra_stripes=True)
+        with Vertical(id="meter-detail"):
+            yield Static(id="meter-detail-text")
+            yield Sparkline([], id="meter-trend", summary_function=max)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#meter-table", DataTable)
+        table.add_column("Meter", key="meter", width=12)
+        table.add_column("Bus", key="bus", width=6)
+        for q, label, _d in TABLE_QUANTITIES:
+            table.add_column(label, key=q, width=9)
+        table.add_column("Quality", key="quality", width=10)
+        self.watch(table, "scroll_y", self._scrolled, init=False)
+
+    # -- plant ------------------------------------------------------------------
+    async def plant_changed(self) -> None:
+        plant = self.client.plant
+        self.meters = {
+            path: (bus, path.rsplit("/", 1)[-1])
+            for bus, paths in plant.buses.items()
+            for path in paths
+        }
+        self._cell_of = {f"{m}/{q}": (m, q) for m in self.meters for q, _l, _d in TABLE_QUANTITIES}
+        self.rebuild()
+        await self.client.watch(self._cell_of)
+        if self.selected is not None and self.selected in self.meters:
+            await self._select(self.selected)
+
+    # -- rows -------------------------------------------------------------------
+    def _row_quality(self, meter: str) -> tuple[Quality, Reading | None]:
+        worst, which = Quality.GOOD, None
+        for q, _l, _d in TABLE_QUANTITIES:
+            r = self.client.get(f"{meter}/{q}")
+            if r is None or self.client.missing_code(r):
+                continue
+            if which is None or _Q_RANK[r.quality] > _Q_RANK[worst]:
+                worst, which = r.quality, r
+        return worst, which
+
+    def _quality_cell(self, meter: str) -> Text:
+        worst, reading = self._row_quality(meter)
+        if reading is None:
+            return Text("…", style="dim")
+        if self.client.is_stale(reading):
+            return Text("stale~", style="dim italic")
+        if worst is Quality.GOOD:
+            return Text("ok", style="green")
+        if worst is Quality.UNCERTAIN:
+            return Text(f"? {reading.status_text}"[:10], style="yellow")
+        return Text(f"✖ {reading.status_text}"[:10], style="bold red")
+
+    def _cells(self, meter: str) -> list[Text | str]:
+        bus, addr = self.meters[meter]
+        cells: list[Text | str] = [addr, bus]
+        for q, _l, digits in TABLE_QUANTITIES:
+            cells.append(show(self.client, f"{meter}/{q}", digits=digits))
+        cells.append(self._quality_cell(meter))
+        return cells
+
+    def _matches(self, meter: str, needle: str) -> bool:
+        if not needle:
+            return True
+        bus, addr = self.meters[meter]
+        if needle == "bad":
+            return self._row_quality(meter)[0] is Quality.BAD
+        return needle in addr or needle == bus or needle in f"{bus}/{addr}"
+
+    def _sort_value(self, meter: str) -> tuple[int, Any]:
+        key = self.sort_key
+        if key == "meter":
+            return (0, self.meters[meter][1])
+        if key == "bus":
+            return (0, self.meters[meter])
+        if key == "quality":
+            return (-_Q_RANK[self._row_quality(meter)[0]], self.meters[meter][1])
+        r = self.client.get(f"{meter}/{key}")
+        if r is None or r.quality is Quality.BAD or not isinstance(r.value, int | float):
+            return (1, 0.0)  # no value: always last
+        return (0, r.value)
+
+    def rebuild(self) -> None:
+        """Filter and sort, then refill the table (used on filter/sort and connect)."""
+        needle = self.filter_text.strip().lower()
+        shown = [m for m in self.meters if self._matches(m, needle)]
+        with_value = [m for m in shown if self._sort_value(m)[0] == 0]
+        without = [m for m in shown if self._sort_value(m)[0] != 0]
+        with_value.sort(key=self._sort_value, reverse=self.sort_reverse)
+        self.shown = with_value + without
+        self._index = {m: i for i, m in enumerate(self.shown)}
+        self._deferred.clear()
+        table = self.query_one("#meter-table", DataTable)
+        table.clear()
+        for meter in self.shown:
+            table.add_row(*self._cells(meter), key=meter)
+        if self.selected in self.shown:
+            table.move_cursor(row=self.shown.index(self.selected), animate=False)
+        self._status()
+
+    def _status(self) -> None:
+        arrow = "↓" if self.sort_reverse else "↑"
+        text = Text()
+        text.append(f"{len(self.shown)} of {len(self.meters)} meters", style="bold")
+        text.append(f"  sort: {self.sort_key} {arrow}")
+        if self.filter_text:
+            text.append(f"  filter: {self.filter_text!r}", style="yellow")
+        self.query_one("#meter-status", Static).update(text)
+
+    def _visible(self) -> range:
+        table = self.query_one("#meter-table", DataTable)
+        top = int(table.scroll_y)
+        return range(max(0, top - 2), top + table.size.height + 2)
+
+    def _redraw_row(self, table: DataTable[Any], meter: str) -> None:
+        keys = ("meter", "bus", *[q for q, _l, _d in TABLE_QUANTITIES], "quality")
+        for key, cell in zip(keys, self._cells(meter), strict=True):
+            table.update_cell(meter, key, cell)
+
+    def activate(self) -> None:
+        super().activate()
+        self.call_after_refresh(self._scrolled)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._scrolled)
+
+    def _scrolled(self) -> None:
+        if not self._deferred:
+            return
+        table = self.query_one("#meter-table", DataTable)
+        visible = self._visible()
+        now = [m for m in self._deferred if self._index.get(m, -1) in visible]
+        for meter in now:
+            self._deferred.discard(meter)
+            if meter in table.rows:
+                self._redraw_row(table, meter)
+
+    def update_values(self, changed: set[str] | None) -> None:
+        # Only rows on screen are redrawn; the others are marked and redrawn
+        # when scrolled into view (10 000 rows changing at 1 Hz stay cheap).
+        table = self.query_one("#meter-table", DataTable)
+        visible = self._visible()
+        index = self._index
+        if changed is None:
+            for meter in self.shown:
+                if index[meter] in visible:
+                    self._redraw_row(table, meter)
+                else:
+                    self._deferred.add(meter)
+            self._update_detail(None)
+            return
+        rows = table.rows
+        digits = {q: d for q, _l, d in TABLE_QUANTITIES}
+        touched: set[str] = set()
+        cell_of = self._cell_of
+        client = self.client
+        deferred = self._deferred
+        for path in changed:
+            where = cell_of.get(path)
+            if where is None:
+                continue
+            meter, q = where
+            if meter not in rows:
+                continue
+            if index.get(meter, -1) not in visible:
+                deferred.add(meter)
+                continue
+            table.update_cell(meter, q, show(client, path, digits=digits[q]))
+            touched.add(meter)
+        for meter in touched:
+            table.update_cell(meter, "quality", self._quality_cell(meter))
+        self._update_detail(changed)
+
+    # -- filter and sort ----------------------------------------------------------
+    def action_filter(self) -> None:
+        self.query_one("#meter-filter", Input).focus()
+
+    def action_clear_filter(self) -> None:
+        inp = self.query_one("#meter-filter", Input)
+        inp.value = ""
+        self.query_one("#meter-table", DataTable).focus()
+
+    @on(Input.Changed, "#meter-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+        self.rebuild()
+
+    @on(Input.Submitted, "#meter-filter")
+    def _filter_done(self, _event: Input.Submitted) -> None:
+        self.query_one("#meter-table", DataTable).focus()
+
+    def action_sort(self) -> None:
+        self.sort_key = SORT_KEYS[(SORT_KEYS.index(self.sort_key) + 1) % len(SORT_KEYS)]
+        self.rebuild()
+
+    def action_reverse(self) -> None:
+        self.sort_reverse = not self.sort_reverse
+        self.rebuild()
+
+    # -- detail --------------------------------------------------------------------
+    @on(DataTable.RowHighlighted, "#meter-table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        meter = event.row_key.value
+        if meter is None or meter == self.selected:
+            return
+        if self._select_task is not None:
+            self._select_task.cancel()
+        self._select_task = asyncio.create_task(self._select(meter))
+
+    async def _select(self, meter: str) -> None:
+        # A short pause: scrolling through rows must not subscribe to each of them.
+        await asyncio.sleep(0.15)
+        old = [p for p in self.detail_paths if p not in self._cell_of]
+        self.selected = meter
+        self.trend.clear()
+        names = [n for n, _i, cls in await self.client.browse(meter) if cls == 2]
+        self.detail_paths = [f"{meter}/{n}" for n in sorted(names)]
+        await self._load_units(names)
+        if old:
+            await self.client.unwatch(p for p in old if p not in self.detail_paths)
+        await self.client.watch(self.detail_paths)
+        r = self.client.get(f"{meter}/{TREND_QUANTITY}")
+        if r is not None and r.quality is not Quality.BAD and isinstance(r.value, float):
+            self.trend.append(r.value)
+        self._update_detail(None)
+
+    async def _load_units(self, names: list[str]) -> None:
+        todo = [n for n in names if n not in self.units]
+        if not todo or self.selected is None or self.client._client is None:
+            return
+        client = self.client._client
+        params = ua.ReadParameters()
+        for n in todo:
+            rv = ua.ReadValueId()
+            rv.NodeId = self.client.nid(f"{self.selected}/{n}.EngineeringUnits")
+            rv.AttributeId = ua.AttributeIds.Value
+            params.NodesToRead.append(rv)
+        try:
+            results = await client.uaclient.read(params)
+        except Exception:
+            return
+        for n, dv in zip(todo, results, strict=True):
+            eu = dv.Value.Value if dv.Value is not None else None
+            text = getattr(getattr(eu, "DisplayName", None), "Text", None)
+            self.units[n] = str(text) if text else ""
+
+    def _update_detail(self, changed: set[str] | None) -> None:
+        meter = self.selected
+        if meter is None:
+            self.query_one("#meter-detail-text", Static).update(
+                Text("Select a meter for its detail.", style="dim")
+            )
+            return
+        trend_path = f"{meter}/{TREND_QUANTITY}"
+        if changed is not None:
+            if trend_path in changed:
+                r = self.client.get(trend_path)
+                if r is not None and r.quality is not Quality.BAD and isinstance(r.value, float):
+                    self.trend.append(r.value)
+            if not any(p in changed for p in self.detail_paths):
+                return
+        bus, addr = self.meters.get(meter, ("?", meter))
+        text = Text()
+        text.append(f"Meter {addr} on {bus}", style="bold")
+        text.append("   P trend since selected:", style="dim")
+        text.append("\n")
+        for i, path in enumerate(self.detail_paths):
+            name = path.rsplit("/", 1)[-1]
+            text.append(f"{name[:22]:<22} ")
+            cell = show(self.client, path, digits=3)
+            text.append_text(cell)
+            unit = self.units.get(name, "")
+            text.append(f" {unit}".ljust(max(1, 14 - len(cell.plain))))
+            text.append("\n" if i % 2 else "  ")
+        self.query_one("#meter-detail-text", Static).update(text)
+        self.query_one("#meter-trend", Sparkline).data = list(self.trend)
+
+
+__all__ = ["MetersView", "show_reading"]

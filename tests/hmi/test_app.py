@@ -1,0 +1,185 @@
+"""The HMI driven by Textual's pilot against a real gridctl OPC UA server."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable
+
+from controller.process_image import Quality
+from hmi.textshot import screen_text
+
+from .conftest import make_app, ready, wait_for
+
+SIZE = (80, 24)
+
+
+async def test_navigates_every_screen(plant):
+    app = make_app(plant, "otto")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        text = screen_text(app)
+        assert "● CONNECTED otto" in text
+        assert "bus1" in text and "1 quarantined (offline)" in text
+        assert "Line     not available on this server" in text
+        expected = {
+            "2": "8 of 8 meters",
+            "3": "feeder1_l1",
+            "4": "bus1: meter 010000000004 quarantined",
+            "5": "Verification line: not available on this server.",
+            "6": "Warehouse: not available on this server.",
+            "1": "Buses",
+        }
+        for key, needle in expected.items():
+            await pilot.press(key)
+            await wait_for(pilot, lambda n=needle: n in screen_text(app))
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: "keys (the footer shows" in screen_text(app))
+        await pilot.press("escape")
+
+
+async def test_meters_filter_sort_and_bad_quality(plant):
+    app = make_app(plant)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("2")
+        table = app.query_one("#meter-table", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 8)
+        await wait_for(pilot, lambda: "4.100" in screen_text(app))
+        # A Bad value is never shown as a number.
+        bad_row = next(line for line in screen_text(app).splitlines() if "010000000004" in line)
+        assert "✖ NoComm" in bad_row and "." not in bad_row.split("bus1", 1)[1]
+        await pilot.press("slash")
+        await pilot.press(*"bus2")
+        await wait_for(pilot, lambda: table.row_count == 4)
+        assert "4 of 8 meters" in screen_text(app)
+        app.query_one("#meter-filter").value = "bad"
+        await wait_for(pilot, lambda: table.row_count == 1)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: table.row_count == 8)
+        # sort by bus, then by P; reverse puts the largest P first
+        await pilot.press("s", "s", "r")
+        await wait_for(pilot, lambda: "sort: power_active ↓" in screen_text(app))
+        first = table.coordinate_to_cell_key((0, 0)).row_key.value
+        assert first.endswith("020000000004")
+
+
+async def test_value_change_is_shown_and_detail_pane(plant):
+    app = make_app(plant)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("2")
+        await wait_for(pilot, lambda: "Meter 010000000001 on bus1" in screen_text(app))
+        plant.image.write("buses/bus1/meters/010000000001/power_active", 12.345)
+        await wait_for(pilot, lambda: "12.345" in screen_text(app), timeout=1.5)
+        assert "power_active" in screen_text(app) and "kW" in screen_text(app)
+        plant.image.write(
+            "buses/bus1/meters/010000000001/voltage_a", 231.0, Quality.UNCERTAIN, "substitute"
+        )
+        await wait_for(pilot, lambda: "231.0?" in screen_text(app))
+
+
+async def test_acknowledge_alarm(plant):
+    app = make_app(plant, "otto")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("4")
+        await wait_for(pilot, lambda: "UNACK" in screen_text(app))
+        await pilot.press("a")
+        await wait_for(pilot, lambda: "Acknowledge alarm A-0001" in screen_text(app))
+        await pilot.press(*"crew sent", "enter")
+        await wait_for(pilot, lambda: plant.alarms.comments != [])
+        assert plant.alarms.comments == [("A-0001", "otto", "crew sent")]
+        await wait_for(pilot, lambda: "A-0001 acknowledged." in screen_text(app))
+        row = next(line for line in screen_text(app).splitlines() if "HIGH 700" in line)
+        assert " ack " in row
+
+
+async def test_arm_confirm_trip_and_see_it_confirmed(plant):
+    app = make_app(plant, "otto")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: "feeder1_l1" in screen_text(app))
+        await pilot.press("t")
+        await wait_for(pilot, lambda: "Command for loads/feeder1_l1" in screen_text(app))
+        await pilot.press(*"demand test", "enter")
+        await wait_for(pilot, lambda: "Confirm command" in screen_text(app))
+        text = screen_text(app)
+        assert "TRIP on load loads/feeder1_l1" in text
+        assert "OPEN the relay" in text and "Reason: demand test" in text
+        assert plant.sink.requests == []  # armed only
+        await pilot.click("#confirm-execute")
+        await wait_for(pilot, lambda: len(plant.sink.requests) == 1)
+        req = plant.sink.requests[0]
+        assert (req.target, req.kind, req.reason, req.user) == (
+            "loads/feeder1_l1",
+            "trip",
+            "demand test",
+            "otto",
+        )
+        await wait_for(pilot, lambda: "cmd-0001 trip feeder1_l1: confirmed" in screen_text(app))
+        row = next(line for line in screen_text(app).splitlines() if "feeder1_l1" in line)
+        assert "OPEN" in row
+
+
+async def test_cancel_at_confirm_sends_nothing(plant):
+    app = make_app(plant, "otto")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("3", "t")
+        await wait_for(pilot, lambda: "Command for" in screen_text(app))
+        await pilot.press(*"x", "enter")
+        await wait_for(pilot, lambda: "Confirm command" in screen_text(app))
+        await pilot.press("enter")  # Cancel has the focus
+        await wait_for(pilot, lambda: "not executed" in screen_text(app))
+        assert plant.sink.requests == []
+
+
+async def test_viewer_is_refused(plant):
+    app = make_app(plant, "vera")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("3", "t")
+        await wait_for(pilot, lambda: "Command for" in screen_text(app))
+        await pilot.press(*"try", "enter")
+        await wait_for(pilot, lambda: "your role does not allow" in screen_text(app))
+        assert plant.sink.requests == []
+        # the server said no: commands are no longer offered
+        await pilot.press("x")
+        await wait_for(pilot, lambda: "Your role (viewer) may not issue" in screen_text(app))
+        await wait_for(pilot, lambda: "vera (viewer)" in screen_text(app))
+
+
+async def test_anonymous_is_read_only(plant):
+    app = make_app(plant)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("3", "t")
+        await wait_for(pilot, lambda: "Read-only session" in screen_text(app))
+        await pilot.press("4", "a")
+        await wait_for(pilot, lambda: "cannot acknowledge" in screen_text(app))
+
+
+async def test_reconnects_and_marks_stale(tmp_path):
+    from .plant import start_plant
+
+    first = await start_plant(tmp_path)
+    port = int(first.url.rsplit(":", 1)[1].split("/")[0])
+    app = make_app(first, "otto")
+    app.client.max_backoff = 0.5
+    second = None
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot, app)
+            await pilot.press("2")
+            await wait_for(pilot, lambda: "4.100" in screen_text(app))
+            await first.stop()
+            await wait_for(pilot, lambda: "RECONNECTING" in screen_text(app))
+            await wait_for(pilot, lambda: "4.100~" in screen_text(app))  # stale, marked
+            second = await start_plant(tmp_path, port=port)
+            second.image.write("buses/bus1/meters/010000000001/power_active", 5.5)
+            await wait_for(pilot, lambda: "● CONNECTED" in screen_text(app), timeout=15)
+            await wait_for(pilot, lambda: "5.500 " in screen_text(app))
+            assert "~" not in screen_text(app).split("Meter ", 1)[0]
+    finally:
+        if second is not None:
+            await second.stop()

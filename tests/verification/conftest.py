@@ -1,0 +1,59 @@
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from controller.process_image import ProcessImage
+from controller.verification.clock import VirtualClock
+from controller.verification.config import demo_line
+from controller.verification.results import ResultsRepository
+from controller.verification.scheme import load_scheme
+from controller.verification.sequencer import MeterTask, Sequencer
+from drivers.sim.rig import SimMeterSpec, SimRig
+
+SCHEMES = Path(__file__).resolve().parents[2] / "config" / "schemes"
+METER_TYPE = "DDZY-1-5(60)A"
+
+
+class Alarms:
+    def __init__(self):
+        self.raised = []
+
+    def raise_alarm(self, source, kind, severity, message):
+        self.raised.append((source, kind, severity, message))
+
+
+class Line:
+    """A simulated line in virtual time with an in-memory results repository."""
+
+    def __init__(self, db=":memory:", units=2, per_unit=24, start_epoch=1_767_225_600.0, log=None):
+        self.config = demo_line(units, per_unit)
+        self.meter_type = self.config.meter_type(METER_TYPE)
+        self.clock = VirtualClock(start_epoch)
+        self.rig = SimRig(self.config, self.meter_type, self.clock, log)
+        self.conn = sqlite3.connect(db)
+        self.repo = ResultsRepository(self.conn)
+        self.image = ProcessImage(self.clock.now)
+        self.alarms = Alarms()
+        self.seq = Sequencer(self.config, self.rig, self.repo, self.clock, self.image, self.alarms)
+
+    def start(self, batch_id, scheme_file, specs, feed=None):
+        scheme = load_scheme(SCHEMES / scheme_file)
+        self.rig.feed(feed if feed is not None else specs)
+        self.seq.create_batch(
+            batch_id, scheme, METER_TYPE, [MeterTask(s.barcode, s.address) for s in specs]
+        )
+        return scheme
+
+
+def good(n, **kw):
+    return SimMeterSpec(
+        barcode=f"M{n:05d}", address=f"{2026_0000_0000 + n:012d}", error_pct=0.3, **kw
+    )
+
+
+@pytest.fixture
+def line():
+    ln = Line()
+    yield ln
+    ln.clock.close()
