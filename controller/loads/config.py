@@ -35,7 +35,7 @@ Money = Annotated[Decimal, BeforeValidator(_to_decimal), Field(max_digits=14, de
 
 
 def parse_hhmm(text: str) -> int:
-    """"HH:MM" → minutes after midnight; ValueError naming the format."""
+    """ "HH:MM" → minutes after midnight; ValueError naming the format."""
     m = _HHMM.match(text)
     if not m:
         raise ValueError(f"must be a time of day HH:MM, 00:00..23:59 (got {text!r})")
