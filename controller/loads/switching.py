@@ -458,6 +458,12 @@ class SwitchingExecutor:
                 self._claims.pop(command_id, None)
         if cmd.state is not CommandState.QUEUED or cmd.id in self._running_ids():
             return cmd  # a retry of a known command: it is not run again
+        # interlocks at once, so the caller learns of a refusal synchronously
+        refusal = check(cmd.kind, self.facts(load), automation=automation)
+        if refusal:
+            log.info("command %s %s on %s refused: %s", cmd.id, cmd.kind, load, refusal)
+            return await self._end(cmd, CommandState.REFUSED, refusal)
+        self._busy[load] = cmd.id
         task = asyncio.get_running_loop().create_task(self._run(cmd), name=f"cmd-{cmd.id}")
         task.cmd_id = cmd.id  # type: ignore[attr-defined]
         self._tasks.add(task)
@@ -520,11 +526,6 @@ class SwitchingExecutor:
     async def _run(self, cmd: Command) -> Command:
         load = cmd.args["load"]
         automation = bool(cmd.args.get("automation"))
-        refusal = check(cmd.kind, self.facts(load), automation=automation)
-        if refusal:
-            log.info("command %s %s on %s refused: %s", cmd.id, cmd.kind, load, refusal)
-            return await self._end(cmd, CommandState.REFUSED, refusal)
-        self._busy[load] = cmd.id
         try:
             return await self._operate(cmd, load, automation)
         except asyncio.CancelledError:
