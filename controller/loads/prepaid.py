@@ -156,8 +156,6 @@ class PrepaidAccount:
     def step(self, now: float, local: dt.datetime, relay_open: bool | None) -> StepResult:
         out = StepResult()
         c = self.cfg
-        # a kind that failed recently waits; one in flight is not asked for twice
-        busy = self.pending | {k for k, t in self.retry_at.items() if now < t}
         level = self.level_of(self.balance)
         if level != self.level:
             low = level != "normal"
@@ -180,51 +178,34 @@ class PrepaidAccount:
             out.notes.append(f"account {c.id}: {self.level} → {level} at balance {self.balance}")
             self.level = level
         why_base = f"prepaid {c.id}: balance {self.balance:.2f}"
-        if level in ("alarm2", "trip") and not self.alarm_sent and "alarm_on" not in busy:
-            self.pending.add("alarm_on")
-            out.intents.append(
-                Intent("alarm_on", c.load, f"{why_base} ≤ alarm-2 {c.alarm2}", self.source)
-            )
-        if level == "trip" and not self.tripped and relay_open is not True:
+        trip_due = level == "trip" and not self.tripped and relay_open is not True
+        if trip_due:
             reason = "protected customer" if c.protected else self.no_trip.active(local)
-            if reason:
-                if self.deferred != reason:
-                    out.notes.append(f"account {c.id}: trip due, deferred ({reason})")
-                    self.deferred = reason
-            elif "trip" not in busy:
-                if self.deferred:
-                    out.notes.append(f"account {c.id}: deferral over ({self.deferred}), tripping")
-                self.deferred = ""
-                self.pending.add("trip")
-                out.intents.append(
-                    Intent(
-                        "trip", c.load, f"{why_base} ≤ −overdraft {c.overdraft_limit}", self.source
-                    )
-                )
-        if level != "trip":
+            if reason and self.deferred != reason:
+                out.notes.append(f"account {c.id}: trip due, deferred ({reason})")
+            elif not reason and self.deferred:
+                out.notes.append(f"account {c.id}: deferral over ({self.deferred}), tripping")
+            self.deferred = reason
+            trip_due = not reason
+        elif level != "trip":
             self.deferred = ""
-        closing = False
-        if self.tripped and self.balance > c.close_allowed_amount and c.close_mode not in busy:
-            closing = True
-            self.pending.add(c.close_mode)
-            out.intents.append(
-                Intent(
-                    c.close_mode,
-                    c.load,
-                    f"{why_base} > close-allowed amount {c.close_allowed_amount} after recharge",
-                    self.source,
-                )
-            )
-        if (
-            self.alarm_sent
-            and level not in ("alarm2", "trip")
-            and (closing or not self.tripped)
-            and "alarm_off" not in busy
-        ):
-            self.pending.add("alarm_off")
-            out.intents.append(
-                Intent("alarm_off", c.load, f"{why_base}: above alarm-2", self.source)
-            )
+        if self.pending:
+            return out  # one command at a time per account (and per load)
+        # one intent per step, most important first
+        if self.tripped and self.balance > c.close_allowed_amount:
+            kind, why = c.close_mode, f"> close-allowed amount {c.close_allowed_amount}"
+        elif trip_due:
+            kind, why = "trip", f"≤ −overdraft {c.overdraft_limit}"
+        elif level in ("alarm2", "trip") and not self.alarm_sent:
+            kind, why = "alarm_on", f"≤ alarm-2 {c.alarm2}"
+        elif self.alarm_sent and level not in ("alarm2", "trip") and not self.tripped:
+            kind, why = "alarm_off", "above alarm-2"
+        else:
+            return out
+        if now < self.retry_at.get(kind, 0.0):
+            return out  # failed recently: wait before asking again
+        self.pending.add(kind)
+        out.intents.append(Intent(kind, c.load, f"{why_base} {why}", self.source))
         return out
 
     def result(self, intent: Intent, ok: bool, now: float) -> None:

@@ -97,6 +97,7 @@ def test_alarm1_alarm2_trip_then_recharge_closes():
     assert f.relay_open  # 5 is not > the close-allowed amount 10
     acc.recharge("100.10", ref="pay-2", who="cashier", why="counter", at=f.t)
     f.tick()
+    f.tick()
     assert [k for _, k in f.intents][-2:] == ["close_allowed", "alarm_off"]
     assert not f.relay_open
     assert acc.balance == Decimal("105.10")
