@@ -47,6 +47,8 @@ from controller.cycle import BUCKETS, CycleTask, Series, Summary
 
 log = logging.getLogger("gridctl.metrics")
 
+RECENT = 1024  # samples behind the *_recent_seconds gauges (~10 s of the fast task)
+
 
 def _le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(bound)
@@ -90,7 +92,7 @@ class GridCollector(Collector):
         yield from self._journal()
         yield from self._queues()
         yield from self._image()
-        rt = self.render_time.summary()
+        rt = self.render_time
         g = GaugeMetricFamily(
             "gridctl_metrics_render_max_seconds", "Longest metrics rendering (recent window)"
         )
@@ -105,7 +107,9 @@ class GridCollector(Collector):
 
     # -- cycle tasks ------------------------------------------------------------------------
     def _cycle(self) -> Iterator[Metric]:
-        tasks = [t.snapshot() for t in self.sources.tasks()]
+        # percentiles over the last RECENT samples only: a scrape is one loop step and
+        # sorting a big window would make it long (the histograms are cumulative anyway)
+        tasks = [t.snapshot(RECENT) for t in self.sources.tasks()]
         if not tasks:
             return
         for attr, name, doc in (
@@ -289,8 +293,8 @@ class GridCollector(Collector):
                 for q in self.sources.alarms.subscribers
             ]
         if self.sources.journal is not None:
-            s = self.sources.journal.snapshot()
-            rows.append(("journal", s.queue_depth, s.queue_limit, s.dropped))
+            j = self.sources.journal
+            rows.append(("journal", len(j._queue), j.queue_limit, j.dropped))
         rows += [(q.name, len(q), q.maxsize, q.dropped) for q in self.sources.queues()]
         if not rows:
             return

@@ -180,9 +180,12 @@ class Service:
             gc.collect()
             gc.freeze()
             log.info("gc: start-up objects frozen (%d)", gc.get_freeze_count())
+        self._apply_realtime()
+        # Phase: slower tasks wake half a fast period off the fast task's grid,
+        # so their deadlines never coincide (1 s is a multiple of 10 ms).
         loop_t = time.monotonic()
-        for task in self.tasks:
-            task.start(loop_t + task.period)
+        self.fast.start(loop_t + self.fast.period)
+        self.control.start(loop_t + self.control.period + self.fast.period / 2)
         log.info(
             "tasks ready: fast %g ms (spin %d µs), control %g ms (spin %d µs), overrun policy %s",
             self.fast.period * 1000,
@@ -195,6 +198,21 @@ class Service:
         self._started = True
         self.journal.event("service", "service", f"started ({cfg.service.name})")
         log.info("service ready: %s (pid %d)", cfg.service.name, os.getpid())
+
+    def _apply_realtime(self) -> None:
+        prio = self.config.tasks.realtime_priority
+        if not prio:
+            log.info("scheduling: normal (tasks.realtime_priority = 0)")
+            return
+        try:
+            # this thread only (threads started later inherit it); children do not (RESET_ON_FORK)
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(prio))
+        except (OSError, AttributeError) as exc:
+            log.warning(
+                "scheduling: SCHED_FIFO %d refused (%s); running with normal scheduling", prio, exc
+            )
+            return
+        log.info("scheduling: SCHED_FIFO priority %d for the loop thread", prio)
 
     def _bus_snapshots(self) -> list[Any]:
         return list(self.plant.snapshot()) if self.plant is not None else []
