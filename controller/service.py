@@ -85,6 +85,7 @@ class Service:
         self.reread: Callable[[Command], Any] | None = None  # set by load control when it exists
         self._safe_state: list[tuple[str, SafeState]] = []
         self._stop_event = asyncio.Event()
+        self._fast_overruns_seen = 0
         self._started = False
         self.control.attach("alarms", self._control_alarms)
         self.control.attach("command-expiry", self._control_expiry)
@@ -103,7 +104,7 @@ class Service:
         self.alarms.set(
             "cycle_overrun",
             "task/fast",
-            fast.overruns > getattr(self, "_fast_overruns_seen", 0),
+            fast.overruns > self._fast_overruns_seen,
             f"{fast.overruns} overruns",
         )
         self._fast_overruns_seen = fast.overruns
@@ -342,8 +343,8 @@ async def _call(action: Any) -> None:
 
 
 async def _no_reread(cmd: Command) -> Resolution | None:
-    """Without load control there is nothing to read back: the command is not re-sent."""
-    return None
+    """No read-back path exists yet (load control is a later part): say so, do not re-send."""
+    raise LookupError(f"no read-back path for {cmd.kind} commands in this build")
 
 
 def _version() -> str:
