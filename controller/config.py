@@ -75,6 +75,11 @@ class TasksConfig(_Strict):
     # Samples kept per task for exact recent percentiles (histograms are cumulative).
     stats_window: int = Field(default=4096, ge=16, le=1_048_576)
     gc_freeze: bool = True
+    # SCHED_FIFO priority for the service's loop thread (1..99); 0 keeps normal
+    # scheduling. On a shared machine the OS delays timer wake-ups and preempts
+    # the spin by milliseconds; a real-time policy is what removes that tail.
+    # Needs CAP_SYS_NICE (or an rtprio limit); refused -> warning, normal scheduling.
+    realtime_priority: int = Field(default=0, ge=0, le=99)
 
     @field_validator("fast_spin_us", "control_spin_us")
     @classmethod

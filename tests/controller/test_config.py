@@ -19,7 +19,7 @@ BAD_CONFIGS = [
         "[tasks]\nfast_perod_ms = 10\n",
         [
             "tasks.fast_perod_ms: unknown key (allowed: control_period_ms, control_spin_us, "
-            "fast_period_ms, fast_spin_us, gc_freeze, overrun, stats_window)"
+            "fast_period_ms, fast_spin_us, gc_freeze, overrun, realtime_priority, stats_window)"
         ],
     ),
     (
@@ -37,6 +37,10 @@ BAD_CONFIGS = [
             "bogus: unknown key (allowed: buses, journal, metrics, opcua, poll_groups, "
             "service, sim, tasks)"
         ],
+    ),
+    (
+        "[tasks]\nrealtime_priority = 100\n",
+        ["tasks.realtime_priority: must be between 0 and 99 (got 100)"],
     ),
     ("[metrics]\nport = 70000\n", ["metrics.port: must be between 0 and 65535 (got 70000)"]),
     (
