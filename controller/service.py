@@ -4,11 +4,11 @@ Start-up order (one log line per subsystem when it is ready):
 
 1. journal (SQLite WAL, migrations) and the command log (pending commands loaded);
 2. alarm engine (states restored);
-3. simulated plant as child processes, when ``[service] embedded_sim``;
+3. simulated plant as child processes, when ``[sim] enabled``;
 4. field plant: one bus owner per wire (``drivers.plant.FieldPlant``);
 5. reconciliation of commands left pending by the previous run (read-back);
 6. metrics endpoint;
-7. OPC UA server (not built yet: the seam is ``_start_opcua``);
+7. OPC UA server (``opcua_server.OpcUaServer``), built from the process image;
 8. ``gc.collect()`` + ``gc.freeze()`` (before the tasks start, so the
    collection does not cost the fast task an overrun);
 9. cyclic tasks ``fast`` and ``control``.
@@ -39,23 +39,13 @@ from controller.cycle import CycleTask
 from controller.journal import Journal
 from controller.metrics import MetricsServer, Sources, make_registry
 from controller.process_image import ProcessImage
+from drivers.plant import FieldPlant
+from drivers.sim.launch import start_simulator
+from opcua_server import OpcUaServer
 
 log = logging.getLogger("gridctl.service")
 
 SafeState = Callable[[], Any]
-
-
-def _optional(module: str, name: str) -> Any:
-    """Import ``module.name`` if the module exists; None when it does not (yet)."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module.startswith(exc.name):
-            return None
-        raise
-    return getattr(mod, name, None)
 
 
 class Service:
@@ -220,31 +210,19 @@ class Service:
 
     async def _start_simulator(self) -> None:
         cfg = self.config
-        if not cfg.service.embedded_sim:
-            log.info("simulators: not requested (service.embedded_sim = false)")
-            return
-        start_simulator = _optional("drivers.sim.launch", "start_simulator")
-        if start_simulator is None:
-            log.warning(
-                "simulators: drivers.sim.launch is not available in this build; no simulated plant started"
-            )
+        if not cfg.sim.enabled:
+            log.info("simulators: not requested (sim.enabled = false)")
             return
         if self.config_path is None:
             log.warning("simulators: no config file path to hand to the simulator; not started")
             return
         self.simulator = await asyncio.to_thread(
-            start_simulator, self.config_path, fast=cfg.service.sim_fast
+            start_simulator, self.config_path, fast=cfg.sim.fast
         )
         log.info("simulators ready: %s", getattr(self.simulator, "describe", lambda: "running")())
 
     async def _start_plant(self) -> None:
-        plant_cls = _optional("drivers.plant", "FieldPlant")
-        if plant_cls is None:
-            log.warning(
-                "field: drivers.plant is not available in this build; running with no buses"
-            )
-            return
-        self.plant = plant_cls(self.config, self.image)
+        self.plant = FieldPlant(self.config, self.image)
         await self.plant.start()
         snaps = self.plant.snapshot()
         log.info(
@@ -262,17 +240,26 @@ class Service:
         log.info("commands reconciled: %d examined, outcomes %s", report.examined, report.outcomes)
 
     async def _start_opcua(self) -> None:
-        """Seam for the OPC UA server (a later part): ``opcua_server.server.start(service)``."""
+        """The OPC UA server publishes the process image; it never owns state."""
         cfg = self.config.opcua
         if not cfg.enabled:
             log.info("opcua: disabled in config")
             return
-        start = _optional("opcua_server.server", "start")
-        if start is None:
-            log.warning("opcua: server not built yet; %s is not served", cfg.endpoint)
-            return
-        self.opcua = await start(self)
-        log.info("opcua ready: %s", cfg.endpoint)
+        server = OpcUaServer(
+            cfg,
+            self.image,
+            state_dir=Path(self.config.service.state_dir),
+            bus_snapshots=self._bus_snapshots,
+        )
+        await server.start()
+        self.opcua = server
+        stats = server.stats()
+        log.info(
+            "opcua ready: %s (%d nodes built in %.2f s)",
+            cfg.endpoint,
+            stats.get("model_nodes", 0),
+            stats.get("model_build_s", 0.0),
+        )
 
     def request_stop(self) -> None:
         self._stop_event.set()

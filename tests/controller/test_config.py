@@ -49,10 +49,7 @@ BAD_CONFIGS = [
     ),
     (
         '[opcua]\nendpoint = "http://localhost:4840"\n',
-        [
-            "opcua.endpoint: must look like opc.tcp://HOST:PORT/PATH, port 1..65535 "
-            "(got 'http://localhost:4840')"
-        ],
+        ["opcua.endpoint: endpoint must be opc.tcp://HOST:PORT/PATH, got 'http://localhost:4840'"],
     ),
     (
         '[service]\nlog_level = "verbose"\n',
@@ -119,7 +116,7 @@ def test_demo_defaults_match_design():
     assert cfg.opcua.endpoint == "opc.tcp://127.0.0.1:4840/gridctl"
     assert not cfg.journal.path.is_absolute()
     assert cfg.journal.path.parts[0] == "var"
-    assert cfg.service.embedded_sim
+    assert cfg.sim.enabled
 
 
 def test_demo_keeps_runtime_tables_before_field_marker():
