@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.alarms import AlarmEngine
+from controller.command_router import CommandRouter
 from controller.commands import Command, CommandLog, Resolution
 from controller.config import DEFAULT_CONFIG, ConfigError, GridConfig, load_config
 from controller.cycle import CycleTask
@@ -72,6 +73,11 @@ class Service:
         self.simulator: Any = None
         self.metrics: MetricsServer | None = None
         self.opcua: Any = None
+        # Domain subsystems (load switching, verification line, warehouse): each has
+        # `name`, `async start()` and `async stop()`; started after the field plant
+        # (their tags exist before the OPC UA model is built), stopped before it.
+        self.subsystems: list[Any] = []
+        self.router = CommandRouter()
         self.reread: Callable[[Command], Any] | None = None  # set by load control when it exists
         self._safe_state: list[tuple[str, SafeState]] = []
         self._stop_event = asyncio.Event()
@@ -81,6 +87,10 @@ class Service:
         self.control.attach("command-expiry", self._control_expiry)
 
     # -- hooks for the parts that come later ------------------------------------------------
+    def add_subsystem(self, subsystem: Any) -> None:
+        """Register a domain subsystem before `start()`."""
+        self.subsystems.append(subsystem)
+
     def add_safe_state(self, name: str, action: SafeState) -> None:
         """Register an action driving outputs to their safe state at stop (sync or async)."""
         self._safe_state.append((name, action))
@@ -133,6 +143,9 @@ class Service:
 
         await self._start_simulator()
         await self._start_plant()
+        for subsystem in self.subsystems:
+            await subsystem.start()
+            log.info("%s ready", subsystem.name)
         await self._reconcile()
 
         if cfg.metrics.enabled:
@@ -250,10 +263,13 @@ class Service:
             self.image,
             state_dir=Path(self.config.service.state_dir),
             bus_snapshots=self._bus_snapshots,
+            commands=self.router,
         )
         await server.start()
         self.opcua = server
         stats = server.stats()
+        if self.router.prefixes:
+            log.info("opcua: commands accepted for %s", ", ".join(self.router.prefixes))
         log.info(
             "opcua ready: %s (%d nodes built in %.2f s)",
             cfg.endpoint,
@@ -295,6 +311,8 @@ class Service:
             await step("opcua", _call(getattr(self.opcua, "stop", lambda: None)))
         if self.metrics is not None:
             await step("metrics", self.metrics.stop())
+        for subsystem in reversed(self.subsystems):
+            await step(subsystem.name, subsystem.stop())
         if self.plant is not None:
             await step("field plant", self.plant.stop())
         if self.simulator is not None:
