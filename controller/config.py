@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.fields import FieldInfo
 
 from drivers.config import FieldConfig
+from opcua_server.config import OpcUaConfig
 
 DEFAULT_CONFIG = Path("config/demo.toml")
 
@@ -75,6 +76,11 @@ class TasksConfig(_Strict):
     # Samples kept per task for exact recent percentiles (histograms are cumulative).
     stats_window: int = Field(default=4096, ge=16, le=1_048_576)
     gc_freeze: bool = True
+    # SCHED_FIFO priority for the service's loop thread (1..99); 0 keeps normal
+    # scheduling. On a shared machine the OS delays timer wake-ups and preempts
+    # the spin by milliseconds; a real-time policy is what removes that tail.
+    # Needs CAP_SYS_NICE (or an rtprio limit); refused -> warning, normal scheduling.
+    realtime_priority: int = Field(default=0, ge=0, le=99)
 
     @field_validator("fast_spin_us", "control_spin_us")
     @classmethod
@@ -107,21 +113,6 @@ class MetricsConfig(_Strict):
     port: int = Field(default=9108, ge=0, le=65535)  # 0: pick a free port (tests)
     # "asyncio": served on the service loop; "thread": prometheus_client's own server.
     server: Literal["asyncio", "thread"] = "asyncio"
-
-
-class OpcUaConfig(_Strict):
-    """``[opcua]``: the OPC UA server (endpoint only until the server lands)."""
-
-    enabled: bool = True
-    endpoint: str = "opc.tcp://127.0.0.1:4840/gridctl"
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, v: str) -> str:
-        m = re.fullmatch(r"opc\.tcp://([^/:]+):(\d{1,5})(/.*)?", v)
-        if not m or not 0 < int(m.group(2)) < 65536:
-            raise ValueError(f"must look like opc.tcp://HOST:PORT/PATH, port 1..65535 (got {v!r})")
-        return v
 
 
 class GridConfig(FieldConfig):

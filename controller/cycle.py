@@ -94,13 +94,19 @@ class Series:
         if x > self.max:
             self.max = x
 
-    def recent(self) -> list[float]:
-        """The samples in the window (unordered)."""
+    def recent(self, last: int | None = None) -> list[float]:
+        """The last ``last`` samples (default: the whole window), unordered."""
         n = min(self._n, self._size)
-        return list(self._ring[:n])
+        if last is None or last >= n:
+            return list(self._ring[:n])
+        end = self._n % self._size
+        if end >= last:
+            return list(self._ring[end - last : end])
+        return list(self._ring[self._size - (last - end) :]) + list(self._ring[:end])
 
-    def summary(self) -> Summary:
-        data = sorted(self.recent())
+    def summary(self, last: int | None = None) -> Summary:
+        """Percentiles over the last ``last`` samples (default: the window); sorting costs O(n log n)."""
+        data = sorted(self.recent(last))
         cum = 0
         buckets = []
         for bound, c in zip((*self._bounds, math.inf), self._counts, strict=True):
@@ -294,7 +300,8 @@ class CycleTask:
                 fut.set_result(None)
 
     # -- publishing -----------------------------------------------------------------------
-    def snapshot(self) -> TaskSnapshot:
+    def snapshot(self, last: int | None = None) -> TaskSnapshot:
+        """Counters and summaries; percentiles over the last ``last`` samples (default: window)."""
         return TaskSnapshot(
             self.name,
             self.period,
@@ -304,9 +311,9 @@ class CycleTask:
             self.overruns,
             self.skipped,
             self.errors,
-            self.latency.summary(),
-            self.jitter.summary(),
-            self.execution.summary(),
+            self.latency.summary(last),
+            self.jitter.summary(last),
+            self.execution.summary(last),
         )
 
 

@@ -4,11 +4,11 @@ Start-up order (one log line per subsystem when it is ready):
 
 1. journal (SQLite WAL, migrations) and the command log (pending commands loaded);
 2. alarm engine (states restored);
-3. simulated plant as child processes, when ``[service] embedded_sim``;
+3. simulated plant as child processes, when ``[sim] enabled``;
 4. field plant: one bus owner per wire (``drivers.plant.FieldPlant``);
 5. reconciliation of commands left pending by the previous run (read-back);
 6. metrics endpoint;
-7. OPC UA server (not built yet: the seam is ``_start_opcua``);
+7. OPC UA server (``opcua_server.OpcUaServer``), built from the process image;
 8. ``gc.collect()`` + ``gc.freeze()`` (before the tasks start, so the
    collection does not cost the fast task an overrun);
 9. cyclic tasks ``fast`` and ``control``.
@@ -33,29 +33,20 @@ from pathlib import Path
 from typing import Any
 
 from controller.alarms import AlarmEngine
+from controller.command_router import CommandRouter
 from controller.commands import Command, CommandLog, Resolution
 from controller.config import DEFAULT_CONFIG, ConfigError, GridConfig, load_config
 from controller.cycle import CycleTask
 from controller.journal import Journal
 from controller.metrics import MetricsServer, Sources, make_registry
 from controller.process_image import ProcessImage
+from drivers.plant import FieldPlant
+from drivers.sim.launch import start_simulator
+from opcua_server import OpcUaServer
 
 log = logging.getLogger("gridctl.service")
 
 SafeState = Callable[[], Any]
-
-
-def _optional(module: str, name: str) -> Any:
-    """Import ``module.name`` if the module exists; None when it does not (yet)."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module.startswith(exc.name):
-            return None
-        raise
-    return getattr(mod, name, None)
 
 
 class Service:
@@ -82,14 +73,24 @@ class Service:
         self.simulator: Any = None
         self.metrics: MetricsServer | None = None
         self.opcua: Any = None
+        # Domain subsystems (load switching, verification line, warehouse): each has
+        # `name`, `async start()` and `async stop()`; started after the field plant
+        # (their tags exist before the OPC UA model is built), stopped before it.
+        self.subsystems: list[Any] = []
+        self.router = CommandRouter()
         self.reread: Callable[[Command], Any] | None = None  # set by load control when it exists
         self._safe_state: list[tuple[str, SafeState]] = []
         self._stop_event = asyncio.Event()
+        self._fast_overruns_seen = 0
         self._started = False
         self.control.attach("alarms", self._control_alarms)
         self.control.attach("command-expiry", self._control_expiry)
 
     # -- hooks for the parts that come later ------------------------------------------------
+    def add_subsystem(self, subsystem: Any) -> None:
+        """Register a domain subsystem before `start()`."""
+        self.subsystems.append(subsystem)
+
     def add_safe_state(self, name: str, action: SafeState) -> None:
         """Register an action driving outputs to their safe state at stop (sync or async)."""
         self._safe_state.append((name, action))
@@ -103,7 +104,7 @@ class Service:
         self.alarms.set(
             "cycle_overrun",
             "task/fast",
-            fast.overruns > getattr(self, "_fast_overruns_seen", 0),
+            fast.overruns > self._fast_overruns_seen,
             f"{fast.overruns} overruns",
         )
         self._fast_overruns_seen = fast.overruns
@@ -142,6 +143,9 @@ class Service:
 
         await self._start_simulator()
         await self._start_plant()
+        for subsystem in self.subsystems:
+            await subsystem.start()
+            log.info("%s ready", subsystem.name)
         await self._reconcile()
 
         if cfg.metrics.enabled:
@@ -180,9 +184,12 @@ class Service:
             gc.collect()
             gc.freeze()
             log.info("gc: start-up objects frozen (%d)", gc.get_freeze_count())
+        self._apply_realtime()
+        # Phase: slower tasks wake half a fast period off the fast task's grid,
+        # so their deadlines never coincide (1 s is a multiple of 10 ms).
         loop_t = time.monotonic()
-        for task in self.tasks:
-            task.start(loop_t + task.period)
+        self.fast.start(loop_t + self.fast.period)
+        self.control.start(loop_t + self.control.period + self.fast.period / 2)
         log.info(
             "tasks ready: fast %g ms (spin %d µs), control %g ms (spin %d µs), overrun policy %s",
             self.fast.period * 1000,
@@ -196,36 +203,39 @@ class Service:
         self.journal.event("service", "service", f"started ({cfg.service.name})")
         log.info("service ready: %s (pid %d)", cfg.service.name, os.getpid())
 
+    def _apply_realtime(self) -> None:
+        prio = self.config.tasks.realtime_priority
+        if not prio:
+            log.info("scheduling: normal (tasks.realtime_priority = 0)")
+            return
+        try:
+            # this thread only (threads started later inherit it); children do not (RESET_ON_FORK)
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(prio))
+        except (OSError, AttributeError) as exc:
+            log.warning(
+                "scheduling: SCHED_FIFO %d refused (%s); running with normal scheduling", prio, exc
+            )
+            return
+        log.info("scheduling: SCHED_FIFO priority %d for the loop thread", prio)
+
     def _bus_snapshots(self) -> list[Any]:
         return list(self.plant.snapshot()) if self.plant is not None else []
 
     async def _start_simulator(self) -> None:
         cfg = self.config
-        if not cfg.service.embedded_sim:
-            log.info("simulators: not requested (service.embedded_sim = false)")
-            return
-        start_simulator = _optional("drivers.sim.launch", "start_simulator")
-        if start_simulator is None:
-            log.warning(
-                "simulators: drivers.sim.launch is not available in this build; no simulated plant started"
-            )
+        if not cfg.sim.enabled:
+            log.info("simulators: not requested (sim.enabled = false)")
             return
         if self.config_path is None:
             log.warning("simulators: no config file path to hand to the simulator; not started")
             return
         self.simulator = await asyncio.to_thread(
-            start_simulator, self.config_path, fast=cfg.service.sim_fast
+            start_simulator, self.config_path, fast=cfg.sim.fast
         )
         log.info("simulators ready: %s", getattr(self.simulator, "describe", lambda: "running")())
 
     async def _start_plant(self) -> None:
-        plant_cls = _optional("drivers.plant", "FieldPlant")
-        if plant_cls is None:
-            log.warning(
-                "field: drivers.plant is not available in this build; running with no buses"
-            )
-            return
-        self.plant = plant_cls(self.config, self.image)
+        self.plant = FieldPlant(self.config, self.image)
         await self.plant.start()
         snaps = self.plant.snapshot()
         log.info(
@@ -243,17 +253,29 @@ class Service:
         log.info("commands reconciled: %d examined, outcomes %s", report.examined, report.outcomes)
 
     async def _start_opcua(self) -> None:
-        """Seam for the OPC UA server (a later part): ``opcua_server.server.start(service)``."""
+        """The OPC UA server publishes the process image; it never owns state."""
         cfg = self.config.opcua
         if not cfg.enabled:
             log.info("opcua: disabled in config")
             return
-        start = _optional("opcua_server.server", "start")
-        if start is None:
-            log.warning("opcua: server not built yet; %s is not served", cfg.endpoint)
-            return
-        self.opcua = await start(self)
-        log.info("opcua ready: %s", cfg.endpoint)
+        server = OpcUaServer(
+            cfg,
+            self.image,
+            state_dir=Path(self.config.service.state_dir),
+            bus_snapshots=self._bus_snapshots,
+            commands=self.router,
+        )
+        await server.start()
+        self.opcua = server
+        stats = server.stats()
+        if self.router.prefixes:
+            log.info("opcua: commands accepted for %s", ", ".join(self.router.prefixes))
+        log.info(
+            "opcua ready: %s (%d nodes built in %.2f s)",
+            cfg.endpoint,
+            stats.get("model_nodes", 0),
+            stats.get("model_build_s", 0.0),
+        )
 
     def request_stop(self) -> None:
         self._stop_event.set()
@@ -289,6 +311,8 @@ class Service:
             await step("opcua", _call(getattr(self.opcua, "stop", lambda: None)))
         if self.metrics is not None:
             await step("metrics", self.metrics.stop())
+        for subsystem in reversed(self.subsystems):
+            await step(subsystem.name, subsystem.stop())
         if self.plant is not None:
             await step("field plant", self.plant.stop())
         if self.simulator is not None:
@@ -324,8 +348,8 @@ async def _call(action: Any) -> None:
 
 
 async def _no_reread(cmd: Command) -> Resolution | None:
-    """Without load control there is nothing to read back: the command is not re-sent."""
-    return None
+    """No read-back path exists yet (load control is a later part): say so, do not re-send."""
+    raise LookupError(f"no read-back path for {cmd.kind} commands in this build")
 
 
 def _version() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sim", help="run the simulated field plant (meters, Modbus devices)")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default %(default)s)")
     p.add_argument("--fast", action="store_true", help="skip wire timing (unit tests)")
+    p.add_argument(
+        "--exit-with-parent",
+        type=int,
+        metavar="PID",
+        help="stop when process PID (the controller that started us) is gone",
+    )
     p.set_defaults(func=_run)
     sim_sub = p.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
     f = sim_sub.add_parser("fault", help="inject or clear a fault on a running simulator")
@@ -43,10 +50,19 @@ def _run(args: argparse.Namespace) -> int:
         runner = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    return runner(_serve(config, fast=True if args.fast else None))
+    return runner(_serve(config, fast=True if args.fast else None, parent=args.exit_with_parent))
 
 
-async def _serve(config: object, fast: bool | None) -> int:
+async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if os.getppid() != pid:
+            print(f"gridctl sim: parent {pid} is gone; stopping", file=sys.stderr)
+            stop.set()
+            return
+        await asyncio.sleep(0.5)
+
+
+async def _serve(config: object, fast: bool | None, parent: int | None = None) -> int:
     from drivers.sim.plant import SimulatedPlant
 
     plant = SimulatedPlant(config, fast=fast)  # type: ignore[arg-type]
@@ -61,7 +77,10 @@ async def _serve(config: object, fast: bool | None) -> int:
         await plant.stop()
         return 1
     print(READY_PREFIX + json.dumps(plant.ready_info()), flush=True)
+    watchdog = asyncio.create_task(_watch_parent(parent, stop)) if parent else None
     await stop.wait()
+    if watchdog is not None:
+        watchdog.cancel()
     await plant.stop()
     return 0
 

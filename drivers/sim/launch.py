@@ -65,6 +65,10 @@ def start_simulator(
 ) -> SimulatorProcess:
     """Spawn the simulator and return once its ports and control socket are ready."""
     cmd = [sys.executable, "-m", "controller", "sim", "--config", str(config_path)]
+    # A controller killed with SIGKILL cannot stop its children: the simulator
+    # watches its parent so a crash test or a killed service leaves no orphan
+    # holding the demo's ports.
+    cmd += ["--exit-with-parent", str(os.getpid())]
     if fast:
         cmd.append("--fast")
     env = dict(os.environ)

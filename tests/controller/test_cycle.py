@@ -205,3 +205,13 @@ def test_real_loop_wakes_close_to_deadlines():
     assert snap.cycles == 100
     assert snap.latency.min >= 0
     assert snap.latency.p50 < 0.001
+
+
+def test_series_recent_last_n_wraps_the_ring():
+    s = Series(window=8)
+    for i in range(13):  # ring holds 5..12, write position at 13 % 8 = 5
+        s.add(float(i))
+    assert sorted(s.recent(3)) == [10.0, 11.0, 12.0]
+    assert sorted(s.recent(7)) == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0]
+    assert sorted(s.recent()) == [float(i) for i in range(5, 13)]
+    assert s.summary(last=2).p50 == 11.0

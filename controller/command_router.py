@@ -1,0 +1,36 @@
+"""Route OPC UA (and CLI) command requests to the subsystem that owns the target.
+
+The OPC UA server knows one `CommandSink`; each subsystem (load switching,
+verification line, warehouse) owns a top-level branch of the plant (``loads/``,
+``line/``, ``warehouse/``) and registers its sink for that prefix here.
+"""
+
+from __future__ import annotations
+
+from opcua_server.methods import CommandRefused, CommandRequest, CommandSink
+
+
+class CommandRouter:
+    def __init__(self) -> None:
+        self._sinks: dict[str, CommandSink] = {}
+
+    def register(self, prefix: str, sink: CommandSink) -> None:
+        if not prefix.endswith("/"):
+            raise ValueError(f"prefix must end with '/', got {prefix!r}")
+        if prefix in self._sinks:
+            raise ValueError(f"a command sink is already registered for {prefix!r}")
+        self._sinks[prefix] = sink
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        return tuple(self._sinks)
+
+    async def submit(self, request: CommandRequest) -> str:
+        # longest prefix wins, so "loads/groups/" can be served apart from "loads/"
+        for prefix in sorted(self._sinks, key=len, reverse=True):
+            if request.target.startswith(prefix):
+                return await self._sinks[prefix].submit(request)
+        known = ", ".join(sorted(self._sinks)) or "none in this build"
+        raise CommandRefused(
+            f"target {request.target!r}: no subsystem takes commands for it (known: {known})"
+        )

@@ -1,0 +1,52 @@
+import pytest
+
+from controller.command_router import CommandRouter
+from opcua_server.methods import CommandRefused, CommandRequest
+
+
+class RecordingSink:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seen: list[str] = []
+
+    async def submit(self, request: CommandRequest) -> str:
+        self.seen.append(request.target)
+        return f"{self.name}-{len(self.seen)}"
+
+
+def _req(target: str) -> CommandRequest:
+    return CommandRequest(
+        target=target,
+        kind="trip",
+        reason="test",
+        user="op",
+        role="operator",
+        token="t",
+        armed_at=0.0,
+    )
+
+
+async def test_routes_by_longest_prefix():
+    router = CommandRouter()
+    loads, groups = RecordingSink("loads"), RecordingSink("groups")
+    router.register("loads/", loads)
+    router.register("loads/groups/", groups)
+    assert await router.submit(_req("loads/feeder1_l1")) == "loads-1"
+    assert await router.submit(_req("loads/groups/feeder1")) == "groups-1"
+    assert loads.seen == ["loads/feeder1_l1"] and groups.seen == ["loads/groups/feeder1"]
+
+
+async def test_unknown_target_is_refused_naming_it():
+    router = CommandRouter()
+    router.register("line/", RecordingSink("line"))
+    with pytest.raises(CommandRefused, match=r"target 'warehouse/orders': no subsystem .* line/"):
+        await router.submit(_req("warehouse/orders"))
+
+
+def test_bad_or_duplicate_prefix_is_an_error():
+    router = CommandRouter()
+    with pytest.raises(ValueError, match="must end with '/'"):
+        router.register("loads", RecordingSink("x"))
+    router.register("loads/", RecordingSink("x"))
+    with pytest.raises(ValueError, match="already registered"):
+        router.register("loads/", RecordingSink("y"))
