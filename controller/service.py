@@ -83,6 +83,10 @@ class Service:
         self._stop_event = asyncio.Event()
         self._fast_overruns_seen = 0
         self._started = False
+        if config.loads.enabled and config.loads.loads:
+            from controller.loads.runtime import LoadsSubsystem
+
+            self.add_subsystem(LoadsSubsystem(self, config.loads))
         self.control.attach("alarms", self._control_alarms)
         self.control.attach("command-expiry", self._control_expiry)
 

@@ -35,6 +35,9 @@ from controller.loads.intents import Intent, StepResult
 from controller.loads.interlocks import Lockout
 from controller.loads.prepaid import FLAGGED, LedgerEntry, PrepaidAccount, PrepaidError
 from controller.loads.switching import (
+    KINDS as KIND_NAMES,
+)
+from controller.loads.switching import (
     ControlPayloadCipher,
     LoadsError,
     SwitchingExecutor,
@@ -252,6 +255,25 @@ class LoadsRuntime:
             t.cancel()
         await self.executor.stop()
 
+    async def safe_state(self) -> None:
+        """Drive outputs to their configured safe state at stop.
+
+        Meter relays latch: their safe state is "hold" (nothing is sent).
+        Terminal coils with ``safe_state = "open"``/``"closed"`` are written
+        directly (the command log is already closed to new commands).
+        """
+        for x in self.config.loads:
+            if x.type != "coil" or x.safe_state == "hold":
+                continue
+            act = self.executor.actuators.get(x.name)
+            if act is None:
+                continue
+            try:
+                await act.send("trip" if x.safe_state == "open" else "direct_close", 0.0)
+                self.journal.event("loads", f"loads/{x.name}", f"safe state {x.safe_state}")
+            except Exception as exc:
+                log.error("loads: safe state of %s not reached: %s", x.name, exc)
+
     # -- operator actions -------------------------------------------------------------------
     async def recharge(
         self, account: str, amount: Decimal | str | int, *, ref: str, who: str, why: str
@@ -399,3 +421,44 @@ class LoadsRuntime:
             self.journal.post([_account_row(machine, self._clock())])
         else:
             machine.result(intent, ok, self._clock())
+
+
+class LoadsSubsystem:
+    """Load switching as a service subsystem (``Service.add_subsystem``).
+
+    Built at ``start()`` (after the field plant): the runtime, its control-cycle
+    program, the reconcile read-back hook, the ``loads/`` command sink and the
+    safe-state action for terminal coils.
+    """
+
+    name = "loads"
+
+    def __init__(self, service: Any, config: LoadsConfig) -> None:
+        self.service = service
+        self.config = config
+        self.runtime: LoadsRuntime | None = None
+
+    async def start(self) -> None:
+        from controller.loads.sink import LoadsCommandSink
+
+        svc = self.service
+        if svc.plant is None:
+            raise LoadsError("loads: no field plant running; loads need their buses")
+        rt = LoadsRuntime(self.config, svc.commands, svc.image, alarms=svc.alarms, plant=svc.plant)
+        await rt.start()
+        self.runtime = rt
+        svc.commands.kinds = svc.commands.kinds | set(KIND_NAMES)
+        svc.reread = rt.executor.reread
+        svc.control.attach("loads", rt.control)
+        svc.router.register("loads/", LoadsCommandSink(rt.executor))
+        svc.add_safe_state("loads", rt.safe_state)
+        log.info(
+            "loads: %d loads, %d demand groups, %d prepaid accounts",
+            len(self.config.loads),
+            len(self.config.groups),
+            len(self.config.accounts),
+        )
+
+    async def stop(self) -> None:
+        if self.runtime is not None:
+            await self.runtime.stop()
