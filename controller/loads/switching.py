@@ -162,8 +162,9 @@ class Actuator(Protocol):
 
     kinds: tuple[str, ...]
 
-    async def send(self, kind: str, valid_until: float) -> None:
-        """Put the command on the control lane; return on the device's acknowledgement."""
+    async def send(self, kind: str, valid_until: float) -> RelayState | None:
+        """Put the command on the control lane; return on the device's acknowledgement,
+        with the state read back straight after it when the device allows."""
         ...
 
     async def read(self) -> RelayState:
@@ -205,17 +206,41 @@ class MeterRelay:
         for flag in STATUS3_FLAGS:
             image.define(self.prefix + flag, "")
 
-    async def send(self, kind: str, valid_until: float) -> None:
+    async def send(self, kind: str, valid_until: float) -> RelayState | None:
+        """1C on the control lane and, in the same control slot, the status read-back.
+
+        Both frames go out back to back: no poll can slip in between the 9C
+        and the read-back (which a second control item would allow). Returns
+        the state read, or None when only the read-back failed.
+        """
         if not self.cipher.plaintext:
             raise LoadsError(
                 f"cipher {self.cipher.name!r}: this bus driver sends plaintext 1C only"
             )
-        await self.bus.submit_control(
-            self.address,
-            N1[kind],
-            valid_until=dt.datetime.fromtimestamp(valid_until),
-            read_back=False,
-        )
+        bus = self.bus
+        meter = bus.meters[self.address]
+        until = dt.datetime.fromtimestamp(valid_until)
+        read_ok = False
+
+        async def action() -> None:
+            nonlocal read_ok
+            await bus.client.control(
+                self.address,
+                N1[kind],
+                until,
+                password_level=meter.password_level,
+                password=meter.password,
+                operator=meter.operator,
+            )
+            try:
+                raw = await bus.client.read(self.address, self.STATUS3, retries=0)
+            except Exception:
+                return  # the confirmation loop reads again
+            bus._store(self.address, self._plan, raw, bus.wall())
+            read_ok = True
+
+        await bus._submit_control(action)
+        return self.known() if read_ok else None
 
     async def read(self) -> RelayState:
         bus = self.bus
@@ -251,9 +276,10 @@ class TerminalCoil:
         self.image = image
         self.tag = f"buses/{bus.name}/devices/{device}/{coil}"
 
-    async def send(self, kind: str, valid_until: float) -> None:
+    async def send(self, kind: str, valid_until: float) -> RelayState | None:
         # write_coil writes and reads the coil back into the image (control lane)
         await self.bus.write_coil(self.device, self.coil, kind != "trip")
+        return self.known()
 
     async def read(self) -> RelayState:
         return self.known()
@@ -568,8 +594,9 @@ class SwitchingExecutor:
         await self.commands.transition(cmd.id, CommandState.SENT, reason=f"feeder {feeder}")
         self.sent_frames += 1
         send_error = ""
+        first: RelayState | None = None
         try:
-            await act.send(cmd.kind, valid_until)
+            first = await act.send(cmd.kind, valid_until)
         except Exception as exc:
             from drivers.errors import CommandRejected, MeterException
 
@@ -580,20 +607,30 @@ class SwitchingExecutor:
                 return await self._end(cmd, CommandState.FAILED, f"not sent: {exc}")
             # no (valid) acknowledgement: it may still have acted; the read-back decides
             send_error = f"no acknowledgement ({exc})"
-        return await self._confirm(cmd, act, load, send_error)
+        return await self._confirm(cmd, act, load, send_error, first)
 
-    async def _confirm(self, cmd: Command, act: Actuator, load: str, send_error: str) -> Command:
+    async def _confirm(
+        self,
+        cmd: Command,
+        act: Actuator,
+        load: str,
+        send_error: str,
+        first: RelayState | None = None,
+    ) -> Command:
         c = self.config.confirm
         deadline = self._mono() + c.timeout_s
         reads = 0
         state: RelayState | None = None
         read_error = ""
         while True:
-            try:
-                state = await act.read()
-                read_error = ""
-            except Exception as exc:
-                state, read_error = None, str(exc)
+            if first is not None:
+                state, first = first, None  # read in the same control slot as the command
+            else:
+                try:
+                    state = await act.read()
+                    read_error = ""
+                except Exception as exc:
+                    state, read_error = None, str(exc)
             reads += 1
             if satisfied(cmd.kind, state):
                 note = f"read back after {reads} read(s): {describe(state)}"
