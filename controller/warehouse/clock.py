@@ -60,6 +60,11 @@ def run_virtual(coro: Coroutine[Any, Any, T], start: float = 0.0) -> T:
     try:
         return loop.run_until_complete(coro)
     finally:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
