@@ -207,6 +207,8 @@ class CraneExecutor:
             with wh.inv.tx():
                 wh.inv.set_location(task.barcode, f"MISSING:{loc.code}", t)
                 wh.inv.update_task(task.id, t, state="failed", reason=f"source {loc.code} empty")
+                if task.order_id:
+                    wh.inv.set_line(task.order_id, task.barcode, "failed")
                 self._release_dst(task)
             if not loc.is_station:
                 wh.rack.slot(loc).box = None
