@@ -16,14 +16,18 @@ class ConfigError(ValueError):
 
 
 class CraneConfig(BaseModel):
-    """One stacker crane serving one aisle (two facing rows)."""
+    """One stacker crane serving one aisle (two facing rows).
+
+    The upper limits are above any real crane on purpose: scaled-time test rigs
+    and the Bozer–White benchmark (near-constant velocity) need them.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    vx_m_s: float = Field(3.0, gt=0.0, le=10.0, description="travel (horizontal) top speed")
-    ax_m_s2: float = Field(0.5, gt=0.0, le=10.0, description="travel acceleration")
-    vy_m_s: float = Field(1.0, gt=0.0, le=5.0, description="hoist (vertical) top speed")
-    ay_m_s2: float = Field(0.5, gt=0.0, le=10.0, description="hoist acceleration")
+    vx_m_s: float = Field(3.0, gt=0.0, le=50.0, description="travel (horizontal) top speed")
+    ax_m_s2: float = Field(0.5, gt=0.0, le=1000.0, description="travel acceleration")
+    vy_m_s: float = Field(1.0, gt=0.0, le=50.0, description="hoist (vertical) top speed")
+    ay_m_s2: float = Field(0.5, gt=0.0, le=1000.0, description="hoist acceleration")
     fork_cycle_s: float = Field(
         6.0, ge=0.0, le=120.0, description="fork out + lift/lower + fork in, per pick or put"
     )

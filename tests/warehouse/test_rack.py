@@ -107,9 +107,9 @@ def test_config_errors_name_field_and_range():
     with pytest.raises(ConfigError, match=r"warehouse\.bays: .*allowed: >= 1 and <= 500.*got 0"):
         load_warehouse_config({"bays": 0})
     with pytest.raises(
-        ConfigError, match=r"warehouse\.cranes\.0\.vx_m_s.*allowed: > 0.0 and <= 10.0"
+        ConfigError, match=r"warehouse\.cranes\.0\.vx_m_s.*allowed: > 0.0 and <= 50.0"
     ):
-        load_warehouse_config({"cranes": [{"vx_m_s": 50}]})
+        load_warehouse_config({"cranes": [{"vx_m_s": 51}]})
     with pytest.raises(ConfigError, match=r"warehouse\.colour: Extra inputs"):
         load_warehouse_config({"colour": "red"})
     with pytest.raises(ConfigError, match="one per aisle, expected 2"):
