@@ -85,6 +85,7 @@ class SimCrane:
     handle: asyncio.TimerHandle | None = None
     cmd: tuple[Op, Location] | None = None
     moves: int = 0
+    busy_s: float = 0.0  # time spent travelling or forking (utilisation = busy / elapsed)
 
     def pos_at(self, t: float) -> tuple[float, float]:
         if self.state is not CraneState.MOVING:
@@ -308,6 +309,7 @@ class WarehousePlant:
             axis_time(dx, c.cfg.vx_m_s, c.cfg.ax_m_s2), axis_time(dy, c.cfg.vy_m_s, c.cfg.ay_m_s2)
         )
         c.state = CraneState.MOVING
+        c.busy_s += dt
         c.handle = self.loop.call_later(dt, self._arrived, c)
         c.moves += 1
 
@@ -335,6 +337,7 @@ class WarehousePlant:
                 self._finish(c, Result.REFUSED_EMPTY)
                 return
         c.state = CraneState.FORKING
+        c.busy_s += c.cfg.fork_cycle_s
         self._changed()
         c.handle = self.loop.call_later(c.cfg.fork_cycle_s, self._forked, c)
 
