@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _config(path: str | None) -> WarehouseConfig:
     if not path:
-        return WarehouseConfig()
+        return WarehouseConfig.model_validate({})
     with open(path, "rb") as f:
         data: dict[str, Any] = tomllib.load(f)
     return load_warehouse_config(data.get("warehouse", {}))

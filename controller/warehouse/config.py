@@ -54,9 +54,9 @@ class WarehouseConfig(BaseModel):
     bay_width_m: float = Field(1.2, gt=0.0, le=10.0)
     level_height_m: float = Field(0.8, gt=0.0, le=10.0)
     meters_per_box: int = Field(20, ge=1, le=500)
-    cranes: list[CraneConfig] = Field(default_factory=lambda: [CraneConfig()])
-    inbound: ConveyorConfig = Field(default_factory=ConveyorConfig)
-    outbound: ConveyorConfig = Field(default_factory=ConveyorConfig)
+    cranes: list[CraneConfig] = Field(default_factory=lambda: [CraneConfig.model_validate({})])
+    inbound: ConveyorConfig = Field(default_factory=lambda: ConveyorConfig.model_validate({}))
+    outbound: ConveyorConfig = Field(default_factory=lambda: ConveyorConfig.model_validate({}))
     poll_s: float = Field(0.01, gt=0.0, le=1.0, description="plant status poll period")
     crane_timeout_margin_s: float = Field(
         30.0, gt=0.0, le=3600.0, description="a move longer than expected + this is a fault"

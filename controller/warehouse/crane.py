@@ -43,6 +43,7 @@ from controller.warehouse.rack import (
 )
 
 if TYPE_CHECKING:
+    from controller.warehouse.conveyor import ConveyorController
     from controller.warehouse.service import Warehouse
 
 
@@ -295,7 +296,7 @@ class CraneExecutor:
                 continue
             return res, st
 
-    def _station_conveyor(self, loc: Location) -> object | None:
+    def _station_conveyor(self, loc: Location) -> ConveyorController | None:
         if not loc.is_station:
             return None
         return self.wh.inbound[loc.bay] if loc.level == STATION_IN else self.wh.outbound[loc.bay]
@@ -385,8 +386,8 @@ class CraneExecutor:
             st = await self.poll()
             if st.done_seq == seq:
                 return st.done_result, st
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            remaining: float | None = deadline - loop.time()
+            if remaining is not None and remaining <= 0:
                 self._alarm(
                     f"timeout:{task.id}",
                     700,

@@ -155,6 +155,10 @@ class Order:
         )
 
 
+def _manifests(p: InboundParams | ReturnParams) -> list[BoxManifest | ReturnBoxManifest]:
+    return list(p.boxes)
+
+
 def _validate(kind: OrderKind, params: dict[str, Any], meters_per_box: int) -> _P:
     try:
         p = PARAMS[kind].model_validate(params)
@@ -164,9 +168,9 @@ def _validate(kind: OrderKind, params: dict[str, Any], meters_per_box: int) -> _
             loc = ".".join(str(x) for x in e["loc"])
             msgs.append(f"{kind.value}.{loc}: {e['msg']}")
         raise OrderError("; ".join(msgs)) from None
-    if isinstance(p, InboundParams | ReturnParams):
+    if isinstance(p, (InboundParams, ReturnParams)):
         seen: set[str] = set()
-        for i, box in enumerate(p.boxes):
+        for i, box in enumerate(_manifests(p)):
             if box.barcode in seen:
                 raise OrderError(f"{kind.value}.boxes.{i}.barcode: duplicate {box.barcode!r}")
             seen.add(box.barcode)
@@ -215,8 +219,8 @@ class OrderBook:
         p = _validate(kind, params, self.meters_per_box)
         inv = self.inv
         with inv.tx():
-            if isinstance(p, InboundParams | ReturnParams):
-                for i, box in enumerate(p.boxes):
+            if isinstance(p, (InboundParams, ReturnParams)):
+                for i, box in enumerate(_manifests(p)):
                     existing = inv.box(box.barcode)
                     if existing is not None and not existing.location.startswith(
                         ("LINE:", "DOCK:", "GONE:")
@@ -251,7 +255,7 @@ class OrderBook:
             order_id = inv.insert_order(
                 kind.value, OrderState.CREATED.value, priority, p.model_dump(), t
             )
-            if isinstance(p, InboundParams | ReturnParams):
+            if isinstance(p, (InboundParams, ReturnParams)):
                 for box in p.boxes:
                     inv.set_line(order_id, box.barcode, "expected")
             for code in selected:

@@ -117,12 +117,20 @@ class Warehouse:
                     self._tasks.append(asyncio.create_task(coro))
         return report
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Cancel the control loops; bounded, so a stuck transport cannot hang shutdown."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = [t for t in self._tasks if not t.done()]
+        while pending and loop.time() < deadline:
+            for t in pending:
+                t.cancel()  # re-cancel: a library may swallow one cancellation
+            await asyncio.wait(pending, timeout=0.1)
+            pending = [t for t in pending if not t.done()]
         for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            if t.done() and not t.cancelled():
+                with contextlib.suppress(Exception):
+                    t.exception()
         self._tasks.clear()
 
     def check_running(self) -> None:

@@ -165,9 +165,9 @@ class WarehousePlant:
             if c.fork:
                 out.setdefault(c.fork, []).append(f"CRANE:{c.aisle}")
         for (aisle, outbound), conv in self.conveyors.items():
-            for i, code in enumerate(conv.zones):
-                if code:
-                    out.setdefault(code, []).append(
+            for i, load in enumerate(conv.zones):
+                if load:
+                    out.setdefault(load, []).append(
                         f"CONV:{aisle}:{'out' if outbound else 'in'}:{i}"
                     )
         return out

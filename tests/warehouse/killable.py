@@ -33,6 +33,7 @@ async def main(db: str, port: int, n: int) -> int:
         await asyncio.sleep(0.02)
     await wh.stop()
     io.close()
+    print(json.dumps({"completed": order}), flush=True)
     return 0
 
 

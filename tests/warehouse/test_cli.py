@@ -1,14 +1,13 @@
 import argparse
 import json
 import signal
-import time
 
 from controller.warehouse import cli
 from controller.warehouse.inventory import Inventory, open_db
 from controller.warehouse.rack import BoxClass
 
 from .test_modbus import FAST, free_port
-from .test_sigkill import _spawn
+from .test_sigkill import _spawn, wait_listening
 
 
 def _parser():
@@ -31,7 +30,7 @@ def test_inventory_count_reports_differences(tmp_path, capsys):
     inv.add_box("GHOST", BoxClass.UNVERIFIED, "R01-B001-L01", 0.0, [("000000000001", "t", "new")])
     plant = _spawn("-m", "drivers.sim.warehouse", "--port", str(port), "--config", json.dumps(FAST))
     try:
-        time.sleep(0.8)
+        wait_listening(port, plant)
         args = _parser().parse_args(
             [
                 "inventory",

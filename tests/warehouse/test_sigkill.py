@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +32,18 @@ def _spawn(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"simulated PLC not listening on {port}")
 
 
 def _puts(db: Path) -> int:
@@ -98,7 +111,7 @@ def test_sigkill_mid_move_then_restart_reconciles(tmp_path):
         boxes,
     )
     try:
-        time.sleep(0.8)
+        wait_listening(port, plant)
         kills = 0
         phases = [
             (2, (CraneState.MOVING, False)),  # travelling empty to pick
@@ -118,7 +131,20 @@ def test_sigkill_mid_move_then_restart_reconciles(tmp_path):
             ctl.wait()
             kills += 1
         final = _spawn("-m", "tests.warehouse.killable", str(db), str(port), str(N))
-        _out, err = final.communicate(timeout=60)
+        try:
+            _out, err = final.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            final.kill()
+            _out, err = final.communicate()
+            c = sqlite3.connect(db)
+            dump = {
+                "tasks": c.execute("SELECT * FROM wh_task WHERE state != 'done'").fetchall(),
+                "events": c.execute("SELECT * FROM wh_event ORDER BY id DESC LIMIT 15").fetchall(),
+                "census": asyncio.run(_plant_census(port)),
+            }
+            raise AssertionError(
+                f"restarted controller did not finish: {dump}\n{_out}\n{err}"
+            ) from None
         assert final.returncode == 0, err
         assert kills == 3
         census = asyncio.run(_plant_census(port))
