@@ -22,6 +22,7 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 
+from controller.warehouse.config import WarehouseConfig
 from drivers.config import FieldConfig
 from opcua_server.config import OpcUaConfig
 
@@ -125,6 +126,7 @@ class GridConfig(FieldConfig):
     journal: JournalConfig = JournalConfig()
     metrics: MetricsConfig = MetricsConfig()
     opcua: OpcUaConfig = OpcUaConfig()
+    warehouse: WarehouseConfig | None = None
 
 
 # -- loading ----------------------------------------------------------------------------------

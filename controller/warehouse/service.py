@@ -256,6 +256,33 @@ class Warehouse:
         self._kick()
         return order_id
 
+    def cancel(self, order_id: int, reason: str = "") -> Order:
+        """Cancel an order none of whose boxes has moved yet (OrderError otherwise)."""
+        order = self.book.get(order_id)
+        if order.state not in (OrderState.CREATED, OrderState.RELEASED):
+            raise OrderError(
+                f"order_id: order {order_id} is {order.state.value}; only a created or "
+                "released order can be cancelled"
+            )
+        tasks = self.inv.tasks(order_id)
+        lines = self.inv.lines(order_id)
+        moved = [c for c, s in lines.items() if s not in ("expected", "allocated", "queued")]
+        if moved or any(t.state != "queued" for t in tasks):
+            raise OrderError(
+                f"order_id: order {order_id} has boxes on the move ({', '.join(moved) or 'crane busy'}); "
+                "it can no longer be cancelled"
+            )
+        t = self.clock()
+        with self.inv.tx():
+            for task in tasks:
+                self.inv.update_task(task.id, t, state="cancelled", reason="order cancelled")
+            for code in lines:
+                self.inv.set_line(order_id, code, "cancelled")
+            self.book.transition(order_id, OrderState.CANCELLED, t, reason or "cancelled")
+            self.inv.event(t, "order_cancelled", reason, order_id)
+        self.publish_totals()
+        return self.book.get(order_id)
+
     def _kick(self) -> None:
         for ex in self.cranes.values():
             ex.watcher.kick()
