@@ -170,7 +170,7 @@ class Warehouse:
                         report["conveyors"].append(f"{code}: delivered during downtime")
                     else:
                         self.alarm(
-                            f"warehouse/conveyor/{conv.name}",
+                            conv.path,
                             "box_missing",
                             700,
                             f"box {code} journalled on {conv.name} but no photo-eye is blocked for it",
@@ -190,7 +190,7 @@ class Warehouse:
             if st.fork_loaded:
                 self.inv.update_task(task.id, t, state="held", reason=f"fork holds {st.fork_code}")
                 self.alarm(
-                    f"warehouse/crane/{aisle}",
+                    f"warehouse/cranes/{aisle}",
                     "reconcile",
                     800,
                     f"task {task.id}: fork holds {st.fork_code!r}, expected nothing or {task.barcode}",
@@ -213,7 +213,7 @@ class Warehouse:
                 return f"task {task.id}: put completed while down; box {task.barcode} at {dst.code}"
             self.inv.update_task(task.id, t, state="held", reason="box not on fork nor at target")
             self.alarm(
-                f"warehouse/crane/{aisle}",
+                f"warehouse/cranes/{aisle}",
                 "reconcile",
                 900,
                 f"task {task.id}: box {task.barcode} neither on the fork nor put at {dst.code}",
@@ -356,7 +356,7 @@ class Warehouse:
         order_id = self.inv.line_order(code, ("expected",))
         if order_id is None:
             self.alarm(
-                f"warehouse/conveyor/{conv.name}",
+                conv.path,
                 "unexpected_box",
                 600,
                 f"box {code} at the induct is not expected by any open inbound order; held",
@@ -548,7 +548,7 @@ class Warehouse:
         img.write(name, value)
 
     def publish_crane(self, aisle: int, st: CraneStatus, current: list[int]) -> None:
-        p = f"warehouse/crane/{aisle}/"
+        p = f"warehouse/cranes/{aisle}/"
         self._tag(p + "state", st.state.name.lower())
         self._tag(p + "x", st.x, "m")
         self._tag(p + "y", st.y, "m")
@@ -559,7 +559,7 @@ class Warehouse:
         self._tag(p + "task", ",".join(str(i) for i in current))
 
     def publish_conveyor(self, conv: ConveyorController) -> None:
-        p = f"warehouse/conveyor/{conv.name}/"
+        p = conv.path + "/"
         self._tag(p + "eyes", sum(1 << z for z, e in enumerate(conv.eyes) if e))
         self._tag(p + "motors", conv.motors)
         self._tag(p + "loads", ",".join(i or "" for i in conv.ids))

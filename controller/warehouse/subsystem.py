@@ -49,7 +49,7 @@ class _AlarmAdapter:
         self.engine = engine
 
     def raise_alarm(self, source: str, kind: str, severity: int, message: str) -> None:
-        condition = "crane_fault" if source.startswith("warehouse/crane/") else "conveyor_fault"
+        condition = "crane_fault" if source.startswith("warehouse/cranes/") else "conveyor_fault"
         try:
             self.engine.set(condition, source, True, f"{kind}: {message}", severity=severity)
         except Exception:  # an alarm must never stop the control loop

@@ -95,12 +95,12 @@ async def test_service_comes_up_with_the_warehouse_and_moves_a_box(running):
     svc, sim = running
     assert [s.name for s in svc.subsystems] == ["warehouse"]
     assert svc.image.get("warehouse/slots/occupied").value == 6
-    for tag in ("warehouse/crane/1/state", "warehouse/conveyor/1:out/loads"):
+    for tag in ("warehouse/cranes/1/state", "warehouse/conveyors/1-out/loads"):
         assert tag in svc.image, tag
     assert "warehouse/" in svc.router.prefixes
     cid = await svc.router.submit(
         Request(
-            "warehouse/orders",
+            "warehouse",  # the OPC UA methods live on the Warehouse root object
             "create_order",
             token="t-1",
             args={"kind": "outbound_verification", "params": {"batch": "B1", "boxes": 1}},
@@ -120,7 +120,7 @@ async def test_service_comes_up_with_the_warehouse_and_moves_a_box(running):
     # a retry with the same token is the same command, not a second order
     again = await svc.router.submit(
         Request(
-            "warehouse/orders",
+            "warehouse",
             "create_order",
             token="t-1",
             args={"kind": "outbound_verification", "params": {"batch": "B1", "boxes": 1}},
