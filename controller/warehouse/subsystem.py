@@ -96,6 +96,8 @@ class WarehouseSubsystem:
             for conv in (self.wh.inbound[aisle], self.wh.outbound[aisle]):
                 self.wh.publish_conveyor(conv)
         self.wh.publish_totals()
+        if self.cfg.demo_boxes and not seeded:
+            await self._check_demo_rack()
         self._resume_commands()
         self._track_task = asyncio.create_task(self._track(), name="warehouse-commands")
         log.info(
@@ -137,6 +139,22 @@ class WarehouseSubsystem:
                 inv.add_box(box.barcode, BoxClass.UNVERIFIED, box.location.code, t, meters)
             inv.event(t, "demo_stock", f"{len(stock)} boxes of new meters")
         return len(stock)
+
+    async def _check_demo_rack(self) -> None:
+        """A restarted simulator starts from the demo stock again; say so when it differs."""
+        assert self.wh is not None
+        report = await self.wh.count()
+        diffs = report["differences"]
+        if diffs:
+            log.warning(
+                "warehouse: the simulated rack differs from the inventory in %d of %d slots "
+                "(e.g. %s); delete the journal to start the demo afresh",
+                len(diffs),
+                report["slots"],
+                diffs[0],
+            )
+        else:
+            log.info("warehouse: rack scan matches the inventory (%d slots)", report["slots"])
 
     async def stop(self) -> None:
         if self._track_task is not None:

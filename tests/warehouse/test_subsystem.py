@@ -189,7 +189,8 @@ async def test_cancel_and_bad_arguments_are_refused_naming_the_argument(running)
         await svc.router.submit(Request("warehouse/orders", "trip"))
 
 
-async def test_restart_keeps_inventory_and_does_not_seed_again(tmp_path):
+async def test_restart_keeps_inventory_and_does_not_seed_again(tmp_path, caplog):
+    caplog.set_level("INFO", logger="gridctl.warehouse")
     cfg = config(tmp_path)
     sim = SimulatedPlant(cfg)
     await sim.start()
@@ -203,5 +204,28 @@ async def test_restart_keeps_inventory_and_does_not_seed_again(tmp_path):
                 assert len(events) == 1
             finally:
                 await svc.stop()
+        assert "rack scan matches the inventory (120 slots)" in caplog.text
+        # a fresh simulator (the demo restarted) has the demo stock back: the check says so
+        svc = Service(cfg)
+        await svc.start()
+        try:
+            await svc.router.submit(
+                Request(
+                    "warehouse",
+                    "create_order",
+                    token="t-9",
+                    args={"kind": "outbound_verification", "items": ["B9", "1"]},
+                )
+            )
+            await wait_for(lambda: svc.commands.get("t-9").state is CommandState.CONFIRMED)
+        finally:
+            await svc.stop()
+        await sim.stop()
+        sim = SimulatedPlant(cfg)
+        await sim.start()
+        svc = Service(cfg)
+        await svc.start()
+        await svc.stop()
+        assert "differs from the inventory in 1 of 120 slots" in caplog.text
     finally:
         await sim.stop()
