@@ -28,7 +28,8 @@ class CommandRouter:
     async def submit(self, request: CommandRequest) -> str:
         # longest prefix wins, so "loads/groups/" can be served apart from "loads/"
         for prefix in sorted(self._sinks, key=len, reverse=True):
-            if request.target.startswith(prefix):
+            # the branch's root object itself ("warehouse") belongs to "warehouse/" too
+            if request.target.startswith(prefix) or request.target == prefix[:-1]:
                 return await self._sinks[prefix].submit(request)
         known = ", ".join(sorted(self._sinks)) or "none in this build"
         raise CommandRefused(

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.fields import FieldInfo
 
 from controller.loads.config import LoadsConfig
+from controller.warehouse.config import WarehouseConfig
 from drivers.config import FieldConfig
 from opcua_server.config import OpcUaConfig
 
@@ -127,6 +128,7 @@ class GridConfig(FieldConfig):
     metrics: MetricsConfig = MetricsConfig()
     opcua: OpcUaConfig = OpcUaConfig()
     loads: LoadsConfig = LoadsConfig()
+    warehouse: WarehouseConfig | None = None
 
 
 # -- loading ----------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from controller.cycle import CycleTask
 from controller.journal import Journal
 from controller.metrics import MetricsServer, Sources, make_registry
 from controller.process_image import ProcessImage
+from controller.warehouse.subsystem import WarehouseSubsystem
 from drivers.plant import FieldPlant
 from drivers.sim.launch import start_simulator
 from opcua_server import OpcUaServer
@@ -89,6 +90,8 @@ class Service:
             self.add_subsystem(LoadsSubsystem(self, config.loads))
         self.control.attach("alarms", self._control_alarms)
         self.control.attach("command-expiry", self._control_expiry)
+        if config.warehouse is not None:
+            self.add_subsystem(WarehouseSubsystem(self, config.warehouse))
 
     # -- hooks for the parts that come later ------------------------------------------------
     def add_subsystem(self, subsystem: Any) -> None:

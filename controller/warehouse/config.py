@@ -62,6 +62,18 @@ class WarehouseConfig(BaseModel):
         30.0, gt=0.0, le=3600.0, description="a move longer than expected + this is a fault"
     )
     barcode_retries: int = Field(2, ge=0, le=10, description="re-reads after a no-read")
+    plc: str = Field(
+        "tcp://127.0.0.1:15021",
+        pattern=r"^tcp://[^:/\s]+:\d{1,5}$",
+        description="the warehouse PLC (Modbus TCP), tcp://HOST:PORT",
+    )
+    demo_boxes: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="demo stock: boxes of new meters the simulated rack and an empty "
+        "inventory start with (0 = none)",
+    )
 
     @model_validator(mode="after")
     def _aisles(self) -> WarehouseConfig:
@@ -72,7 +84,19 @@ class WarehouseConfig(BaseModel):
                 f"cranes: one per aisle, expected {self.rows // 2} for {self.rows} rows, "
                 f"got {len(self.cranes)}"
             )
+        if self.demo_boxes > self.slot_count:
+            raise ValueError(
+                f"demo_boxes: {self.demo_boxes} boxes do not fit in {self.slot_count} slots"
+            )
+        port = int(self.plc.rsplit(":", 1)[1])
+        if not 0 < port <= 65535:
+            raise ValueError(f"plc: port must be 1..65535, got {port}")
         return self
+
+    @property
+    def plc_endpoint(self) -> tuple[str, int]:
+        host, port = self.plc.removeprefix("tcp://").rsplit(":", 1)
+        return host, int(port)
 
     @property
     def aisles(self) -> int:

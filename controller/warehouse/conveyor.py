@@ -74,6 +74,8 @@ class ConveyorController:
         self.base = conveyor_base(aisle, outbound)
         self.name = f"{aisle}:{'out' if outbound else 'in'}"
         self.location = f"CONV:{self.name}"
+        # tag and alarm source path (the OPC UA model types "conveyors/<id>" as ConveyorType)
+        self.path = f"warehouse/conveyors/{aisle}-{'out' if outbound else 'in'}"
         self.ids: list[str | None] = [None] * self.n
         self.eyes = [False] * self.n
         self.motors = 0
@@ -166,7 +168,7 @@ class ConveyorController:
                 return
             self.ids[0] = HOLD
             self.wh.alarm(
-                f"warehouse/conveyor/{self.name}",
+                self.path,
                 "noread",
                 600,
                 f"conveyor {self.name}: no barcode read at the induct after {self.retries} re-reads; load held",
@@ -198,7 +200,7 @@ class ConveyorController:
                     if z not in self.jammed:
                         self.jammed.add(z)
                         self.wh.alarm(
-                            f"warehouse/conveyor/{self.name}",
+                            self.path,
                             "jam",
                             700,
                             f"conveyor {self.name} zone {z}: photo-eye blocked "

@@ -126,7 +126,7 @@ class CraneExecutor:
     def _alarm(self, kind: str, severity: int, message: str) -> None:
         if kind not in self._alarmed:
             self._alarmed.add(kind)
-            self.wh.alarm(f"warehouse/crane/{self.aisle}", kind, severity, message)
+            self.wh.alarm(f"warehouse/cranes/{self.aisle}", kind, severity, message)
 
     # -- dispatch ----------------------------------------------------------------------
     def next_batch(self) -> list[TaskRow]:

@@ -170,7 +170,7 @@ class Warehouse:
                         report["conveyors"].append(f"{code}: delivered during downtime")
                     else:
                         self.alarm(
-                            f"warehouse/conveyor/{conv.name}",
+                            conv.path,
                             "box_missing",
                             700,
                             f"box {code} journalled on {conv.name} but no photo-eye is blocked for it",
@@ -190,7 +190,7 @@ class Warehouse:
             if st.fork_loaded:
                 self.inv.update_task(task.id, t, state="held", reason=f"fork holds {st.fork_code}")
                 self.alarm(
-                    f"warehouse/crane/{aisle}",
+                    f"warehouse/cranes/{aisle}",
                     "reconcile",
                     800,
                     f"task {task.id}: fork holds {st.fork_code!r}, expected nothing or {task.barcode}",
@@ -213,7 +213,7 @@ class Warehouse:
                 return f"task {task.id}: put completed while down; box {task.barcode} at {dst.code}"
             self.inv.update_task(task.id, t, state="held", reason="box not on fork nor at target")
             self.alarm(
-                f"warehouse/crane/{aisle}",
+                f"warehouse/cranes/{aisle}",
                 "reconcile",
                 900,
                 f"task {task.id}: box {task.barcode} neither on the fork nor put at {dst.code}",
@@ -255,6 +255,33 @@ class Warehouse:
             self._tasks.append(asyncio.get_running_loop().create_task(self._run_count(order_id)))
         self._kick()
         return order_id
+
+    def cancel(self, order_id: int, reason: str = "") -> Order:
+        """Cancel an order none of whose boxes has moved yet (OrderError otherwise)."""
+        order = self.book.get(order_id)
+        if order.state not in (OrderState.CREATED, OrderState.RELEASED):
+            raise OrderError(
+                f"order_id: order {order_id} is {order.state.value}; only a created or "
+                "released order can be cancelled"
+            )
+        tasks = self.inv.tasks(order_id)
+        lines = self.inv.lines(order_id)
+        moved = [c for c, s in lines.items() if s not in ("expected", "allocated", "queued")]
+        if moved or any(t.state != "queued" for t in tasks):
+            raise OrderError(
+                f"order_id: order {order_id} has boxes on the move ({', '.join(moved) or 'crane busy'}); "
+                "it can no longer be cancelled"
+            )
+        t = self.clock()
+        with self.inv.tx():
+            for task in tasks:
+                self.inv.update_task(task.id, t, state="cancelled", reason="order cancelled")
+            for code in lines:
+                self.inv.set_line(order_id, code, "cancelled")
+            self.book.transition(order_id, OrderState.CANCELLED, t, reason or "cancelled")
+            self.inv.event(t, "order_cancelled", reason, order_id)
+        self.publish_totals()
+        return self.book.get(order_id)
 
     def _kick(self) -> None:
         for ex in self.cranes.values():
@@ -329,7 +356,7 @@ class Warehouse:
         order_id = self.inv.line_order(code, ("expected",))
         if order_id is None:
             self.alarm(
-                f"warehouse/conveyor/{conv.name}",
+                conv.path,
                 "unexpected_box",
                 600,
                 f"box {code} at the induct is not expected by any open inbound order; held",
@@ -521,7 +548,7 @@ class Warehouse:
         img.write(name, value)
 
     def publish_crane(self, aisle: int, st: CraneStatus, current: list[int]) -> None:
-        p = f"warehouse/crane/{aisle}/"
+        p = f"warehouse/cranes/{aisle}/"
         self._tag(p + "state", st.state.name.lower())
         self._tag(p + "x", st.x, "m")
         self._tag(p + "y", st.y, "m")
@@ -532,7 +559,7 @@ class Warehouse:
         self._tag(p + "task", ",".join(str(i) for i in current))
 
     def publish_conveyor(self, conv: ConveyorController) -> None:
-        p = f"warehouse/conveyor/{conv.name}/"
+        p = conv.path + "/"
         self._tag(p + "eyes", sum(1 << z for z, e in enumerate(conv.eyes) if e))
         self._tag(p + "motors", conv.motors)
         self._tag(p + "loads", ",".join(i or "" for i in conv.ids))

@@ -39,6 +39,7 @@ class SimulatedPlant:
         self.fast = config.sim.fast if fast is None else fast
         self.farms: dict[str, MeterFarm] = {}
         self.modbus: dict[str, ModbusDeviceServer] = {}
+        self.warehouse: Any = None  # drivers.sim.warehouse.WarehouseServer
         self._wires: list[_Wire] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.control = ControlServer(Path(config.sim.control_socket), self._handle)
@@ -67,6 +68,12 @@ class SimulatedPlant:
                 server = ModbusDeviceServer(host, port, devices)
                 self.modbus[bus.name] = server
                 self._wires.append(server)
+        warehouse = getattr(self.config, "warehouse", None)  # GridConfig's [warehouse] table
+        if warehouse is not None:
+            from drivers.sim.warehouse import WarehouseServer
+
+            self.warehouse = WarehouseServer(warehouse)
+            self._wires.append(self.warehouse)
 
     def _build_dlt645(self, bus: Dlt645BusConfig, sb: SimBusConfig) -> None:
         sim = self.config.sim

@@ -528,6 +528,37 @@ def make_modbus_server(plant: WarehousePlant, host: str, port: int) -> Any:
     return ModbusTcpServer(device, address=(host, port))
 
 
+class WarehouseServer:
+    """The simulated warehouse PLC as one wire of the simulated plant (``gridctl sim``).
+
+    Serves ``cfg.plc`` over Modbus TCP; the rack starts with the demo stock
+    (:func:`controller.warehouse.demo.demo_stock`).
+    """
+
+    def __init__(self, cfg: WarehouseConfig) -> None:
+        from controller.warehouse.demo import demo_stock
+
+        self.cfg = cfg
+        self.host, self.port = cfg.plc_endpoint
+        self.plant = WarehousePlant(cfg)
+        for box in demo_stock(cfg):
+            self.plant.slots[box.location] = box.barcode
+        self._server: Any = None
+
+    async def start(self) -> None:
+        self._server = make_modbus_server(self.plant, self.host, self.port)
+        await self._server.serve_forever(background=True)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.shutdown()
+            self._server = None
+
+    @property
+    def description(self) -> str:
+        return f"warehouse PLC tcp://{self.host}:{self.port}"
+
+
 async def serve(cfg: WarehouseConfig, host: str, port: int, boxes: list[str], aisle: int) -> None:
     plant = WarehousePlant(cfg)
     server = make_modbus_server(plant, host, port)
@@ -563,4 +594,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["WarehousePlant", "decode_code", "make_modbus_server"]
+__all__ = ["WarehousePlant", "WarehouseServer", "decode_code", "make_modbus_server"]

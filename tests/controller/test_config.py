@@ -35,7 +35,7 @@ BAD_CONFIGS = [
         "[bogus]\nx = 1\n",
         [
             "bogus: unknown key (allowed: buses, journal, loads, metrics, opcua, poll_groups, "
-            "service, sim, tasks)"
+            "service, sim, tasks, warehouse)"
         ],
     ),
     (

@@ -31,6 +31,7 @@ def _test_config(tmp_path: Path) -> Path:
     text = text.replace("fast = false", "fast = true")
     text = text.replace("127.0.0.1:4840", f"127.0.0.1:{_free_port()}")
     text = text.replace("127.0.0.1:15020", f"127.0.0.1:{_free_port()}")
+    text = text.replace("127.0.0.1:15021", f"127.0.0.1:{_free_port()}")
     path = tmp_path / "demo.toml"
     path.write_text(text)
     return path

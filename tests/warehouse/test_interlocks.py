@@ -181,10 +181,10 @@ def test_conveyor_jam_alarm_and_recovery():
         rig.plant.inject_box(1, "NB00001")
         await asyncio.sleep(30)
         assert [k for k in rig.alarms.kinds() if k == "jam"] == ["jam"]
-        assert rig.image.value("warehouse/conveyor/1:in/jam") is True
+        assert rig.image.value("warehouse/conveyors/1-in/jam") is True
         rig.plant.jam(1, False, 1, stuck=False)
         await rig.wait_for(lambda: rig.order_state(order) == "completed")
-        assert rig.image.value("warehouse/conveyor/1:in/jam") is False
+        assert rig.image.value("warehouse/conveyors/1-in/jam") is False
         rig.check_consistent()
         await wh.stop()
 

@@ -96,7 +96,7 @@ def test_inbound_200_verification_batch_return_distribution():
         totals = wh.inv.totals()
         assert totals["in_racks"] == 190 + 6 and totals["slots_qualified"] == 6
         assert (
-            "warehouse/crane/1/state" in rig.image
+            "warehouse/cranes/1/state" in rig.image
             and rig.image.value("warehouse/orders/completed") == 5
         )
         assert checks["n"] >= 2 * (200 + 10 + 10 + 4)

@@ -1,0 +1,42 @@
+"""Demo stock: the boxes of new meters a demo rack starts with.
+
+The simulated PLC puts them in its slots and the controller records them in an
+empty inventory, both from this one deterministic list, so plant and journal
+agree from the first cycle and there is something for the cranes to move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.warehouse.config import WarehouseConfig
+from controller.warehouse.rack import Location
+
+DEMO_METER_TYPE = "DDZY-1"
+DEMO_METERS_PER_BOX = 4
+
+
+@dataclass(frozen=True, slots=True)
+class DemoBox:
+    barcode: str
+    location: Location
+    meters: tuple[str, ...]  # 12-digit addresses
+
+
+def demo_stock(cfg: WarehouseConfig) -> list[DemoBox]:
+    """``cfg.demo_boxes`` boxes, spread over the aisles, lowest levels and nearest bays first."""
+    locs = sorted(
+        (
+            Location(row, bay, level)
+            for row in range(1, cfg.rows + 1)
+            for bay in range(1, cfg.bays + 1)
+            for level in range(1, cfg.levels + 1)
+        ),
+        key=lambda loc: (loc.level, loc.bay, loc.row),
+    )
+    per_box = min(DEMO_METERS_PER_BOX, cfg.meters_per_box)
+    out = []
+    for i, loc in enumerate(locs[: cfg.demo_boxes]):
+        meters = tuple(f"9{i:07d}{j:04d}" for j in range(per_box))
+        out.append(DemoBox(f"NEW{i:05d}", loc, meters))
+    return out
