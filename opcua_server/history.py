@@ -130,6 +130,7 @@ class HistoryStore(HistoryStorageInterface):
         conn.executescript(SCHEMA)
         self._write = conn
         self._read = self._connect()
+        self._last_prune = self.clock()
 
     def start(self) -> None:
         if self._write is None:

@@ -326,6 +326,8 @@ class OpcUaServer:
             historize=(lambda tag: _matches(tag, patterns)) if patterns else None,
         )
         self._builder = builder
+        if self.history is not None:
+            self.history.historized = builder.historized  # shared: late tags join it
         types = builder.build_types()
         self._types = types
         objects = factory.existing(ua.NodeId(ua.ObjectIds.ObjectsFolder))
