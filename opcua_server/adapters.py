@@ -27,7 +27,9 @@ class EngineAlarmSource:
 
     def __init__(self, engine: AlarmEngine, clock: Callable[[], float] | None = None) -> None:
         self.engine = engine
-        self._clock = clock or getattr(engine, "_clock", time.time)
+        # The engine's own clock by default, so "shelved" is judged in its time.
+        engine_clock: Callable[[], float] = getattr(engine, "_clock", time.time)
+        self._clock = clock if clock is not None else engine_clock
 
     @staticmethod
     def info(a: Alarm, now: float) -> AlarmInfo:

@@ -216,7 +216,7 @@ class AlarmConditions:
             confirmed = False
         retain = info.active or not info.acknowledged or not confirmed
         ev = self.build_event(info, confirmed=confirmed, retain=retain, prev=prev, comment=comment)
-        state = _Sent(info, ev.EventId, confirmed, retain)
+        state = _Sent(info, getattr(ev, "EventId"), confirmed, retain)  # noqa: B009
         self._sent[info.alarm_id] = state
         await self.emitter.emit(ev)
         return state
@@ -385,7 +385,7 @@ class AlarmConditions:
         info = replace(state.info, acked_by=who, comment=_text(comment))
         retain = info.active or not info.acknowledged
         ev = self.build_event(info, confirmed=True, retain=retain, prev=state)
-        self._sent[alarm_id] = _Sent(info, ev.EventId, True, retain)
+        self._sent[alarm_id] = _Sent(info, getattr(ev, "EventId"), True, retain)  # noqa: B009
         await self.emitter.emit(ev)
         return SC.Good, alarm_id
 
