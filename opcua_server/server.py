@@ -775,3 +775,48 @@ def _build_date() -> datetime:
     except OSError:
         stamp = time.time()
     return datetime.fromtimestamp(stamp, UTC)
+
+
+def task_stats_from(tasks: Callable[[], Sequence[Any]] | Sequence[Any]) -> TaskStats:
+    """A ``task_stats`` callable over ``controller.cycle.CycleTask`` objects."""
+
+    def stats() -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for task in tasks() if callable(tasks) else tasks:
+            snap = task.snapshot()
+            out[snap.name] = {
+                "latency_p50_s": snap.latency.p50,
+                "latency_p99_s": snap.latency.p99,
+                "latency_max_s": snap.latency.max,
+                "overruns": float(snap.overruns),
+            }
+        return out
+
+    return stats
+
+
+async def start(service: Any) -> OpcUaServer:
+    """The service's seam (``controller.service.Service._start_opcua``).
+
+    Takes the image, command log, alarm engine, bus snapshots and cycle tasks
+    from the service; state (certificates, history) goes under
+    ``<state_dir>/opcua``. The controller's ``[opcua]`` table may be this
+    package's :class:`OpcUaConfig` or a subset of its fields.
+    """
+    cfg = service.config.opcua
+    if not isinstance(cfg, OpcUaConfig):
+        known = set(OpcUaConfig.model_fields)
+        cfg = OpcUaConfig(**{k: v for k, v in cfg.model_dump().items() if k in known})
+    state_dir = Path(service.config.service.state_dir) / "opcua"
+    server = OpcUaServer(
+        cfg,
+        service.image,
+        state_dir=state_dir,
+        bus_snapshots=getattr(service, "_bus_snapshots", None),
+        commands=service.commands,
+        alarms=service.alarms,
+        task_stats=task_stats_from(lambda: service.tasks),
+        history_db=state_dir / "history.db",
+    )
+    await server.start()
+    return server

@@ -222,3 +222,46 @@ async def _equals(node, value) -> bool:
 async def _status(node, code: int) -> bool:
     dv = await node.read_data_value(raise_on_bad_status=False)
     return dv.StatusCode.value == code
+
+
+async def test_start_from_service(tmp_path):
+    """The service seam: everything taken from the service object, state under state_dir."""
+    from types import SimpleNamespace
+
+    from controller.commands import CommandLog
+    from controller.config import GridConfig
+    from controller.cycle import CycleTask
+    from controller.journal import Journal
+    from opcua_server.adapters import CommandLogSink, EngineAlarmSource
+    from opcua_server.server import start
+
+    from .conftest import free_port
+
+    config = GridConfig.model_validate(
+        {
+            "service": {"state_dir": str(tmp_path)},
+            "opcua": {"endpoint": f"opc.tcp://127.0.0.1:{free_port()}/gridctl"},
+        }
+    )
+    journal = Journal(tmp_path / "journal.db")
+    journal.open()
+    service = SimpleNamespace(
+        config=config,
+        image=demo_image(buses=1, meters=1),
+        commands=CommandLog(journal),
+        alarms=AlarmEngine(),
+        tasks=(CycleTask("fast", 0.01), CycleTask("control", 1.0)),
+        _bus_snapshots=lambda: [],
+    )
+    srv = await start(service)
+    try:
+        assert isinstance(srv.alarms, EngineAlarmSource)
+        assert isinstance(srv.commands, CommandLogSink)
+        assert (tmp_path / "opcua" / "pki" / "own" / "cert.der").exists()
+        await srv.update_diagnostics()
+        aspace = srv.server.iserver.aspace
+        assert ua.NodeId("tasks/control/latency_p99", srv.namespace_index) in aspace
+        assert srv.history is not None and srv.history.path == tmp_path / "opcua" / "history.db"
+    finally:
+        await srv.stop()
+        journal.close()
