@@ -500,13 +500,14 @@ class OpcUaServer:
         status: int,
         message: str,
         outputs: list[Any],
+        method_id: ua.NodeId | None = None,
     ) -> None:
         """An AuditUpdateMethodEvent for every method call, accepted or refused."""
         if self.emitter is None:
             return
         ev = audit_method_event(
             method=method,
-            method_id=ua.NodeId(f"{target}/{method}", self.namespace_index),
+            method_id=method_id or ua.NodeId(f"{target}/{method}", self.namespace_index),
             source_node=self._source_node(target),
             target=target,
             user=(user.name if user is not None else None) or "anonymous",
@@ -519,8 +520,19 @@ class OpcUaServer:
         await self.emitter.emit(ev)
 
     async def _audit_condition(self, method: str, alarm_id: str, status: int, comment: str) -> None:
+        standard = {
+            "Acknowledge": ua.ObjectIds.AcknowledgeableConditionType_Acknowledge,
+            "Confirm": ua.ObjectIds.AcknowledgeableConditionType_Confirm,
+        }
         await self._audit(
-            method, f"@alarms/{alarm_id}", current_user.get(), [comment], status, "", []
+            method,
+            f"@alarms/{alarm_id}",
+            current_user.get(),
+            [comment],
+            status,
+            "",
+            [],
+            ua.NodeId(standard[method]) if method in standard else None,
         )
 
     async def _set_alarm_list(self, text: str) -> None:
