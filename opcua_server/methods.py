@@ -17,18 +17,21 @@ Result codes:
 from __future__ import annotations
 
 import logging
+import math
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from asyncua import ua
 
 from .config import Role
-from .nodes import DT_DATETIME, DT_STRING, argument
-from .users import GridUser, current_user
+from .nodes import DT_DATETIME, DT_DOUBLE, DT_STRING, DT_UINT32, argument
+from .users import ANONYMOUS, GridUser, current_user
 
 _log = logging.getLogger(__name__)
 SC = ua.StatusCodes
@@ -44,13 +47,27 @@ class CommandRequest:
     reason: str
     user: str
     role: str
-    token: str  # the arm token: unique per command, usable as idempotency key
-    armed_at: float  # epoch seconds
+    token: str  # the arm token or request id: unique per command, usable as idempotency key
+    armed_at: float  # epoch seconds (the request time for commands without Arm)
     source: str = "opcua"
+    args: dict[str, Any] = field(default_factory=dict)  # validated, JSON/msgpack-able
 
 
 class CommandRefused(Exception):
     """Raised by a sink when an interlock or the runtime refuses a command."""
+
+
+class CommandNotSupported(CommandRefused):
+    """Raised by a sink that does not handle this kind of command (yet)."""
+
+
+@runtime_checkable
+class CommandStatus(Protocol):
+    """Optional sink extension: the current state of a command it accepted."""
+
+    def command_state(self, command_id: str) -> tuple[str, str] | None:
+        """(state, reason) of a command, or None when unknown."""
+        ...
 
 
 @runtime_checkable
@@ -68,14 +85,30 @@ class AlarmInfo:
     severity: int  # 1..1000 as in OPC UA
     active: bool
     acknowledged: bool
+    shelved: bool = False
+    time: float | None = None  # epoch seconds of the last state change
+    condition: str = ""  # e.g. "over_temperature"; picks the A&C event type
+    acked_by: str = ""
+    comment: str = ""
 
 
 @runtime_checkable
 class AlarmSource(Protocol):
-    def active_alarms(self) -> Sequence[AlarmInfo]: ...
+    def active_alarms(self) -> Sequence[AlarmInfo]:
+        """Every alarm an operator must see: active or not yet acknowledged (shelved included)."""
+        ...
 
     async def acknowledge(self, alarm_id: str, user: str, comment: str) -> None:
-        """Acknowledge; raises KeyError for an unknown alarm id."""
+        """Acknowledge; raises KeyError for an unknown alarm id (ValueError: nothing to ack)."""
+        ...
+
+
+@runtime_checkable
+class AlarmShelving(Protocol):
+    """Optional AlarmSource extension."""
+
+    async def shelve(self, alarm_id: str, user: str, duration_s: float, comment: str) -> None:
+        """Shelve for ``duration_s``; KeyError for an unknown id, ValueError when refused."""
         ...
 
 
@@ -90,57 +123,163 @@ class MethodError(Exception):
         self.arg_index = arg_index
 
 
+class ArgType(StrEnum):
+    STRING = "String"
+    DOUBLE = "Double"
+    UINT32 = "UInt32"
+    STRINGS = "String[]"
+
+
+_ARG_DATATYPE = {
+    ArgType.STRING: DT_STRING,
+    ArgType.DOUBLE: DT_DOUBLE,
+    ArgType.UINT32: DT_UINT32,
+    ArgType.STRINGS: DT_STRING,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Arg:
+    """One input argument: its OPC UA type and what values it allows.
+
+    Numbers also arrive as numeric Strings (clients that only send strings,
+    e.g. a simple HMI); anything else of the wrong type is BadInvalidArgument.
+    """
+
     name: str
     description: str
     choices: tuple[str, ...] = ()
     min_len: int = 0
     max_len: int = 256
+    type: ArgType = ArgType.STRING
+    minimum: float | None = None  # numbers: inclusive range
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    unit: str = ""
+    pattern: str = ""  # strings and string items: full match
+    min_items: int = 1  # arrays
+    max_items: int = 1000
 
-    def check(self, index: int, variant: Any) -> str:
+    def _fail(self, code: int, text: str, index: int) -> MethodError:
+        return MethodError(code, f"argument {self.name!r}: {text}", index)
+
+    def check(self, index: int, variant: Any) -> Any:
         value = variant.Value if isinstance(variant, ua.Variant) else variant
+        if self.type is ArgType.STRING:
+            return self._string(index, value)
+        if self.type is ArgType.STRINGS:
+            return self._strings(index, value)
+        return self._number(index, value)
+
+    def _string(self, index: int, value: Any, what: str = "") -> str:
         if not isinstance(value, str):
-            raise MethodError(
+            raise self._fail(
                 SC.BadInvalidArgument,
-                f"argument {self.name!r}: expected a String, got {type(value).__name__}",
+                f"{what}expected a String, got {type(value).__name__}",
                 index,
             )
         if self.choices and value not in self.choices:
-            raise MethodError(
+            raise self._fail(
                 SC.BadInvalidArgument,
-                f"argument {self.name!r}: {value!r} is not one of {', '.join(self.choices)}",
+                f"{what}{value!r} is not one of {', '.join(self.choices)}",
                 index,
             )
         if not self.min_len <= len(value) <= self.max_len:
-            raise MethodError(
+            raise self._fail(
                 SC.BadOutOfRange,
-                f"argument {self.name!r}: length {len(value)} outside "
-                f"{self.min_len}..{self.max_len} characters",
+                f"{what}length {len(value)} outside {self.min_len}..{self.max_len} characters",
                 index,
             )
+        if self.pattern and not re.fullmatch(self.pattern, value):
+            raise self._fail(
+                SC.BadInvalidArgument, f"{what}{value!r} does not match {self.pattern}", index
+            )
         return value
+
+    def _strings(self, index: int, value: Any) -> list[str]:
+        if isinstance(value, str):  # a string-only client: comma separated
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise self._fail(
+                SC.BadInvalidArgument,
+                f"expected an array of String, got {type(value).__name__}",
+                index,
+            )
+        if not self.min_items <= len(value) <= self.max_items:
+            raise self._fail(
+                SC.BadOutOfRange,
+                f"{len(value)} items outside {self.min_items}..{self.max_items}",
+                index,
+            )
+        out = [self._string(index, v, f"item {i}: ") for i, v in enumerate(value)]
+        seen: set[str] = set()
+        for v in out:
+            if v in seen:
+                raise self._fail(SC.BadInvalidArgument, f"{v!r} is listed twice", index)
+            seen.add(v)
+        return out
+
+    def _number(self, index: int, value: Any) -> float | int:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise self._fail(
+                    SC.BadInvalidArgument, f"{value!r} is not a number", index
+                ) from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._fail(
+                SC.BadInvalidArgument,
+                f"expected a {self.type.value}, got {type(value).__name__}",
+                index,
+            )
+        if not math.isfinite(value):
+            raise self._fail(SC.BadInvalidArgument, f"{value} is not a finite number", index)
+        if self.type is ArgType.UINT32:
+            if value != int(value):
+                raise self._fail(SC.BadInvalidArgument, f"{value} is not a whole number", index)
+            value = int(value)
+        lo, hi = self.minimum, self.maximum
+        low_bad = lo is not None and (value <= lo if self.exclusive_minimum else value < lo)
+        if low_bad or (hi is not None and value > hi):
+            raise self._fail(SC.BadOutOfRange, f"{value:g} outside {self.range_text()}", index)
+        return value
+
+    def range_text(self) -> str:
+        lo = "" if self.minimum is None else f"{self.minimum:g}"
+        hi = "" if self.maximum is None else f"{self.maximum:g}"
+        text = f"{'>' if self.exclusive_minimum else ''}{lo}..{hi}"
+        return f"{text} {self.unit}".rstrip()
 
     def ua_argument(self) -> ua.Argument:
         desc = self.description
         if self.choices:
             desc += f" (one of: {', '.join(self.choices)})"
-        return argument(self.name, DT_STRING, desc)
+        if self.type in (ArgType.DOUBLE, ArgType.UINT32):
+            desc += f" (range {self.range_text()})"
+        arg = argument(self.name, _ARG_DATATYPE[self.type], desc)
+        if self.type is ArgType.STRINGS:
+            arg.ValueRank = 1
+            arg.ArrayDimensions = [0]
+        return arg
 
 
-Handler = Callable[[str, GridUser, list[str]], Awaitable[list[ua.Variant]]]
+Handler = Callable[[str, GridUser, list[Any]], Awaitable[list[ua.Variant]]]
+# (method name, target, user, arguments, status code, message, outputs) after every call
+AuditHook = Callable[[str, str, GridUser | None, list[Any], int, str, list[Any]], Awaitable[None]]
 
 
 @dataclass(slots=True)
 class MethodSpec:
     name: str
     description: str
-    role: Role
+    role: Role | None  # None: any session, anonymous included
     inputs: tuple[Arg, ...]
     outputs: tuple[ua.Argument, ...]
     handler: Handler
     calls: int = 0
     refused: int = 0
+    audited: bool = True  # read-only methods (WhoAmI) are not audited
 
 
 def _result(code: int, n_args: int, err: MethodError | None = None) -> ua.CallMethodResult:
@@ -155,7 +294,9 @@ def _result(code: int, n_args: int, err: MethodError | None = None) -> ua.CallMe
     return res
 
 
-def bind(spec: MethodSpec, target: str) -> Callable[..., Awaitable[ua.CallMethodResult]]:
+def bind(
+    spec: MethodSpec, target: str, audit: AuditHook | None = None
+) -> Callable[..., Awaitable[ua.CallMethodResult]]:
     """The asyncua callback for ``spec`` on the object at path ``target``."""
 
     async def call(_parent: ua.NodeId, *args: Any) -> ua.CallMethodResult:
@@ -163,8 +304,9 @@ def bind(spec: MethodSpec, target: str) -> Callable[..., Awaitable[ua.CallMethod
         user = current_user.get()
         who = str(user) if user else "anonymous"
         n = len(args)
+        raw = [a.Value if isinstance(a, ua.Variant) else a for a in args]
         try:
-            if user is None or not user.allows(spec.role):
+            if spec.role is not None and (user is None or not user.allows(spec.role)):
                 raise MethodError(
                     SC.BadUserAccessDenied, f"{spec.name} needs role {spec.role.value}"
                 )
@@ -177,12 +319,16 @@ def bind(spec: MethodSpec, target: str) -> Callable[..., Awaitable[ua.CallMethod
             if n > len(spec.inputs):
                 raise MethodError(SC.BadTooManyArguments, f"{spec.name}: too many arguments ({n})")
             values = [a.check(i, v) for i, (a, v) in enumerate(zip(spec.inputs, args, strict=True))]
-            outputs = await spec.handler(target, user, values)
+            outputs = await spec.handler(target, user or ANONYMOUS, values)
         except MethodError as err:
             spec.refused += 1
             _log.warning("OPC UA %s on %s by %s refused: %s", spec.name, target, who, err.message)
+            if audit is not None and spec.audited:
+                await audit(spec.name, target, user, raw, err.code, err.message, [])
             return _result(err.code, n, err)
         _log.info("OPC UA %s on %s by %s", spec.name, target, who)
+        if audit is not None and spec.audited:
+            await audit(spec.name, target, user, raw, SC.Good, "", [o.Value for o in outputs])
         res = _result(SC.Good, n)
         res.OutputArguments = outputs
         return res
@@ -280,7 +426,7 @@ class ArmRegistry:
 def load_methods(sink: CommandSink | None, arms: ArmRegistry) -> list[MethodSpec]:
     """Arm/Execute on LoadType instances (select-before-operate)."""
 
-    async def arm(target: str, user: GridUser, values: list[str]) -> list[ua.Variant]:
+    async def arm(target: str, user: GridUser, values: list[Any]) -> list[ua.Variant]:
         kind, reason = values
         needed = LOAD_KINDS[kind]
         if not user.allows(needed):
@@ -294,7 +440,7 @@ def load_methods(sink: CommandSink | None, arms: ArmRegistry) -> list[MethodSpec
             ua.Variant(expires, ua.VariantType.DateTime),
         ]
 
-    async def execute(target: str, user: GridUser, values: list[str]) -> list[ua.Variant]:
+    async def execute(target: str, user: GridUser, values: list[Any]) -> list[ua.Variant]:
         if sink is None:
             raise MethodError(SC.BadNotSupported, "commands are not available on this server")
         tok = arms.take(values[0], target, user)
@@ -307,11 +453,8 @@ def load_methods(sink: CommandSink | None, arms: ArmRegistry) -> list[MethodSpec
             token=tok.token,
             armed_at=tok.armed_at,
         )
-        try:
-            command_id = await sink.submit(request)
-        except CommandRefused as exc:
-            raise MethodError(SC.BadInvalidState, f"refused: {exc}") from None
-        return [ua.Variant(str(command_id), ua.VariantType.String)]
+        command_id = await submit(sink, request)
+        return [ua.Variant(command_id, ua.VariantType.String)]
 
     return [
         MethodSpec(
@@ -339,8 +482,216 @@ def load_methods(sink: CommandSink | None, arms: ArmRegistry) -> list[MethodSpec
     ]
 
 
+async def submit(sink: CommandSink, request: CommandRequest) -> str:
+    """Hand a validated, role-checked request to the sink; map its refusals to status codes."""
+    try:
+        command_id = await sink.submit(request)
+    except CommandNotSupported as exc:
+        raise MethodError(SC.BadNotSupported, f"not supported: {exc}") from None
+    except CommandRefused as exc:
+        raise MethodError(SC.BadInvalidState, f"refused: {exc}") from None
+    return str(command_id)
+
+
+REASON = Arg("reason", "why (audited with the user and time)", min_len=1, max_len=200)
+COMMAND_ID_OUT = argument("command_id", DT_STRING, "id of the journalled command record")
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]*"
+
+# Warehouse order kinds (DESIGN §6 Warehouse).
+ORDER_KINDS = (
+    "inbound",
+    "outbound_verification",
+    "qualified_return",
+    "distribution_outbound",
+    "inventory_count",
+    "relocation",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandMethod:
+    """A method that validates its arguments and hands one command to the sink."""
+
+    name: str
+    kind: str  # CommandRequest.kind
+    description: str
+    role: Role
+    inputs: tuple[Arg, ...]  # the last one is always REASON
+
+
+COMMAND_METHODS: dict[str, tuple[CommandMethod, ...]] = {
+    "GroupType": (
+        CommandMethod(
+            "SetDemandLimit",
+            "set_demand_limit",
+            "set the group's demand limit (sliding-window average active power)",
+            Role.ENGINEER,
+            (
+                Arg(
+                    "limit_kw",
+                    "demand limit",
+                    type=ArgType.DOUBLE,
+                    minimum=0.0,
+                    maximum=1_000_000.0,
+                    exclusive_minimum=True,
+                    unit="kW",
+                ),
+                REASON,
+            ),
+        ),
+    ),
+    "LoadType": (
+        CommandMethod(
+            "Recharge",
+            "recharge",
+            "record a prepaid purchase for this load's customer",
+            Role.OPERATOR,
+            (
+                Arg(
+                    "amount",
+                    "purchase amount",
+                    type=ArgType.DOUBLE,
+                    minimum=0.0,
+                    maximum=100_000.0,
+                    exclusive_minimum=True,
+                    unit="yuan",
+                ),
+                REASON,
+            ),
+        ),
+    ),
+    "VerificationLineType": (
+        CommandMethod(
+            "StartBatch",
+            "start_batch",
+            "start a verification batch of the given meters with a test scheme",
+            Role.OPERATOR,
+            (
+                Arg("scheme", "test scheme name", min_len=1, max_len=64, pattern=ID_PATTERN),
+                Arg(
+                    "meters",
+                    "meter addresses or barcodes",
+                    type=ArgType.STRINGS,
+                    min_len=1,
+                    max_len=32,
+                    pattern=ID_PATTERN,
+                    min_items=1,
+                    max_items=1000,
+                ),
+                REASON,
+            ),
+        ),
+        CommandMethod(
+            "AbortBatch",
+            "abort_batch",
+            "abort a running verification batch (stations go to their safe state)",
+            Role.OPERATOR,
+            (
+                Arg("batch_id", "id of the batch", min_len=1, max_len=64, pattern=ID_PATTERN),
+                REASON,
+            ),
+        ),
+    ),
+    "WarehouseType": (
+        CommandMethod(
+            "CreateOrder",
+            "create_order",
+            "create a warehouse order",
+            Role.OPERATOR,
+            (
+                Arg("kind", "order kind", choices=ORDER_KINDS),
+                Arg(
+                    "items",
+                    "meter barcodes, box ids or slots the order covers",
+                    type=ArgType.STRINGS,
+                    min_len=1,
+                    max_len=64,
+                    pattern=ID_PATTERN,
+                    min_items=1,
+                    max_items=5000,
+                ),
+                REASON,
+            ),
+        ),
+        CommandMethod(
+            "CancelOrder",
+            "cancel_order",
+            "cancel a warehouse order that has not completed",
+            Role.OPERATOR,
+            (
+                Arg("order_id", "id of the order", min_len=1, max_len=64, pattern=ID_PATTERN),
+                REASON,
+            ),
+        ),
+    ),
+}
+
+
+def command_methods(
+    sink: CommandSink | None, type_name: str, clock: Callable[[], float] = time.time
+) -> list[MethodSpec]:
+    """The sink-backed methods of instances of ``type_name`` (none for other types)."""
+    specs = []
+    for cm in COMMAND_METHODS.get(type_name, ()):
+
+        async def handler(
+            target: str, user: GridUser, values: list[Any], cm: CommandMethod = cm
+        ) -> list[ua.Variant]:
+            if sink is None:
+                raise MethodError(SC.BadNotSupported, "commands are not available on this server")
+            *args, reason = values
+            request = CommandRequest(
+                target=target,
+                kind=cm.kind,
+                reason=reason,
+                user=user.name or "",
+                role=user.grid_role.value if user.grid_role else "",
+                token=secrets.token_urlsafe(16),
+                armed_at=clock(),
+                args={a.name: v for a, v in zip(cm.inputs, args, strict=False)},
+            )
+            return [ua.Variant(await submit(sink, request), ua.VariantType.String)]
+
+        specs.append(
+            MethodSpec(
+                cm.name,
+                cm.description,
+                cm.role,
+                cm.inputs,
+                (COMMAND_ID_OUT,),
+                handler,
+            )
+        )
+    return specs
+
+
+def whoami_method() -> MethodSpec:
+    async def whoami(_target: str, user: GridUser, _values: list[Any]) -> list[ua.Variant]:
+        role = user.grid_role.value if user.grid_role else "anonymous"
+        return [
+            ua.Variant(user.name or "anonymous", ua.VariantType.String),
+            ua.Variant(role, ua.VariantType.String),
+        ]
+
+    return MethodSpec(
+        "WhoAmI",
+        "the calling session's user and role",
+        None,
+        (),
+        (
+            argument("user", DT_STRING, "user name (anonymous for anonymous sessions)"),
+            argument("role", DT_STRING, "viewer, operator, engineer, admin or anonymous"),
+        ),
+        whoami,
+        audited=False,
+    )
+
+
+MAX_SHELVE_S = 24 * 3600.0
+
+
 def alarm_methods(alarms: AlarmSource) -> list[MethodSpec]:
-    async def acknowledge(_target: str, user: GridUser, values: list[str]) -> list[ua.Variant]:
+    async def acknowledge(_target: str, user: GridUser, values: list[Any]) -> list[ua.Variant]:
         alarm_id, comment = values
         try:
             await alarms.acknowledge(alarm_id, user.name or "", comment)
@@ -348,6 +699,22 @@ def alarm_methods(alarms: AlarmSource) -> list[MethodSpec]:
             raise MethodError(
                 SC.BadInvalidArgument, f"argument 'alarm_id': no alarm {alarm_id!r}", 0
             ) from None
+        except ValueError as exc:
+            raise MethodError(SC.BadInvalidState, f"alarm {alarm_id!r}: {exc}") from None
+        return []
+
+    async def shelve(_target: str, user: GridUser, values: list[Any]) -> list[ua.Variant]:
+        alarm_id, duration_s, comment = values
+        if not isinstance(alarms, AlarmShelving):
+            raise MethodError(SC.BadNotSupported, "shelving is not available on this server")
+        try:
+            await alarms.shelve(alarm_id, user.name or "", float(duration_s), comment)
+        except KeyError:
+            raise MethodError(
+                SC.BadInvalidArgument, f"argument 'alarm_id': no alarm {alarm_id!r}", 0
+            ) from None
+        except ValueError as exc:
+            raise MethodError(SC.BadInvalidState, f"alarm {alarm_id!r}: {exc}") from None
         return []
 
     return [
@@ -361,5 +728,25 @@ def alarm_methods(alarms: AlarmSource) -> list[MethodSpec]:
             ),
             (),
             acknowledge,
-        )
+        ),
+        MethodSpec(
+            "Shelve",
+            "suppress an alarm's annunciation for a time (audited; it keeps being evaluated)",
+            Role.OPERATOR,
+            (
+                Arg("alarm_id", "id of the alarm", min_len=1, max_len=128),
+                Arg(
+                    "duration_s",
+                    "how long",
+                    type=ArgType.DOUBLE,
+                    minimum=0.0,
+                    maximum=MAX_SHELVE_S,
+                    exclusive_minimum=True,
+                    unit="s",
+                ),
+                Arg("comment", "why (required)", min_len=1, max_len=500),
+            ),
+            (),
+            shelve,
+        ),
     ]

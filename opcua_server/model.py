@@ -24,7 +24,7 @@ of it a multi-megabyte response.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from asyncua import ua
@@ -42,14 +42,30 @@ COLLECTIONS: dict[str, str | None] = {
     "buses": "BusType",
     "meters": "MeterType",
     "loads": "LoadType",
-    "groups": None,
+    "groups": "GroupType",
     "feeders": None,
-    "stations": None,
+    "stations": "StationType",
     "devices": None,
-    "cranes": None,
-    "conveyors": None,
+    "cranes": "StackerCraneType",
+    "conveyors": "ConveyorType",
+    "orders": "OrderType",
     "racks": None,
 }
+# Top-level subsystems: one object of the type each (``line/...``, ``warehouse/...``).
+ROOTS: dict[str, tuple[str, str]] = {
+    "line": ("VerificationLineType", "VerificationLine"),
+    "warehouse": ("WarehouseType", "Warehouse"),
+}
+# Further ObjectTypes, generic: instances carry whatever variables their tags define.
+GENERIC_TYPES: tuple[tuple[str, str], ...] = (
+    ("GroupType", "a load group under demand-limit control"),
+    ("VerificationLineType", "an automated meter verification line (JJG 596 / IEC 62053-21)"),
+    ("StationType", "a verification station (meter position) of the line"),
+    ("WarehouseType", "an automated storage and retrieval system for meters"),
+    ("StackerCraneType", "a stacker crane serving one aisle of racks"),
+    ("ConveyorType", "an accumulation conveyor with zoned photo-eyes"),
+    ("OrderType", "a warehouse order (inbound, outbound, return, count, relocation)"),
+)
 
 # Instance declarations of the types: (browse name, unit, description).
 METER_QUANTITIES: tuple[tuple[str, str, str], ...] = (
@@ -135,12 +151,29 @@ def _eu_value(unit: str) -> ua.DataValue | None:
     return ua.DataValue(ua.Variant(info, ua.VariantType.ExtensionObject))
 
 
-class ModelBuilder:
-    """Builds types and instances; keeps the caches that make bulk building cheap."""
+ObjectHook = Callable[[str, str | None, "Made"], None]
 
-    def __init__(self, factory: NodeFactory, max_children: int = 500) -> None:
+
+class ModelBuilder:
+    """Builds types and instances; keeps the caches that make bulk building cheap.
+
+    ``on_object(path, type_name, node)`` runs for every object created from the
+    tag tree (at start and for tags defined later), so methods and command
+    variables attach to instances of a type wherever and whenever they appear.
+    """
+
+    def __init__(
+        self,
+        factory: NodeFactory,
+        max_children: int = 500,
+        on_object: ObjectHook | None = None,
+        historize: Callable[[Tag], bool] | None = None,
+    ) -> None:
         self.f = factory
         self.max_children = max_children
+        self.on_object = on_object
+        self.historize = historize
+        self.historized: set[str] = set()
         self.vars: dict[str, VarEntry] = {}
         self.objects: dict[str, tuple[str | None, Made]] = {}  # path -> (type name, node)
         self._eu: dict[str, ua.DataValue | None] = {}
@@ -171,6 +204,7 @@ class ModelBuilder:
         datatype: ua.NodeId,
         description: str,
         rule: ua.NodeId | None = None,
+        historize: bool = False,
     ) -> Made:
         """A variable; an analog item with its unit properties when it has a unit."""
         eu = self.eu(unit) if datatype == N.DT_DOUBLE else None
@@ -180,7 +214,15 @@ class ModelBuilder:
         else:
             typedef = N.ANALOG_ITEM_TYPE if rng is not None else N.BASE_ANALOG_TYPE
         var = self.f.variable(
-            ident, name, parent, value, datatype, typedef=typedef, description=description
+            ident,
+            name,
+            parent,
+            value,
+            datatype,
+            typedef=typedef,
+            description=description,
+            access=N.READ_HISTORY if historize else N.READ,
+            historizing=historize,
         )
         if rule is not None:
             self.f.modelling_rule(var, rule)
@@ -262,10 +304,18 @@ class ModelBuilder:
                 N.MODELLING_OPTIONAL,
             )
         types.by_name["LoadType"] = load
+        for name, desc in GENERIC_TYPES:
+            types.by_name[name] = f.object_type(f"@types/{name}", name, desc, base)
         return types
 
     # -- instances --------------------------------------------------------------
-    def build_instances(self, root: Made, tags: Iterable[Tag], types: TypeNodes) -> None:
+    def build_instances(self, root: Made, tags: Iterable[Tag], types: TypeNodes) -> int:
+        """Create the nodes for ``tags``; parts of the tree that exist are reused.
+
+        Returns how many variables were created. Called once at start with the
+        whole image, then with tags defined later (only their new nodes are made).
+        """
+        before = len(self.vars)
         tree: dict[str, object] = {}
         for tag in tags:
             parts = tag.name.split("/")
@@ -285,8 +335,11 @@ class ModelBuilder:
                     f"tag {tag.name!r} is also the parent of other tags (e.g. "
                     f"{tag.name}/{next(iter(node[leaf]))})"  # type: ignore[call-overload]
                 )
+            if tag.name in self.vars:
+                continue
             node[leaf] = tag
         self._emit(root, "", tree, False, None, types)
+        return len(self.vars) - before
 
     def _emit(
         self,
@@ -315,22 +368,70 @@ class ModelBuilder:
                     self._leaf(container, child, name)
                     continue
                 assert isinstance(child, dict)
+                nodeid = f.nid(child_path)
+                existing = nodeid in f.aspace
                 if in_collection:
-                    made = f.obj(child_path, name, container, typedef=types.nodeid(member_type))
-                    self.objects[child_path] = (member_type, made)
+                    made = self._object(
+                        child_path, name, container, member_type, types, existing=existing
+                    )
                     self._emit(made, child_path, child, False, None, types)
                 elif name in COLLECTIONS:
-                    made = f.folder(child_path, name.capitalize(), container)
+                    made = (
+                        f.existing(nodeid)
+                        if existing
+                        else f.folder(child_path, name.capitalize(), container)
+                    )
                     self._emit(made, child_path, child, True, COLLECTIONS[name], types)
-                else:
-                    made = f.obj(child_path, name, container)
-                    self.objects[child_path] = (None, made)
+                elif not path and name in ROOTS:
+                    type_name, display = ROOTS[name]
+                    made = self._object(
+                        child_path,
+                        name,
+                        container,
+                        type_name,
+                        types,
+                        existing=existing,
+                        display=display,
+                    )
                     self._emit(made, child_path, child, False, None, types)
+                else:
+                    made = self._object(child_path, name, container, None, types, existing=existing)
+                    self._emit(made, child_path, child, False, None, types)
+
+    def _object(
+        self,
+        path: str,
+        name: str,
+        parent: Made,
+        type_name: str | None,
+        types: TypeNodes,
+        *,
+        existing: bool,
+        display: str | None = None,
+    ) -> Made:
+        if existing:
+            found = self.objects.get(path)
+            return found[1] if found is not None else self.f.existing(self.f.nid(path))
+        made = self.f.obj(path, name, parent, typedef=types.nodeid(type_name), display=display)
+        self.objects[path] = (type_name, made)
+        if self.on_object is not None:
+            self.on_object(path, type_name, made)
+        return made
 
     def _leaf(self, parent: Made, tag: Tag, name: str) -> None:
         dtype = N.DT_DOUBLE if tag.unit else datatype_for(tag)
         vtype = N.VARIANT_FOR_DATATYPE.get(dtype)
+        hist = self.historize is not None and self.historize(tag)
         var = self.analog(
-            tag.name, name, parent, tag.unit, data_value(tag.current, vtype), dtype, tag.description
+            tag.name,
+            name,
+            parent,
+            tag.unit,
+            data_value(tag.current, vtype),
+            dtype,
+            tag.description,
+            historize=hist,
         )
+        if hist:
+            self.historized.add(tag.name)
         self.vars[tag.name] = VarEntry(var.data.attributes[ua.AttributeIds.Value], vtype)

@@ -284,8 +284,13 @@ class NodeFactory:
         value_rank: int = -1,
         access: int = READ,
         sampling_ms: float = 0.0,
+        historizing: bool = False,
+        own_property: bool = False,
     ) -> Made:
-        bname = self.qn(name) if reftype != REF_HAS_PROPERTY else ua.QualifiedName(name, 0)
+        # Standard properties (EngineeringUnits, InputArguments…) are named in
+        # namespace 0; our own properties (own_property) in ours.
+        standard = reftype == REF_HAS_PROPERTY and not own_property
+        bname = ua.QualifiedName(name, 0) if standard else self.qn(name)
         shape: dict[ua.AttributeIds, tuple[Any, ua.VariantType]] = {
             A.NodeClass: (int(ua.NodeClass.Variable), ua.VariantType.Int32),
             A.WriteMask: (0, ua.VariantType.UInt32),
@@ -295,9 +300,17 @@ class NodeFactory:
             A.AccessLevel: (access, ua.VariantType.Byte),
             A.UserAccessLevel: (access, ua.VariantType.Byte),
             A.MinimumSamplingInterval: (sampling_ms, ua.VariantType.Double),
-            A.Historizing: (False, ua.VariantType.Boolean),
+            A.Historizing: (historizing, ua.VariantType.Boolean),
         }
-        key = ("var", datatype.Identifier, datatype.NamespaceIndex, value_rank, access, sampling_ms)
+        key = (
+            "var",
+            datatype.Identifier,
+            datatype.NamespaceIndex,
+            value_rank,
+            access,
+            sampling_ms,
+            historizing,
+        )
         template = self._templates.get(key)
         if template is None:
             if value_rank >= 0:

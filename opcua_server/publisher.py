@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from asyncua import ua
@@ -47,10 +48,16 @@ class Publisher:
         variables: dict[str, VarEntry],
         *,
         batch_limit: int = 2_000,
+        history: Callable[[str, ua.DataValue], None] | None = None,
+        historized: set[str] | None = None,
+        on_unknown: Callable[[], None] | None = None,
     ) -> None:
         self.queue = queue
         self.variables = variables
         self.batch_limit = batch_limit
+        self.history = history
+        self.historized = historized if historized is not None else set()
+        self.on_unknown = on_unknown
         self.stats = PublisherStats()
         self._task: asyncio.Task[None] | None = None
 
@@ -85,12 +92,17 @@ class Publisher:
             latest[tag.name] = value
         stats.coalesced += len(batch) - len(latest)
         variables = self.variables
+        history, historized = self.history, self.historized
         oldest = batch[0][1].server_time if batch else time.time()
         written = 0
         for name, tv in latest.items():
             entry = variables.get(name)
             if entry is None:
+                # Defined after the model was built: the server adds it (with its
+                # current value from the image) when told.
                 stats.unknown += 1
+                if self.on_unknown is not None:
+                    self.on_unknown()
                 continue
             try:
                 dv = data_value(tv, entry.vtype)
@@ -99,6 +111,8 @@ class Publisher:
                 dv = ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadTypeMismatch))
             attr = entry.attr
             attr.value = dv
+            if history is not None and name in historized:
+                history(name, dv)
             callbacks = attr.datachange_callbacks
             if callbacks:
                 for handle, callback in list(callbacks.items()):

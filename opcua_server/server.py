@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -17,25 +18,32 @@ from asyncua import Server, ua
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
-from controller.process_image import ChangeQueue, ProcessImage
+from controller.process_image import ChangeQueue, ProcessImage, Tag
 from drivers.bus_stats import BusSnapshot
 
 from . import nodes as N
+from .command_view import CommandTracker, build_event_type
+from .conditions import AlarmConditions
 from .config import OpcUaConfig
+from .events import Emitter, audit_method_event
+from .history import GridHistoryManager, HistoryStore
 from .methods import (
+    COMMAND_METHODS,
     AlarmSource,
     ArmRegistry,
     CommandSink,
     MethodSpec,
     alarm_methods,
     bind,
+    command_methods,
     load_methods,
+    whoami_method,
 )
-from .model import BUS_DIAGNOSTICS, ModelBuilder, VarEntry
+from .model import BUS_DIAGNOSTICS, ModelBuilder, TypeNodes, VarEntry
 from .nodes import Made, NodeFactory
 from .publisher import Publisher
 from .security import ensure_certificate, security_policies
-from .users import GridRuleset, UserStore
+from .users import GridRuleset, UserStore, current_user
 
 _log = logging.getLogger(__name__)
 
@@ -52,7 +60,20 @@ SERVICE_DIAGNOSTICS: tuple[tuple[str, ua.NodeId, str, str], ...] = (
     ("LastBatchLatency", N.DT_DOUBLE, "s", "image write → address space, oldest of the last batch"),
     ("ModelNodes", N.DT_UINT64, "", "nodes in the gridctl namespace"),
     ("ModelBuildTime", N.DT_DOUBLE, "s", "time to build the information model"),
+    ("LateTags", N.DT_UINT64, "", "tags added to the model after start"),
+    ("EventsSent", N.DT_UINT64, "", "events sent (alarms, audit, commands)"),
+    ("HistoryDropped", N.DT_UINT64, "", "history values dropped by the bounded write buffer"),
 )
+# Cycle task statistics (keys of the task_stats callable) → variables per task.
+TASK_FIELDS: tuple[tuple[str, str, ua.NodeId, str, str], ...] = (
+    ("latency_p50_s", "latency_p50", N.DT_DOUBLE, "s", "wake-up latency, median"),
+    ("latency_p99_s", "latency_p99", N.DT_DOUBLE, "s", "wake-up latency, 99th percentile"),
+    ("latency_max_s", "latency_max", N.DT_DOUBLE, "s", "wake-up latency, maximum"),
+    ("overruns", "overruns", N.DT_UINT64, "", "cycles that overran their deadline"),
+)
+# Variables kept in history by default (leaf name patterns): energy, power, voltage, temperatures.
+HISTORY_PATTERNS: tuple[str, ...] = ("energy_*", "power_*", "voltage_*", "*temperature*")
+TaskStats = Callable[[], dict[str, dict[str, float]]]
 
 
 def _version() -> str:
@@ -70,17 +91,61 @@ class OpcUaServer:
         *,
         state_dir: Path,
         bus_snapshots: Callable[[], list[BusSnapshot]] | None = None,
-        commands: CommandSink | None = None,
-        alarms: AlarmSource | None = None,
+        commands: Any = None,
+        alarms: Any = None,
         diagnostics_period_s: float = 1.0,
+        task_stats: TaskStats | None = None,
+        alarm_engine: Any = None,
+        history_db: Path | None = None,
+        history_retention_s: float = 7 * 86400.0,
+        history_max_rows: int = 5_000_000,
+        history_patterns: Sequence[str] = HISTORY_PATTERNS,
+        recent_commands: int = 32,
+        alarm_poll_s: float = 0.25,
+        alarm_confirm: bool = False,
     ) -> None:
+        """``commands``: a CommandSink (or a controller CommandLog, wrapped);
+        ``alarms``: an AlarmSource (or a controller AlarmEngine, wrapped);
+        ``alarm_engine``: an AlarmEngine when ``alarms`` is not given;
+        ``task_stats``: per cycle task ``latency_p50_s``/``p99``/``max`` and ``overruns``;
+        ``history_db``: SQLite file for HistoryRead (None: no history);
+        ``alarm_confirm``: acknowledged conditions wait for Confirm (Part 9) before
+        they stop being retained."""
         self.config = config
         self.image = image
         self.state_dir = Path(state_dir)
         self.bus_snapshots = bus_snapshots
-        self.commands = commands
-        self.alarms = alarms
+        self.commands: CommandSink | None = _as_sink(commands)
+        self.alarms: AlarmSource | None = _as_alarm_source(
+            alarms if alarms is not None else alarm_engine
+        )
         self.diagnostics_period_s = diagnostics_period_s
+        self.task_stats = task_stats
+        self.history_db = Path(history_db) if history_db is not None else None
+        self.history_retention_s = history_retention_s
+        self.history_max_rows = history_max_rows
+        self.history_patterns = tuple(history_patterns)
+        self.recent_commands = recent_commands
+        self.alarm_poll_s = alarm_poll_s
+        self.alarm_confirm = alarm_confirm
+        self.history: HistoryStore | None = None
+        self.emitter: Emitter | None = None
+        self.conditions: AlarmConditions | None = None
+        self.tracker: CommandTracker | None = None
+        self.late_tags = 0
+        self._types: TypeNodes | None = None
+        self._root: Made | None = None
+        self._factory: NodeFactory | None = None
+        self._sink: CommandSink | None = None
+        self._tasks_folder: Made | None = None
+        self._task_diag: dict[str, dict[str, VarEntry]] = {}
+        self._alarm_list: VarEntry | None = None
+        self._alarm_task: asyncio.Task[None] | None = None
+        self._alarm_kick = asyncio.Event()
+        self._late_kick = asyncio.Event()
+        self._late_task: asyncio.Task[None] | None = None
+        self._load_specs: list[MethodSpec] = []
+        self._command_specs: dict[str, list[MethodSpec]] = {}
         self.arms = ArmRegistry(timeout_s=config.arm_timeout_s)
         self.users = UserStore(config.users, anonymous=config.anonymous == "read-only")
         self.ruleset = GridRuleset()
@@ -103,6 +168,20 @@ class OpcUaServer:
     async def start(self) -> None:
         cfg = self.config
         server = Server(user_manager=self.users)  # type: ignore[arg-type]
+        # asyncua's ConditionRefresh(2) replays the retained condition events we send.
+        server.iserver.bind_condition_methods = True
+        history_manager = GridHistoryManager(server.iserver)
+        server.iserver.history_manager = history_manager
+        if self.history_db is not None:
+            self.history = HistoryStore(
+                self.history_db,
+                ns=lambda: self.namespace_index,
+                retention_s=self.history_retention_s,
+                max_rows=self.history_max_rows,
+            )
+            self.history.open()
+            history_manager.set_storage(self.history)
+            history_manager.store = self.history
         await server.init()
         server.set_endpoint(cfg.endpoint)
         server.set_server_name(cfg.server_name)
@@ -147,16 +226,31 @@ class OpcUaServer:
         await server.start()
         self._started_mono = time.monotonic()
         assert self._builder is not None
-        self._publisher = Publisher(self._queue, self._builder.vars, batch_limit=cfg.publish_batch)
+        self._publisher = Publisher(
+            self._queue,
+            self._builder.vars,
+            batch_limit=cfg.publish_batch,
+            history=self.history.record if self.history is not None else None,
+            historized=self._builder.historized,
+            on_unknown=self._late_kick.set,
+        )
         self._publisher.start()
+        if self.history is not None:
+            self.history.start()
+        if self.conditions is not None:
+            await self.conditions.poll()
+            self._alarm_task = asyncio.create_task(self._alarm_loop(), name="opcua-alarms")
+        self._late_task = asyncio.create_task(self._late_loop(), name="opcua-late-tags")
         self._diag_task = asyncio.create_task(self._diagnostics_loop(), name="opcua-diagnostics")
 
     async def stop(self) -> None:
-        if self._diag_task is not None:
-            self._diag_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._diag_task
-            self._diag_task = None
+        for name in ("_diag_task", "_alarm_task", "_late_task"):
+            task = getattr(self, name)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                setattr(self, name, None)
         if self._publisher is not None:
             await self._publisher.stop()
             self._publisher = None
@@ -166,6 +260,8 @@ class OpcUaServer:
         if self.server is not None:
             await self.server.stop()
             self.server = None
+        if self.history is not None:
+            await self.history.stop()
 
     def stats(self) -> dict[str, Any]:
         pub = self._publisher
@@ -184,6 +280,9 @@ class OpcUaServer:
             "logins_rejected": self.users.rejected,
             "requests_denied": self.ruleset.denied,
             "method_calls": {name: spec.calls for name, spec in self.methods.items()},
+            "late_tags": self.late_tags,
+            "events_sent": self.emitter.sent if self.emitter is not None else 0,
+            "history_dropped": self.history.dropped if self.history is not None else 0,
         }
 
     @property
@@ -218,30 +317,104 @@ class OpcUaServer:
     def _build_model(self, server: Server) -> None:
         aspace = server.iserver.aspace
         factory = NodeFactory(aspace, self.namespace_index)
-        builder = ModelBuilder(factory, max_children=self.config.max_children)
+        self._factory = factory
+        patterns = self.history_patterns if self.history is not None else ()
+        builder = ModelBuilder(
+            factory,
+            max_children=self.config.max_children,
+            on_object=self._on_object,
+            historize=(lambda tag: _matches(tag, patterns)) if patterns else None,
+        )
         self._builder = builder
+        if self.history is not None:
+            self.history.historized = builder.historized  # shared: late tags join it
         types = builder.build_types()
+        self._types = types
         objects = factory.existing(ua.NodeId(ua.ObjectIds.ObjectsFolder))
         root = factory.obj(
             "@gridctl", "gridctl", objects, reftype=N.REF_ORGANIZES, description="gridctl plant"
         )
-        builder.build_instances(root, self.image.tags(), types)
+        self._root = root
 
-        # Methods on every LoadType instance (select-before-operate).
-        load_specs = load_methods(self.commands, self.arms)
+        # Events: sent from the Server object (its EventNotifier), kept in history.
+        self.emitter = Emitter(self._trigger, self.history)
+        server_node = aspace[ua.NodeId(ua.ObjectIds.Server)]
+        notifier = ua.EventNotifier.SubscribeToEvents.mask
+        if self.history is not None:
+            notifier |= ua.EventNotifier.HistoryRead.mask
+        server_node.attributes[ua.AttributeIds.EventNotifier].value = ua.DataValue(
+            ua.Variant(notifier, ua.VariantType.Byte)
+        )
+        base_event = factory.existing(ua.NodeId(ua.ObjectIds.BaseEventType))
+        command_event = build_event_type(factory, base_event)
+
+        # WhoAmI on the root object (read-only: anonymous may call it too).
+        whoami = whoami_method()
+        self.methods[whoami.name] = whoami
+        self._add_methods(factory, root, "@gridctl", [whoami])
+        self.ruleset.public_methods.update(
+            {
+                factory.nid("@gridctl/WhoAmI"),
+                ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
+                ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh2),
+            }
+        )
+
+        # Command records: bounded ring + per-target variables; the sink is wrapped
+        # so every accepted command is tracked.
+        self.tracker = CommandTracker(
+            factory,
+            root,
+            size=self.recent_commands,
+            emitter=self.emitter,
+            event_type=command_event.nodeid,
+            setter=self._set_now,
+            resolve=self._source_node,
+        )
+        self._sink = self.tracker.wrap(self.commands) if self.commands is not None else None
+        load_specs = load_methods(self._sink, self.arms)
         for spec in load_specs:
             self.methods[spec.name] = spec
-        for path, (type_name, made) in builder.objects.items():
-            if type_name == "LoadType":
-                self._add_methods(factory, made, path, load_specs)
+        self._load_specs = load_specs
+        self._command_specs = {
+            type_name: command_methods(self._sink, type_name) for type_name in COMMAND_METHODS
+        }
+        for specs in self._command_specs.values():
+            for spec in specs:
+                self.methods[spec.name] = spec
 
-        # Alarms: Acknowledge (the alarm model proper comes with A&C later).
+        builder.build_instances(root, self.image.tags(), types)
+
+        # Alarms: the list for the HMI, Acknowledge/Shelve, and the A&C conditions.
         if self.alarms is not None:
             alarms_obj = factory.obj("@alarms", "Alarms", root, description="alarm handling")
+            var = factory.variable(
+                "@alarms/Active",
+                "Active",
+                alarms_obj,
+                ua.DataValue(ua.Variant("[]", ua.VariantType.String)),
+                N.DT_STRING,
+                description="alarms not in the normal state, JSON list of {id, source, "
+                "message, severity, active, acknowledged, shelved, time}",
+            )
+            self._alarm_list = VarEntry(
+                var.data.attributes[ua.AttributeIds.Value], ua.VariantType.String
+            )
             specs = alarm_methods(self.alarms)
             for spec in specs:
                 self.methods[spec.name] = spec
             self._add_methods(factory, alarms_obj, "@alarms", specs)
+            self.conditions = AlarmConditions(
+                self.alarms,
+                self.emitter,
+                factory,
+                alarms_obj,
+                resolve_source=self._alarm_source_node,
+                set_list=self._set_alarm_list,
+                confirm=self.alarm_confirm,
+                audit=self._audit_condition,
+            )
+            self.conditions.bind(aspace)
 
         # Service diagnostics.
         diag = factory.obj("@diag", "Diagnostics", root, description="gridctl OPC UA service")
@@ -249,12 +422,33 @@ class OpcUaServer:
             self._diag[name] = self._diag_var(
                 builder, f"@diag/{name}", name, diag, dtype, unit, desc
             )
+        # Cycle tasks: gridctl/Diagnostics/Tasks/<task>/latency_p50… (NodeIds tasks/<task>/…).
+        if self.task_stats is not None:
+            self._tasks_folder = factory.folder(
+                "tasks", "Tasks", diag, description="cyclic tasks: wake-up latency and overruns"
+            )
+            self._update_tasks_model(self.task_stats())
 
         # Bus diagnostics: a Diagnostics object in each bus (created if the bus has no tags).
         if self.bus_snapshots is not None:
             for snap in self.bus_snapshots():
                 self._add_bus(factory, builder, root, types.nodeid("BusType"), snap.name)
         self.model_nodes = factory.created
+
+    def _on_object(self, path: str, type_name: str | None, made: Made) -> None:
+        """Methods and command variables for instances of command-taking types."""
+        factory = self._factory
+        assert factory is not None
+        specs: list[MethodSpec] = []
+        if type_name == "LoadType":
+            specs.extend(self._load_specs)
+        if type_name is not None:
+            specs.extend(self._command_specs.get(type_name, ()))
+        if not specs:
+            return
+        self._add_methods(factory, made, path, specs)
+        if self.tracker is not None and self.commands is not None:
+            self.tracker.add_target(path, made)
 
     def _add_methods(
         self, factory: NodeFactory, parent: Made, path: str, specs: list[MethodSpec]
@@ -264,11 +458,131 @@ class OpcUaServer:
                 f"{path}/{spec.name}",
                 spec.name,
                 parent,
-                bind(spec, path),
+                bind(spec, path, self._audit),
                 [a.ua_argument() for a in spec.inputs],
                 list(spec.outputs),
                 spec.description,
             )
+
+    # -- events ---------------------------------------------------------------------
+    async def _trigger(self, event: Any) -> None:
+        if self.server is not None:
+            await self.server.iserver.subscription_service.trigger_event(event)
+
+    def _source_node(self, path: str) -> ua.NodeId:
+        nodeid = ua.NodeId(path, self.namespace_index)
+        if self.server is not None and nodeid in self.server.iserver.aspace:
+            return nodeid
+        return ua.NodeId(ua.ObjectIds.Server)
+
+    def _alarm_source_node(self, source: str) -> ua.NodeId:
+        """Alarm sources (``bus/bus1/meter/0001``) → the plant object when it exists."""
+        parts = source.split("/")
+        mapped = []
+        for i, part in enumerate(parts):
+            mapped.append(
+                {"bus": "buses", "meter": "meters", "load": "loads"}.get(part, part)
+                if i % 2 == 0
+                else part
+            )
+        for candidate in (source, "/".join(mapped)):
+            node = self._source_node(candidate)
+            if node.NamespaceIndex == self.namespace_index:
+                return node
+        return ua.NodeId(ua.ObjectIds.Server)
+
+    async def _audit(
+        self,
+        method: str,
+        target: str,
+        user: Any,
+        inputs: list[Any],
+        status: int,
+        message: str,
+        outputs: list[Any],
+        method_id: ua.NodeId | None = None,
+    ) -> None:
+        """An AuditUpdateMethodEvent for every method call, accepted or refused."""
+        if self.emitter is None:
+            return
+        ev = audit_method_event(
+            method=method,
+            method_id=method_id or ua.NodeId(f"{target}/{method}", self.namespace_index),
+            source_node=self._source_node(target),
+            target=target,
+            user=(user.name if user is not None else None) or "anonymous",
+            inputs=inputs,
+            outputs=outputs,
+            status=status,
+            message=message,
+            server_id=self.config.application_uri,
+        )
+        await self.emitter.emit(ev)
+
+    async def _audit_condition(self, method: str, alarm_id: str, status: int, comment: str) -> None:
+        standard = {
+            "Acknowledge": ua.ObjectIds.AcknowledgeableConditionType_Acknowledge,
+            "Confirm": ua.ObjectIds.AcknowledgeableConditionType_Confirm,
+        }
+        await self._audit(
+            method,
+            f"@alarms/{alarm_id}",
+            current_user.get(),
+            [comment],
+            status,
+            "",
+            [],
+            ua.NodeId(standard[method]) if method in standard else None,
+        )
+
+    async def _set_alarm_list(self, text: str) -> None:
+        if self._alarm_list is not None:
+            await _set(self._alarm_list, text, datetime.now(UTC))
+
+    async def _set_now(self, entry: VarEntry, value: Any) -> None:
+        await _set(entry, value, datetime.now(UTC))
+
+    def alarms_changed(self) -> None:
+        """Tell the server the alarm source changed (it also polls every alarm_poll_s)."""
+        self._alarm_kick.set()
+
+    async def _alarm_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._alarm_kick.wait(), self.alarm_poll_s)
+            self._alarm_kick.clear()
+            try:
+                assert self.conditions is not None
+                await self.conditions.poll()
+            except Exception:
+                _log.exception("OPC UA alarm update failed")
+
+    # -- tags defined after start -----------------------------------------------------
+    async def _late_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._late_kick.wait(), self.diagnostics_period_s)
+            self._late_kick.clear()
+            try:
+                self.add_late_tags()
+            except Exception:
+                _log.exception("OPC UA model update for new tags failed")
+
+    def add_late_tags(self) -> int:
+        """Add tags defined in the image since the model was built; returns how many."""
+        builder, root, types = self._builder, self._root, self._types
+        if builder is None or root is None or types is None or self._factory is None:
+            return 0
+        if len(self.image) <= len(builder.vars):
+            return 0
+        new = [t for t in self.image.tags() if t.name not in builder.vars]
+        if not new:
+            return 0
+        added = builder.build_instances(root, new, types)
+        self.late_tags += added
+        self.model_nodes = self._factory.created
+        _log.info("OPC UA model: %d tags added after start", added)
+        return added
 
     def _diag_var(
         self,
@@ -333,9 +647,16 @@ class OpcUaServer:
             "LastBatchLatency": s["last_batch_latency_s"],
             "ModelNodes": self.model_nodes,
             "ModelBuildTime": self.model_build_s,
+            "LateTags": self.late_tags,
+            "EventsSent": s["events_sent"],
+            "HistoryDropped": s["history_dropped"],
         }
         for name, value in values.items():
             await _set(self._diag[name], value, now)
+        if self.tracker is not None:
+            await self.tracker.refresh()
+        if self.task_stats is not None:
+            await self._update_tasks(now)
         if self.bus_snapshots is None or not self._bus_diag:
             return
         for snap in self.bus_snapshots():
@@ -343,6 +664,37 @@ class OpcUaServer:
             if entries is None:
                 continue  # a bus added after start appears on the next model build
             await self._update_bus(entries, snap, now)
+
+    def _update_tasks_model(self, stats: dict[str, dict[str, float]]) -> None:
+        """Create the variables of tasks not seen yet."""
+        factory, builder, folder = self._factory, self._builder, self._tasks_folder
+        if factory is None or builder is None or folder is None:
+            return
+        for task in stats:
+            if task in self._task_diag or not task or "/" in task:
+                continue
+            obj = factory.obj(f"tasks/{task}", task, folder, description=f"cyclic task {task}")
+            self._task_diag[task] = {
+                key: self._diag_var(builder, f"tasks/{task}/{leaf}", leaf, obj, dt, unit, desc)
+                for key, leaf, dt, unit, desc in TASK_FIELDS
+            }
+            self.model_nodes = factory.created
+
+    async def _update_tasks(self, now: datetime) -> None:
+        assert self.task_stats is not None
+        stats = self.task_stats()
+        self._update_tasks_model(stats)
+        for task, values in stats.items():
+            entries = self._task_diag.get(task)
+            if entries is None:
+                continue
+            for key, _leaf, dt, _unit, _desc in TASK_FIELDS:
+                value = values.get(key)
+                if value is not None and dt == N.DT_UINT64:
+                    value = max(0, int(value))
+                elif value is not None:
+                    value = float(value)
+                await _set(entries[key], value, now)
 
     async def _update_bus(
         self, entries: dict[str, VarEntry], snap: BusSnapshot, now: datetime
@@ -398,6 +750,36 @@ async def _set(entry: VarEntry, value: Any, now: datetime) -> None:
         await callback(handle, dv)
 
 
+def _matches(tag: Tag, patterns: Sequence[str]) -> bool:
+    leaf = tag.name.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(leaf, p) for p in patterns)
+
+
+def _as_sink(commands: Any) -> CommandSink | None:
+    """A CommandSink; a controller CommandLog is wrapped in the journal adapter."""
+    if commands is None:
+        return None
+    from controller.commands import CommandLog
+
+    if isinstance(commands, CommandLog):
+        from .adapters import CommandLogSink
+
+        return CommandLogSink(commands)
+    return commands  # type: ignore[no-any-return]
+
+
+def _as_alarm_source(alarms: Any) -> AlarmSource | None:
+    if alarms is None:
+        return None
+    from controller.alarms import AlarmEngine
+
+    if isinstance(alarms, AlarmEngine):
+        from .adapters import EngineAlarmSource
+
+        return EngineAlarmSource(alarms)
+    return alarms  # type: ignore[no-any-return]
+
+
 def _build_date() -> datetime:
     # The installed package's files date the build (editable installs: this module).
     try:
@@ -405,3 +787,48 @@ def _build_date() -> datetime:
     except OSError:
         stamp = time.time()
     return datetime.fromtimestamp(stamp, UTC)
+
+
+def task_stats_from(tasks: Callable[[], Sequence[Any]] | Sequence[Any]) -> TaskStats:
+    """A ``task_stats`` callable over ``controller.cycle.CycleTask`` objects."""
+
+    def stats() -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for task in tasks() if callable(tasks) else tasks:
+            snap = task.snapshot()
+            out[snap.name] = {
+                "latency_p50_s": snap.latency.p50,
+                "latency_p99_s": snap.latency.p99,
+                "latency_max_s": snap.latency.max,
+                "overruns": float(snap.overruns),
+            }
+        return out
+
+    return stats
+
+
+async def start(service: Any) -> OpcUaServer:
+    """The service's seam (``controller.service.Service._start_opcua``).
+
+    Takes the image, command log, alarm engine, bus snapshots and cycle tasks
+    from the service; state (certificates, history) goes under
+    ``<state_dir>/opcua``. The controller's ``[opcua]`` table may be this
+    package's :class:`OpcUaConfig` or a subset of its fields.
+    """
+    cfg = service.config.opcua
+    if not isinstance(cfg, OpcUaConfig):
+        known = set(OpcUaConfig.model_fields)
+        cfg = OpcUaConfig(**{k: v for k, v in cfg.model_dump().items() if k in known})
+    state_dir = Path(service.config.service.state_dir) / "opcua"
+    server = OpcUaServer(
+        cfg,
+        service.image,
+        state_dir=state_dir,
+        bus_snapshots=getattr(service, "_bus_snapshots", None),
+        commands=service.commands,
+        alarms=service.alarms,
+        task_stats=task_stats_from(lambda: service.tasks),
+        history_db=state_dir / "history.db",
+    )
+    await server.start()
+    return server

@@ -32,6 +32,7 @@ from typing import Any
 
 from asyncua import ua
 from asyncua.crypto.permission_rules import PermissionRuleset, User, UserRole
+from asyncua.ua.ua_binary import struct_from_binary
 
 from .config import Role, UserConfig
 
@@ -199,12 +200,14 @@ HISTORY_UPDATE_SERVICES = _ids("HistoryUpdate")
 class GridRuleset(PermissionRuleset):
     def __init__(self) -> None:
         self.denied = 0
+        # Methods an anonymous session may call: read-only ones (ConditionRefresh, WhoAmI).
+        self.public_methods: set[ua.NodeId] = set()
 
-    def allowed(self, user: GridUser | None, action: ua.NodeId) -> bool:
+    def allowed(self, user: GridUser | None, action: ua.NodeId, body: Any = None) -> bool:
         if action in READ_SERVICES:
             return True
         if user is None or user.grid_role is None:
-            return False
+            return action in CALL_SERVICES and self._public_call(body)
         if action in CALL_SERVICES:
             return True
         if action in WRITE_SERVICES:
@@ -216,10 +219,20 @@ class GridRuleset(PermissionRuleset):
     def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
         grid_user = user if isinstance(user, GridUser) else None
         current_user.set(grid_user)
-        ok = self.allowed(grid_user, action_type_id)
+        ok = self.allowed(grid_user, action_type_id, body)
         if not ok:
             self.denied += 1
         return ok
+
+    def _public_call(self, body: Any) -> bool:
+        if body is None or not self.public_methods:
+            return False
+        try:
+            params = struct_from_binary(ua.CallParameters, body.copy())
+        except Exception:
+            return False
+        calls = params.MethodsToCall or []
+        return bool(calls) and all(c.MethodId in self.public_methods for c in calls)
 
 
 def _main(argv: list[str] | None = None) -> int:
