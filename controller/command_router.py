@@ -7,12 +7,15 @@ verification line, warehouse) owns a top-level branch of the plant (``loads/``,
 
 from __future__ import annotations
 
+from controller.commands import CommandError, CommandLog
 from opcua_server.methods import CommandRefused, CommandRequest, CommandSink
 
 
 class CommandRouter:
-    def __init__(self) -> None:
+    def __init__(self, log: CommandLog | None = None) -> None:
         self._sinks: dict[str, CommandSink] = {}
+        # every subsystem journals its commands in the service's one command log
+        self._log = log
 
     def register(self, prefix: str, sink: CommandSink) -> None:
         if not prefix.endswith("/"):
@@ -35,3 +38,13 @@ class CommandRouter:
         raise CommandRefused(
             f"target {request.target!r}: no subsystem takes commands for it (known: {known})"
         )
+
+    def command_state(self, command_id: str) -> tuple[str, str] | None:
+        """(state, reason) of a routed command, from the journal's command log."""
+        if self._log is None:
+            return None
+        try:
+            cmd = self._log.get(command_id)
+        except CommandError:
+            return None
+        return cmd.state.value, cmd.reason

@@ -44,6 +44,7 @@ from controller.warehouse.subsystem import WarehouseSubsystem
 from drivers.plant import FieldPlant
 from drivers.sim.launch import start_simulator
 from opcua_server import OpcUaServer
+from opcua_server.server import task_stats_from
 
 log = logging.getLogger("gridctl.service")
 
@@ -78,7 +79,7 @@ class Service:
         # `name`, `async start()` and `async stop()`; started after the field plant
         # (their tags exist before the OPC UA model is built), stopped before it.
         self.subsystems: list[Any] = []
-        self.router = CommandRouter()
+        self.router = CommandRouter(self.commands)
         self.reread: Callable[[Command], Any] | None = None  # set by load control when it exists
         self._safe_state: list[tuple[str, SafeState]] = []
         self._stop_event = asyncio.Event()
@@ -265,12 +266,16 @@ class Service:
         if not cfg.enabled:
             log.info("opcua: disabled in config")
             return
+        state_dir = Path(self.config.service.state_dir) / "opcua"
         server = OpcUaServer(
             cfg,
             self.image,
-            state_dir=Path(self.config.service.state_dir),
+            state_dir=state_dir,
             bus_snapshots=self._bus_snapshots,
             commands=self.router,
+            alarms=self.alarms,
+            task_stats=task_stats_from(lambda: self.tasks),
+            history_db=state_dir / "history.db",
         )
         await server.start()
         self.opcua = server
