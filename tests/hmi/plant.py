@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asyncua import ua
-
 from controller.process_image import ProcessImage, Quality
 from drivers.bus_stats import BusSnapshot
 from opcua_server import (
@@ -208,21 +206,13 @@ def alarm_json(alarms: FakeAlarms) -> str:
 
 
 async def publish_alarm_list(srv: OpcUaServer, alarms: FakeAlarms) -> asyncio.Task[None]:
-    """Add ``@alarms/Active`` (JSON) to the running server and keep it current."""
-    assert srv.server is not None
-    ns = srv.namespace_index
-    parent = srv.server.get_node(ua.NodeId("@alarms", ns))
-    var = await parent.add_variable(
-        ua.NodeId("@alarms/Active", ns),
-        ua.QualifiedName("Active", ns),
-        ua.Variant(alarm_json(alarms), ua.VariantType.String),
-    )
+    """The server publishes ``@alarms/Active`` from the alarm source; nudge it on change."""
 
     async def keep() -> None:
         while True:
             await alarms.changed.wait()
             alarms.changed.clear()
-            await var.write_value(ua.Variant(alarm_json(alarms), ua.VariantType.String))
+            srv.alarms_changed()
 
     return asyncio.create_task(keep())
 
