@@ -22,6 +22,7 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 
+from controller.verification.config import LineConfig
 from drivers.config import FieldConfig
 from opcua_server.config import OpcUaConfig
 
@@ -125,6 +126,8 @@ class GridConfig(FieldConfig):
     journal: JournalConfig = JournalConfig()
     metrics: MetricsConfig = MetricsConfig()
     opcua: OpcUaConfig = OpcUaConfig()
+    # ``[line]``: the verification line; absent = no line at this site.
+    line: LineConfig | None = None
 
 
 # -- loading ----------------------------------------------------------------------------------

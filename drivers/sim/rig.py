@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Literal
 
-from controller.verification.clock import Clock
+from controller.verification.clock import Clock, loop_seconds
 from controller.verification.config import LineConfig
 from controller.verification.errors import PowerFactor
 from controller.verification.ports import PulseWindow
@@ -345,7 +345,11 @@ class SimLineIO:
                 self._waiters.setdefault(point, []).append((want, fut))
 
     def _later(self, delay: float, fn: object, *args: object) -> None:
-        asyncio.get_running_loop().call_later(delay, fn, *args)  # type: ignore[arg-type]
+        asyncio.get_running_loop().call_later(
+            loop_seconds(self.rig.clock, delay),
+            fn,  # type: ignore[arg-type]
+            *args,
+        )
 
     def write(self, point: str, value: bool) -> None:
         self.points[point] = value
@@ -399,7 +403,7 @@ class SimLineIO:
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(point, []).append((value, fut))
         try:
-            return await asyncio.wait_for(fut, timeout_s)
+            return await asyncio.wait_for(fut, loop_seconds(self.rig.clock, timeout_s))
         except TimeoutError:
             return False
 
