@@ -40,6 +40,7 @@ from controller.cycle import CycleTask
 from controller.journal import Journal
 from controller.metrics import MetricsServer, Sources, make_registry
 from controller.process_image import ProcessImage
+from controller.verification.subsystem import VerificationLineSubsystem
 from drivers.plant import FieldPlant
 from drivers.sim.launch import start_simulator
 from opcua_server import OpcUaServer
@@ -85,6 +86,8 @@ class Service:
         self._started = False
         self.control.attach("alarms", self._control_alarms)
         self.control.attach("command-expiry", self._control_expiry)
+        if config.line is not None and config.line.enabled:
+            self.add_subsystem(VerificationLineSubsystem(self, config.line))
 
     # -- hooks for the parts that come later ------------------------------------------------
     def add_subsystem(self, subsystem: Any) -> None:

@@ -57,10 +57,13 @@ class ScaledClock:
     were really written, never with a scaled time that would look real.
     """
 
-    def __init__(self, scale: float) -> None:
+    def __init__(self, scale: float, timeout_slack_s: float = 0.5) -> None:
         if not scale >= 1.0:
             raise ValueError(f"scale: must be >= 1 (got {scale})")
         self.scale = scale
+        # A timeout of rig time shrinks by ``scale`` on the loop; a long loop step
+        # (an OPC UA publish, a scrape) must not be mistaken for a dead meter.
+        self.timeout_slack_s = timeout_slack_s
 
     def now(self) -> float:
         return time.time()
@@ -76,8 +79,14 @@ class ScaledClock:
 
 
 def loop_seconds(clock: object, seconds: float) -> float:
-    """``seconds`` of the clock's time as seconds of the running loop (for timeouts, timers)."""
+    """``seconds`` of the clock's time as seconds of the running loop (for timers)."""
     return seconds / getattr(clock, "scale", 1.0)
+
+
+def loop_timeout(clock: object, seconds: float) -> float:
+    """A timeout of ``seconds`` of the clock's time, on the running loop, with the
+    clock's real-time slack (scaled clocks only)."""
+    return seconds / getattr(clock, "scale", 1.0) + getattr(clock, "timeout_slack_s", 0.0)
 
 
 class VirtualTimeDeadlock(RuntimeError):

@@ -24,7 +24,7 @@ from fractions import Fraction
 from typing import Any
 
 from controller.process_image import ProcessImage
-from controller.verification.clock import Clock, loop_seconds
+from controller.verification.clock import Clock, loop_timeout
 from controller.verification.config import LineConfig
 from controller.verification.errors import (
     CREEP_MAX_PULSES,
@@ -682,7 +682,7 @@ class Sequencer:
                         try:
                             counts.append(
                                 await asyncio.wait_for(
-                                    st.error_sample(p.pulses), loop_seconds(self.clock, timeout)
+                                    st.error_sample(p.pulses), loop_timeout(self.clock, timeout)
                                 )
                             )
                         except TimeoutError:
@@ -931,7 +931,7 @@ class Sequencer:
                 try:
                     value = await asyncio.wait_for(
                         st.clock_reading(item.gate_s),
-                        loop_seconds(self.clock, 2 * item.gate_s + 1),
+                        loop_timeout(self.clock, 2 * item.gate_s + 1),
                     )
                 except TimeoutError:
                     return self._row(

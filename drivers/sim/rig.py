@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Literal
 
-from controller.verification.clock import Clock, loop_seconds
+from controller.verification.clock import Clock, loop_seconds, loop_timeout
 from controller.verification.config import LineConfig
 from controller.verification.errors import PowerFactor
 from controller.verification.ports import PulseWindow
@@ -403,7 +403,7 @@ class SimLineIO:
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(point, []).append((value, fut))
         try:
-            return await asyncio.wait_for(fut, loop_seconds(self.rig.clock, timeout_s))
+            return await asyncio.wait_for(fut, loop_timeout(self.rig.clock, timeout_s))
         except TimeoutError:
             return False
 
