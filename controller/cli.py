@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "plan": "controller.plan",
     "results": "controller.verification.cli",
     "hmi": "controller.hmi_cli",
+    "inventory": "controller.warehouse.cli",
 }
 
 

@@ -22,6 +22,7 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 
+from controller.loads.config import LoadsConfig
 from controller.verification.config import LineConfig
 from drivers.config import FieldConfig
 from opcua_server.config import OpcUaConfig
@@ -126,6 +127,7 @@ class GridConfig(FieldConfig):
     journal: JournalConfig = JournalConfig()
     metrics: MetricsConfig = MetricsConfig()
     opcua: OpcUaConfig = OpcUaConfig()
+    loads: LoadsConfig = LoadsConfig()
     # ``[line]``: the verification line; absent = no line at this site.
     line: LineConfig | None = None
 

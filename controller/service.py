@@ -40,7 +40,6 @@ from controller.cycle import CycleTask
 from controller.journal import Journal
 from controller.metrics import MetricsServer, Sources, make_registry
 from controller.process_image import ProcessImage
-from controller.verification.subsystem import VerificationLineSubsystem
 from drivers.plant import FieldPlant
 from drivers.sim.launch import start_simulator
 from opcua_server import OpcUaServer
@@ -84,10 +83,16 @@ class Service:
         self._stop_event = asyncio.Event()
         self._fast_overruns_seen = 0
         self._started = False
+        if config.loads.enabled and config.loads.loads:
+            from controller.loads.runtime import LoadsSubsystem
+
+            self.add_subsystem(LoadsSubsystem(self, config.loads))
+        if config.line is not None and config.line.enabled:
+            from controller.verification.subsystem import VerificationLineSubsystem
+
+            self.add_subsystem(VerificationLineSubsystem(self, config.line))
         self.control.attach("alarms", self._control_alarms)
         self.control.attach("command-expiry", self._control_expiry)
-        if config.line is not None and config.line.enabled:
-            self.add_subsystem(VerificationLineSubsystem(self, config.line))
 
     # -- hooks for the parts that come later ------------------------------------------------
     def add_subsystem(self, subsystem: Any) -> None:

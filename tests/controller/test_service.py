@@ -159,6 +159,41 @@ def test_run_serves_polled_values_over_opcua(service):
     assert service.proc.wait(timeout=5) == 0
 
 
+async def _trip_and_close_over_opcua(endpoint: str) -> list[tuple[str, bool | None]]:
+    """As the demo operator: Arm+Execute trip, wait for the read-back, then direct close."""
+    client = Client(endpoint, timeout=10)
+    client.set_user("operator")
+    client.set_password("demo-operator")
+    seen: list[tuple[str, bool | None]] = []
+    async with client:
+        ns = await client.get_namespace_index("urn:gridctl")
+        load = client.get_node(f"ns={ns};s=loads/l1001")
+        relay = client.get_node(f"ns={ns};s=loads/l1001/relay_open")
+        for kind, want in (("trip", True), ("close_direct", False)):
+            token, _ = await load.call_method(f"{ns}:Arm", kind, "demo check")
+            command_id = await load.call_method(f"{ns}:Execute", token)
+            end = time.monotonic() + 20
+            value = None
+            while time.monotonic() < end:
+                dv = await relay.read_data_value(raise_on_bad_status=False)
+                value = dv.Value.Value if dv.StatusCode.is_good() else None
+                if value is want:
+                    break
+                await asyncio.sleep(0.2)
+            seen.append((command_id, value))
+    return seen
+
+
+def test_operator_trips_and_closes_a_demo_load_over_opcua(service):
+    endpoint = service.wait_for_line(r"opcua ready: (opc\.tcp://\S+)").group(1)
+    service.wait_for_line(r"service ready")
+    seen = asyncio.run(_trip_and_close_over_opcua(endpoint))
+    assert [v for _, v in seen] == [True, False], seen
+    assert all(cid for cid, _ in seen)
+    service.proc.send_signal(signal.SIGTERM)
+    assert service.proc.wait(timeout=5) == 0
+
+
 def test_run_polls_the_demo_plant(service):
     port = int(service.wait_for_line(r"metrics ready: http://127\.0\.0\.1:(\d+)/metrics").group(1))
     end = time.monotonic() + 15

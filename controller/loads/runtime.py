@@ -1,0 +1,464 @@
+"""Load switching in the service: the control-cycle program, persistence, the seams.
+
+``LoadsRuntime`` owns the executor, one :class:`DemandGroup` per group and one
+:class:`PrepaidAccount` per account. Every ``control`` cycle it
+
+1. mirrors device state into ``loads/<name>/…`` tags;
+2. steps each demand group with the group's total active power from the image;
+3. bills new energy readings and steps each prepaid account;
+4. hands the intents to the executor (interlocks → journal → control lane →
+   read-back), or journals them as "would switch" in dry-run;
+5. reports alarms and journals notes (deferrals, skipped trips).
+
+Durable state lives in the journal's SQLite file, in tables of its own
+(``LOADS_SCHEMA``, applied idempotently at start): account balances and
+baselines, the money ledger, maintenance lock-outs. Money is stored as
+decimal text, never as a float.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from controller.alarms import AlarmEngine, Severity
+from controller.commands import CommandError, CommandLog, CommandState
+from controller.journal import Journal, Statement
+from controller.loads.config import LoadsConfig
+from controller.loads.demand import DemandGroup, LoadView
+from controller.loads.intents import Intent, StepResult
+from controller.loads.interlocks import Lockout
+from controller.loads.prepaid import FLAGGED, LedgerEntry, PrepaidAccount, PrepaidError
+from controller.loads.switching import (
+    KINDS as KIND_NAMES,
+)
+from controller.loads.switching import (
+    ControlPayloadCipher,
+    LoadsError,
+    SwitchingExecutor,
+    actuators_for,
+)
+from controller.process_image import ProcessImage
+
+log = logging.getLogger("gridctl.loads")
+
+# Alarm conditions this part reports (added to the engine's vocabulary).
+CONDITIONS: dict[str, Severity] = {
+    "demand_over_limit": Severity.HIGH,
+    "prepaid_low_balance": Severity.LOW,
+    "prepaid_pre_trip": Severity.MEDIUM,
+    FLAGGED: Severity.MEDIUM,
+}
+
+LOADS_SCHEMA: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS ld_accounts (
+        id           TEXT PRIMARY KEY,
+        balance      TEXT NOT NULL,      -- decimal text
+        last_reading TEXT,               -- kWh, decimal text
+        last_at      REAL,
+        tripped      INTEGER NOT NULL DEFAULT 0,
+        alarm_sent   INTEGER NOT NULL DEFAULT 0,
+        updated      REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS ld_ledger (
+        seq           INTEGER PRIMARY KEY,
+        account       TEXT NOT NULL,
+        at            REAL NOT NULL,
+        kind          TEXT NOT NULL,     -- recharge, usage, flag
+        amount        TEXT NOT NULL,
+        balance_after TEXT NOT NULL,
+        energy_kwh    TEXT,
+        reading_kwh   TEXT,
+        price         TEXT,
+        ref           TEXT UNIQUE,       -- recharge reference: a second use is the same recharge
+        who           TEXT NOT NULL,
+        why           TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS ld_ledger_by_account ON ld_ledger(account, seq);
+    CREATE TABLE IF NOT EXISTS ld_lockouts (
+        load  TEXT PRIMARY KEY,
+        who   TEXT NOT NULL,
+        why   TEXT NOT NULL,
+        since REAL NOT NULL
+    )
+    """,
+]
+
+
+async def install_schema(journal: Journal) -> int:
+    """Apply the ``LOADS_SCHEMA`` steps not applied yet; returns the version."""
+    await journal.commit(
+        [("CREATE TABLE IF NOT EXISTS ld_meta (schema_version INTEGER NOT NULL)", ())]
+    )
+    rows = journal.query("SELECT schema_version FROM ld_meta")
+    done = rows[0][0] if rows else 0
+    stmts: list[Statement] = []
+    if not rows:
+        stmts.append(("INSERT INTO ld_meta VALUES (0)", ()))
+    for n, step in enumerate(LOADS_SCHEMA[done:], start=done + 1):
+        stmts += [(s, ()) for s in step.split(";") if s.strip()]
+        stmts.append(("UPDATE ld_meta SET schema_version = ?", (n,)))
+    if stmts:
+        await journal.commit(stmts)
+    return len(LOADS_SCHEMA)
+
+
+def _account_row(acc: PrepaidAccount, now: float) -> Statement:
+    return (
+        "INSERT OR REPLACE INTO ld_accounts(id, balance, last_reading, last_at, tripped, "
+        "alarm_sent, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            acc.cfg.id,
+            str(acc.balance),
+            None if acc.last_reading is None else str(acc.last_reading),
+            acc.last_at,
+            int(acc.tripped),
+            int(acc.alarm_sent),
+            now,
+        ),
+    )
+
+
+def _ledger_row(e: LedgerEntry) -> Statement:
+    def s(x: Decimal | None) -> str | None:
+        return None if x is None else str(x)
+
+    return (
+        "INSERT INTO ld_ledger(account, at, kind, amount, balance_after, energy_kwh, reading_kwh, "
+        "price, ref, who, why) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            e.account,
+            e.at,
+            e.kind,
+            str(e.amount),
+            str(e.balance_after),
+            s(e.energy_kwh),
+            s(e.reading_kwh),
+            s(e.price),
+            e.ref,
+            e.who,
+            e.why,
+        ),
+    )
+
+
+class LoadsRuntime:
+    def __init__(
+        self,
+        config: LoadsConfig,
+        commands: CommandLog,
+        image: ProcessImage,
+        *,
+        alarms: AlarmEngine | None = None,
+        plant: Any = None,
+        actuators: dict[str, Any] | None = None,
+        cipher: ControlPayloadCipher | None = None,
+        clock: Callable[[], float] = time.time,
+        local: Callable[[float], dt.datetime] = dt.datetime.fromtimestamp,
+        executor: SwitchingExecutor | None = None,
+    ) -> None:
+        self.config = config
+        self.commands = commands
+        self.journal: Journal = commands.journal
+        self.image = image
+        self.alarms = alarms
+        self._clock = clock
+        self._local = local
+        if alarms is not None:
+            for cond, sev in CONDITIONS.items():
+                alarms.conditions.setdefault(cond, sev)
+        if executor is None:
+            if actuators is None:
+                actuators = actuators_for(config, plant, image, cipher)
+            executor = SwitchingExecutor(
+                config, commands, actuators, alarms=alarms, image=image, clock=clock
+            )
+        self.executor = executor
+        self.groups = {g.name: DemandGroup(g) for g in config.groups}
+        self.accounts: dict[str, PrepaidAccount] = {}
+        for a in config.accounts:
+            self.accounts[a.id] = PrepaidAccount(
+                a, config.tariff(a.tariff), config.no_trip, balance=a.opening_balance
+            )
+        self._dispatches: set[asyncio.Task[Any]] = set()
+        self._recharge_lock = asyncio.Lock()
+        self.dry_runs = 0
+        self.flags = 0
+        self._define_tags()
+
+    # -- tags -------------------------------------------------------------------------------
+    def _define_tags(self) -> None:
+        img = self.image
+        for g in self.groups:
+            p = f"demand/groups/{g}/"
+            img.define(p + "average_kw", "kW", "sliding-window average of the group's power")
+            img.define(p + "limit_kw", "kW", "limit in force (schedule or default)")
+            img.define(p + "state", "", "normal, over_limit, shed, restoring")
+            img.define(p + "rounds_shed", "", "rounds tripped and not yet restored")
+        for a in self.accounts:
+            p = f"prepaid/accounts/{a}/"
+            img.define(p + "balance", "yuan", "balance (recharges − energy × price)")
+            img.define(p + "level", "", "normal, alarm1, alarm2, trip")
+            img.define(p + "deferred", "", "why a due trip is deferred ('' when not)")
+
+    def _publish(self) -> None:
+        img = self.image
+        for name, g in self.groups.items():
+            p = f"demand/groups/{name}/"
+            if g.average_kw is not None:
+                img.write(p + "average_kw", round(g.average_kw, 3))
+            img.write(p + "limit_kw", float(g.limit_kw))
+            img.write(p + "state", g.status())
+            img.write(p + "rounds_shed", len(g.shed))
+        for aid, acc in self.accounts.items():
+            p = f"prepaid/accounts/{aid}/"
+            img.write(p + "balance", float(acc.balance))
+            img.write(p + "level", acc.level)
+            img.write(p + "deferred", acc.deferred)
+
+    # -- start-up ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Tables, then the persisted balances and lock-outs."""
+        await install_schema(self.journal)
+        for row in self.journal.query("SELECT * FROM ld_accounts"):
+            acc = self.accounts.get(row["id"])
+            if acc is None:
+                continue  # an account removed from the config keeps its rows
+            acc.balance = Decimal(row["balance"])
+            acc.last_reading = None if row["last_reading"] is None else Decimal(row["last_reading"])
+            acc.last_at = row["last_at"]
+            acc.tripped = bool(row["tripped"])
+            acc.alarm_sent = bool(row["alarm_sent"])
+        now = self._clock()
+        new = [
+            _account_row(a, now)
+            for a in self.accounts.values()
+            if not self.journal.query("SELECT 1 FROM ld_accounts WHERE id = ?", (a.cfg.id,))
+        ]
+        if new:
+            await self.journal.commit(new)
+        for row in self.journal.query("SELECT * FROM ld_lockouts"):
+            if row["load"] in self.executor.loads:
+                lo = Lockout(row["load"], row["who"], row["why"], row["since"])
+                self.executor.lockouts[lo.load] = lo
+                self.image.write(f"loads/{lo.load}/locked_out", True)
+        self._publish()
+
+    async def stop(self) -> None:
+        for t in list(self._dispatches):
+            t.cancel()
+        await self.executor.stop()
+
+    async def safe_state(self) -> None:
+        """Drive outputs to their configured safe state at stop.
+
+        Meter relays latch: their safe state is "hold" (nothing is sent).
+        Terminal coils with ``safe_state = "open"``/``"closed"`` are written
+        directly (the command log is already closed to new commands).
+        """
+        for x in self.config.loads:
+            if x.type != "coil" or x.safe_state == "hold":
+                continue
+            act = self.executor.actuators.get(x.name)
+            if act is None:
+                continue
+            try:
+                await act.send("trip" if x.safe_state == "open" else "direct_close", 0.0)
+                self.journal.event("loads", f"loads/{x.name}", f"safe state {x.safe_state}")
+            except Exception as exc:
+                log.error("loads: safe state of %s not reached: %s", x.name, exc)
+
+    # -- operator actions -------------------------------------------------------------------
+    async def recharge(
+        self, account: str, amount: Decimal | str | int, *, ref: str, who: str, why: str
+    ) -> Decimal:
+        """Add money, durably (fsynced); the same ``ref`` again is the same recharge."""
+        acc = self.accounts.get(account)
+        if acc is None:
+            raise PrepaidError(
+                f"account: no account {account!r} (accounts: {', '.join(self.accounts) or 'none'})"
+            )
+        async with self._recharge_lock:
+            seen = self.journal.query(
+                "SELECT account, amount, balance_after FROM ld_ledger WHERE ref = ?", (ref,)
+            )
+            if seen:
+                row = seen[0]
+                if row["account"] != account or Decimal(row["amount"]) != Decimal(str(amount)):
+                    raise PrepaidError(f"ref: {ref!r} already used for a different recharge")
+                return acc.balance
+            before = acc.balance
+            entry = acc.recharge(amount, ref=ref, who=who, why=why, at=self._clock())
+            try:
+                await self.journal.commit(
+                    [_ledger_row(entry), _account_row(acc, entry.at)], durable=True
+                )
+            except BaseException:
+                acc.balance = before  # not on disk: not applied
+                raise
+        self.journal.event("loads", acc.source, f"recharge {entry.amount} by {who} ({why})")
+        return acc.balance
+
+    async def lock_out(self, load: str, *, who: str, why: str) -> None:
+        lo = self.executor.lock_out(load, who=who, why=why)
+        await self.journal.commit(
+            [
+                (
+                    "INSERT OR REPLACE INTO ld_lockouts(load, who, why, since) VALUES (?, ?, ?, ?)",
+                    (lo.load, lo.who, lo.why, lo.since),
+                )
+            ]
+        )
+
+    async def release_lock_out(self, load: str, *, who: str, why: str) -> None:
+        self.executor.release_lock_out(load, who=who, why=why)
+        await self.journal.commit([("DELETE FROM ld_lockouts WHERE load = ?", (load,))])
+
+    # -- the control cycle ------------------------------------------------------------------
+    def _power(self, load: str) -> float | None:
+        x = self.executor.loads[load]
+        if x.type == "meter":
+            tag = f"buses/{x.bus}/meters/{x.address}/power_active_total"
+            if tag in self.image:
+                v = self.image.value(tag)
+                return None if v is None else float(v)
+        return None
+
+    def _views(self) -> dict[str, LoadView]:
+        out = {}
+        for name, act in self.executor.actuators.items():
+            s = act.known()
+            out[name] = LoadView(None if s.relay_open is None else not s.relay_open, s.keep_power)
+        return out
+
+    async def control(self, _deadline: float = 0.0) -> None:
+        """The ``control`` cycle program."""
+        now = self._clock()
+        local = self._local(now)
+        self.executor.mirror()
+        views = self._views() if self.groups else {}
+        for g in self.groups.values():
+            powers = [self._power(m) for m in g.cfg.members]
+            # a member without a trustworthy reading: hold (no sample) rather than under-read
+            total = None if any(p is None for p in powers) else sum(powers)  # type: ignore[arg-type]
+            self._apply(g, g.step(now, local, total, views))
+        rows: list[Statement] = []
+        for acc in self.accounts.values():
+            x = self.executor.loads[acc.cfg.load]
+            tag = f"buses/{x.bus}/meters/{x.address}/energy_fwd_active_total"
+            value = self.image.value(tag) if tag in self.image else None
+            if value is not None:
+                src = self.image.get(tag).source_time
+                if acc.last_at is None or src > acc.last_at:
+                    entry = acc.reading(value, src, self._local(src))
+                    if entry is not None:
+                        rows.append(_ledger_row(entry))
+                        if entry.kind == "flag":
+                            self.flags += 1
+                            self._alarm(FLAGGED, acc.source, True, entry.why)
+                    rows.append(_account_row(acc, now))
+            relay_open = self.executor.actuators[acc.cfg.load].known().relay_open
+            self._apply(acc, acc.step(now, local, relay_open))
+        if rows:
+            # balance and baseline in one unit: after any crash they agree
+            self.journal.post(rows)
+        self._publish()
+
+    def _alarm(self, condition: str, source: str, active: bool, message: str) -> None:
+        if self.alarms is not None:
+            self.alarms.set(condition, source, active, message)
+
+    def _apply(self, machine: Any, res: StepResult) -> None:
+        for a in res.alarms:
+            self._alarm(a.condition, a.source, a.active, a.message)
+        for note in res.notes:
+            self.journal.event("loads", getattr(machine, "source", "loads"), note)
+            log.info("%s", note)
+        for intent in res.intents:
+            self._dispatch(machine, intent)
+
+    def _dispatch(self, machine: Any, intent: Intent) -> None:
+        if intent.dry_run:
+            self.dry_runs += 1
+            self.journal.event(
+                "loads",
+                intent.source,
+                f"dry run: would {intent.kind} {intent.load}: {intent.why}",
+            )
+            self._feedback(machine, intent, True)
+            return
+        task = asyncio.get_running_loop().create_task(self._execute(machine, intent))
+        self._dispatches.add(task)
+        task.add_done_callback(self._dispatches.discard)
+
+    async def _execute(self, machine: Any, intent: Intent) -> None:
+        ok = False
+        try:
+            cmd = await self.executor.submit(
+                intent.kind,
+                intent.load,
+                who=intent.source,
+                why=intent.why,
+                source=intent.source,
+                automation=True,
+            )
+            cmd = await self.executor.wait(cmd.id)
+            ok = cmd.state is CommandState.CONFIRMED
+        except (LoadsError, CommandError) as exc:
+            self.journal.event("loads", intent.source, f"{intent.kind} {intent.load}: {exc}")
+        finally:
+            self._feedback(machine, intent, ok)
+
+    def _feedback(self, machine: Any, intent: Intent, ok: bool) -> None:
+        if isinstance(machine, PrepaidAccount):
+            machine.result(intent, ok, self._clock())
+            self.journal.post([_account_row(machine, self._clock())])
+        else:
+            machine.result(intent, ok, self._clock())
+
+
+class LoadsSubsystem:
+    """Load switching as a service subsystem (``Service.add_subsystem``).
+
+    Built at ``start()`` (after the field plant): the runtime, its control-cycle
+    program, the reconcile read-back hook, the ``loads/`` command sink and the
+    safe-state action for terminal coils.
+    """
+
+    name = "loads"
+
+    def __init__(self, service: Any, config: LoadsConfig) -> None:
+        self.service = service
+        self.config = config
+        self.runtime: LoadsRuntime | None = None
+
+    async def start(self) -> None:
+        from controller.loads.sink import LoadsCommandSink
+
+        svc = self.service
+        if svc.plant is None:
+            raise LoadsError("loads: no field plant running; loads need their buses")
+        rt = LoadsRuntime(self.config, svc.commands, svc.image, alarms=svc.alarms, plant=svc.plant)
+        await rt.start()
+        self.runtime = rt
+        svc.commands.kinds = svc.commands.kinds | set(KIND_NAMES)
+        svc.reread = rt.executor.reread
+        svc.control.attach("loads", rt.control)
+        svc.router.register("loads/", LoadsCommandSink(rt.executor))
+        svc.add_safe_state("loads", rt.safe_state)
+        log.info(
+            "loads: %d loads, %d demand groups, %d prepaid accounts",
+            len(self.config.loads),
+            len(self.config.groups),
+            len(self.config.accounts),
+        )
+
+    async def stop(self) -> None:
+        if self.runtime is not None:
+            await self.runtime.stop()

@@ -1,0 +1,695 @@
+"""The confirmed command executor: interlocks → journal → control lane → read-back.
+
+Every switching action — an operator's Arm/Execute, a demand-limit round, a
+prepaid trip — goes through :class:`SwitchingExecutor`:
+
+1. ``submit`` journals the command (``queued``, or ``armed`` → ``queued`` for
+   select-before-operate) with who and why, *before* anything else. A command
+   id seen before is the same command: it is never run twice.
+2. The interlocks are checked (keep-power, lock-out, one command per load);
+   a refusal is a terminal ``refused`` state with the reason.
+3. The feeder's rate limiter books a slot (mass switching is spread out).
+4. ``sent`` is journaled (fsynced) before the frame goes out on the bus's
+   control lane, ahead of every cyclic poll.
+5. Confirmation is by read-back only: status word 3 (DL/T 645) or the coil
+   (Modbus) must show the commanded state within ``confirm.timeout_s`` and
+   ``confirm.max_rereads`` re-reads. A 9C acknowledgement is *not* a
+   confirmation, and a missing 9C does not prove failure (the reply may have
+   been lost): the read-back decides. Not confirmed → ``failed`` and a
+   ``relay_mismatch`` alarm (commanded ≠ observed).
+
+After a restart, commands left ``sent`` are reconciled with :meth:`reread`
+(read the relay, never re-send).
+
+The 1C payload can be protected by an ESAM adapter (:class:`ControlPayloadCipher`);
+:class:`PlaintextCipher` is the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from controller.alarms import AlarmEngine
+from controller.commands import Command, CommandLog, CommandState, Resolution
+from controller.cycle import Series
+from controller.loads.config import LoadConfig, LoadsConfig
+from controller.loads.interlocks import LoadFacts, Lockout, RateLimiter, check
+from controller.process_image import ProcessImage, Quality
+
+log = logging.getLogger("gridctl.loads")
+
+# command kinds (the CommandLog vocabulary) and what confirms each
+KINDS = (
+    "trip",
+    "close_allowed",
+    "direct_close",
+    "alarm_on",
+    "alarm_off",
+    "keep_power_on",
+    "keep_power_off",
+)
+COIL_KINDS = ("trip", "close_allowed", "direct_close")
+# DL/T 645-2007 1C N1 codes
+N1 = {
+    "trip": 0x1A,
+    "close_allowed": 0x1B,
+    "direct_close": 0x1C,
+    "alarm_on": 0x2A,
+    "alarm_off": 0x2B,
+    "keep_power_on": 0x3A,
+    "keep_power_off": 0x3B,
+}
+OUTCOMES = ("confirmed", "failed", "expired", "refused")
+
+
+class LoadsError(ValueError):
+    """A bad argument (unknown load, unsupported kind); the message names it."""
+
+
+@dataclass(slots=True, frozen=True)
+class RelayState:
+    """A read-back; None where the device does not say."""
+
+    relay_open: bool | None
+    commanded_open: bool | None = None
+    alarm: bool | None = None
+    keep_power: bool | None = None
+
+
+def satisfied(kind: str, s: RelayState | None) -> bool:
+    """Does the read-back show ``kind`` applied?
+
+    trip / direct close: the relay's *actual* state (status word 3 bit 4).
+    close-allowed: the *commanded* state (bit 6) is closed — the customer
+    closes the relay by hand, so bit 4 follows later (coils: closed at once).
+    """
+    if s is None:
+        return False
+    if kind == "trip":
+        return s.relay_open is True
+    if kind == "direct_close":
+        return s.relay_open is False
+    if kind == "close_allowed":
+        if s.commanded_open is None:
+            return s.relay_open is False
+        return s.commanded_open is False
+    if kind in ("alarm_on", "alarm_off"):
+        return s.alarm is (kind == "alarm_on")
+    if kind in ("keep_power_on", "keep_power_off"):
+        return s.keep_power is (kind == "keep_power_on")
+    return False
+
+
+def describe(s: RelayState | None) -> str:
+    if s is None:
+        return "no read-back"
+    parts = []
+    if s.relay_open is not None:
+        parts.append(f"relay {'open' if s.relay_open else 'closed'}")
+    if s.commanded_open is not None:
+        parts.append(f"commanded {'open' if s.commanded_open else 'closed'}")
+    if s.alarm is not None:
+        parts.append(f"alarm {'on' if s.alarm else 'off'}")
+    if s.keep_power is not None:
+        parts.append(f"keep-power {'on' if s.keep_power else 'off'}")
+    return ", ".join(parts) or "nothing readable"
+
+
+# -- ESAM adapter ---------------------------------------------------------------------------
+
+
+@runtime_checkable
+class ControlPayloadCipher(Protocol):
+    """Protects the 1C payload (``PA P0..P2 C0..C3 N1 N2 ss mm hh DD MM YY``).
+
+    Meters with an ESAM accept the payload only encrypted after 03 security
+    authentication; an adapter implements both. ``plaintext`` says whether the
+    driver's own 1C encoding may be used unchanged.
+    """
+
+    name: str
+    plaintext: bool
+
+    async def authenticate(self, address: str) -> None: ...
+
+    def seal(self, address: str, payload: bytes) -> bytes: ...
+
+
+class PlaintextCipher:
+    name = "plaintext"
+    plaintext = True
+
+    async def authenticate(self, address: str) -> None:
+        return None
+
+    def seal(self, address: str, payload: bytes) -> bytes:
+        return payload
+
+
+# -- actuators ------------------------------------------------------------------------------
+
+
+class Actuator(Protocol):
+    """One switchable output, as the executor sees it."""
+
+    kinds: tuple[str, ...]
+
+    async def send(self, kind: str, valid_until: float) -> RelayState | None:
+        """Put the command on the control lane; return on the device's acknowledgement,
+        with the state read back straight after it when the device allows."""
+        ...
+
+    async def read(self) -> RelayState:
+        """Read the state now (control lane, ahead of polls); raise when it cannot."""
+        ...
+
+    def known(self) -> RelayState:
+        """The last state in the process image (no wire); None fields where not Good."""
+        ...
+
+
+def _good(image: ProcessImage, name: str) -> Any:
+    if name not in image:
+        return None
+    return image.value(name)
+
+
+class MeterRelay:
+    """A DL/T 645 meter relay behind a ``Dlt645Bus``."""
+
+    kinds = KINDS
+    STATUS3 = "04000503"
+
+    def __init__(
+        self, bus: Any, address: str, image: ProcessImage, cipher: ControlPayloadCipher
+    ) -> None:
+        from drivers.config import PollItem
+        from drivers.dlt645_bus import plan_item
+        from drivers.quantities import STATUS3_FLAGS
+
+        self.bus = bus
+        self.address = address
+        self.image = image
+        self.cipher = cipher
+        self.prefix = f"buses/{bus.name}/meters/{address}/"
+        self._plan = plan_item(PollItem(di=self.STATUS3))
+        for n in self._plan.names:
+            image.define(self.prefix + n, self._plan.unit)
+        for flag in STATUS3_FLAGS:
+            image.define(self.prefix + flag, "")
+
+    async def send(self, kind: str, valid_until: float) -> RelayState | None:
+        """1C on the control lane and, in the same control slot, the status read-back.
+
+        Both frames go out back to back: no poll can slip in between the 9C
+        and the read-back (which a second control item would allow). Returns
+        the state read, or None when only the read-back failed.
+        """
+        if not self.cipher.plaintext:
+            raise LoadsError(
+                f"cipher {self.cipher.name!r}: this bus driver sends plaintext 1C only"
+            )
+        bus = self.bus
+        meter = bus.meters[self.address]
+        until = dt.datetime.fromtimestamp(valid_until)
+        read_ok = False
+
+        async def action() -> None:
+            nonlocal read_ok
+            await bus.client.control(
+                self.address,
+                N1[kind],
+                until,
+                password_level=meter.password_level,
+                password=meter.password,
+                operator=meter.operator,
+            )
+            try:
+                raw = await bus.client.read(self.address, self.STATUS3, retries=0)
+            except Exception:
+                return  # the confirmation loop reads again
+            bus._store(self.address, self._plan, raw, bus.wall())
+            read_ok = True
+
+        await bus._submit_control(action)
+        return self.known() if read_ok else None
+
+    async def read(self) -> RelayState:
+        bus = self.bus
+
+        async def action() -> None:
+            raw = await bus.client.read(self.address, self.STATUS3)
+            bus._store(self.address, self._plan, raw, bus.wall())
+
+        # on the control lane: the read-back is the next frame after the 1C,
+        # not queued behind the cyclic polls
+        await bus._submit_control(action)
+        return self.known()
+
+    def known(self) -> RelayState:
+        p = self.prefix
+        return RelayState(
+            _good(self.image, p + "relay_open"),
+            _good(self.image, p + "relay_commanded_open"),
+            _good(self.image, p + "pre_trip_alarm"),
+            _good(self.image, p + "keep_power"),
+        )
+
+
+class TerminalCoil:
+    """A coil on a Modbus load-control terminal (True = load supplied)."""
+
+    kinds = COIL_KINDS
+
+    def __init__(self, bus: Any, device: str, coil: str, image: ProcessImage) -> None:
+        self.bus = bus
+        self.device = device
+        self.coil = coil
+        self.image = image
+        self.tag = f"buses/{bus.name}/devices/{device}/{coil}"
+
+    async def send(self, kind: str, valid_until: float) -> RelayState | None:
+        # write_coil writes and reads the coil back into the image (control lane)
+        await self.bus.write_coil(self.device, self.coil, kind != "trip")
+        return self.known()
+
+    async def read(self) -> RelayState:
+        return self.known()
+
+    def known(self) -> RelayState:
+        closed = _good(self.image, self.tag)
+        if closed is None:
+            return RelayState(None, keep_power=False)
+        return RelayState(not closed, not closed, keep_power=False)
+
+
+def actuators_for(
+    config: LoadsConfig,
+    plant: Any,
+    image: ProcessImage,
+    cipher: ControlPayloadCipher | None = None,
+) -> dict[str, Actuator]:
+    """Actuators for every configured load on a ``FieldPlant``; errors name the load."""
+    cipher = cipher or PlaintextCipher()
+    out: dict[str, Actuator] = {}
+    for i, load in enumerate(config.loads):
+        try:
+            bus = plant.bus(load.bus)
+        except KeyError as exc:
+            raise LoadsError(f"loads[{i}].bus: {exc.args[0]}") from None
+        if load.type == "meter":
+            assert load.address is not None
+            if load.address not in getattr(bus, "meters", {}):
+                raise LoadsError(f"loads[{i}].address: no meter {load.address} on bus {load.bus}")
+            out[load.name] = MeterRelay(bus, load.address, image, cipher)
+        else:
+            assert load.device is not None and load.coil is not None
+            out[load.name] = TerminalCoil(bus, load.device, load.coil, image)
+    return out
+
+
+# -- the executor ---------------------------------------------------------------------------
+
+
+Sleep = Callable[[float], Awaitable[object]]
+
+
+class SwitchingExecutor:
+    def __init__(
+        self,
+        config: LoadsConfig,
+        commands: CommandLog,
+        actuators: dict[str, Actuator],
+        *,
+        alarms: AlarmEngine | None = None,
+        image: ProcessImage | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        self.commands = commands
+        self.actuators = actuators
+        self.alarms = alarms
+        self.image = image
+        self._clock = clock
+        self._mono = monotonic
+        self._sleep = sleep
+        self.loads: dict[str, LoadConfig] = {x.name: x for x in config.loads}
+        self.limiter = RateLimiter(config.rate_limit.per_feeder_per_s, config.rate_limit.burst)
+        self.lockouts: dict[str, Lockout] = {}
+        self._busy: dict[str, str] = {}  # load -> command id in progress
+        self._claims: dict[str, asyncio.Future[Command]] = {}  # command id -> its run
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+        self.latency: dict[str, Series] = {}  # kind -> request→terminal of confirmed commands
+        self.sent_frames = 0
+        for load in config.loads:
+            self._define_tags(load.name)
+
+    # -- image ------------------------------------------------------------------------------
+    def _define_tags(self, load: str) -> None:
+        if self.image is None:
+            return
+        p = f"loads/{load}/"
+        for name, desc in (
+            ("relay_open", "relay actual state read back: true = open"),
+            ("relay_commanded_open", "relay commanded state"),
+            ("keep_power", "keep-power (保电) active: trips blocked"),
+            ("pre_trip_alarm", "pre-trip alarm on the meter"),
+            ("locked_out", "maintenance lock-out: cannot close"),
+            ("last_command", "id of the last command"),
+            ("last_outcome", "state and reason of the last command"),
+        ):
+            self.image.define(p + name, "", desc)
+        self.image.write(p + "locked_out", False)
+
+    def mirror(self) -> None:
+        """Copy each load's device state into ``loads/<name>/…`` (control cycle)."""
+        if self.image is None:
+            return
+        for name, act in self.actuators.items():
+            s = act.known()
+            p = f"loads/{name}/"
+            for tag, value in (
+                ("relay_open", s.relay_open),
+                ("relay_commanded_open", s.commanded_open),
+                ("keep_power", s.keep_power),
+                ("pre_trip_alarm", s.alarm),
+            ):
+                if value is None:
+                    cur = self.image.get(p + tag)
+                    if cur.quality is Quality.GOOD:
+                        self.image.write(p + tag, cur.value, Quality.BAD, "not read")
+                else:
+                    self.image.write(p + tag, value)
+
+    def _note(self, cmd: Command) -> None:
+        if self.image is None:
+            return
+        load = cmd.args.get("load", "")
+        if f"loads/{load}/last_command" in self.image:
+            self.image.write(f"loads/{load}/last_command", cmd.id)
+            text = cmd.state.value + (f": {cmd.reason}" if cmd.reason else "")
+            self.image.write(f"loads/{load}/last_outcome", text)
+
+    # -- queries ----------------------------------------------------------------------------
+    def facts(self, load: str) -> LoadFacts:
+        act = self.actuators[load]
+        return LoadFacts(act.known().keep_power, self.lockouts.get(load), self._busy.get(load))
+
+    def busy(self, load: str) -> str | None:
+        return self._busy.get(load)
+
+    def _check_args(self, kind: str, load: str) -> None:
+        if load not in self.loads:
+            known = ", ".join(sorted(self.loads)) or "none configured"
+            raise LoadsError(f"load: no load named {load!r} (loads: {known})")
+        if load not in self.actuators:
+            raise LoadsError(f"load: {load!r} has no actuator (its bus is not running)")
+        kinds = self.actuators[load].kinds
+        if kind not in kinds:
+            raise LoadsError(
+                f"kind: {kind!r} is not possible on load {load!r} (allowed: {', '.join(kinds)})"
+            )
+
+    # -- intake -----------------------------------------------------------------------------
+    async def submit(
+        self,
+        kind: str,
+        load: str,
+        *,
+        who: str,
+        why: str,
+        command_id: str | None = None,
+        source: str = "operator",
+        automation: bool = False,
+        armed_at: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Command:
+        """Journal a command and start it; returns the record (not waiting for confirmation).
+
+        The same ``command_id`` again returns the same record and does nothing
+        more. ``armed_at`` records a select-before-operate path (armed →
+        executed) from an operator interface.
+        """
+        self._check_args(kind, load)
+        if command_id is not None:
+            claim = self._claims.get(command_id)
+            if claim is not None:
+                return await asyncio.shield(claim)
+        args: dict[str, Any] = {
+            "load": load,
+            "feeder": self.loads[load].feeder,
+            "source": source,
+            "automation": automation,
+            **(extra or {}),
+        }
+        # a claim covers the journal write, so a concurrent retry with the same
+        # id waits for this one instead of racing it into the journal
+        fut: asyncio.Future[Command] = asyncio.get_running_loop().create_future()
+        if command_id is not None:
+            self._claims[command_id] = fut
+        try:
+            cmd = await self.commands.submit(
+                kind,
+                f"loads/{load}",
+                args,
+                who=who,
+                why=why,
+                command_id=command_id,
+                expires_in_s=self.config.confirm.valid_for_s,
+                arm=armed_at is not None,
+            )
+            if cmd.state is CommandState.ARMED:
+                await self.commands.transition(
+                    cmd.id, CommandState.QUEUED, reason="executed", who=who
+                )
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: a retry that never came must not warn
+            raise
+        else:
+            fut.set_result(cmd)
+        finally:
+            if command_id is not None:
+                self._claims.pop(command_id, None)
+        if cmd.state is not CommandState.QUEUED or cmd.id in self._running_ids():
+            return cmd  # a retry of a known command: it is not run again
+        # interlocks at once, so the caller learns of a refusal synchronously
+        refusal = check(cmd.kind, self.facts(load), automation=automation)
+        if refusal:
+            log.info("command %s %s on %s refused: %s", cmd.id, cmd.kind, load, refusal)
+            return await self._end(cmd, CommandState.REFUSED, refusal)
+        self._busy[load] = cmd.id
+        task = asyncio.get_running_loop().create_task(self._run(cmd), name=f"cmd-{cmd.id}")
+        task.cmd_id = cmd.id  # type: ignore[attr-defined]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return cmd
+
+    def _running_ids(self) -> set[str]:
+        return {getattr(t, "cmd_id", "") for t in self._tasks}
+
+    async def wait(self, command_id: str, timeout: float | None = None) -> Command:
+        """Wait until the command's run has ended; returns the record."""
+        for t in list(self._tasks):
+            if getattr(t, "cmd_id", None) == command_id:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(t)
+        return self.commands.get(command_id)
+
+    async def run(self, kind: str, load: str, **kw: Any) -> Command:
+        """Submit and wait for the terminal state."""
+        cmd = await self.submit(kind, load, **kw)
+        return await self.wait(cmd.id)
+
+    # -- lock-out ---------------------------------------------------------------------------
+    def lock_out(self, load: str, *, who: str, why: str) -> Lockout:
+        if load not in self.loads:
+            raise LoadsError(f"load: no load named {load!r}")
+        if not who or not why:
+            raise LoadsError("who and why: required (lock-outs are audited)")
+        lo = Lockout(load, who, why, self._clock())
+        self.lockouts[load] = lo
+        if self.image is not None:
+            self.image.write(f"loads/{load}/locked_out", True)
+        self._event(f"loads/{load}", f"maintenance lock-out by {who}: {why}")
+        return lo
+
+    def release_lock_out(self, load: str, *, who: str, why: str) -> None:
+        if self.lockouts.pop(load, None) is None:
+            raise LoadsError(f"load: {load!r} is not locked out")
+        if self.image is not None:
+            self.image.write(f"loads/{load}/locked_out", False)
+        self._event(f"loads/{load}", f"lock-out released by {who}: {why}")
+
+    def _event(self, source: str, message: str, severity: int = 0) -> None:
+        j = self.commands.journal
+        if j.is_open:
+            j.event("loads", source, message, severity=severity)
+
+    # -- the run ----------------------------------------------------------------------------
+    async def _end(
+        self, cmd: Command, state: CommandState, reason: str, who: str = "system"
+    ) -> Command:
+        cmd = await self.commands.transition(cmd.id, state, reason=reason, who=who)
+        self.outcomes[(cmd.kind, state.value)] += 1
+        if state is CommandState.CONFIRMED:
+            series = self.latency.setdefault(cmd.kind, Series(1024))
+            series.add(cmd.updated - cmd.created)
+        self._note(cmd)
+        return cmd
+
+    async def _run(self, cmd: Command) -> Command:
+        load = cmd.args["load"]
+        automation = bool(cmd.args.get("automation"))
+        try:
+            return await self._operate(cmd, load, automation)
+        except asyncio.CancelledError:
+            raise  # service stopping: the command stays pending and is reconciled at restart
+        except Exception as exc:
+            log.exception("command %s: unexpected error", cmd.id)
+            cur = self.commands.get(cmd.id)
+            if not cur.terminal:
+                return await self._end(cur, CommandState.FAILED, f"internal error: {exc}")
+            return cur
+        finally:
+            if self._busy.get(load) == cmd.id:
+                del self._busy[load]
+
+    async def _operate(self, cmd: Command, load: str, automation: bool) -> Command:
+        cfg = self.config
+        act = self.actuators[load]
+        feeder = self.loads[load].feeder
+        wait = self.limiter.reserve(feeder, self._mono())
+        if wait > cfg.rate_limit.max_wait_s:
+            self.limiter.release(feeder, self._mono())
+            return await self._end(
+                cmd,
+                CommandState.FAILED,
+                f"rate limit: feeder {feeder} has no slot within {cfg.rate_limit.max_wait_s:g} s",
+            )
+        if wait > 0:
+            await self._sleep(wait)
+        # the state may have changed while waiting for the slot
+        facts = LoadFacts(act.known().keep_power, self.lockouts.get(load), None)
+        refusal = check(cmd.kind, facts, automation=automation)
+        if refusal:
+            self.limiter.release(feeder, self._mono())
+            return await self._end(cmd, CommandState.REFUSED, refusal)
+        now = self._clock()
+        if cmd.expires is not None and cmd.expires <= now:
+            return await self._end(cmd, CommandState.EXPIRED, "expiry time passed before sending")
+        valid_until = cmd.expires if cmd.expires is not None else now + cfg.confirm.valid_for_s
+        # write-ahead: "sent" is on disk before the frame is on the wire
+        await self.commands.transition(cmd.id, CommandState.SENT, reason=f"feeder {feeder}")
+        self.sent_frames += 1
+        send_error = ""
+        first: RelayState | None = None
+        try:
+            first = await act.send(cmd.kind, valid_until)
+        except Exception as exc:
+            from drivers.errors import CommandRejected, MeterException
+
+            if isinstance(exc, MeterException):
+                # the meter answered and refused: it did not act
+                return await self._end(cmd, CommandState.FAILED, f"meter refused: {exc}")
+            if isinstance(exc, CommandRejected | LoadsError):
+                return await self._end(cmd, CommandState.FAILED, f"not sent: {exc}")
+            # no (valid) acknowledgement: it may still have acted; the read-back decides
+            send_error = f"no acknowledgement ({exc})"
+        return await self._confirm(cmd, act, load, send_error, first)
+
+    async def _confirm(
+        self,
+        cmd: Command,
+        act: Actuator,
+        load: str,
+        send_error: str,
+        first: RelayState | None = None,
+    ) -> Command:
+        c = self.config.confirm
+        deadline = self._mono() + c.timeout_s
+        reads = 0
+        state: RelayState | None = None
+        read_error = ""
+        while True:
+            if first is not None:
+                state, first = first, None  # read in the same control slot as the command
+            else:
+                try:
+                    state = await act.read()
+                    read_error = ""
+                except Exception as exc:
+                    state, read_error = None, str(exc)
+            reads += 1
+            if satisfied(cmd.kind, state):
+                note = f"read back after {reads} read(s): {describe(state)}"
+                if send_error:
+                    note += f"; {send_error}"
+                self._mismatch(load, cmd, False, note)
+                return await self._end(cmd, CommandState.CONFIRMED, note)
+            left = deadline - self._mono()
+            if reads > c.max_rereads or left <= 0:
+                break
+            await self._sleep(min(c.reread_interval_s, left))
+        what = f"read-back failed: {read_error}" if read_error else describe(state)
+        reason = f"not confirmed after {reads} read-back(s): {what}"
+        if send_error:
+            reason += f"; {send_error}"
+        self._mismatch(load, cmd, True, reason)
+        return await self._end(cmd, CommandState.FAILED, reason)
+
+    def _mismatch(self, load: str, cmd: Command, active: bool, message: str) -> None:
+        if self.alarms is None:
+            return
+        if cmd.kind not in ("trip", "direct_close", "close_allowed") and not active:
+            return
+        self.alarms.set(
+            "relay_mismatch",
+            f"loads/{load}",
+            active,
+            f"{cmd.kind} {cmd.id}: commanded ≠ observed: {message}" if active else message,
+        )
+
+    # -- restart ----------------------------------------------------------------------------
+    async def reread(self, cmd: Command) -> Resolution | None:
+        """Reconcile a command left pending by a previous run: read back, never re-send."""
+        load = cmd.args.get("load")
+        act = self.actuators.get(load) if isinstance(load, str) else None
+        if act is None:
+            return None
+        last: Exception | None = None
+        for attempt in range(3):
+            try:
+                state = await act.read()
+            except Exception as exc:
+                last = exc
+                await self._sleep(0.5 * (attempt + 1))
+                continue
+            if satisfied(cmd.kind, state):
+                self.outcomes[(cmd.kind, "confirmed")] += 1
+                return Resolution(
+                    CommandState.CONFIRMED, f"reconcile: read back as commanded ({describe(state)})"
+                )
+            self.outcomes[(cmd.kind, "failed")] += 1
+            return None
+        assert last is not None
+        raise last
+
+    async def stop(self) -> None:
+        """Cancel runs in progress (they stay pending in the journal; reconciled at restart)."""
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t

@@ -1,0 +1,88 @@
+"""``gridctl inventory count``: compare the journal with a scan of the racks.
+
+    gridctl inventory count --db var/journal.db --plant 127.0.0.1:5020 \
+        [--config site.toml] [--slot R01-B001-L01 ...] [--json]
+
+Exit status 0 when journal and racks agree, 1 when they differ, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import sys
+import tomllib
+from typing import Any
+
+from controller.warehouse.config import ConfigError, WarehouseConfig, load_warehouse_config
+from controller.warehouse.rack import Location, Rack
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inventory", help="warehouse inventory tools")
+    p.set_defaults(func=lambda _a: p.print_help())
+    isub = p.add_subparsers(dest="inventory_command", metavar="ACTION")
+    c = isub.add_parser("count", help="compare the journal with a scan of the racks")
+    c.add_argument("--db", required=True, help="journal SQLite file")
+    c.add_argument("--plant", default="127.0.0.1:5020", help="warehouse PLC Modbus TCP HOST:PORT")
+    c.add_argument(
+        "--config", help="TOML file with a [warehouse] table (default: built-in defaults)"
+    )
+    c.add_argument("--slot", action="append", help="scan only these slots (repeatable)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=run_count)
+
+
+def _config(path: str | None) -> WarehouseConfig:
+    if not path:
+        return WarehouseConfig.model_validate({})
+    with open(path, "rb") as f:
+        data: dict[str, Any] = tomllib.load(f)
+    return load_warehouse_config(data.get("warehouse", {}))
+
+
+async def count(
+    cfg: WarehouseConfig, db: str, host: str, port: int, slots: list[str] | None
+) -> dict[str, Any]:
+    from controller.warehouse.plant_io import ModbusPlantIO
+    from controller.warehouse.service import Warehouse
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    io = ModbusPlantIO(host, port)
+    await io.connect()
+    try:
+        wh = Warehouse(cfg, conn, io)
+        wh.inv.load_rack(wh.rack)
+        return await wh.count(slots)
+    finally:
+        io.close()
+        conn.close()
+
+
+def run_count(args: argparse.Namespace) -> int:
+    try:
+        cfg = _config(args.config)
+        host, _, port_s = args.plant.rpartition(":")
+        if not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            raise ValueError(f"--plant: expected HOST:PORT with port 1..65535, got {args.plant!r}")
+        if args.slot:
+            rack = Rack(cfg)
+            for s in args.slot:
+                if Location.parse(s) not in rack.slots:
+                    raise ValueError(f"--slot: {s} is not a slot of this rack")
+        report = asyncio.run(count(cfg, args.db, host, int(port_s), args.slot))
+    except (ConfigError, ValueError, OSError, sqlite3.Error) as exc:
+        print(f"gridctl inventory count: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        diffs = report["differences"]
+        print(f"scanned {report['slots']} slots, {len(diffs)} differences")
+        for d in diffs:
+            print(
+                f"  {d['slot']}: journal {d['journal'] or '(empty)'}, rack {d['scan'] or '(empty)'}"
+            )
+    return 1 if report["differences"] else 0

@@ -1,0 +1,56 @@
+"""Load switching inside the Service: subsystem start, router → sink → meter, control cycle."""
+
+from __future__ import annotations
+
+import time
+import tomllib
+
+from controller.commands import CommandState
+from controller.config import validate_config
+from controller.service import Service
+from drivers.sim.plant import SimulatedPlant
+from opcua_server.methods import CommandRequest
+
+from .conftest import ADDR1, dlt645_config, wait_for
+
+
+async def test_service_runs_loads_and_routes_commands(tmp_path):
+    field = dlt645_config(tmp_path, meters=2)
+    data = tomllib.loads((tmp_path / "field.toml").read_text())
+    data.update(
+        {
+            "service": {"state_dir": str(tmp_path / "var"), "control_socket": ""},
+            "tasks": {"gc_freeze": False, "control_period_ms": 200},
+            "journal": {"path": str(tmp_path / "var" / "journal.sqlite")},
+            "metrics": {"port": 0},
+            "opcua": {"enabled": False},
+            "loads": {
+                "loads": [{"name": "l1", "bus": "bus1", "address": ADDR1}],
+                "tariffs": [{"name": "flat", "default_price": "0.6"}],
+                "accounts": [
+                    {"id": "acc1", "load": "l1", "tariff": "flat", "opening_balance": "100"}
+                ],
+                "confirm": {"reread_interval_s": 0.2},
+            },
+        }
+    )
+    cfg = validate_config(data)
+    sim = SimulatedPlant(field)
+    await sim.start()
+    svc = Service(cfg)
+    try:
+        await svc.start()
+        assert svc.router.prefixes == ("loads/",)
+        assert await wait_for(lambda: svc.image.value("loads/l1/keep_power") is False, 10)
+        cid = await svc.router.submit(
+            CommandRequest("loads/l1", "trip", "test", "otto", "operator", "tok-1", time.time())
+        )
+        rt = svc.subsystems[0].runtime
+        cmd = await rt.executor.wait(cid)
+        assert cmd.state is CommandState.CONFIRMED, cmd.reason
+        assert sim.farms["bus1"].meters[ADDR1].relay_open
+        assert await wait_for(lambda: svc.image.value("loads/l1/relay_open") is True, 5)
+        assert svc.image.value("prepaid/accounts/acc1/balance") is not None
+    finally:
+        assert await svc.stop()
+        await sim.stop()
