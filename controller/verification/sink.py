@@ -4,18 +4,19 @@ The command router sends every request whose target starts with ``line/`` to
 :class:`LineCommandSink`. Two kinds:
 
 ``start_batch``
-    ``args = {"scheme": NAME, "meters": M}``. ``NAME`` is a scheme's ``name``
-    (``class1-single-phase``) or its file stem under ``scheme_dir``
-    (``class1_single_phase``). ``M`` is either a count ``1..stations`` (an int,
-    or a string of digits: the simulated rig brings that many demo meters) or
-    the meters' barcodes: a list (or a JSON array, or a comma/space separated
-    string) of barcodes, or of ``{"barcode": ..., "address": ...}`` objects.
-    The id returned is the command id, which is also the batch id (for
-    ``gridctl results export BATCH``).
+    ``args = {"scheme": NAME, "meters": M}`` (OPC UA ``StartBatch(scheme,
+    meters, reason)``). ``NAME`` is a scheme's ``name`` (``class1-single-phase``)
+    or its file stem under ``scheme_dir`` (``class1_single_phase``). ``M`` is the
+    meters, as a list of strings (OPC UA String[]), a JSON array or a comma or
+    space separated string: each a barcode, or a 12-digit meter address (then
+    also its barcode), or ``{"barcode": ..., "address": ...}``. A count instead
+    (an int, or a single item of at most three digits, e.g. ``["12"]``) asks the
+    simulated rig for that many demo meters. The id returned is the command id,
+    which is also the batch id (``gridctl results export BATCH``).
 ``abort_batch``
-    ``args = {}`` or ``{"batch": ID}`` (must be the running batch). Sources
-    off, running items recorded as interrupted; the batch does not resume by
-    itself.
+    ``args = {"batch_id": ID}`` (OPC UA ``AbortBatch(batch_id, reason)``; may
+    be omitted: the running batch). Sources off, running items recorded as
+    interrupted; the batch does not resume by itself.
 
 ``args`` may also arrive as a JSON object in a string. Invalid arguments are
 refused with a message naming the argument and the allowed values, and change
@@ -45,7 +46,8 @@ START_BATCH = "start_batch"
 ABORT_BATCH = "abort_batch"
 KINDS = (START_BATCH, ABORT_BATCH)
 
-BARCODE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+BARCODE = re.compile(r"^[A-Za-z0-9_.:-]{1,32}$")
+COUNT = re.compile(r"^[0-9]{1,3}$")
 ADDRESS = re.compile(r"^[0-9]{12}$")
 
 
@@ -129,7 +131,7 @@ def parse_meters(value: Any, stations: int, batch_id: str) -> tuple[list[MeterTa
         text = value.strip()
         if not text:
             raise CommandRefused(f"meters: required, {allowed}")
-        if text.isdigit():
+        if COUNT.match(text):
             value = int(text)
         elif text.startswith("["):
             try:
@@ -138,6 +140,13 @@ def parse_meters(value: Any, stations: int, batch_id: str) -> tuple[list[MeterTa
                 raise CommandRefused(f"meters: not a JSON array ({exc}); {allowed}") from None
         else:
             value = [part for part in re.split(r"[\s,;]+", text) if part]
+    if (
+        isinstance(value, list)
+        and len(value) == 1
+        and isinstance(value[0], str)
+        and COUNT.match(value[0].strip())
+    ):
+        value = int(value[0])  # OPC UA String[] ["12"]: a count
     if isinstance(value, bool) or value is None:
         raise CommandRefused(f"meters: required, {allowed} (got {value!r})")
     if isinstance(value, int):
@@ -165,13 +174,14 @@ def parse_meters(value: Any, stations: int, batch_id: str) -> tuple[list[MeterTa
             barcode, address = item, None
         if not isinstance(barcode, str) or not BARCODE.match(barcode):
             raise CommandRefused(
-                f"meters[{n}]: barcode must be 1..32 characters of A-Z a-z 0-9 _ . - (got {barcode!r})"
+                f"meters[{n}]: barcode must be 1..32 characters of A-Z a-z 0-9 _ . : - "
+                f"(got {barcode!r})"
             )
         if barcode in seen:
             raise CommandRefused(f"meters[{n}]: barcode {barcode!r} appears twice")
         seen.add(barcode)
         if address is None:
-            address = address_for(barcode)
+            address = barcode if ADDRESS.match(barcode) else address_for(barcode)
         elif not isinstance(address, str) or not ADDRESS.match(address):
             raise CommandRefused(f"meters[{n}].address: must be 12 digits (got {address!r})")
         out.append(MeterTask(barcode, address))
@@ -200,12 +210,14 @@ class LineCommandSink:
             )
         if request.kind == ABORT_BATCH:
             args = request_args(request)
-            unknown = sorted(set(args) - {"batch"})
+            unknown = sorted(set(args) - {"batch_id"})
             if unknown:
-                raise CommandRefused(f"args: unknown {', '.join(unknown)}; AbortBatch takes batch")
-            batch = args.get("batch", "")
+                raise CommandRefused(
+                    f"args: unknown {', '.join(unknown)}; AbortBatch takes batch_id"
+                )
+            batch = args.get("batch_id", "")
             if not isinstance(batch, str):
-                raise CommandRefused(f"batch: must be a batch id string (got {batch!r})")
+                raise CommandRefused(f"batch_id: must be a batch id string (got {batch!r})")
             return await self.line.abort_batch(request, batch)
         raise CommandRefused(
             f"kind: the verification line takes {' or '.join(KINDS)} (got {request.kind!r})"

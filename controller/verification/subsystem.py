@@ -284,7 +284,7 @@ class VerificationLineSubsystem:
         if not running:
             await self._refuse(cmd, "no batch is running")
         if batch_id and batch_id != running:
-            await self._refuse(cmd, f"batch: {batch_id!r} is not running (running: {running})")
+            await self._refuse(cmd, f"batch_id: {batch_id!r} is not running (running: {running})")
         await self.service.commands.transition(cmd.id, CommandState.SENT, reason="abort requested")
         self._write("line/state", "aborting")
         self._abort(f"aborted by {cmd.who}: {cmd.why}")

@@ -136,8 +136,26 @@ async def test_barcodes_retry_and_busy_line(tmp_path):
             await svc.router.submit(
                 req("start_batch", {"scheme": "class1-single-phase", "meters": 1})
             )
+        line.seq.abort("test")  # (through the sequencer: the sink's path is tested below)
+        await until(lambda: not line.running)
+        # OPC UA String[]: one short number is a count, 12 digits are meter addresses
+        b2 = await svc.router.submit(
+            req("start_batch", {"scheme": "class1-single-phase", "meters": ["2"]})
+        )
+        assert len(line.repo.batch(b2).meters) == 2
+        line.seq.abort("test")
+        await until(lambda: not line.running)
+        b3 = await svc.router.submit(
+            req("start_batch", {"scheme": "class1-single-phase", "meters": ["000000009001", "X:7"]})
+        )
+        assert next((m.barcode, m.address) for m in line.repo.batch(b3).meters) == (
+            "000000009001",
+            "000000009001",
+        )
+        line.seq.abort("test")
+        await until(lambda: not line.running)
         refused = svc.commands.journal.query(
-            "SELECT state, reason FROM commands WHERE kind = 'start_batch' AND id != ?", (batch,)
+            "SELECT state, reason FROM commands WHERE kind = 'start_batch' AND state = 'refused'"
         )
         assert [tuple(x) for x in refused] == [("refused", f"line busy: batch {batch} is running")]
     finally:
@@ -218,8 +236,8 @@ async def test_abort_stops_the_batch_sources_off(tmp_path):
             req("start_batch", {"scheme": "class1-single-phase", "meters": 6})
         )
         await until(lambda: any(u.voltage_pct > 0 for u in line.rig.units.values()), what="tests")
-        with pytest.raises(CommandRefused, match=r"batch: 'other' is not running"):
-            await svc.router.submit(req("abort_batch", {"batch": "other"}))
+        with pytest.raises(CommandRefused, match=r"batch_id: 'other' is not running"):
+            await svc.router.submit(req("abort_batch", {"batch_id": "other"}))
         cid = await svc.router.submit(req("abort_batch", reason="wrong meters"))
         cmd = svc.commands.get(cid)
         assert cmd.state.value == "confirmed", cmd.reason
