@@ -176,11 +176,26 @@ class VerificationLineSubsystem:
         self.supervisor.scan()
 
     # -- schemes, tags -------------------------------------------------------------------------
+    def _scheme_dir(self) -> Path:
+        """``scheme_dir`` as given (absolute, or relative to the working directory like the
+        journal); a relative one not found there is looked up in the installed tree, where
+        the demo's ``config/schemes`` ships."""
+        given = Path(self.config.scheme_dir)
+        tried = [given]
+        if not given.is_absolute():
+            tried.append(Path(__file__).resolve().parents[2] / given)
+        for folder in tried:
+            if folder.is_dir() and any(folder.glob("*.toml")):
+                return folder
+        raise SchemeError(
+            "line.scheme_dir",
+            [f"no *.toml schemes in {' or '.join(str(p) for p in tried)}"],
+        )
+
     def _load_schemes(self) -> None:
-        folder = Path(self.config.scheme_dir)
+        folder = self._scheme_dir()
         files = sorted(folder.glob("*.toml"))
-        if not files:
-            raise SchemeError(str(folder), ["line.scheme_dir: no *.toml schemes here"])
+        log.info("line: schemes from %s", folder.resolve())
         for path in files:
             scheme = load_scheme(path)  # a broken scheme stops the start, naming file and field
             for key in (scheme.name, path.stem):

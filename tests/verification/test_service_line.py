@@ -55,7 +55,7 @@ _tokens = iter(range(1_000_000))
 
 def req(kind, args=None, user="operator", reason="test batch"):
     return SimpleNamespace(
-        target="line/verification",
+        target="line",  # the VerificationLine object (OPC UA path "line")
         kind=kind,
         reason=reason,
         user=user,
