@@ -13,7 +13,7 @@ import pytest
 
 from controller.config import validate_config
 from controller.service import Service
-from controller.verification.subsystem import SERVICE_STOP
+from controller.verification.subsystem import SERVICE_STOP, sim_spec
 from opcua_server.methods import CommandRefused
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,6 +110,10 @@ async def test_batch_runs_to_completion_and_exports_from_the_running_service(tmp
         assert svc.image.value("line/batch/meters") == 3
         passed = svc.image.value("line/batch/passed")
         assert passed + svc.image.value("line/batch/failed") == 3
+        # verdicts as the simulated meters deserve (scaled real time must not distort them)
+        for m in line.repo.batch(batch).meters:
+            good = abs(sim_spec(m.barcode, m.address).error_pct) < 1.0
+            assert m.verdict == ("pass" if good else "fail"), m
         rows = line.repo.results(batch)
         assert len(rows) == 3 * ROWS_PER_METER
         assert {r.barcode for r in rows} == {f"{batch}-0{n}" for n in (1, 2, 3)}
