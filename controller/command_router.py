@@ -29,9 +29,9 @@ class CommandRouter:
         return tuple(self._sinks)
 
     async def submit(self, request: CommandRequest) -> str:
-        # longest prefix wins, so "loads/groups/" can be served apart from "loads/"
+        # longest prefix wins, so "loads/groups/" can be served apart from "loads/";
+        # the branch's own root object ("line" for "line/") belongs to the branch
         for prefix in sorted(self._sinks, key=len, reverse=True):
-            # the branch's root object itself ("warehouse") belongs to "warehouse/" too
             if request.target.startswith(prefix) or request.target == prefix[:-1]:
                 return await self._sinks[prefix].submit(request)
         known = ", ".join(sorted(self._sinks)) or "none in this build"

@@ -85,6 +85,7 @@ DEFAULT_KINDS: frozenset[str] = frozenset(
         "keep_power_off",
         "set_limit",
         "start_batch",
+        "abort_batch",
         "outbound_order",
         "inbound_order",
         "test",

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.fields import FieldInfo
 
 from controller.loads.config import LoadsConfig
+from controller.verification.config import LineConfig
 from controller.warehouse.config import WarehouseConfig
 from drivers.config import FieldConfig
 from opcua_server.config import OpcUaConfig
@@ -129,6 +130,8 @@ class GridConfig(FieldConfig):
     opcua: OpcUaConfig = OpcUaConfig()
     loads: LoadsConfig = LoadsConfig()
     warehouse: WarehouseConfig | None = None
+    # ``[line]``: the verification line; absent = no line at this site.
+    line: LineConfig | None = None
 
 
 # -- loading ----------------------------------------------------------------------------------

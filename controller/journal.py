@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.cycle import Series
+from controller.verification.results import RESULTS_SCHEMA
 
 log = logging.getLogger("gridctl.journal")
 
@@ -108,6 +109,8 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX events_by_time ON events(at);
         """,
     ),
+    # verification results (controller.verification.results owns the tables)
+    *((f"verification results {n}", step) for n, step in enumerate(RESULTS_SCHEMA, start=1)),
 ]
 
 

@@ -89,6 +89,10 @@ class Service:
             from controller.loads.runtime import LoadsSubsystem
 
             self.add_subsystem(LoadsSubsystem(self, config.loads))
+        if config.line is not None and config.line.enabled:
+            from controller.verification.subsystem import VerificationLineSubsystem
+
+            self.add_subsystem(VerificationLineSubsystem(self, config.line))
         self.control.attach("alarms", self._control_alarms)
         self.control.attach("command-expiry", self._control_expiry)
         if config.warehouse is not None:

@@ -16,7 +16,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     export = sub.add_parser("export", help="export one batch's results")
     export.add_argument("batch", metavar="BATCH", help="batch id")
     export.add_argument(
-        "--db", default="var/gridctl.db", help="journal file (default: %(default)s)"
+        "--db",
+        default="var/journal.sqlite",
+        help="journal file of the service (default: %(default)s, the demo journal)",
     )
     export.add_argument("--format", choices=("csv", "json"), default="csv")
     export.add_argument("-o", "--output", help="file to write (default: stdout)")

@@ -48,6 +48,47 @@ class RealClock:
         await asyncio.sleep(max(0.0, deadline - self.monotonic()))
 
 
+class ScaledClock:
+    """Real time sped up ``scale`` times, for a *simulated* rig on the service's loop.
+
+    ``monotonic()`` and the sleeps run ``scale`` times faster than the loop's
+    clock, so the rig's physics and the sequencer's timing see rig time.
+    ``now()`` stays the real wall clock: records are stamped with the time they
+    were really written, never with a scaled time that would look real.
+    """
+
+    def __init__(self, scale: float, timeout_slack_s: float = 0.5) -> None:
+        if not scale >= 1.0:
+            raise ValueError(f"scale: must be >= 1 (got {scale})")
+        self.scale = scale
+        # A timeout of rig time shrinks by ``scale`` on the loop; a long loop step
+        # (an OPC UA publish, a scrape) must not be mistaken for a dead meter.
+        self.timeout_slack_s = timeout_slack_s
+
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time() * self.scale
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self.scale)
+
+    async def sleep_until(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - self.monotonic()) / self.scale)
+
+
+def loop_seconds(clock: object, seconds: float) -> float:
+    """``seconds`` of the clock's time as seconds of the running loop (for timers)."""
+    return seconds / getattr(clock, "scale", 1.0)
+
+
+def loop_timeout(clock: object, seconds: float) -> float:
+    """A timeout of ``seconds`` of the clock's time, on the running loop, with the
+    clock's real-time slack (scaled clocks only)."""
+    return seconds / getattr(clock, "scale", 1.0) + getattr(clock, "timeout_slack_s", 0.0)
+
+
 class VirtualTimeDeadlock(RuntimeError):
     """Every task waits, no timer is set and nothing external can wake the loop."""
 

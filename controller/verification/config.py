@@ -9,7 +9,7 @@ points on the line PLC over Modbus.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -84,6 +84,15 @@ class LineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
+    # The rig the service drives. Only the simulated rig (drivers.sim.rig, in the
+    # service's process) exists in this build.
+    rig: Literal["sim"] = "sim"
+    # Simulated rig only: rig and sequencer run this many times faster than real
+    # time (1 = real time). Result records keep real wall-clock times.
+    time_scale: float = Field(default=1.0, ge=1.0, le=100_000.0)
+    # Meter type of batches started by command (StartBatch names no type); may be
+    # left empty when exactly one type is configured.
+    batch_meter_type: str = Field(default="", max_length=64)
     units: list[UnitConfig] = Field(min_length=1, max_length=32)
     meter_types: dict[str, MeterType] = Field(default_factory=dict)
     scheme_dir: str = Field(default="config/schemes", max_length=512)
@@ -96,6 +105,63 @@ class LineConfig(BaseModel):
     # A sample may take this many times its nominal duration before the
     # station is declared "no pulses" (a dead or very slow meter).
     sample_timeout_factor: float = Field(default=3.0, ge=1.5, le=20)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _station_counts(cls, data: Any) -> Any:
+        """``stations = N`` in a unit is shorthand for positions 1..N, numbered on line-wide."""
+        if not isinstance(data, dict) or not isinstance(data.get("units"), list):
+            return data
+        units = []
+        next_id = 1
+        for n, unit in enumerate(data["units"]):
+            stations = unit.get("stations") if isinstance(unit, dict) else None
+            if isinstance(stations, int) and not isinstance(stations, bool):
+                if not 1 <= stations <= 99:
+                    raise ValueError(
+                        f"units[{n}].stations: a count must be between 1 and 99 (got {stations})"
+                    )
+                uid = unit.get("id", n + 1)
+                unit = {
+                    **unit,
+                    "stations": [
+                        {
+                            "id": next_id + p - 1,
+                            "position": p,
+                            "rs485": f"sim:u{uid}p{p}",
+                            "pulse_channel": p,
+                            "temperature_sensor": f"u{uid}/t{p}",
+                        }
+                        for p in range(1, stations + 1)
+                    ],
+                }
+            if isinstance(unit, dict) and isinstance(unit.get("stations"), list):
+                ids = [s.get("id") for s in unit["stations"] if isinstance(s, dict)]
+                next_id = max([next_id - 1, *(i for i in ids if isinstance(i, int))]) + 1
+            units.append(unit)
+        return {**data, "units": units}
+
+    @model_validator(mode="after")
+    def _batch_meter_type(self) -> Self:
+        if not self.meter_types:
+            raise ValueError("meter_types: at least one meter type is needed to run batches")
+        if self.batch_meter_type:
+            if self.batch_meter_type not in self.meter_types:
+                raise ValueError(
+                    f"batch_meter_type: unknown {self.batch_meter_type!r}; "
+                    f"configured meter_types: {sorted(self.meter_types)}"
+                )
+        elif len(self.meter_types) > 1:
+            raise ValueError(
+                "batch_meter_type: required when several meter_types are configured "
+                f"(one of {sorted(self.meter_types)})"
+            )
+        return self
+
+    @property
+    def default_meter_type(self) -> str:
+        """The meter type of batches started by command."""
+        return self.batch_meter_type or next(iter(self.meter_types))
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Self:

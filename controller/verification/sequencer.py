@@ -24,7 +24,7 @@ from fractions import Fraction
 from typing import Any
 
 from controller.process_image import ProcessImage
-from controller.verification.clock import Clock
+from controller.verification.clock import Clock, loop_timeout
 from controller.verification.config import LineConfig
 from controller.verification.errors import (
     CREEP_MAX_PULSES,
@@ -681,7 +681,9 @@ class Sequencer:
                     for _ in range(p.samples):
                         try:
                             counts.append(
-                                await asyncio.wait_for(st.error_sample(p.pulses), timeout)
+                                await asyncio.wait_for(
+                                    st.error_sample(p.pulses), loop_timeout(self.clock, timeout)
+                                )
                             )
                         except TimeoutError:
                             return None
@@ -928,7 +930,8 @@ class Sequencer:
             for _ in range(item.readings):
                 try:
                     value = await asyncio.wait_for(
-                        st.clock_reading(item.gate_s), 2 * item.gate_s + 1
+                        st.clock_reading(item.gate_s),
+                        loop_timeout(self.clock, 2 * item.gate_s + 1),
                     )
                 except TimeoutError:
                     return self._row(

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Literal
 
-from controller.verification.clock import Clock
+from controller.verification.clock import Clock, loop_seconds, loop_timeout
 from controller.verification.config import LineConfig
 from controller.verification.errors import PowerFactor
 from controller.verification.ports import PulseWindow
@@ -172,6 +172,7 @@ class SimStation:
         self._temp_inf = self.AMBIENT_C
         self._last_integrated = 0.0
         self._next_edge: float | None = None
+        self.energy_hold = False  # energy preset reached (constant test): nothing registers
 
     # -- physics ----------------------------------------------------------------
     @property
@@ -194,6 +195,8 @@ class SimStation:
         """Power the meter registers (its error applied; creep when no current flows)."""
         meter = self.meter
         if meter is None or self.unit.voltage_pct <= 0 or not meter.spec.powers_on:
+            return 0.0
+        if self.energy_hold:
             return 0.0
         mt = self.rig.meter_type
         i = self.current_a
@@ -225,6 +228,7 @@ class SimStation:
         self._t0 = now
         self._temp_inf = self.AMBIENT_C + self.HEAT_K_PER_A2 * self.heating * self.current_a**2
         self._next_edge = None  # new load point: the error calculator waits for a fresh edge
+        self.energy_hold = False
         self._last_integrated = now
 
     @property
@@ -302,9 +306,17 @@ class SimStation:
             await self._never()
         assert meter is not None
         seconds = energy_kwh * 3.6e6 / power
-        count = math.floor(meter.rng.random() + self.pulse_rate() * seconds)
+        phase = meter.rng.random()
+        start = self.rig.clock.monotonic()
         await self.rig.clock.sleep(seconds)
-        self._integrate(self.rig.clock.monotonic())
+        now = self.rig.clock.monotonic()
+        # Pulses are counted while the source is on: on a scaled real-time clock a late
+        # wake-up lengthens the gate, and the register sees that energy too. Then the
+        # source's energy preset holds the station until the next load point (in virtual
+        # time the sequencer switches at the same instant, so the hold never shows).
+        count = math.floor(phase + self.pulse_rate() * max(seconds, now - start))
+        self._integrate(now)
+        self.energy_hold = True
         self.rig.log(self.id, "constant_pulses", count)
         return count
 
@@ -345,7 +357,11 @@ class SimLineIO:
                 self._waiters.setdefault(point, []).append((want, fut))
 
     def _later(self, delay: float, fn: object, *args: object) -> None:
-        asyncio.get_running_loop().call_later(delay, fn, *args)  # type: ignore[arg-type]
+        asyncio.get_running_loop().call_later(
+            loop_seconds(self.rig.clock, delay),
+            fn,  # type: ignore[arg-type]
+            *args,
+        )
 
     def write(self, point: str, value: bool) -> None:
         self.points[point] = value
@@ -399,7 +415,7 @@ class SimLineIO:
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(point, []).append((value, fut))
         try:
-            return await asyncio.wait_for(fut, timeout_s)
+            return await asyncio.wait_for(fut, loop_timeout(self.rig.clock, timeout_s))
         except TimeoutError:
             return False
 

@@ -50,3 +50,12 @@ def test_bad_or_duplicate_prefix_is_an_error():
     router.register("loads/", RecordingSink("x"))
     with pytest.raises(ValueError, match="already registered"):
         router.register("loads/", RecordingSink("y"))
+
+
+async def test_the_root_object_of_a_branch_belongs_to_it():
+    router = CommandRouter()
+    line = RecordingSink("line")
+    router.register("line/", line)
+    assert await router.submit(_req("line")) == "line-1"
+    with pytest.raises(CommandRefused):
+        await router.submit(_req("lines"))

@@ -34,7 +34,7 @@ BAD_CONFIGS = [
     (
         "[bogus]\nx = 1\n",
         [
-            "bogus: unknown key (allowed: buses, journal, loads, metrics, opcua, poll_groups, "
+            "bogus: unknown key (allowed: buses, journal, line, loads, metrics, opcua, poll_groups, "
             "service, sim, tasks, warehouse)"
         ],
     ),
