@@ -450,7 +450,7 @@ class LoadsSubsystem:
         svc.commands.kinds = svc.commands.kinds | set(KIND_NAMES)
         svc.reread = rt.executor.reread
         svc.control.attach("loads", rt.control)
-        svc.router.register("loads/", LoadsCommandSink(rt.executor))
+        svc.router.register("loads/", LoadsCommandSink(rt.executor, rt))
         svc.add_safe_state("loads", rt.safe_state)
         log.info(
             "loads: %d loads, %d demand groups, %d prepaid accounts",

@@ -11,10 +11,16 @@ method call fails with the reason.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from controller.commands import CommandError, CommandState
 from controller.commands import CommandRefused as LogRefused
+from controller.loads.prepaid import PrepaidError
 from controller.loads.switching import LoadsError, SwitchingExecutor
 from opcua_server.methods import CommandRefused, CommandRequest
+
+if TYPE_CHECKING:
+    from controller.loads.runtime import LoadsRuntime
 
 # OPC UA kind names → command kinds
 KIND_MAP = {
@@ -30,10 +36,38 @@ KIND_MAP = {
 
 
 class LoadsCommandSink:
-    def __init__(self, executor: SwitchingExecutor) -> None:
+    def __init__(self, executor: SwitchingExecutor, runtime: LoadsRuntime | None = None) -> None:
         self.executor = executor
+        self.runtime = runtime
+
+    async def _recharge(self, request: CommandRequest) -> str:
+        """Recharge(amount) on a load: a durable ledger entry on the load's prepaid account.
+
+        The arm-free method's request token is the ledger reference, so a
+        repeated call records one purchase, not two."""
+        if self.runtime is None:
+            raise CommandRefused("recharge: prepaid control is not running")
+        load = request.target.removeprefix("loads/")
+        accounts = [a for a in self.runtime.accounts.values() if a.cfg.load == load]
+        if not accounts:
+            raise CommandRefused(f"target: load {load!r} has no prepaid account")
+        amount = (request.args or {}).get("amount")
+        ref = f"opcua-{request.token[:48]}"
+        try:
+            await self.runtime.recharge(
+                accounts[0].cfg.id,
+                str(amount),
+                ref=ref,
+                who=request.user or "anonymous",
+                why=request.reason,
+            )
+        except PrepaidError as exc:
+            raise CommandRefused(str(exc)) from None
+        return ref
 
     async def submit(self, request: CommandRequest) -> str:
+        if request.kind == "recharge":
+            return await self._recharge(request)
         kind = KIND_MAP.get(request.kind)
         if kind is None:
             raise CommandRefused(

@@ -185,6 +185,45 @@ async def _trip_and_close_over_opcua(endpoint: str) -> list[tuple[str, bool | No
     return seen
 
 
+async def _recharge_over_opcua(endpoint: str) -> tuple[float, float, str]:
+    client = Client(endpoint, timeout=10)
+    client.set_user("operator")
+    client.set_password("demo-operator")
+    async with client:
+        ns = await client.get_namespace_index("urn:gridctl")
+        balance = client.get_node(f"ns={ns};s=prepaid/accounts/acc2005/balance")
+
+        async def read() -> float:
+            end = time.monotonic() + 20
+            while time.monotonic() < end:
+                dv = await balance.read_data_value(raise_on_bad_status=False)
+                if dv.StatusCode.is_good():
+                    return float(dv.Value.Value)
+                await asyncio.sleep(0.2)
+            raise AssertionError("prepaid balance never turned Good")
+
+        before = await read()
+        load = client.get_node(f"ns={ns};s=loads/l2005")
+        ref = await load.call_method(f"{ns}:Recharge", 10.0, "counter purchase")
+        end = time.monotonic() + 10
+        after = before
+        while time.monotonic() < end and after < before + 9:
+            after = await read()
+            await asyncio.sleep(0.2)
+        return before, after, ref
+
+
+def test_operator_recharges_a_prepaid_account_over_opcua(service):
+    endpoint = service.wait_for_line(r"opcua ready: (opc\.tcp://\S+)").group(1)
+    service.wait_for_line(r"service ready")
+    before, after, ref = asyncio.run(_recharge_over_opcua(endpoint))
+    # energy is billed meanwhile, so the balance rises by the purchase less a little usage
+    assert before + 9.0 < after <= before + 10.0, (before, after)
+    assert ref.startswith("opcua-")
+    service.proc.send_signal(signal.SIGTERM)
+    assert service.proc.wait(timeout=5) == 0
+
+
 def test_operator_trips_and_closes_a_demo_load_over_opcua(service):
     endpoint = service.wait_for_line(r"opcua ready: (opc\.tcp://\S+)").group(1)
     service.wait_for_line(r"service ready")
