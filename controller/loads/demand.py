@@ -44,6 +44,9 @@ class DemandGroup:
         self.window: deque[tuple[float, float]] = deque()
         self.average_kw: float | None = None
         self.limit_kw = cfg.limit_kw
+        # an engineer's SetDemandLimit; replaces the configured limit and schedule
+        # until the next start (the config stays the durable source of truth)
+        self.override_kw: float | None = None
         self.alarm_since: float | None = None
         self.below_since: float | None = None
         self.next_restore_at = 0.0
@@ -56,6 +59,8 @@ class DemandGroup:
 
     # -- inputs ---------------------------------------------------------------------------
     def limit_at(self, local: dt.datetime) -> float:
+        if self.override_kw is not None:
+            return self.override_kw
         for p in self.cfg.schedule:
             if p.contains(local):
                 return p.limit_kw

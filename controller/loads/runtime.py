@@ -439,7 +439,7 @@ class LoadsSubsystem:
         self.runtime: LoadsRuntime | None = None
 
     async def start(self) -> None:
-        from controller.loads.sink import LoadsCommandSink
+        from controller.loads.sink import DemandLimitSink, LoadsCommandSink
 
         svc = self.service
         if svc.plant is None:
@@ -451,6 +451,7 @@ class LoadsSubsystem:
         svc.reread = rt.executor.reread
         svc.control.attach("loads", rt.control)
         svc.router.register("loads/", LoadsCommandSink(rt.executor, rt))
+        svc.router.register("demand/groups/", DemandLimitSink(rt))
         svc.add_safe_state("loads", rt.safe_state)
         log.info(
             "loads: %d loads, %d demand groups, %d prepaid accounts",

@@ -92,3 +92,31 @@ class LoadsCommandSink:
         if cmd.state is CommandState.REFUSED:
             raise CommandRefused(f"command {cmd.id}: {cmd.reason}")
         return cmd.id
+
+
+class DemandLimitSink:
+    """SetDemandLimit on a demand group (``demand/groups/<name>``), engineer role."""
+
+    def __init__(self, runtime: LoadsRuntime) -> None:
+        self.runtime = runtime
+
+    async def submit(self, request: CommandRequest) -> str:
+        if request.kind != "set_demand_limit":
+            raise CommandRefused(f"kind: {request.kind!r} is not a demand-group command")
+        name = request.target.removeprefix("demand/groups/")
+        group = self.runtime.groups.get(name)
+        if group is None:
+            known = ", ".join(self.runtime.groups) or "none"
+            raise CommandRefused(f"target: no demand group {name!r} (groups: {known})")
+        limit = float((request.args or {}).get("limit_kw", 0.0))
+        if not 0.0 < limit <= 1e7:
+            raise CommandRefused(f"limit_kw: must be > 0 and <= 1e7 kW (got {limit})")
+        group.override_kw = limit
+        ref = f"opcua-{request.token[:48]}"
+        self.runtime.journal.event(
+            "loads",
+            group.source,
+            f"demand limit set to {limit:g} kW by {request.user or 'anonymous'} "
+            f"({request.reason}) [{ref}]",
+        )
+        return ref

@@ -213,6 +213,38 @@ async def _recharge_over_opcua(endpoint: str) -> tuple[float, float, str]:
         return before, after, ref
 
 
+async def _set_demand_limit(endpoint: str, user: str, password: str) -> float:
+    client = Client(endpoint, timeout=10)
+    client.set_user(user)
+    client.set_password(password)
+    async with client:
+        ns = await client.get_namespace_index("urn:gridctl")
+        group = client.get_node(f"ns={ns};s=demand/groups/feeder1")
+        await group.call_method(f"{ns}:SetDemandLimit", 20.0, "evening peak plan")
+        limit = client.get_node(f"ns={ns};s=demand/groups/feeder1/limit_kw")
+        end = time.monotonic() + 10
+        value = 0.0
+        while time.monotonic() < end:
+            dv = await limit.read_data_value(raise_on_bad_status=False)
+            value = dv.Value.Value if dv.StatusCode.is_good() else 0.0
+            if value == 20.0:
+                break
+            await asyncio.sleep(0.2)
+        return value
+
+
+def test_engineer_sets_a_demand_limit_and_operator_may_not(service):
+    from asyncua.ua.uaerrors import BadUserAccessDenied
+
+    endpoint = service.wait_for_line(r"opcua ready: (opc\.tcp://\S+)").group(1)
+    service.wait_for_line(r"service ready")
+    with pytest.raises(BadUserAccessDenied):
+        asyncio.run(_set_demand_limit(endpoint, "operator", "demo-operator"))
+    assert asyncio.run(_set_demand_limit(endpoint, "engineer", "demo-engineer")) == 20.0
+    service.proc.send_signal(signal.SIGTERM)
+    assert service.proc.wait(timeout=5) == 0
+
+
 def test_operator_recharges_a_prepaid_account_over_opcua(service):
     endpoint = service.wait_for_line(r"opcua ready: (opc\.tcp://\S+)").group(1)
     service.wait_for_line(r"service ready")
