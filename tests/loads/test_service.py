@@ -40,7 +40,7 @@ async def test_service_runs_loads_and_routes_commands(tmp_path):
     svc = Service(cfg)
     try:
         await svc.start()
-        assert svc.router.prefixes == ("loads/",)
+        assert svc.router.prefixes == ("loads/", "demand/groups/")
         assert await wait_for(lambda: svc.image.value("loads/l1/keep_power") is False, 10)
         cid = await svc.router.submit(
             CommandRequest("loads/l1", "trip", "test", "otto", "operator", "tok-1", time.time())
