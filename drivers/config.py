@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -33,6 +35,24 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 
 FaultKind = Literal["dead", "slow", "noisy", "bad_checksum", "exception", "drop_control"]
 FAULT_KINDS: tuple[str, ...] = FaultKind.__args__  # type: ignore[attr-defined]
+
+
+def within(lo: float, hi: float, unit: str = "") -> AfterValidator:
+    """A closed range check for a numeric field; the message names the field, the
+    range and its unit (``preamble must be 0..4 FE bytes, got 9``)."""
+
+    def check(value: float, info: ValidationInfo) -> float:
+        if not lo <= value <= hi:
+            raise ValueError(
+                f"{info.field_name} must be {_number(lo)}..{_number(hi)}{unit}, got {value}"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if x == int(x) else f"{x:.6g}"
 
 
 class _Model(BaseModel):
@@ -68,32 +88,11 @@ def _core_di_known(di: str) -> bool:
 class ItemFormat(_Model):
     """Format of a DI the core table does not know (manufacturer-specific items)."""
 
-    length: int = Field(description="bytes of one element")
-    decimals: int = 0
+    length: Annotated[int, within(1, 16, " bytes")] = Field(description="bytes of one element")
+    decimals: Annotated[int, within(0, 8)] = 0
     signed: bool = False
     unit: str = ""
-    count: int = 1
-
-    @field_validator("length")
-    @classmethod
-    def _length(cls, v: int) -> int:
-        if not 1 <= v <= 16:
-            raise ValueError(f"length must be 1..16 bytes, got {v}")
-        return v
-
-    @field_validator("decimals")
-    @classmethod
-    def _decimals(cls, v: int) -> int:
-        if not 0 <= v <= 8:
-            raise ValueError(f"decimals must be 0..8, got {v}")
-        return v
-
-    @field_validator("count")
-    @classmethod
-    def _count(cls, v: int) -> int:
-        if not 1 <= v <= 32:
-            raise ValueError(f"count must be 1..32 elements, got {v}")
-        return v
+    count: Annotated[int, within(1, 32, " elements")] = 1
 
 
 class PollItem(_Model):
@@ -137,26 +136,12 @@ class PollItem(_Model):
 class PollGroup(_Model):
     """A set of DIs read together at one period (e.g. instant 15 s, energy 15 min)."""
 
-    period_s: float
+    period_s: Annotated[float, within(0.1, 31 * 86400, " s (31 days)")]
     items: list[PollItem] = []
     kind: Literal["read", "clock"] = "read"
     lane: Literal["cyclic", "event"] = "cyclic"
     # clock groups: broadcast time sync when |meter − controller| exceeds this
-    max_drift_s: float = 30.0
-
-    @field_validator("period_s")
-    @classmethod
-    def _period(cls, v: float) -> float:
-        if not 0.1 <= v <= 31 * 86400:
-            raise ValueError(f"period_s must be 0.1..2678400 s (31 days), got {v}")
-        return v
-
-    @field_validator("max_drift_s")
-    @classmethod
-    def _drift(cls, v: float) -> float:
-        if not 1.0 <= v <= 3600.0:
-            raise ValueError(f"max_drift_s must be 1..3600 s, got {v}")
-        return v
+    max_drift_s: Annotated[float, within(1.0, 3600.0, " s")] = 30.0
 
     @model_validator(mode="after")
     def _items(self) -> PollGroup:
@@ -181,12 +166,12 @@ class LinkConfig(_Model):
     parity: str = "E"
     stop_bits: int = 1
     # gap after which a partial reply is abandoned (DL/T 645: inter-byte ≤ 500 ms)
-    byte_timeout_s: float = 0.5
+    byte_timeout_s: Annotated[float, within(0.001, 5.0, " s")] = 0.5
     # first byte of the reply must arrive within this (meters answer in 20-500 ms)
-    response_timeout_s: float = 1.0
+    response_timeout_s: Annotated[float, within(0.02, 30.0, " s")] = 1.0
     # reconnect back-off for a closed port or lost connection
-    reconnect_initial_s: float = 1.0
-    reconnect_max_s: float = 30.0
+    reconnect_initial_s: Annotated[float, within(0.01, 3600.0, " s")] = 1.0
+    reconnect_max_s: Annotated[float, within(0.01, 3600.0, " s")] = 30.0
 
     @field_validator("port")
     @classmethod
@@ -229,27 +214,6 @@ class LinkConfig(_Model):
             raise ValueError(f"stop_bits must be 1 or 2, got {v}")
         return v
 
-    @field_validator("byte_timeout_s")
-    @classmethod
-    def _byte_timeout(cls, v: float) -> float:
-        if not 0.001 <= v <= 5.0:
-            raise ValueError(f"byte_timeout_s must be 0.001..5 s, got {v}")
-        return v
-
-    @field_validator("response_timeout_s")
-    @classmethod
-    def _response_timeout(cls, v: float) -> float:
-        if not 0.02 <= v <= 30.0:
-            raise ValueError(f"response_timeout_s must be 0.02..30 s, got {v}")
-        return v
-
-    @field_validator("reconnect_initial_s", "reconnect_max_s")
-    @classmethod
-    def _reconnect(cls, v: float) -> float:
-        if not 0.01 <= v <= 3600.0:
-            raise ValueError(f"reconnect back-off must be 0.01..3600 s, got {v}")
-        return v
-
     @property
     def is_tcp(self) -> bool:
         return self.port.startswith("tcp://")
@@ -272,23 +236,9 @@ class LinkConfig(_Model):
 class Quarantine(_Model):
     """Exponential back-off for a meter that failed all its retries."""
 
-    initial_s: float = 30.0
-    max_s: float = 900.0
-    factor: float = 2.0
-
-    @field_validator("initial_s", "max_s")
-    @classmethod
-    def _times(cls, v: float) -> float:
-        if not 0.1 <= v <= 86400.0:
-            raise ValueError(f"quarantine times must be 0.1..86400 s, got {v}")
-        return v
-
-    @field_validator("factor")
-    @classmethod
-    def _factor(cls, v: float) -> float:
-        if not 1.0 <= v <= 10.0:
-            raise ValueError(f"factor must be 1..10, got {v}")
-        return v
+    initial_s: Annotated[float, within(0.1, 86400.0, " s")] = 30.0
+    max_s: Annotated[float, within(0.1, 86400.0, " s")] = 900.0
+    factor: Annotated[float, within(1.0, 10.0)] = 2.0
 
     @model_validator(mode="after")
     def _order(self) -> Quarantine:
@@ -306,7 +256,7 @@ class MeterConfig(_Model):
     address: str
     name: str | None = None
     groups: list[str] = []
-    password_level: int = 2
+    password_level: Annotated[int, within(0, 0xFF, " (usually 2 or 4)")] = 2
     password: str = "000000"
     operator: str = "00000000"
 
@@ -319,13 +269,6 @@ class MeterConfig(_Model):
         if text == "999999999999":
             raise ValueError("address 999999999999 is the broadcast address, not a meter")
         return text
-
-    @field_validator("password_level")
-    @classmethod
-    def _level(cls, v: int) -> int:
-        if not 0 <= v <= 0xFF:
-            raise ValueError(f"password_level must be 0..255 (usually 2 or 4), got {v}")
-        return v
 
     @field_validator("password")
     @classmethod
@@ -346,18 +289,11 @@ class MeterBlock(_Model):
     """A run of meters with consecutive addresses (compact form for big buses)."""
 
     first_address: str
-    count: int
+    count: Annotated[int, within(1, 256, " meters")]
     groups: list[str] = []
     password_level: int = 2
     password: str = "000000"
     operator: str = "00000000"
-
-    @field_validator("count")
-    @classmethod
-    def _count(cls, v: int) -> int:
-        if not 1 <= v <= 256:
-            raise ValueError(f"count must be 1..256 meters, got {v}")
-        return v
 
     @field_validator("first_address")
     @classmethod
@@ -384,16 +320,16 @@ class Dlt645BusConfig(LinkConfig):
     name: str
     protocol: Literal["dlt645"] = "dlt645"
     # FE bytes sent before each request to wake the meter's UART (0..4)
-    preamble: int = 4
+    preamble: Annotated[int, within(0, 4, " FE bytes")] = 4
     # quiet time on the line between the end of a reply and the next request
-    send_interval_s: float = 0.02
-    retries: int = 3
+    send_interval_s: Annotated[float, within(0.0, 2.0, " s")] = 0.02
+    retries: Annotated[int, within(0, 10)] = 3
     quarantine: Quarantine = Quarantine()
     # the scheduler stretches cyclic periods above this bus utilisation
-    max_utilisation: float = 0.95
+    max_utilisation: Annotated[float, within(0.1, 1.0)] = 0.95
     # meter response delay assumed for planning: `gridctl plan` and the
     # scheduler's first duration estimate (real durations replace it)
-    response_delay_s: float = 0.1
+    response_delay_s: Annotated[float, within(0.0, 2.0, " s (meters: 20-500 ms)")] = 0.1
     meters: list[MeterConfig] = []
     meter_block: MeterBlock | None = None
 
@@ -401,41 +337,6 @@ class Dlt645BusConfig(LinkConfig):
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_name(v, "name")
-
-    @field_validator("preamble")
-    @classmethod
-    def _preamble(cls, v: int) -> int:
-        if not 0 <= v <= 4:
-            raise ValueError(f"preamble must be 0..4 FE bytes, got {v}")
-        return v
-
-    @field_validator("send_interval_s")
-    @classmethod
-    def _interval(cls, v: float) -> float:
-        if not 0.0 <= v <= 2.0:
-            raise ValueError(f"send_interval_s must be 0..2 s, got {v}")
-        return v
-
-    @field_validator("retries")
-    @classmethod
-    def _retries(cls, v: int) -> int:
-        if not 0 <= v <= 10:
-            raise ValueError(f"retries must be 0..10, got {v}")
-        return v
-
-    @field_validator("max_utilisation")
-    @classmethod
-    def _util(cls, v: float) -> float:
-        if not 0.1 <= v <= 1.0:
-            raise ValueError(f"max_utilisation must be 0.1..1.0, got {v}")
-        return v
-
-    @field_validator("response_delay_s")
-    @classmethod
-    def _delay(cls, v: float) -> float:
-        if not 0.0 <= v <= 2.0:
-            raise ValueError(f"response_delay_s must be 0..2 s (meters: 20-500 ms), got {v}")
-        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -475,7 +376,7 @@ MAX_READ_BITS = 2000  # function 01/02
 class ModbusTag(_Model):
     name: str
     table: ModbusTable
-    address: int
+    address: Annotated[int, within(0, 65535)]
     type: ModbusType = "u16"
     scale: float = 1.0
     unit: str = ""
@@ -485,13 +386,6 @@ class ModbusTag(_Model):
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_name(v, "name")
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: int) -> int:
-        if not 0 <= v <= 65535:
-            raise ValueError(f"address must be 0..65535, got {v}")
-        return v
 
     @model_validator(mode="after")
     def _type(self) -> ModbusTag:
@@ -508,28 +402,14 @@ class ModbusTag(_Model):
 
 class ModbusDeviceConfig(_Model):
     name: str
-    unit_id: int = 1
-    period_s: float = 1.0
+    unit_id: Annotated[int, within(0, 247)] = 1
+    period_s: Annotated[float, within(0.05, 86400.0, " s")] = 1.0
     tags: list[ModbusTag] = []
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_name(v, "name")
-
-    @field_validator("unit_id")
-    @classmethod
-    def _unit(cls, v: int) -> int:
-        if not 0 <= v <= 247:
-            raise ValueError(f"unit_id must be 0..247, got {v}")
-        return v
-
-    @field_validator("period_s")
-    @classmethod
-    def _period(cls, v: float) -> float:
-        if not 0.05 <= v <= 86400:
-            raise ValueError(f"period_s must be 0.05..86400 s, got {v}")
-        return v
 
     @model_validator(mode="after")
     def _unique(self) -> ModbusDeviceConfig:
@@ -545,7 +425,7 @@ class ModbusBusConfig(LinkConfig):
     protocol: Literal["modbus_tcp", "modbus_rtu"]
     baud: int = 9600
     parity: str = "E"
-    retries: int = 3
+    retries: Annotated[int, within(0, 10)] = 3
     quarantine: Quarantine = Quarantine(initial_s=5.0, max_s=120.0)
     devices: list[ModbusDeviceConfig] = []
 
@@ -553,13 +433,6 @@ class ModbusBusConfig(LinkConfig):
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_name(v, "name")
-
-    @field_validator("retries")
-    @classmethod
-    def _retries(cls, v: int) -> int:
-        if not 0 <= v <= 10:
-            raise ValueError(f"retries must be 0..10, got {v}")
-        return v
 
     @model_validator(mode="after")
     def _shape(self) -> ModbusBusConfig:
@@ -612,7 +485,7 @@ class SimBusConfig(_Model):
     simulated: bool = True
     response_delay_s: float | None = None
     # data bytes per reply frame before the meter splits it into follow-up frames
-    max_frame_data: int = 200
+    max_frame_data: Annotated[int, within(16, 200, " bytes")] = 200
     meters: dict[str, SimMeterConfig] = {}
     # meters that exist on the simulated wire but not in the controller config (discovery)
     extra_meters: list[str] = []
@@ -624,24 +497,10 @@ class SimBusConfig(_Model):
             raise ValueError(f"response_delay_s must be 0..0.5 s (meters: 20-500 ms), got {v}")
         return v
 
-    @field_validator("max_frame_data")
-    @classmethod
-    def _max_data(cls, v: int) -> int:
-        if not 16 <= v <= 200:
-            raise ValueError(f"max_frame_data must be 16..200 bytes, got {v}")
-        return v
-
 
 class SimModbusDeviceConfig(_Model):
     power_kw: float = 50.0  # per closed output
-    outputs: int = 4
-
-    @field_validator("outputs")
-    @classmethod
-    def _outputs(cls, v: int) -> int:
-        if not 1 <= v <= 64:
-            raise ValueError(f"outputs must be 1..64, got {v}")
-        return v
+    outputs: Annotated[int, within(1, 64)] = 4
 
 
 class SimConfig(_Model):
@@ -650,33 +509,12 @@ class SimConfig(_Model):
     fast: bool = False
     control_socket: str = "var/sim.sock"
     seed: int = 1
-    response_delay_s: float = 0.05
-    tariff_yuan_per_kwh: float = 0.6
+    response_delay_s: Annotated[float, within(0.0, 0.5, " s (meters: 20-500 ms)")] = 0.05
+    tariff_yuan_per_kwh: Annotated[float, within(0.0, 100.0)] = 0.6
     # simulated time runs this much faster for energy integration (demo: see values move)
-    time_scale: float = 1.0
+    time_scale: Annotated[float, within(0.0, 10000.0)] = 1.0
     buses: dict[str, SimBusConfig] = {}
     modbus_devices: dict[str, SimModbusDeviceConfig] = {}
-
-    @field_validator("response_delay_s")
-    @classmethod
-    def _delay(cls, v: float) -> float:
-        if not 0.0 <= v <= 0.5:
-            raise ValueError(f"response_delay_s must be 0..0.5 s (meters: 20-500 ms), got {v}")
-        return v
-
-    @field_validator("time_scale")
-    @classmethod
-    def _scale(cls, v: float) -> float:
-        if not 0.0 <= v <= 10000.0:
-            raise ValueError(f"time_scale must be 0..10000, got {v}")
-        return v
-
-    @field_validator("tariff_yuan_per_kwh")
-    @classmethod
-    def _tariff(cls, v: float) -> float:
-        if not 0.0 <= v <= 100.0:
-            raise ValueError(f"tariff_yuan_per_kwh must be 0..100, got {v}")
-        return v
 
 
 # ---------------------------------------------------------------------------
