@@ -25,7 +25,7 @@ from pydantic.fields import FieldInfo
 from controller.loads.config import LoadsConfig
 from controller.verification.config import LineConfig
 from controller.warehouse.config import WarehouseConfig
-from drivers.config import FieldConfig
+from drivers.config import LOCATION_TAGS, FieldConfig
 from opcua_server.config import OpcUaConfig
 
 DEFAULT_CONFIG = Path("config/demo.toml")
@@ -174,6 +174,8 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Grid
 def _dotted(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
+        if part in LOCATION_TAGS or str(part).startswith("function-"):
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:

@@ -575,6 +575,10 @@ class FieldConfig(BaseModel):
         raise KeyError(f"no bus named {name!r}")
 
 
+# Union members pydantic puts in an error's location; they are not keys a user wrote.
+LOCATION_TAGS = frozenset({"dlt645", "modbus_tcp", "modbus_rtu"})
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One line per problem: ``buses[1].baud: baud must be one of ..., got 0``."""
     lines = []
@@ -583,12 +587,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         for loc in err["loc"]:
             if isinstance(loc, int):
                 parts[-1:] = [f"{parts[-1] if parts else ''}[{loc}]"]
-            elif loc in (
-                "dlt645",
-                "modbus_tcp",
-                "modbus_rtu",
-                "function-after[_known(), PollItem]",
-            ):
+            elif loc in LOCATION_TAGS or str(loc).startswith("function-"):
                 continue
             else:
                 parts.append(str(loc))
