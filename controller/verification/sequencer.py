@@ -517,33 +517,9 @@ class Sequencer:
         rows: list[ResultRow] = []
 
         def aborted_rows(results: dict[str, Any], point_index: int, point: str) -> list[_Meter]:
-            """Rows for stations aborted in this step; returns the ones still measuring."""
-            alive = []
-            for m in meters:
-                r = results.get(m.barcode)
-                if isinstance(r, Aborted):
-                    now = self.clock.now()
-                    rows.append(
-                        self._row(
-                            ctx,
-                            m,
-                            index,
-                            point_index,
-                            point,
-                            [],
-                            None,
-                            None,
-                            None,
-                            "",
-                            ABORTED,
-                            r.reason,
-                            started,
-                            now,
-                        )
-                    )
-                elif r is not None:
-                    alive.append(m)
-            return alive
+            return aborted_rows_for(
+                meters, results, rows, self, ctx, index, point_index, point, started
+            )
 
         if isinstance(item, WithstandItem):
             leak = await unit.withstand(item.kv, item.seconds, item.ramp_s)
