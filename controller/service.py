@@ -403,6 +403,10 @@ def _run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if config.service.log_level != "DEBUG":
+        # asyncua logs every Publish and Read request at INFO: thousands of lines a
+        # minute per client, written from the loop that carries the cyclic tasks.
+        logging.getLogger("asyncua").setLevel(logging.WARNING)
     log.info("config %s: %s", args.config, _summary(config))
     service = Service(config, config_path=args.config)
     return uvloop.run(service.run())
