@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "frame": "controller.frame_tool",
     "check-config": "controller.config",
     "run": "controller.service",
+    "status": "controller.status",
     "sim": "drivers.sim.cli",
     "plan": "controller.plan",
     "results": "controller.verification.cli",

@@ -55,10 +55,6 @@ class ServiceConfig(_Strict):
     name: str = Field(default="gridctl", min_length=1, max_length=64)
     state_dir: PathStr = Path("var")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # Start the simulated plant described in [sim] as child processes (the demo).
-    embedded_sim: bool = False
-    # Run the simulators with accelerated timing (tests, benchmarks).
-    sim_fast: bool = False
     # Budget for an orderly stop after SIGTERM/SIGINT.
     stop_timeout_s: float = Field(default=5.0, ge=0.5, le=30.0)
     # Local control channel (Unix socket, msgpack); empty string disables it.

@@ -40,6 +40,7 @@ from controller.cycle import CycleTask
 from controller.journal import Journal
 from controller.metrics import MetricsServer, Sources, make_registry
 from controller.process_image import ProcessImage
+from controller.status import ServiceStatus
 from controller.warehouse.subsystem import WarehouseSubsystem
 from drivers.plant import FieldPlant
 from drivers.sim.launch import start_simulator
@@ -74,6 +75,7 @@ class Service:
         self.plant: Any = None
         self.simulator: Any = None
         self.metrics: MetricsServer | None = None
+        self.status: ServiceStatus | None = None
         self.opcua: Any = None
         # Domain subsystems (load switching, verification line, warehouse): each has
         # `name`, `async start()` and `async stop()`; started after the field plant
@@ -152,6 +154,11 @@ class Service:
             len(self.alarms.conditions),
             restored,
         )
+
+        if cfg.service.control_socket:
+            self.status = ServiceStatus(self, Path(cfg.service.control_socket))
+            await self.status.start()
+            log.info("control socket ready: %s (gridctl status)", self.status.path)
 
         await self._start_simulator()
         await self._start_plant()
@@ -333,6 +340,8 @@ class Service:
             await step("field plant", self.plant.stop())
         if self.simulator is not None:
             await step("simulators", asyncio.to_thread(self.simulator.stop))
+        if self.status is not None:
+            await step("control socket", self.status.stop())
         if self.journal.is_open:
             self.journal.event("service", "service", "stopped")
             remaining = max(0.1, budget_end - time.monotonic())

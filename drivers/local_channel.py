@@ -1,0 +1,92 @@
+"""The local control channel (DESIGN §7): msgpack messages over a Unix socket.
+
+Every ``gridctl`` process that takes requests from another on the same machine
+(the service for ``gridctl status``, the simulators for ``gridctl sim fault``)
+serves one of these. Each message is one msgpack map; the reply is one map with
+``ok`` and either the result fields or ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+_log = logging.getLogger("gridctl.local_channel")
+
+# A control message is small; anything bigger is a mistake or an attack.
+MAX_MESSAGE_BYTES = 65536
+# Replies may carry a status report of every bus and task.
+MAX_REPLY_BYTES = 4 * 1024 * 1024
+CLIENT_TIMEOUT_S = 5.0
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ControlServer:
+    def __init__(self, path: Path, handler: Handler) -> None:
+        self.path = path
+        self._handler = handler
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_MESSAGE_BYTES)
+        try:
+            while data := await reader.read(4096):
+                unpacker.feed(data)
+                for message in unpacker:
+                    if not isinstance(message, dict):
+                        reply: dict[str, Any] = {"ok": False, "error": "message must be a map"}
+                    else:
+                        try:
+                            reply = await self._handler(message)
+                        except KeyError as exc:  # str(KeyError) is the repr of its key
+                            reply = {"ok": False, "error": str(exc.args[0] if exc.args else exc)}
+                        except ValueError as exc:
+                            reply = {"ok": False, "error": str(exc)}
+                        except Exception as exc:  # a bug in one handler must not end the channel
+                            _log.exception("control request %r failed", message.get("op"))
+                            reply = {"ok": False, "error": f"internal error: {exc!r}"}
+                    writer.write(msgpack.packb(reply, use_bin_type=True))
+                    await writer.drain()
+        except (ConnectionError, msgpack.exceptions.BufferFull, ValueError):
+            pass
+        finally:
+            writer.close()
+
+
+async def request(
+    path: Path | str, message: dict[str, Any], timeout: float = CLIENT_TIMEOUT_S
+) -> dict[str, Any]:
+    """Send one control message and return the reply."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        try:
+            writer.write(msgpack.packb(message, use_bin_type=True))
+            await writer.drain()
+            unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_REPLY_BYTES)
+            while data := await reader.read(65536):
+                unpacker.feed(data)
+                for reply in unpacker:
+                    return dict(reply)
+            raise ConnectionError("control socket closed without a reply")
+        finally:
+            writer.close()
