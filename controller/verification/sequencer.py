@@ -441,6 +441,35 @@ class Sequencer:
             attempt,
         )
 
+    def _aborted_row(
+        self,
+        ctx: _Ctx,
+        m: _Meter,
+        index: int,
+        point_index: int,
+        point: str,
+        reason: str,
+        started: float,
+        ended: float,
+    ) -> ResultRow:
+        """A station that stopped before measuring (tripped, faulted) leaves a row saying why."""
+        return self._row(
+            ctx,
+            m,
+            index,
+            point_index,
+            point,
+            [],
+            None,
+            None,
+            None,
+            "",
+            ABORTED,
+            reason,
+            started,
+            ended,
+        )
+
     def _finish(
         self, ctx: _Ctx, index: int, rows: list[ResultRow], attempts: dict[str, int]
     ) -> None:
@@ -528,21 +557,8 @@ class Sequencer:
             for m in meters:
                 if m.station in self.tripped:
                     rows.append(
-                        self._row(
-                            ctx,
-                            m,
-                            index,
-                            0,
-                            "",
-                            [],
-                            None,
-                            None,
-                            None,
-                            "",
-                            ABORTED,
-                            self.tripped[m.station],
-                            started,
-                            now,
+                        self._aborted_row(
+                            ctx, m, index, 0, "", self.tripped[m.station], started, now
                         )
                     )
                     continue
@@ -730,22 +746,7 @@ class Sequencer:
                 r2 = after.get(m.barcode)
                 if isinstance(r2, Aborted):
                     rows.append(
-                        self._row(
-                            ctx,
-                            m,
-                            index,
-                            0,
-                            str(cur),
-                            [],
-                            None,
-                            None,
-                            None,
-                            "",
-                            ABORTED,
-                            r2.reason,
-                            started,
-                            now,
-                        )
+                        self._aborted_row(ctx, m, index, 0, str(cur), r2.reason, started, now)
                     )
                     continue
                 if before is None or r2 is None:
@@ -857,18 +858,12 @@ class Sequencer:
             r = res[m.barcode]
             rows = (
                 [
-                    self._row(
+                    self._aborted_row(
                         ctx,
                         m,
                         index,
                         0,
                         "",
-                        [],
-                        None,
-                        None,
-                        None,
-                        "",
-                        ABORTED,
                         r.reason,
                         started,
                         self.clock.now(),
@@ -1118,18 +1113,12 @@ def aborted_rows_for(
         r = results.get(m.barcode)
         if isinstance(r, Aborted):
             rows.append(
-                seq._row(
+                seq._aborted_row(
                     ctx,
                     m,
                     index,
                     point_index,
                     point,
-                    [],
-                    None,
-                    None,
-                    None,
-                    "",
-                    ABORTED,
                     r.reason,
                     started,
                     seq.clock.now(),
