@@ -183,85 +183,53 @@ def _good(image: ProcessImage, name: str) -> Any:
 
 
 class MeterRelay:
-    """A DL/T 645 meter relay behind a ``Dlt645Bus``."""
+    """A DL/T 645 meter relay behind a ``Dlt645Bus`` (its public control API only)."""
 
     kinds = KINDS
-    STATUS3 = "04000503"
 
     def __init__(
         self, bus: Any, address: str, image: ProcessImage, cipher: ControlPayloadCipher
     ) -> None:
-        from drivers.config import PollItem
-        from drivers.dlt645_bus import plan_item
-        from drivers.quantities import STATUS3_FLAGS
-
         self.bus = bus
         self.address = address
         self.image = image
         self.cipher = cipher
-        self.prefix = f"buses/{bus.name}/meters/{address}/"
-        self._plan = plan_item(PollItem(di=self.STATUS3))
-        for n in self._plan.names:
-            image.define(self.prefix + n, self._plan.unit)
-        for flag in STATUS3_FLAGS:
-            image.define(self.prefix + flag, "")
+        # the read-backs land in these tags even when no poll group reads status word 3
+        bus.define_relay_tags(address)
+        self.observed_tag = bus.relay_tag(address, "relay_open")
 
     async def send(self, kind: str, valid_until: float) -> RelayState | None:
         """1C on the control lane and, in the same control slot, the status read-back.
 
-        Both frames go out back to back: no poll can slip in between the 9C
-        and the read-back (which a second control item would allow). Returns
-        the state read, or None when only the read-back failed.
+        Returns the state read, or None when only the read-back failed (the
+        confirmation loop reads again).
         """
         if not self.cipher.plaintext:
             raise LoadsError(
                 f"cipher {self.cipher.name!r}: this bus driver sends plaintext 1C only"
             )
-        bus = self.bus
-        meter = bus.meters[self.address]
-        until = dt.datetime.fromtimestamp(valid_until)
-        read_ok = False
-
-        async def action() -> None:
-            nonlocal read_ok
-            await bus.client.control(
-                self.address,
-                N1[kind],
-                until,
-                password_level=meter.password_level,
-                password=meter.password,
-                operator=meter.operator,
-            )
-            try:
-                raw = await bus.client.read(self.address, self.STATUS3, retries=0)
-            except Exception:
-                return  # the confirmation loop reads again
-            bus._store(self.address, self._plan, raw, bus.wall())
-            read_ok = True
-
-        await bus._submit_control(action)
-        return self.known() if read_ok else None
+        result = await self.bus.control(
+            self.address, N1[kind], valid_until=dt.datetime.fromtimestamp(valid_until)
+        )
+        return None if result.status is None else _relay_state(result.status)
 
     async def read(self) -> RelayState:
-        bus = self.bus
-
-        async def action() -> None:
-            raw = await bus.client.read(self.address, self.STATUS3)
-            bus._store(self.address, self._plan, raw, bus.wall())
-
         # on the control lane: the read-back is the next frame after the 1C,
         # not queued behind the cyclic polls
-        await bus._submit_control(action)
-        return self.known()
+        return _relay_state(await self.bus.read_relay_status(self.address))
 
     def known(self) -> RelayState:
-        p = self.prefix
-        return RelayState(
-            _good(self.image, p + "relay_open"),
-            _good(self.image, p + "relay_commanded_open"),
-            _good(self.image, p + "pre_trip_alarm"),
-            _good(self.image, p + "keep_power"),
-        )
+        status = self.bus.relay_status(self.address)
+        if status is None:
+            return RelayState(None)
+        return _relay_state(status)
+
+
+def _relay_state(status: Any) -> RelayState:
+    """A ``drivers.dlt645_bus.RelayStatus`` (status word 3) as the executor sees it."""
+    return RelayState(
+        status.relay_open, status.commanded_open, status.pre_trip_alarm, status.keep_power
+    )
 
 
 class TerminalCoil:
@@ -274,21 +242,26 @@ class TerminalCoil:
         self.device = device
         self.coil = coil
         self.image = image
-        self.tag = f"buses/{bus.name}/devices/{device}/{coil}"
+        self.tag = bus.coil_tag(device, coil)
+        self.observed_tag = self.tag
+
+    @staticmethod
+    def _state(closed: bool) -> RelayState:
+        # a terminal coil has no keep-power of its own: trips are never blocked by it
+        return RelayState(not closed, not closed, keep_power=False)
 
     async def send(self, kind: str, valid_until: float) -> RelayState | None:
-        # write_coil writes and reads the coil back into the image (control lane)
-        await self.bus.write_coil(self.device, self.coil, kind != "trip")
-        return self.known()
+        # write and read-back in one control slot; the read-back decides, not the echo
+        return self._state(await self.bus.write_coil(self.device, self.coil, kind != "trip"))
 
     async def read(self) -> RelayState:
-        return self.known()
+        return self._state(await self.bus.read_coil(self.device, self.coil))
 
     def known(self) -> RelayState:
         closed = _good(self.image, self.tag)
         if closed is None:
             return RelayState(None, keep_power=False)
-        return RelayState(not closed, not closed, keep_power=False)
+        return self._state(bool(closed))
 
 
 def actuators_for(
@@ -312,7 +285,12 @@ def actuators_for(
             out[load.name] = MeterRelay(bus, load.address, image, cipher)
         else:
             assert load.device is not None and load.coil is not None
-            out[load.name] = TerminalCoil(bus, load.device, load.coil, image)
+            if not hasattr(bus, "coil_tag"):
+                raise LoadsError(f"loads[{i}].bus: {load.bus} is not a Modbus bus (coil loads)")
+            try:
+                out[load.name] = TerminalCoil(bus, load.device, load.coil, image)
+            except (KeyError, ValueError) as exc:
+                raise LoadsError(f"loads[{i}].coil: {exc.args[0]}") from None
     return out
 
 
