@@ -3,7 +3,9 @@
 ``LoadsRuntime`` owns the executor, one :class:`DemandGroup` per group and one
 :class:`PrepaidAccount` per account. Every ``control`` cycle it
 
-1. mirrors device state into ``loads/<name>/…`` tags;
+1. mirrors device state into ``loads/<name>/…`` tags and compares each
+   relay's polled position with the one last commanded (``relay_mismatch``
+   after ``mismatch_grace_s``);
 2. steps each demand group with the group's total active power from the image;
 3. bills new energy readings and steps each prepaid account;
 4. hands the intents to the executor (interlocks → journal → control lane →
@@ -262,6 +264,7 @@ class LoadsRuntime:
                 lo = Lockout(row["load"], row["who"], row["why"], row["since"])
                 self.executor.lockouts[lo.load] = lo
                 self.image.write(f"loads/{lo.load}/locked_out", True)
+        self.executor.restore_commanded()
         for row in self.journal.query("SELECT * FROM ld_demand_overrides"):
             g = self.groups.get(row["grp"])
             if g is None:
@@ -429,6 +432,7 @@ class LoadsRuntime:
         now = self._clock()
         local = self._local(now)
         self.executor.mirror()
+        self.executor.watch_relays()
         views = self._views() if self.groups else {}
         for g in self.groups.values():
             powers = [self._power(m) for m in g.cfg.members]

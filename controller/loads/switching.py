@@ -68,6 +68,16 @@ N1 = {
     "keep_power_off": 0x3B,
 }
 OUTCOMES = ("confirmed", "failed", "expired", "refused")
+# The relay position (True = open) a command leaves the load in once it is sent,
+# for the periodic mismatch watch. None: no expectation — after close-allowed
+# the customer closes by hand (bit 4 follows whenever they do), and keep-power
+# on may close the relay itself. Kinds not listed leave the expectation alone.
+EXPECTED_OPEN: dict[str, bool | None] = {
+    "trip": True,
+    "direct_close": False,
+    "close_allowed": None,
+    "keep_power_on": None,
+}
 
 
 class LoadsError(ValueError):
@@ -330,6 +340,15 @@ class SwitchingExecutor:
         self.outcomes: Counter[tuple[str, str]] = Counter()
         self.latency: dict[str, Series] = {}  # kind -> request→terminal of confirmed commands
         self.sent_frames = 0
+        # the periodic mismatch watch: load -> relay position last commanded
+        # (True = open) and the command that did it; mismatch start (monotonic)
+        self.commanded: dict[str, bool | None] = {}
+        self._commanded_by: dict[str, str] = {}
+        self._mismatch_since: dict[str, float] = {}
+        # load -> what the active relay_mismatch alarm is about: "relay" (the
+        # position) or the kind of a failed non-switching command, which the
+        # position watch must not clear
+        self._mismatch_cause: dict[str, str] = {}
         for load in config.loads:
             self._define_tags(load.name)
 
@@ -571,6 +590,8 @@ class SwitchingExecutor:
         # write-ahead: "sent" is on disk before the frame is on the wire
         await self.commands.transition(cmd.id, CommandState.SENT, reason=f"feeder {feeder}")
         self.sent_frames += 1
+        before = (self.commanded.get(load), self._commanded_by.get(load, ""))
+        self._commanded(load, cmd.kind, cmd.id)
         send_error = ""
         first: RelayState | None = None
         try:
@@ -578,6 +599,9 @@ class SwitchingExecutor:
         except Exception as exc:
             from drivers.errors import CommandRejected, MeterException
 
+            if isinstance(exc, MeterException | CommandRejected | LoadsError):
+                # refused by the meter or never sent: nothing was commanded
+                self.commanded[load], self._commanded_by[load] = before
             if isinstance(exc, MeterException):
                 # the meter answered and refused: it did not act
                 return await self._end(cmd, CommandState.FAILED, f"meter refused: {exc}")
@@ -630,14 +654,106 @@ class SwitchingExecutor:
     def _mismatch(self, load: str, cmd: Command, active: bool, message: str) -> None:
         if self.alarms is None:
             return
-        if cmd.kind not in ("trip", "direct_close", "close_allowed") and not active:
+        relay = cmd.kind in ("trip", "direct_close", "close_allowed")
+        if not relay and not active:
             return
+        if active:
+            self._mismatch_cause[load] = "relay" if relay else cmd.kind
+        else:
+            self._mismatch_cause.pop(load, None)
+            self._mismatch_since.pop(load, None)
         self.alarms.set(
             "relay_mismatch",
             f"loads/{load}",
             active,
             f"{cmd.kind} {cmd.id}: commanded ≠ observed: {message}" if active else message,
         )
+
+    # -- the periodic mismatch watch --------------------------------------------------------
+    def _commanded(self, load: str, kind: str, command_id: str) -> None:
+        if kind in EXPECTED_OPEN:
+            self.commanded[load] = EXPECTED_OPEN[kind]
+            self._commanded_by[load] = f"{kind} {command_id}"
+            self._mismatch_since.pop(load, None)
+
+    def restore_commanded(self) -> int:
+        """At start-up: each load's last commanded relay position, from the command log.
+
+        A command counts once it may have reached the relay: confirmed, still
+        ``sent`` (the reconcile reads it back) or failed because the read-back
+        disagreed. Refused, expired, "meter refused" and "not sent" ones never
+        acted. Returns the number of loads with an expectation.
+        """
+        j = self.commands.journal
+        if not j.is_open:
+            return 0
+        kinds = tuple(EXPECTED_OPEN)
+        rows = j.query(
+            "SELECT id, kind, target, state, reason FROM commands "
+            f"WHERE target LIKE 'loads/%' AND kind IN ({', '.join('?' * len(kinds))}) "
+            "ORDER BY created, rowid",
+            kinds,
+        )
+        for row in rows:
+            load = row["target"].removeprefix("loads/")
+            if load not in self.actuators:
+                continue
+            state, reason = row["state"], row["reason"] or ""
+            acted = state in ("confirmed", "sent") or (
+                state == "failed" and reason.startswith("not confirmed")
+            )
+            if acted:
+                self._commanded(load, row["kind"], row["id"])
+        return sum(1 for v in self.commanded.values() if v is not None)
+
+    def watch_relays(self) -> None:
+        """Compare each load's polled relay position with the one last commanded (control cycle).
+
+        A relay that moves by itself (operated by hand on site, a meter's own
+        protection, a failed late read-back) is otherwise noticed only at the
+        next command. Disagreement for ``mismatch_grace_s`` raises
+        ``relay_mismatch``; agreement clears it. A load with a command in
+        flight is left to its confirmation. Unknown or Bad quality (meter
+        offline) neither raises nor clears: that is the offline alarm's business.
+        """
+        if self.alarms is None:
+            return
+        now = self._mono()
+        grace = self.config.mismatch_grace_s
+        for load, expected in self.commanded.items():
+            if expected is None:
+                continue
+            if load in self._busy:
+                self._mismatch_since.pop(load, None)
+                continue
+            observed = self.actuators[load].known().relay_open
+            if observed is None:
+                continue
+            if observed is expected:
+                self._mismatch_since.pop(load, None)
+                if self._mismatch_cause.get(load) == "relay":
+                    del self._mismatch_cause[load]
+                    self.alarms.set(
+                        "relay_mismatch",
+                        f"loads/{load}",
+                        False,
+                        f"relay reads {'open' if observed else 'closed'} as commanded "
+                        f"({self._commanded_by.get(load, '')})",
+                    )
+                continue
+            since = self._mismatch_since.setdefault(load, now)
+            if now - since < grace or self._mismatch_cause.get(load) is not None:
+                continue
+            self._mismatch_cause[load] = "relay"
+            self.alarms.set(
+                "relay_mismatch",
+                f"loads/{load}",
+                True,
+                f"commanded ≠ observed: {self._commanded_by.get(load, '')} commanded "
+                f"{'open' if expected else 'closed'}, relay reads "
+                f"{'open' if observed else 'closed'} for {now - since:.0f} s "
+                "(no command since)",
+            )
 
     # -- restart ----------------------------------------------------------------------------
     async def reread(self, cmd: Command) -> Resolution | None:
