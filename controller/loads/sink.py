@@ -95,7 +95,11 @@ class LoadsCommandSink:
 
 
 class DemandLimitSink:
-    """SetDemandLimit on a demand group (``demand/groups/<name>``), engineer role."""
+    """SetDemandLimit on a demand group (``demand/groups/<name>``), engineer role.
+
+    ``set_demand_limit`` (``limit_kw``) overrides the group's limit and schedule,
+    durably, until ``clear_demand_limit`` returns it to the schedule / config.
+    """
 
     def __init__(self, runtime: LoadsRuntime) -> None:
         self.runtime = runtime

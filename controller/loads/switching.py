@@ -21,6 +21,14 @@ prepaid trip — goes through :class:`SwitchingExecutor`:
 After a restart, commands left ``sent`` are reconciled with :meth:`reread`
 (read the relay, never re-send).
 
+Between commands, :meth:`SwitchingExecutor.watch_relays` (every control
+cycle) compares each relay's polled position with the one last commanded and
+raises ``relay_mismatch`` when they disagree for ``mismatch_grace_s``.
+
+Actuators use only the buses' public relay API: ``Dlt645Bus.control`` (1C and
+status word 3 read-back in one control slot), ``read_relay_status`` and
+``relay_status``; ``ModbusBus.write_coil`` (write + read-back) and ``read_coil``.
+
 The 1C payload can be protected by an ESAM adapter (:class:`ControlPayloadCipher`);
 :class:`PlaintextCipher` is the default.
 """
@@ -195,7 +203,7 @@ def _good(image: ProcessImage, name: str) -> Any:
 class MeterRelay:
     """A DL/T 645 meter relay behind a ``Dlt645Bus`` (its public control API only)."""
 
-    kinds = KINDS
+    kinds: tuple[str, ...] = KINDS
 
     def __init__(
         self, bus: Any, address: str, image: ProcessImage, cipher: ControlPayloadCipher
@@ -245,7 +253,7 @@ def _relay_state(status: Any) -> RelayState:
 class TerminalCoil:
     """A coil on a Modbus load-control terminal (True = load supplied)."""
 
-    kinds = COIL_KINDS
+    kinds: tuple[str, ...] = COIL_KINDS
 
     def __init__(self, bus: Any, device: str, coil: str, image: ProcessImage) -> None:
         self.bus = bus
