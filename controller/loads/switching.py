@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from controller.alarms import AlarmEngine
 from controller.commands import Command, CommandLog, CommandState, Resolution
@@ -51,6 +51,9 @@ from controller.cycle import Series
 from controller.loads.config import LoadConfig, LoadsConfig
 from controller.loads.interlocks import LoadFacts, Lockout, RateLimiter, check
 from controller.process_image import ProcessImage, Quality
+
+if TYPE_CHECKING:
+    from drivers.dlt645_bus import RelayStatus
 
 log = logging.getLogger("gridctl.loads")
 
@@ -214,7 +217,6 @@ class MeterRelay:
         self.cipher = cipher
         # the read-backs land in these tags even when no poll group reads status word 3
         bus.define_relay_tags(address)
-        self.observed_tag = bus.relay_tag(address, "relay_open")
 
     async def send(self, kind: str, valid_until: float) -> RelayState | None:
         """1C on the control lane and, in the same control slot, the status read-back.
@@ -243,7 +245,7 @@ class MeterRelay:
         return _relay_state(status)
 
 
-def _relay_state(status: Any) -> RelayState:
+def _relay_state(status: RelayStatus) -> RelayState:
     """A ``drivers.dlt645_bus.RelayStatus`` (status word 3) as the executor sees it."""
     return RelayState(
         status.relay_open, status.commanded_open, status.pre_trip_alarm, status.keep_power
@@ -261,7 +263,6 @@ class TerminalCoil:
         self.coil = coil
         self.image = image
         self.tag = bus.coil_tag(device, coil)
-        self.observed_tag = self.tag
 
     @staticmethod
     def _state(closed: bool) -> RelayState:
@@ -737,7 +738,7 @@ class SwitchingExecutor:
             observed = self.actuators[load].known().relay_open
             if observed is None:
                 continue
-            if observed is expected:
+            if observed == expected:
                 self._mismatch_since.pop(load, None)
                 if self._mismatch_cause.get(load) == "relay":
                     del self._mismatch_cause[load]
