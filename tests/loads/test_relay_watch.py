@@ -96,3 +96,29 @@ async def test_expectation_is_restored_from_the_command_log(rig):
     assert fresh.restore_commanded() == 1
     # the last command that reached the relay was the close; the refused one never acted
     assert fresh.commanded == {"l1": False}
+
+
+async def test_control_cycle_watches_and_a_restart_keeps_the_expectation(tmp_path):
+    from .test_runtime import cfg, make
+
+    config = cfg(accounts=[], mismatch_grace_s=0.0)
+    journal, _, relays, rt = await make(tmp_path, config)
+    assert (await rt.executor.run("trip", "b", who="otto", why="t")).state is (
+        CommandState.CONFIRMED
+    )
+    await rt.control()
+    assert rt.alarms is not None
+    assert "relay_mismatch:loads/b" not in {a.key for a in rt.alarms if a.active}
+    journal.close()
+
+    # restarted; meanwhile the relay was closed by hand
+    journal, _, relays, rt = await make(tmp_path, config)
+    relays["b"].open = False
+    await rt.control()
+    assert rt.alarms is not None
+    alarm = rt.alarms.get("relay_mismatch:loads/b")
+    assert alarm.active and "commanded open" in alarm.message
+    relays["b"].open = True
+    await rt.control()
+    assert not alarm.active
+    journal.close()
