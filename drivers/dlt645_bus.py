@@ -16,7 +16,15 @@ from drivers.bus_owner import LANES, BusOwner, PeriodicJob, WireRecord
 from drivers.config import Dlt645BusConfig, MeterConfig, PollGroup, PollItem
 from drivers.dlt645_client import Dlt645Client
 from drivers.errors import BusTimeout, FrameCorrupt, MeterException
-from drivers.quantities import STATUS3_FLAGS, normalise_di, quantity_for
+from drivers.quantities import (
+    STATUS3_FLAGS,
+    SW3_KEEP_POWER,
+    SW3_PRE_TRIP_ALARM,
+    SW3_RELAY_COMMANDED_OPEN,
+    SW3_RELAY_OPEN,
+    normalise_di,
+    quantity_for,
+)
 from drivers.transport import Link, open_link
 
 # Longest reply the standard allows: 12 header/trailer bytes + 255 data + 4 preamble.
@@ -44,6 +52,55 @@ def read_reply_bytes(item: PollItem) -> int:
 
 
 CLOCK_ITEMS = (PollItem(di="04000101"), PollItem(di="04000102"))
+# DL/T 645-2007 status word 3: relay actual state (bit4), commanded state (bit6),
+# pre-trip alarm (bit7), keep-power (bit12)
+STATUS_WORD_3 = "04000503"
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStatus:
+    """A meter's relay as status word 3 (04000503) reports it."""
+
+    word: int
+    read_at: float  # wall-clock time of the reply (or of the poll that stored it)
+
+    @property
+    def relay_open(self) -> bool:
+        """Bit 4: the relay's actual state (True = open)."""
+        return bool(self.word & SW3_RELAY_OPEN)
+
+    @property
+    def commanded_open(self) -> bool:
+        """Bit 6: the state the meter was last commanded to (True = open)."""
+        return bool(self.word & SW3_RELAY_COMMANDED_OPEN)
+
+    @property
+    def pre_trip_alarm(self) -> bool:
+        """Bit 7: pre-trip alarm on."""
+        return bool(self.word & SW3_PRE_TRIP_ALARM)
+
+    @property
+    def keep_power(self) -> bool:
+        """Bit 12: keep-power (保电) active; the meter refuses trips."""
+        return bool(self.word & SW3_KEEP_POWER)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResult:
+    """What one 1C command on the control lane produced.
+
+    ``acknowledged`` is the 9C normal reply: the meter *accepted* the command,
+    which is not a confirmation. ``status`` is status word 3 read straight
+    after the 9C in the same control slot (None when no read-back was asked
+    for or it failed, ``read_error`` then says why): only bit 4 reading back
+    as commanded confirms a trip or close (DL/T 645-2007, 1C).
+    """
+
+    address: str
+    n1: int
+    acknowledged: bool
+    status: RelayStatus | None
+    read_error: str = ""
 
 
 def decode_format(item: PollItem, raw: bytes) -> list[float | None]:
@@ -372,19 +429,13 @@ class Dlt645Bus(BusOwner):
         Returns when the meter accepted it (9C); raises MeterException,
         BusTimeout/FrameCorrupt after retries, or CommandRejected. With
         ``read_back`` an event-lane read of status word 3 follows, so the
-        relay tags confirm the command soon after."""
+        relay tags confirm the command soon after. :meth:`control` reads
+        back in the same slot instead and returns what it read."""
         meter = self._meter(address)
         until = valid_until or dt.datetime.fromtimestamp(self.wall() + valid_for_s)
 
         async def action() -> None:
-            await self.client.control(
-                address,
-                n1,
-                until,
-                password_level=meter.password_level,
-                password=meter.password,
-                operator=meter.operator,
-            )
+            await self._send_control(address, meter, n1, until)
 
         await self._submit_control(action)
         if read_back:
@@ -393,7 +444,119 @@ class Dlt645Bus(BusOwner):
     async def _read_back_status(self, address: str) -> None:
         # on failure the confirmation simply comes with the next status poll
         with contextlib.suppress(Exception):
-            await self.read_now(address, ["04000503"], lane="event")
+            await self.read_now(address, [STATUS_WORD_3], lane="event")
+
+    async def _send_control(
+        self, address: str, meter: MeterConfig, n1: int, until: dt.datetime
+    ) -> None:
+        await self.client.control(
+            address,
+            n1,
+            until,
+            password_level=meter.password_level,
+            password=meter.password,
+            operator=meter.operator,
+        )
+
+    async def control(
+        self,
+        address: str,
+        n1: int,
+        *,
+        valid_until: dt.datetime | None = None,
+        valid_for_s: float = 600.0,
+        read_back: bool = True,
+    ) -> ControlResult:
+        """1C trip/close/alarm/keep-power and the status word 3 read-back, in one control slot.
+
+        The 1C (with the meter's password and operator code from the config,
+        expiry ``valid_until`` or now + ``valid_for_s``) is the next frame on
+        the wire; the read-back follows it back to back, so no cyclic poll
+        can slip in between the 9C and the read (which two separate control
+        items would allow). The read-back is not retried here: the caller's
+        confirmation loop reads again with :meth:`read_relay_status`. The
+        status lands in the process image like a polled one.
+
+        Raises MeterException (the meter refused: it did not act),
+        BusTimeout/FrameCorrupt (no valid 9C after retries: it may still have
+        acted, read the relay to know) or CommandRejected (not sent).
+        """
+        meter = self._meter(address)
+        until = valid_until or dt.datetime.fromtimestamp(self.wall() + valid_for_s)
+        self.define_relay_tags(address)
+        plan = plan_item(PollItem(di=STATUS_WORD_3))
+
+        async def action() -> ControlResult:
+            await self._send_control(address, meter, n1, until)
+            if not read_back:
+                return ControlResult(address, n1, True, None)
+            try:
+                raw = await self.client.read(address, STATUS_WORD_3, retries=0)
+            except Exception as exc:
+                return ControlResult(address, n1, True, None, str(exc) or type(exc).__name__)
+            when = self.wall()
+            self._store(address, plan, raw, when)
+            return ControlResult(address, n1, True, self._status_from(raw, when))
+
+        return await self._submit_control(action)
+
+    async def read_relay_status(self, address: str) -> RelayStatus:
+        """Read status word 3 now, on the control lane (ahead of every poll).
+
+        A confirmation re-read belongs right behind its command, not behind
+        a bus's worth of cyclic polls (at 2400 baud ≈ 5 reads/s). The result
+        also lands in the process image. Raises like any read."""
+        self._meter(address)
+        self.define_relay_tags(address)
+        plan = plan_item(PollItem(di=STATUS_WORD_3))
+
+        async def action() -> RelayStatus:
+            raw = await self.client.read(address, STATUS_WORD_3)
+            when = self.wall()
+            self._store(address, plan, raw, when)
+            return self._status_from(raw, when)
+
+        return await self._submit_control(action)
+
+    def relay_status(self, address: str) -> RelayStatus | None:
+        """The last status word 3 in the process image (no wire); None unless Good.
+
+        Filled by the status poll group, by :meth:`control` and by
+        :meth:`read_relay_status`; Bad (None here) while the meter is
+        quarantined or before its first read."""
+        self._meter(address)
+        name = self._device_prefix(address) + plan_item(PollItem(di=STATUS_WORD_3)).names[0]
+        if name not in self.image:
+            return None
+        cur = self.image.get(name)
+        if cur.quality is not Quality.GOOD or not isinstance(cur.value, int):
+            return None
+        return RelayStatus(cur.value, cur.source_time)
+
+    def relay_tag(self, address: str, flag: str) -> str:
+        """The process-image name of a status word 3 flag (``relay_open``, ``keep_power``, …)."""
+        if flag not in STATUS3_FLAGS:
+            raise KeyError(f"flag: must be one of {', '.join(STATUS3_FLAGS)} (got {flag!r})")
+        return self._device_prefix(address) + flag
+
+    def define_relay_tags(self, address: str) -> None:
+        """Define the status word 3 tags of a meter (idempotent).
+
+        A meter whose poll groups do not read status word 3 still needs them
+        once it is switched: the read-backs land there."""
+        self._meter(address)
+        prefix = self._device_prefix(address)
+        plan = plan_item(PollItem(di=STATUS_WORD_3))
+        for n in plan.names:
+            self.image.define(prefix + n, plan.unit, f"DI {STATUS_WORD_3}")
+        for flag in STATUS3_FLAGS:
+            self.image.define(prefix + flag, "", "from status word 3")
+
+    def _status_from(self, raw: bytes, when: float) -> RelayStatus:
+        value = core.decode_value(STATUS_WORD_3, raw)
+        if not isinstance(value, int):
+            raise FrameCorrupt(f"status word 3: undecodable value {value!r}")
+        return RelayStatus(value, when)
 
     async def read_now(
         self, address: str, dis: list[str], *, lane: str = "operator"

@@ -227,13 +227,46 @@ class ModbusBus(BusOwner):
                 return dev, t
         raise KeyError(f"tag: no tag {tag!r} on device {device!r}")
 
-    async def write_coil(self, device: str, tag: str, value: bool) -> None:
-        """Write a coil (e.g. a load-control output) on the control lane; reads it back into the image."""
+    def _coil(self, device: str, tag: str) -> tuple[ModbusDeviceConfig, ModbusTag]:
+        dev = self.device_configs.get(device)
+        if dev is None:
+            raise KeyError(f"device: no device {device!r} on bus {self.name}")
+        for t in dev.tags:
+            if t.name == tag:
+                if t.table != "coil":
+                    raise ValueError(f"tag: {device}/{tag} is a {t.table}, not a coil")
+                return dev, t
+        raise KeyError(f"tag: no tag {tag!r} on device {device!r}")
+
+    async def _read_coil_now(self, dev: ModbusDeviceConfig, t: ModbusTag) -> bool:
+        client = self._client
+        if client is None:
+            raise TransportClosed(f"{self.config.port}: not connected")
+        reply = await self._call(
+            dev,
+            1,
+            lambda: client.read_coils(t.address, count=1, device_id=dev.unit_id),
+            self.config.retries,
+        )
+        value = bool(reply.bits[0])
+        self.image.write(
+            self._device_prefix(dev.name) + t.name, value, Quality.GOOD, "", self.wall()
+        )
+        return value
+
+    async def write_coil(self, device: str, tag: str, value: bool) -> bool:
+        """Write a coil (e.g. a load-control output) on the control lane and read it back.
+
+        Write (FC 5) and read-back (FC 1) go out back to back in one control
+        slot; the coil as read lands in the image and is returned. A write
+        acknowledgement alone does not prove the output moved (a terminal in
+        local/manual mode echoes the write and ignores it): the caller
+        compares the returned state with ``value``."""
         dev, t = self._tag(device, tag)
         if t.table != "coil":
             raise ValueError(f"tag: {device}/{tag} is a {t.table}, not a coil")
 
-        async def action() -> None:
+        async def action() -> bool:
             client = self._client
             if client is None:
                 raise TransportClosed(f"{self.config.port}: not connected")
@@ -243,21 +276,23 @@ class ModbusBus(BusOwner):
                 lambda: client.write_coil(t.address, value, device_id=dev.unit_id),
                 self.config.retries,
             )
-            reply = await self._call(
-                dev,
-                1,
-                lambda: client.read_coils(t.address, count=1, device_id=dev.unit_id),
-                self.config.retries,
-            )
-            self.image.write(
-                self._device_prefix(dev.name) + t.name,
-                bool(reply.bits[0]),
-                Quality.GOOD,
-                "",
-                self.wall(),
-            )
+            return await self._read_coil_now(dev, t)
 
-        await self._submit_control(action)
+        return await self._submit_control(action)
+
+    async def read_coil(self, device: str, tag: str) -> bool:
+        """Read one coil now on the control lane (a confirmation re-read, ahead of polls)."""
+        dev, t = self._coil(device, tag)
+
+        async def action() -> bool:
+            return await self._read_coil_now(dev, t)
+
+        return await self._submit_control(action)
+
+    def coil_tag(self, device: str, tag: str) -> str:
+        """The process-image name of a coil (``buses/<bus>/devices/<device>/<tag>``)."""
+        self._coil(device, tag)
+        return self._device_prefix(device) + tag
 
     async def write_register(self, device: str, tag: str, value: float) -> None:
         """Write a holding register tag (scaled, u16/i16 or two registers), control lane."""

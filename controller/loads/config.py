@@ -272,6 +272,11 @@ class LoadsConfig(_Model):
     no_trip: NoTripConfig = NoTripConfig()
     # DL/T 645 1C payload protection: "plaintext" (default) or an ESAM adapter name
     cipher: Literal["plaintext"] = "plaintext"
+    # How long a load's polled relay state (status word 3 bit 4, or the coil)
+    # may disagree with the state last commanded before ``relay_mismatch`` is
+    # raised. Status words are polled every minute or so, so this must span a
+    # few poll periods: one odd reading is not yet a relay that moved by itself.
+    mismatch_grace_s: float = Field(default=180.0, ge=0.0, le=86_400.0)
 
     @model_validator(mode="after")
     def _references(self) -> LoadsConfig:

@@ -22,6 +22,7 @@ argument (virtual-time tests step it minutes at a time):
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ from controller.loads.config import GroupConfig
 from controller.loads.intents import AlarmNote, Intent, StepResult
 
 CONDITION = "demand_over_limit"
+# the same bound the config puts on limit_kw
+MAX_LIMIT_KW = 1e7
 
 
 @dataclass(slots=True, frozen=True)
@@ -44,9 +47,11 @@ class DemandGroup:
         self.window: deque[tuple[float, float]] = deque()
         self.average_kw: float | None = None
         self.limit_kw = cfg.limit_kw
-        # an engineer's SetDemandLimit; replaces the configured limit and schedule
-        # until the next start (the config stays the durable source of truth)
+        # an engineer's SetDemandLimit: replaces the configured limit and the
+        # time-of-day schedule until cleared; the runtime keeps it in the journal
+        # (ld_demand_overrides) so a restart does not silently fall back
         self.override_kw: float | None = None
+        self.override_note = ""  # who set it and why, for the limit_source tag
         self.alarm_since: float | None = None
         self.below_since: float | None = None
         self.next_restore_at = 0.0
@@ -65,6 +70,26 @@ class DemandGroup:
             if p.contains(local):
                 return p.limit_kw
         return self.cfg.limit_kw
+
+    def limit_source(self, local: dt.datetime) -> str:
+        """Where the limit in force comes from: an override, a schedule period, the config."""
+        if self.override_kw is not None:
+            return f"override {self.override_kw:g} kW" + (
+                f" ({self.override_note})" if self.override_note else ""
+            )
+        for p in self.cfg.schedule:
+            if p.contains(local):
+                return f"schedule {p.start}-{p.end}"
+        return "configured"
+
+    def check_override(self, limit_kw: float) -> None:
+        """ValueError naming ``limit_kw`` and its allowed range when it cannot be a limit."""
+        low = self.cfg.hysteresis_kw
+        if not (math.isfinite(limit_kw) and low < limit_kw <= MAX_LIMIT_KW):
+            raise ValueError(
+                f"limit_kw: must be > {low:g} (group {self.cfg.name}'s hysteresis_kw) "
+                f"and <= {MAX_LIMIT_KW:g} kW (got {limit_kw:g})"
+            )
 
     def _sample(self, now: float, power_kw: float | None) -> None:
         horizon = now - self.cfg.window_min * 60.0

@@ -1,7 +1,8 @@
 """Interlocks, enforced in the controller (never only in the HMI or the OPC UA layer).
 
 - keep-power (保电) blocks every trip, operator or automatic: turning it off
-  is a separate, audited command (engineer role on OPC UA);
+  is a separate, audited command (engineer role on OPC UA) that automation
+  may never issue (it cannot override keep-power);
 - automation may not trip a load whose keep-power state it cannot read
   (it would switch something it cannot reason about);
 - a load under maintenance lock-out cannot be closed;
@@ -47,6 +48,8 @@ def check(kind: str, facts: LoadFacts, *, automation: bool) -> str:
             return "interlock: keep-power active (trips are blocked)"
         if automation and facts.keep_power is None:
             return "interlock: keep-power state unknown (automation does not trip blind)"
+    if kind == "keep_power_off" and automation:
+        return "interlock: keep-power is removed by a person only, never by automation"
     if kind in CLOSE_KINDS and facts.locked_out is not None:
         lo = facts.locked_out
         return f"interlock: maintenance lock-out by {lo.who} ({lo.why})"

@@ -192,6 +192,7 @@ class PrepaidAccount:
         if self.pending:
             return out  # one command at a time per account (and per load)
         # one intent per step, most important first
+        kind: str
         if self.tripped and self.balance > c.close_allowed_amount:
             kind, why = c.close_mode, f"> close-allowed amount {c.close_allowed_amount}"
         elif trip_due:

@@ -3,7 +3,9 @@
 ``LoadsRuntime`` owns the executor, one :class:`DemandGroup` per group and one
 :class:`PrepaidAccount` per account. Every ``control`` cycle it
 
-1. mirrors device state into ``loads/<name>/…`` tags;
+1. mirrors device state into ``loads/<name>/…`` tags and compares each
+   relay's polled position with the one last commanded (``relay_mismatch``
+   after ``mismatch_grace_s``);
 2. steps each demand group with the group's total active power from the image;
 3. bills new energy readings and steps each prepaid account;
 4. hands the intents to the executor (interlocks → journal → control lane →
@@ -86,6 +88,17 @@ LOADS_SCHEMA: list[str] = [
         who   TEXT NOT NULL,
         why   TEXT NOT NULL,
         since REAL NOT NULL
+    )
+    """,
+    # an engineer's demand-limit override stays in force across restarts until cleared
+    """
+    CREATE TABLE IF NOT EXISTS ld_demand_overrides (
+        grp      TEXT PRIMARY KEY,
+        limit_kw REAL NOT NULL,
+        who      TEXT NOT NULL,
+        why      TEXT NOT NULL,
+        ref      TEXT NOT NULL DEFAULT '',
+        since    REAL NOT NULL
     )
     """,
 ]
@@ -198,7 +211,8 @@ class LoadsRuntime:
         for g in self.groups:
             p = f"demand/groups/{g}/"
             img.define(p + "average_kw", "kW", "sliding-window average of the group's power")
-            img.define(p + "limit_kw", "kW", "limit in force (schedule or default)")
+            img.define(p + "limit_kw", "kW", "limit in force (override, schedule or default)")
+            img.define(p + "limit_source", "", "where the limit comes from (override by whom)")
             img.define(p + "state", "", "normal, over_limit, shed, restoring")
             img.define(p + "rounds_shed", "", "rounds tripped and not yet restored")
         for a in self.accounts:
@@ -209,11 +223,13 @@ class LoadsRuntime:
 
     def _publish(self) -> None:
         img = self.image
+        local = self._local(self._clock())
         for name, g in self.groups.items():
             p = f"demand/groups/{name}/"
             if g.average_kw is not None:
                 img.write(p + "average_kw", round(g.average_kw, 3))
-            img.write(p + "limit_kw", float(g.limit_kw))
+            img.write(p + "limit_kw", float(g.limit_at(local)))
+            img.write(p + "limit_source", g.limit_source(local))
             img.write(p + "state", g.status())
             img.write(p + "rounds_shed", len(g.shed))
         for aid, acc in self.accounts.items():
@@ -248,6 +264,14 @@ class LoadsRuntime:
                 lo = Lockout(row["load"], row["who"], row["why"], row["since"])
                 self.executor.lockouts[lo.load] = lo
                 self.image.write(f"loads/{lo.load}/locked_out", True)
+        self.executor.restore_commanded()
+        for row in self.journal.query("SELECT * FROM ld_demand_overrides"):
+            g = self.groups.get(row["grp"])
+            if g is None:
+                continue  # a group removed from the config keeps its row
+            g.override_kw = float(row["limit_kw"])
+            g.override_note = f"by {row['who']}: {row['why']}"
+            log.info("loads: demand group %s: override %g kW restored", g.cfg.name, g.override_kw)
         self._publish()
 
     async def stop(self) -> None:
@@ -305,6 +329,72 @@ class LoadsRuntime:
         self.journal.event("loads", acc.source, f"recharge {entry.amount} by {who} ({why})")
         return acc.balance
 
+    def _group(self, name: str) -> DemandGroup:
+        g = self.groups.get(name)
+        if g is None:
+            known = ", ".join(self.groups) or "none"
+            raise LoadsError(f"group: no demand group {name!r} (groups: {known})")
+        return g
+
+    async def set_demand_limit(
+        self, group: str, limit_kw: float, *, who: str, why: str, ref: str = ""
+    ) -> None:
+        """Override a group's limit (and its schedule) until cleared; durable before applied."""
+        g = self._group(group)
+        if not who or not why:
+            raise LoadsError("who and why: required (limit changes are audited)")
+        try:
+            limit = float(limit_kw)
+        except (TypeError, ValueError):
+            raise LoadsError(f"limit_kw: must be a number of kW (got {limit_kw!r})") from None
+        try:
+            g.check_override(limit)
+        except ValueError as exc:
+            raise LoadsError(str(exc)) from None
+        now = self._clock()
+        # fsynced first: an override the engineer was told about must survive a crash
+        await self.journal.commit(
+            [
+                (
+                    "INSERT OR REPLACE INTO ld_demand_overrides(grp, limit_kw, who, why, ref, since)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (group, limit, who, why, ref, now),
+                )
+            ],
+            durable=True,
+        )
+        g.override_kw = limit
+        g.override_note = f"by {who}: {why}"
+        self.journal.event(
+            "loads",
+            g.source,
+            f"demand limit set to {limit:g} kW by {who} ({why})" + (f" [{ref}]" if ref else ""),
+        )
+        self._publish()
+
+    async def clear_demand_limit(self, group: str, *, who: str, why: str, ref: str = "") -> float:
+        """Drop the override: back to the schedule / configured limit (returned, kW)."""
+        g = self._group(group)
+        if not who or not why:
+            raise LoadsError("who and why: required (limit changes are audited)")
+        if g.override_kw is None:
+            raise LoadsError(f"group: demand group {group!r} has no limit override to clear")
+        await self.journal.commit(
+            [("DELETE FROM ld_demand_overrides WHERE grp = ?", (group,))], durable=True
+        )
+        was = g.override_kw
+        g.override_kw = None
+        g.override_note = ""
+        limit = g.limit_at(self._local(self._clock()))
+        self.journal.event(
+            "loads",
+            g.source,
+            f"demand limit override {was:g} kW cleared by {who} ({why}), {limit:g} kW in force"
+            + (f" [{ref}]" if ref else ""),
+        )
+        self._publish()
+        return limit
+
     async def lock_out(self, load: str, *, who: str, why: str) -> None:
         lo = self.executor.lock_out(load, who=who, why=why)
         await self.journal.commit(
@@ -342,6 +432,7 @@ class LoadsRuntime:
         now = self._clock()
         local = self._local(now)
         self.executor.mirror()
+        self.executor.watch_relays()
         views = self._views() if self.groups else {}
         for g in self.groups.values():
             powers = [self._power(m) for m in g.cfg.members]

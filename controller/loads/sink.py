@@ -95,28 +95,34 @@ class LoadsCommandSink:
 
 
 class DemandLimitSink:
-    """SetDemandLimit on a demand group (``demand/groups/<name>``), engineer role."""
+    """SetDemandLimit on a demand group (``demand/groups/<name>``), engineer role.
+
+    ``set_demand_limit`` (``limit_kw``) overrides the group's limit and schedule,
+    durably, until ``clear_demand_limit`` returns it to the schedule / config.
+    """
 
     def __init__(self, runtime: LoadsRuntime) -> None:
         self.runtime = runtime
 
     async def submit(self, request: CommandRequest) -> str:
-        if request.kind != "set_demand_limit":
-            raise CommandRefused(f"kind: {request.kind!r} is not a demand-group command")
+        if request.kind not in ("set_demand_limit", "clear_demand_limit"):
+            raise CommandRefused(
+                f"kind: {request.kind!r} is not a demand-group command "
+                "(set_demand_limit, clear_demand_limit)"
+            )
         name = request.target.removeprefix("demand/groups/")
-        group = self.runtime.groups.get(name)
-        if group is None:
-            known = ", ".join(self.runtime.groups) or "none"
-            raise CommandRefused(f"target: no demand group {name!r} (groups: {known})")
-        limit = float((request.args or {}).get("limit_kw", 0.0))
-        if not 0.0 < limit <= 1e7:
-            raise CommandRefused(f"limit_kw: must be > 0 and <= 1e7 kW (got {limit})")
-        group.override_kw = limit
         ref = f"opcua-{request.token[:48]}"
-        self.runtime.journal.event(
-            "loads",
-            group.source,
-            f"demand limit set to {limit:g} kW by {request.user or 'anonymous'} "
-            f"({request.reason}) [{ref}]",
-        )
+        who = request.user or "anonymous"
+        try:
+            if request.kind == "clear_demand_limit":
+                await self.runtime.clear_demand_limit(name, who=who, why=request.reason, ref=ref)
+            else:
+                limit = (request.args or {}).get("limit_kw")
+                if isinstance(limit, bool) or not isinstance(limit, int | float):
+                    raise CommandRefused(f"limit_kw: a number of kW is required (got {limit!r})")
+                await self.runtime.set_demand_limit(
+                    name, float(limit), who=who, why=request.reason, ref=ref
+                )
+        except LoadsError as exc:
+            raise CommandRefused(str(exc)) from None
         return ref

@@ -21,6 +21,14 @@ prepaid trip — goes through :class:`SwitchingExecutor`:
 After a restart, commands left ``sent`` are reconciled with :meth:`reread`
 (read the relay, never re-send).
 
+Between commands, :meth:`SwitchingExecutor.watch_relays` (every control
+cycle) compares each relay's polled position with the one last commanded and
+raises ``relay_mismatch`` when they disagree for ``mismatch_grace_s``.
+
+Actuators use only the buses' public relay API: ``Dlt645Bus.control`` (1C and
+status word 3 read-back in one control slot), ``read_relay_status`` and
+``relay_status``; ``ModbusBus.write_coil`` (write + read-back) and ``read_coil``.
+
 The 1C payload can be protected by an ESAM adapter (:class:`ControlPayloadCipher`);
 :class:`PlaintextCipher` is the default.
 """
@@ -35,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from controller.alarms import AlarmEngine
 from controller.commands import Command, CommandLog, CommandState, Resolution
@@ -43,6 +51,9 @@ from controller.cycle import Series
 from controller.loads.config import LoadConfig, LoadsConfig
 from controller.loads.interlocks import LoadFacts, Lockout, RateLimiter, check
 from controller.process_image import ProcessImage, Quality
+
+if TYPE_CHECKING:
+    from drivers.dlt645_bus import RelayStatus
 
 log = logging.getLogger("gridctl.loads")
 
@@ -68,6 +79,16 @@ N1 = {
     "keep_power_off": 0x3B,
 }
 OUTCOMES = ("confirmed", "failed", "expired", "refused")
+# The relay position (True = open) a command leaves the load in once it is sent,
+# for the periodic mismatch watch. None: no expectation — after close-allowed
+# the customer closes by hand (bit 4 follows whenever they do), and keep-power
+# on may close the relay itself. Kinds not listed leave the expectation alone.
+EXPECTED_OPEN: dict[str, bool | None] = {
+    "trip": True,
+    "direct_close": False,
+    "close_allowed": None,
+    "keep_power_on": None,
+}
 
 
 class LoadsError(ValueError):
@@ -183,112 +204,83 @@ def _good(image: ProcessImage, name: str) -> Any:
 
 
 class MeterRelay:
-    """A DL/T 645 meter relay behind a ``Dlt645Bus``."""
+    """A DL/T 645 meter relay behind a ``Dlt645Bus`` (its public control API only)."""
 
-    kinds = KINDS
-    STATUS3 = "04000503"
+    kinds: tuple[str, ...] = KINDS
 
     def __init__(
         self, bus: Any, address: str, image: ProcessImage, cipher: ControlPayloadCipher
     ) -> None:
-        from drivers.config import PollItem
-        from drivers.dlt645_bus import plan_item
-        from drivers.quantities import STATUS3_FLAGS
-
         self.bus = bus
         self.address = address
         self.image = image
         self.cipher = cipher
-        self.prefix = f"buses/{bus.name}/meters/{address}/"
-        self._plan = plan_item(PollItem(di=self.STATUS3))
-        for n in self._plan.names:
-            image.define(self.prefix + n, self._plan.unit)
-        for flag in STATUS3_FLAGS:
-            image.define(self.prefix + flag, "")
+        # the read-backs land in these tags even when no poll group reads status word 3
+        bus.define_relay_tags(address)
 
     async def send(self, kind: str, valid_until: float) -> RelayState | None:
         """1C on the control lane and, in the same control slot, the status read-back.
 
-        Both frames go out back to back: no poll can slip in between the 9C
-        and the read-back (which a second control item would allow). Returns
-        the state read, or None when only the read-back failed.
+        Returns the state read, or None when only the read-back failed (the
+        confirmation loop reads again).
         """
         if not self.cipher.plaintext:
             raise LoadsError(
                 f"cipher {self.cipher.name!r}: this bus driver sends plaintext 1C only"
             )
-        bus = self.bus
-        meter = bus.meters[self.address]
-        until = dt.datetime.fromtimestamp(valid_until)
-        read_ok = False
-
-        async def action() -> None:
-            nonlocal read_ok
-            await bus.client.control(
-                self.address,
-                N1[kind],
-                until,
-                password_level=meter.password_level,
-                password=meter.password,
-                operator=meter.operator,
-            )
-            try:
-                raw = await bus.client.read(self.address, self.STATUS3, retries=0)
-            except Exception:
-                return  # the confirmation loop reads again
-            bus._store(self.address, self._plan, raw, bus.wall())
-            read_ok = True
-
-        await bus._submit_control(action)
-        return self.known() if read_ok else None
+        result = await self.bus.control(
+            self.address, N1[kind], valid_until=dt.datetime.fromtimestamp(valid_until)
+        )
+        return None if result.status is None else _relay_state(result.status)
 
     async def read(self) -> RelayState:
-        bus = self.bus
-
-        async def action() -> None:
-            raw = await bus.client.read(self.address, self.STATUS3)
-            bus._store(self.address, self._plan, raw, bus.wall())
-
         # on the control lane: the read-back is the next frame after the 1C,
         # not queued behind the cyclic polls
-        await bus._submit_control(action)
-        return self.known()
+        return _relay_state(await self.bus.read_relay_status(self.address))
 
     def known(self) -> RelayState:
-        p = self.prefix
-        return RelayState(
-            _good(self.image, p + "relay_open"),
-            _good(self.image, p + "relay_commanded_open"),
-            _good(self.image, p + "pre_trip_alarm"),
-            _good(self.image, p + "keep_power"),
-        )
+        status = self.bus.relay_status(self.address)
+        if status is None:
+            return RelayState(None)
+        return _relay_state(status)
+
+
+def _relay_state(status: RelayStatus) -> RelayState:
+    """A ``drivers.dlt645_bus.RelayStatus`` (status word 3) as the executor sees it."""
+    return RelayState(
+        status.relay_open, status.commanded_open, status.pre_trip_alarm, status.keep_power
+    )
 
 
 class TerminalCoil:
     """A coil on a Modbus load-control terminal (True = load supplied)."""
 
-    kinds = COIL_KINDS
+    kinds: tuple[str, ...] = COIL_KINDS
 
     def __init__(self, bus: Any, device: str, coil: str, image: ProcessImage) -> None:
         self.bus = bus
         self.device = device
         self.coil = coil
         self.image = image
-        self.tag = f"buses/{bus.name}/devices/{device}/{coil}"
+        self.tag = bus.coil_tag(device, coil)
+
+    @staticmethod
+    def _state(closed: bool) -> RelayState:
+        # a terminal coil has no keep-power of its own: trips are never blocked by it
+        return RelayState(not closed, not closed, keep_power=False)
 
     async def send(self, kind: str, valid_until: float) -> RelayState | None:
-        # write_coil writes and reads the coil back into the image (control lane)
-        await self.bus.write_coil(self.device, self.coil, kind != "trip")
-        return self.known()
+        # write and read-back in one control slot; the read-back decides, not the echo
+        return self._state(await self.bus.write_coil(self.device, self.coil, kind != "trip"))
 
     async def read(self) -> RelayState:
-        return self.known()
+        return self._state(await self.bus.read_coil(self.device, self.coil))
 
     def known(self) -> RelayState:
         closed = _good(self.image, self.tag)
         if closed is None:
             return RelayState(None, keep_power=False)
-        return RelayState(not closed, not closed, keep_power=False)
+        return self._state(bool(closed))
 
 
 def actuators_for(
@@ -312,7 +304,12 @@ def actuators_for(
             out[load.name] = MeterRelay(bus, load.address, image, cipher)
         else:
             assert load.device is not None and load.coil is not None
-            out[load.name] = TerminalCoil(bus, load.device, load.coil, image)
+            if not hasattr(bus, "coil_tag"):
+                raise LoadsError(f"loads[{i}].bus: {load.bus} is not a Modbus bus (coil loads)")
+            try:
+                out[load.name] = TerminalCoil(bus, load.device, load.coil, image)
+            except (KeyError, ValueError) as exc:
+                raise LoadsError(f"loads[{i}].coil: {exc.args[0]}") from None
     return out
 
 
@@ -352,6 +349,15 @@ class SwitchingExecutor:
         self.outcomes: Counter[tuple[str, str]] = Counter()
         self.latency: dict[str, Series] = {}  # kind -> request→terminal of confirmed commands
         self.sent_frames = 0
+        # the periodic mismatch watch: load -> relay position last commanded
+        # (True = open) and the command that did it; mismatch start (monotonic)
+        self.commanded: dict[str, bool | None] = {}
+        self._commanded_by: dict[str, str] = {}
+        self._mismatch_since: dict[str, float] = {}
+        # load -> what the active relay_mismatch alarm is about: "relay" (the
+        # position) or the kind of a failed non-switching command, which the
+        # position watch must not clear
+        self._mismatch_cause: dict[str, str] = {}
         for load in config.loads:
             self._define_tags(load.name)
 
@@ -593,6 +599,8 @@ class SwitchingExecutor:
         # write-ahead: "sent" is on disk before the frame is on the wire
         await self.commands.transition(cmd.id, CommandState.SENT, reason=f"feeder {feeder}")
         self.sent_frames += 1
+        before = (self.commanded.get(load), self._commanded_by.get(load, ""))
+        self._commanded(load, cmd.kind, cmd.id)
         send_error = ""
         first: RelayState | None = None
         try:
@@ -600,6 +608,9 @@ class SwitchingExecutor:
         except Exception as exc:
             from drivers.errors import CommandRejected, MeterException
 
+            if isinstance(exc, MeterException | CommandRejected | LoadsError):
+                # refused by the meter or never sent: nothing was commanded
+                self.commanded[load], self._commanded_by[load] = before
             if isinstance(exc, MeterException):
                 # the meter answered and refused: it did not act
                 return await self._end(cmd, CommandState.FAILED, f"meter refused: {exc}")
@@ -652,14 +663,106 @@ class SwitchingExecutor:
     def _mismatch(self, load: str, cmd: Command, active: bool, message: str) -> None:
         if self.alarms is None:
             return
-        if cmd.kind not in ("trip", "direct_close", "close_allowed") and not active:
+        relay = cmd.kind in ("trip", "direct_close", "close_allowed")
+        if not relay and not active:
             return
+        if active:
+            self._mismatch_cause[load] = "relay" if relay else cmd.kind
+        else:
+            self._mismatch_cause.pop(load, None)
+            self._mismatch_since.pop(load, None)
         self.alarms.set(
             "relay_mismatch",
             f"loads/{load}",
             active,
             f"{cmd.kind} {cmd.id}: commanded ≠ observed: {message}" if active else message,
         )
+
+    # -- the periodic mismatch watch --------------------------------------------------------
+    def _commanded(self, load: str, kind: str, command_id: str) -> None:
+        if kind in EXPECTED_OPEN:
+            self.commanded[load] = EXPECTED_OPEN[kind]
+            self._commanded_by[load] = f"{kind} {command_id}"
+            self._mismatch_since.pop(load, None)
+
+    def restore_commanded(self) -> int:
+        """At start-up: each load's last commanded relay position, from the command log.
+
+        A command counts once it may have reached the relay: confirmed, still
+        ``sent`` (the reconcile reads it back) or failed because the read-back
+        disagreed. Refused, expired, "meter refused" and "not sent" ones never
+        acted. Returns the number of loads with an expectation.
+        """
+        j = self.commands.journal
+        if not j.is_open:
+            return 0
+        kinds = tuple(EXPECTED_OPEN)
+        rows = j.query(
+            "SELECT id, kind, target, state, reason FROM commands "
+            f"WHERE target LIKE 'loads/%' AND kind IN ({', '.join('?' * len(kinds))}) "
+            "ORDER BY created, rowid",
+            kinds,
+        )
+        for row in rows:
+            load = row["target"].removeprefix("loads/")
+            if load not in self.actuators:
+                continue
+            state, reason = row["state"], row["reason"] or ""
+            acted = state in ("confirmed", "sent") or (
+                state == "failed" and reason.startswith("not confirmed")
+            )
+            if acted:
+                self._commanded(load, row["kind"], row["id"])
+        return sum(1 for v in self.commanded.values() if v is not None)
+
+    def watch_relays(self) -> None:
+        """Compare each load's polled relay position with the one last commanded (control cycle).
+
+        A relay that moves by itself (operated by hand on site, a meter's own
+        protection, a failed late read-back) is otherwise noticed only at the
+        next command. Disagreement for ``mismatch_grace_s`` raises
+        ``relay_mismatch``; agreement clears it. A load with a command in
+        flight is left to its confirmation. Unknown or Bad quality (meter
+        offline) neither raises nor clears: that is the offline alarm's business.
+        """
+        if self.alarms is None:
+            return
+        now = self._mono()
+        grace = self.config.mismatch_grace_s
+        for load, expected in self.commanded.items():
+            if expected is None:
+                continue
+            if load in self._busy:
+                self._mismatch_since.pop(load, None)
+                continue
+            observed = self.actuators[load].known().relay_open
+            if observed is None:
+                continue
+            if observed == expected:
+                self._mismatch_since.pop(load, None)
+                if self._mismatch_cause.get(load) == "relay":
+                    del self._mismatch_cause[load]
+                    self.alarms.set(
+                        "relay_mismatch",
+                        f"loads/{load}",
+                        False,
+                        f"relay reads {'open' if observed else 'closed'} as commanded "
+                        f"({self._commanded_by.get(load, '')})",
+                    )
+                continue
+            since = self._mismatch_since.setdefault(load, now)
+            if now - since < grace or self._mismatch_cause.get(load) is not None:
+                continue
+            self._mismatch_cause[load] = "relay"
+            self.alarms.set(
+                "relay_mismatch",
+                f"loads/{load}",
+                True,
+                f"commanded ≠ observed: {self._commanded_by.get(load, '')} commanded "
+                f"{'open' if expected else 'closed'}, relay reads "
+                f"{'open' if observed else 'closed'} for {now - since:.0f} s "
+                "(no command since)",
+            )
 
     # -- restart ----------------------------------------------------------------------------
     async def reread(self, cmd: Command) -> Resolution | None:

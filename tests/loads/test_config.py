@@ -47,6 +47,14 @@ GROUP = {
             "loads.confirm.max_rereads: must be between 0 and 100 (got 1000)",
         ),
         (
+            {"loads": [LOAD], "mismatch_grace_s": -5},
+            "loads.mismatch_grace_s: must be between 0.0 and 86400.0 (got -5)",
+        ),
+        (
+            {"loads": [LOAD], "mismatch_grace_s": "soon"},
+            "loads.mismatch_grace_s:",
+        ),
+        (
             {"loads": [{**LOAD, "safe_state": "open"}]},
             "safe_state: a meter relay latches; only 'hold' is allowed",
         ),
