@@ -539,6 +539,13 @@ COMMAND_METHODS: dict[str, tuple[CommandMethod, ...]] = {
                 REASON,
             ),
         ),
+        CommandMethod(
+            "ClearDemandLimit",
+            "clear_demand_limit",
+            "end a SetDemandLimit override: the time-of-day or configured limit applies again",
+            Role.ENGINEER,
+            (REASON,),
+        ),
     ),
     "LoadType": (
         CommandMethod(

@@ -69,6 +69,15 @@ CASES = [
         {"limit_kw": 850.0},
     ),
     (
+        "groups/g1",
+        "ClearDemandLimit",
+        ["peak over"],
+        "emma",
+        "otto",
+        "clear_demand_limit",
+        {},
+    ),
+    (
         "loads/feeder1_l1",
         "Recharge",
         [ua.Variant(200.0, VT.Double), "counter payment"],
