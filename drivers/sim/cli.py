@@ -36,6 +36,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--config", default=DEFAULT_CONFIG, help="config naming the control socket")
     f.add_argument("--socket", help="control socket path (overrides the config)")
     f.set_defaults(func=_fault)
+    r = sim_sub.add_parser(
+        "relay", help="move a simulated meter's relay without a command (local action, tamper)"
+    )
+    r.add_argument("meter", help="meter address (12 digits)")
+    r.add_argument("state", choices=("open", "closed"))
+    r.add_argument("--bus", help="bus name, when the address exists on several buses")
+    r.add_argument("--config", default=DEFAULT_CONFIG, help="config naming the control socket")
+    r.add_argument("--socket", help="control socket path (overrides the config)")
+    r.set_defaults(func=_relay)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -86,15 +95,6 @@ async def _serve(config: object, fast: bool | None, parent: int | None = None) -
 
 
 def _fault(args: argparse.Namespace) -> int:
-    from drivers.sim.control import request
-
-    path = args.socket
-    if path is None:
-        try:
-            path = load_field_config(args.config).sim.control_socket
-        except ConfigFileError as exc:
-            print(f"gridctl sim fault: {exc}", file=sys.stderr)
-            return 2
     msg = {
         "op": "fault",
         "meter": args.meter,
@@ -102,13 +102,42 @@ def _fault(args: argparse.Namespace) -> int:
         "on": not args.off,
         "bus": args.bus,
     }
-    try:
-        reply = asyncio.run(request(Path(path), msg))
-    except (OSError, TimeoutError) as exc:
-        print(f"gridctl sim fault: no simulator at {path}: {exc}", file=sys.stderr)
+    reply = _request(args, "fault", msg)
+    if reply is None:
         return 1
     if not reply.get("ok"):
         print(f"gridctl sim fault: {reply.get('error')}", file=sys.stderr)
         return 2
     print(f"{reply['bus']}/{reply['meter']}: faults = {', '.join(reply['faults']) or 'none'}")
     return 0
+
+
+def _relay(args: argparse.Namespace) -> int:
+    msg = {"op": "relay", "meter": args.meter, "open": args.state == "open", "bus": args.bus}
+    reply = _request(args, "relay", msg)
+    if reply is None:
+        return 1
+    if not reply.get("ok"):
+        print(f"gridctl sim relay: {reply.get('error')}", file=sys.stderr)
+        return 2
+    state = "open" if reply["relay_open"] else "closed"
+    print(f"{reply['bus']}/{reply['address']}: relay {state}")
+    return 0
+
+
+def _request(args: argparse.Namespace, command: str, msg: dict[str, object]) -> dict | None:
+    """Send one request to the simulator named by --socket or the config; None: no simulator."""
+    from drivers.sim.control import request
+
+    path = args.socket
+    if path is None:
+        try:
+            path = load_field_config(args.config).sim.control_socket
+        except ConfigFileError as exc:
+            print(f"gridctl sim {command}: {exc}", file=sys.stderr)
+            return None
+    try:
+        return asyncio.run(request(Path(path), msg))
+    except (OSError, TimeoutError) as exc:
+        print(f"gridctl sim {command}: no simulator at {path}: {exc}", file=sys.stderr)
+        return None

@@ -2,6 +2,8 @@
 
 - ``{"op": "ping"}``
 - ``{"op": "fault", "meter": ADDR, "kind": KIND, "on": bool, "bus": NAME|None}``
+- ``{"op": "relay", "meter": ADDR, "open": bool, "bus": NAME|None}`` → move the relay
+  without a command (what was commanded stays as it was)
 - ``{"op": "state", "meter": ADDR, "bus": NAME|None}`` → the meter's simulated state
 - ``{"op": "buses"}`` → names, wires and meter counts
 """

@@ -187,8 +187,20 @@ class SimulatedPlant:
                 "meter": meter.address,
                 "faults": sorted(meter.faults),
             }
+        if op == "relay":
+            # The relay moves without a 1C command: a local button, a welded contact, a
+            # tamper. What the controller commanded is left as it was, so the
+            # controller's relay-mismatch watch has something to find.
+            state = msg.get("open")
+            if not isinstance(state, bool):
+                raise ValueError(f"open: must be true or false, got {state!r}")
+            farm, meter = self._find_meter(str(msg.get("meter", "")), msg.get("bus"))
+            meter.advance(asyncio.get_running_loop().time(), time.time())
+            meter.relay_open = state
+            meter._close_at = None
+            return {"ok": True, "bus": farm.name, **meter.state()}
         if op == "state":
             farm, meter = self._find_meter(str(msg.get("meter", "")), msg.get("bus"))
             meter.advance(asyncio.get_running_loop().time(), time.time())
             return {"ok": True, "bus": farm.name, **meter.state()}
-        raise ValueError(f"op: unknown operation {op!r} (ping, buses, fault, state)")
+        raise ValueError(f"op: unknown operation {op!r} (ping, buses, fault, relay, state)")

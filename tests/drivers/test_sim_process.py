@@ -61,6 +61,19 @@ async def test_start_simulator_fault_cli_and_exception_replies(tmp_path) -> None
             sim.control_socket, {"op": "fault", "meter": "000000000001", "kind": "melt"}
         )
         assert not reply["ok"] and "kind" in reply["error"]
+        # a relay that moves without a command: what was commanded stays closed
+        relay = [sys.executable, "-m", "controller", "sim", "relay", "000000000003", "open"]
+        moved = subprocess.run(
+            [*relay, "--config", str(path)], capture_output=True, text=True, cwd=REPO, timeout=30
+        )
+        assert moved.returncode == 0, moved.stderr
+        assert moved.stdout.strip() == "bus1/000000000003: relay open"
+        reply = await request(sim.control_socket, {"op": "state", "meter": "000000000003"})
+        assert reply["relay_open"] is True and reply["relay_commanded_open"] is False
+        reply = await request(
+            sim.control_socket, {"op": "relay", "meter": "000000000003", "open": "yes"}
+        )
+        assert reply == {"ok": False, "error": "open: must be true or false, got 'yes'"}
     finally:
         await plant.stop()
         assert sim.stop() == 0
