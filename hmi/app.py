@@ -122,11 +122,14 @@ class HmiApp(App[None]):
             self.run_worker(self._plant_changed(), exclusive=True, group="plant")
 
     async def _plant_changed(self) -> None:
-        for view in self.views.values():
-            await view.plant_changed()
-        for view in self.views.values():
-            if view.active:
-                view.update_values(None)
+        try:
+            for view in self.views.values():
+                await view.plant_changed()
+            for view in self.views.values():
+                if view.active:
+                    view.update_values(None)
+        except NoMatches:  # the app is closing: its widgets are already gone
+            return
 
     def _values_changed(self, changed: set[str]) -> None:
         for view in self.views.values():

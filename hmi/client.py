@@ -134,8 +134,11 @@ class Plant:
     namespace: int = 0
     buses: dict[str, list[str]] = field(default_factory=dict)  # bus -> meter paths
     bus_diagnostics: set[str] = field(default_factory=set)  # buses with a Diagnostics object
+    # bus -> variable names of its first meter (every meter of a bus polls the same items)
+    meter_leaves: dict[str, set[str]] = field(default_factory=dict)
     loads: list[str] = field(default_factory=list)  # load object paths
-    groups: list[str] = field(default_factory=list)  # group object paths
+    groups: list[str] = field(default_factory=list)  # demand group object paths
+    has_command_ring: bool = False  # @commands/Recent: the last commands issued over OPC UA
     has_acknowledge: bool = False
     has_alarm_list: bool = False
     has_shelving: bool = False
@@ -172,6 +175,21 @@ ALARM_ACK = "@alarms/Acknowledge"
 ALARM_SHELVE = "@alarms/Shelve"
 WHOAMI = "@gridctl/WhoAmI"  # method → [user, role] (requested from the server)
 SERVICE_DIAG = "@diag"
+COMMAND_RING = "@commands/Recent"  # slots 00..NN, each CommandId, Kind, Target, State, Reason…
+COMMAND_FIELDS = ("CommandId", "Kind", "Target", "User", "State", "Reason")
+
+NODE_OBJECT = 1
+NODE_VARIABLE = 2
+NODE_METHOD = 4
+
+# Lowest role each command needs, as the server enforces it (methods.py); the
+# HMI only offers what the session's role allows, the server has the last word.
+ROLE_RANK = {"viewer": 0, "operator": 1, "engineer": 2, "admin": 3}
+KIND_ROLE = {
+    "keep_power_on": "engineer",
+    "keep_power_off": "engineer",
+    "set_demand_limit": "engineer",
+}
 
 ChangeListener = Callable[[set[str]], None]
 StateListener = Callable[["GridClient"], None]
@@ -266,12 +284,18 @@ class GridClient:
         return reading.status in (SC.BadNodeIdUnknown, SC.BadAttributeIdInvalid)
 
     def can_command(self, kind: str | None = None) -> bool:
-        """Whether to offer a command: anonymous never; a kind the server refused, no."""
+        """Whether to offer a command: anonymous never; a kind the server refused, no.
+
+        A role the server did not name ("unknown") is offered everything: the
+        server checks every call and a refusal is remembered per kind.
+        """
         if self.role in (None, "anonymous", "viewer"):
             return False
         if kind is not None and kind in self.denied_kinds:
             return False
-        return not (kind in ("keep_power_on", "keep_power_off") and self.role == "operator")
+        needed = KIND_ROLE.get(kind or "", "operator")
+        rank = ROLE_RANK.get(self.role or "")
+        return rank is None or rank >= ROLE_RANK[needed]
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -475,10 +499,27 @@ class GridClient:
         if names:
             has = await self._exists(client, [f"buses/{b}/@diag" for b in names], ns)
             plant.bus_diagnostics = {b for b, ok in zip(names, has, strict=True) if ok}
+        for bus, meters in plant.buses.items():
+            if meters:
+                children = await self._children(client, meters[0], ns)
+                plant.meter_leaves[bus] = {n for n, _i, cls in children if cls == NODE_VARIABLE}
         plant.loads = sorted(await self._members(client, "loads", ns))
-        plant.groups = sorted(await self._members(client, "groups", ns))
-        probes = [ALARM_ACK, ALARM_LIST, ALARM_SHELVE, WHOAMI, "line", "warehouse", "tasks"]
+        # Demand groups live under demand/groups (older servers: a top-level groups folder).
+        plant.groups = sorted(await self._members(client, "demand/groups", ns)) or sorted(
+            await self._members(client, "groups", ns)
+        )
+        probes = [
+            ALARM_ACK,
+            ALARM_LIST,
+            ALARM_SHELVE,
+            WHOAMI,
+            "line",
+            "warehouse",
+            "tasks",
+            COMMAND_RING,
+        ]
         found = dict(zip(probes, await self._exists(client, probes, ns), strict=True))
+        plant.has_command_ring = found[COMMAND_RING]
         plant.has_acknowledge = found[ALARM_ACK]
         plant.has_alarm_list = found[ALARM_LIST]
         plant.has_shelving = found[ALARM_SHELVE]
@@ -609,7 +650,7 @@ class GridClient:
                 _log.exception("change listener failed")
 
     # -- methods ------------------------------------------------------------------
-    async def call(self, object_path: str, method: str, *args: str) -> list[Any]:
+    async def call(self, object_path: str, method: str, *args: str | list[str]) -> list[Any]:
         client = self._client
         if client is None or not self.connected:
             raise CommandError(SC.BadNotConnected, "not connected to the server")
@@ -621,12 +662,13 @@ class GridClient:
             raise
 
     async def _call(
-        self, client: Client, object_path: str, method: str, args: list[str]
+        self, client: Client, object_path: str, method: str, args: list[str | list[str]]
     ) -> list[Any]:
         ns = self.plant.namespace
         req = ua.CallMethodRequest()
         req.ObjectId = ua.NodeId(object_path, ns)
         req.MethodId = ua.NodeId(f"{object_path}/{method}", ns)
+        # Everything goes as String (or String[]): the server parses numbers given as text.
         req.InputArguments = [ua.Variant(a, ua.VariantType.String) for a in args]
         try:
             (res,) = await client.uaclient.call([req])

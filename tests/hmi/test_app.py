@@ -57,7 +57,7 @@ async def test_meters_filter_sort_and_bad_quality(plant):
         await wait_for(pilot, lambda: table.row_count == 8)
         # sort by bus, then by P; reverse puts the largest P first
         await pilot.press("s", "s", "r")
-        await wait_for(pilot, lambda: "sort: power_active ↓" in screen_text(app))
+        await wait_for(pilot, lambda: "sort: P kW ↓" in screen_text(app))
         first = table.coordinate_to_cell_key((0, 0)).row_key.value
         assert first.endswith("020000000004")
 
@@ -68,9 +68,9 @@ async def test_value_change_is_shown_and_detail_pane(plant):
         await ready(pilot, app)
         await pilot.press("2")
         await wait_for(pilot, lambda: "Meter 010000000001 on bus1" in screen_text(app))
-        plant.image.write("buses/bus1/meters/010000000001/power_active", 12.345)
+        plant.image.write("buses/bus1/meters/010000000001/power_active_total", 12.345)
         await wait_for(pilot, lambda: "12.345" in screen_text(app), timeout=1.5)
-        assert "power_active" in screen_text(app) and "kW" in screen_text(app)
+        assert "power_active_total" in screen_text(app) and "kW" in screen_text(app)
         plant.image.write(
             "buses/bus1/meters/010000000001/voltage_a", 231.0, Quality.UNCERTAIN, "substitute"
         )
@@ -175,7 +175,7 @@ async def test_reconnects_and_marks_stale(tmp_path):
             await wait_for(pilot, lambda: "RECONNECTING" in screen_text(app))
             await wait_for(pilot, lambda: "4.100~" in screen_text(app))  # stale, marked
             second = await start_plant(tmp_path, port=port)
-            second.image.write("buses/bus1/meters/010000000001/power_active", 5.5)
+            second.image.write("buses/bus1/meters/010000000001/power_active_total", 5.5)
             await wait_for(pilot, lambda: "● CONNECTED" in screen_text(app), timeout=15)
             await wait_for(pilot, lambda: "5.500 " in screen_text(app))
             assert "~" not in screen_text(app).split("Meter ", 1)[0]
