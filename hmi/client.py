@@ -138,7 +138,7 @@ class Plant:
     meter_leaves: dict[str, set[str]] = field(default_factory=dict)
     loads: list[str] = field(default_factory=list)  # load object paths
     groups: list[str] = field(default_factory=list)  # demand group object paths
-    has_command_ring: bool = False  # @commands/Recent: the last commands issued over OPC UA
+    command_slots: list[str] = field(default_factory=list)  # @commands/Recent/NN
     has_acknowledge: bool = False
     has_alarm_list: bool = False
     has_shelving: bool = False
@@ -150,6 +150,22 @@ class Plant:
     @property
     def meter_count(self) -> int:
         return sum(len(m) for m in self.buses.values())
+
+
+@dataclass(frozen=True, slots=True)
+class RecentCommand:
+    """One slot of the server's ring of recent commands (any client's, not only ours)."""
+
+    command_id: str
+    kind: str
+    target: str
+    user: str
+    state: str  # queued, sent, confirmed, failed, expired, refused
+    reason: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in ("confirmed", "failed", "expired", "refused")
 
 
 class CommandError(Exception):
@@ -176,6 +192,7 @@ ALARM_SHELVE = "@alarms/Shelve"
 WHOAMI = "@gridctl/WhoAmI"  # method → [user, role] (requested from the server)
 SERVICE_DIAG = "@diag"
 COMMAND_RING = "@commands/Recent"  # slots 00..NN, each CommandId, Kind, Target, State, Reason…
+COMMAND_LAST_SLOT = "@commands/LastSlot"
 COMMAND_FIELDS = ("CommandId", "Kind", "Target", "User", "State", "Reason")
 
 NODE_OBJECT = 1
@@ -296,6 +313,28 @@ class GridClient:
         needed = KIND_ROLE.get(kind or "", "operator")
         rank = ROLE_RANK.get(self.role or "")
         return rank is None or rank >= ROLE_RANK[needed]
+
+    def command_ring_paths(self) -> list[str]:
+        paths = [f"{slot}/{f}" for slot in self.plant.command_slots for f in COMMAND_FIELDS]
+        return [*paths, COMMAND_LAST_SLOT] if paths else []
+
+    def recent_commands(self) -> list[RecentCommand]:
+        """The ring's commands, newest first (by its LastSlot), empty slots left out."""
+        slots = self.plant.command_slots
+        if not slots:
+            return []
+        last = self.get(COMMAND_LAST_SLOT)
+        start = int(last.value) if last is not None and isinstance(last.value, int) else 0
+        out = []
+        for i in range(len(slots)):
+            slot = slots[(start - i) % len(slots)]
+            fields = [self.get(f"{slot}/{f}") for f in COMMAND_FIELDS]
+            if any(r is None or r.quality is not Quality.GOOD for r in fields):
+                continue
+            values = [str(r.value) for r in fields if r is not None]
+            if values[0]:
+                out.append(RecentCommand(*values))
+        return out
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -519,7 +558,9 @@ class GridClient:
             COMMAND_RING,
         ]
         found = dict(zip(probes, await self._exists(client, probes, ns), strict=True))
-        plant.has_command_ring = found[COMMAND_RING]
+        if found[COMMAND_RING]:
+            slots = await self._children(client, COMMAND_RING, ns)
+            plant.command_slots = sorted(i for _n, i, cls in slots if cls == NODE_OBJECT)
         plant.has_acknowledge = found[ALARM_ACK]
         plant.has_alarm_list = found[ALARM_LIST]
         plant.has_shelving = found[ALARM_SHELVE]

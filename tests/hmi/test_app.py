@@ -140,11 +140,22 @@ async def test_viewer_is_refused(plant):
         await ready(pilot, app)
         # the server tells the session's role (WhoAmI): a viewer is never offered a command
         await wait_for(pilot, lambda: "vera (viewer)" in screen_text(app))
-        await pilot.press("3", "t")
-        await wait_for(pilot, lambda: "Your role (viewer) may not issue" in screen_text(app))
-        await pilot.press("x")
-        await wait_for(pilot, lambda: "Your role (viewer) may not issue" in screen_text(app))
+        await pilot.press("3")
+        await wait_for(pilot, lambda: "Read-only (role viewer)" in screen_text(app))
+        footer = screen_text(app).splitlines()[-1]
+        assert "Trip" not in footer and "Command" not in footer and "limit" not in footer
+        await pilot.press("t", "x", "l")
+        await pilot.pause(0.3)
         assert "Command for" not in screen_text(app)
+        assert "Set demand limit" not in screen_text(app)
+        for key, needle in (("5", "Start batch"), ("6", "Create order")):
+            await pilot.press(key)
+            await wait_for(pilot, lambda: "Read-only (role viewer)" in screen_text(app))
+            assert needle not in screen_text(app).splitlines()[-1]
+        await pilot.press("b", "o")
+        await pilot.pause(0.3)
+        assert "Start a verification batch" not in screen_text(app)
+        assert "Create warehouse order" not in screen_text(app)
         assert plant.sink.requests == []
 
 
@@ -153,7 +164,8 @@ async def test_anonymous_is_read_only(plant):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot, app)
         await pilot.press("3", "t")
-        await wait_for(pilot, lambda: "Read-only session" in screen_text(app))
+        await wait_for(pilot, lambda: "Read-only (anonymous)" in screen_text(app))
+        assert "Command for" not in screen_text(app)
         await pilot.press("4", "a")
         await wait_for(pilot, lambda: "cannot acknowledge" in screen_text(app))
 
@@ -182,3 +194,46 @@ async def test_reconnects_and_marks_stale(tmp_path):
     finally:
         if second is not None:
             await second.stop()
+
+
+async def test_engineer_sets_a_demand_limit(plant):
+    app = make_app(plant, "emma")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("3")
+        await wait_for(
+            pilot, lambda: "Group feeder1  demand 87.5 / limit 120.0 kW" in screen_text(app)
+        )
+        assert "(73 %)" in screen_text(app) and "normal" in screen_text(app)
+        assert "Demand limit" in screen_text(app).splitlines()[-1]
+        await pilot.press("l")
+        await wait_for(pilot, lambda: "Set demand limit" in screen_text(app))
+        await pilot.press("enter")  # the only group
+        await pilot.press(*"95.5", "enter", *"evening peak", "enter")
+        await wait_for(pilot, lambda: "Confirm demand limit" in screen_text(app))
+        assert "from 120 kW to 95.5 kW" in screen_text(app)
+        assert plant.sink.requests == []
+        await pilot.click("#command-confirm-ok")
+        await wait_for(pilot, lambda: len(plant.sink.requests) == 1)
+        req = plant.sink.requests[0]
+        assert (req.target, req.kind, req.args, req.user) == (
+            "demand/groups/feeder1",
+            "set_demand_limit",
+            {"limit_kw": 95.5},
+            "emma",
+        )
+        await wait_for(pilot, lambda: "limit 95.5 kW" in screen_text(app))
+        await wait_for(pilot, lambda: "last command confirmed" in screen_text(app))
+
+
+async def test_operator_is_not_offered_the_demand_limit(plant):
+    app = make_app(plant, "otto")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: "Group feeder1" in screen_text(app))
+        assert "Trip" in screen_text(app).splitlines()[-1]
+        assert "Demand limit" not in screen_text(app).splitlines()[-1]
+        await pilot.press("l")
+        await pilot.pause(0.3)
+        assert "Set demand limit" not in screen_text(app)
