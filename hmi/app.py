@@ -16,6 +16,7 @@ from .screens.alarms import AlarmsView
 from .screens.area import AreaView
 from .screens.base import View
 from .screens.dialogs import HelpScreen
+from .screens.line import LineView
 from .screens.loads import LoadsView
 from .screens.meters import MetersView
 from .screens.overview import OverviewView
@@ -86,7 +87,7 @@ class HmiApp(App[None]):
             "meters": MetersView(client, id="view-meters"),
             "loads": LoadsView(client, id="view-loads"),
             "alarms": AlarmsView(client, id="view-alarms"),
-            "line": AreaView(client, "line", id="view-line"),
+            "line": LineView(client, id="view-line"),
             "warehouse": AreaView(client, "warehouse", id="view-warehouse"),
         }
 
@@ -149,7 +150,12 @@ class HmiApp(App[None]):
                 view.activate()
             else:
                 view.deactivate()
-        focus = {"meters": "#meter-table", "loads": "#load-table", "alarms": "#alarm-table"}
+        focus = {
+            "meters": "#meter-table",
+            "loads": "#load-table",
+            "alarms": "#alarm-table",
+            "line": "#station-table",
+        }
         if key in focus:
             self.views[key].query_one(focus[key]).focus()
 

@@ -24,7 +24,7 @@ async def test_navigates_every_screen(plant):
             "2": "8 of 8 meters",
             "3": "feeder1_l1",
             "4": "bus1: meter 010000000004 quarantined",
-            "5": "Verification line: not available on this server.",
+            "5": "Line idle",
             "6": "Warehouse: not available on this server.",
             "1": "Buses",
         }
@@ -237,3 +237,60 @@ async def test_operator_is_not_offered_the_demand_limit(plant):
         await pilot.press("l")
         await pilot.pause(0.3)
         assert "Set demand limit" not in screen_text(app)
+
+
+async def test_line_mimic_start_and_abort_batch(plant):
+    app = make_app(plant, "otto")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("5")
+        await wait_for(pilot, lambda: "Line idle" in screen_text(app))
+        text = screen_text(app)
+        assert "01 - - - - - - - - 08" in text  # one mimic cell per station, no data yet
+        assert "Start batch" in text.splitlines()[-1]
+        await pilot.press("b")
+        await wait_for(pilot, lambda: "Start a verification batch" in screen_text(app))
+        await pilot.press("down", "enter")  # second scheme
+        await pilot.press(*"000000001001, 000000001002", "enter", *"monthly check", "enter")
+        await wait_for(pilot, lambda: "Confirm start batch" in screen_text(app))
+        text = screen_text(app)
+        assert "Scheme class2-quick" in text
+        assert "2 meters: 000000001001, 000000001002" in text
+        assert plant.sink.requests == []
+        await pilot.click("#command-confirm-ok")
+        await wait_for(pilot, lambda: len(plant.sink.requests) == 1)
+        req = plant.sink.requests[0]
+        assert (req.target, req.kind, req.user, req.reason) == (
+            "line",
+            "start_batch",
+            "otto",
+            "monthly check",
+        )
+        assert req.args == {
+            "scheme": "class2-quick",
+            "meters": ["000000001001", "000000001002"],
+        }
+        # the test plant's line runs the batch: the mimic shows the stations
+        await wait_for(pilot, lambda: "01 ▶ ▶ ✖ ▶ ▶ ▶ ▶ ▶ 08" in screen_text(app))
+        text = screen_text(app)
+        assert "Line running" in text and "42.5 %" in text
+        row = next(line for line in text.splitlines() if line.startswith(" 03"))
+        assert "M00003" in row and "61.5" in row and "fail" in row
+        await pilot.press("a")
+        await wait_for(pilot, lambda: "Abort the batch" in screen_text(app))
+        await pilot.press(*"wrong scheme", "enter")
+        await wait_for(pilot, lambda: "Confirm abort" in screen_text(app))
+        await pilot.press("enter")  # Cancel has the focus
+        await wait_for(pilot, lambda: "not aborted" in screen_text(app))
+        assert len(plant.sink.requests) == 1
+        await pilot.press("a", *"wrong scheme", "enter")
+        await wait_for(pilot, lambda: "Confirm abort" in screen_text(app))
+        await pilot.click("#command-confirm-ok")
+        await wait_for(pilot, lambda: len(plant.sink.requests) == 2)
+        req = plant.sink.requests[1]
+        assert (req.kind, req.args, req.reason) == (
+            "abort_batch",
+            {"batch_id": "cmd-0001"},
+            "wrong scheme",
+        )
+        await wait_for(pilot, lambda: "Line idle" in screen_text(app))
