@@ -13,13 +13,13 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from .client import Conn, GridClient
 from .screens.alarms import AlarmsView
-from .screens.area import AreaView
 from .screens.base import View
 from .screens.dialogs import HelpScreen
 from .screens.line import LineView
 from .screens.loads import LoadsView
 from .screens.meters import MetersView
 from .screens.overview import OverviewView
+from .screens.warehouse import WarehouseView
 
 TABS: tuple[tuple[str, str], ...] = (
     ("overview", "1 Overview"),
@@ -88,7 +88,7 @@ class HmiApp(App[None]):
             "loads": LoadsView(client, id="view-loads"),
             "alarms": AlarmsView(client, id="view-alarms"),
             "line": LineView(client, id="view-line"),
-            "warehouse": AreaView(client, "warehouse", id="view-warehouse"),
+            "warehouse": WarehouseView(client, id="view-warehouse"),
         }
 
     def compose(self) -> ComposeResult:
@@ -155,6 +155,7 @@ class HmiApp(App[None]):
             "loads": "#load-table",
             "alarms": "#alarm-table",
             "line": "#station-table",
+            "warehouse": "#order-table",
         }
         if key in focus:
             self.views[key].query_one(focus[key]).focus()

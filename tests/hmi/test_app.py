@@ -8,6 +8,7 @@ from controller.process_image import Quality
 from hmi.textshot import screen_text
 
 from .conftest import make_app, ready, wait_for
+from .plant import DEMO_BOXES, RACK
 
 SIZE = (80, 24)
 
@@ -25,7 +26,7 @@ async def test_navigates_every_screen(plant):
             "3": "feeder1_l1",
             "4": "bus1: meter 010000000004 quarantined",
             "5": "Line idle",
-            "6": "Warehouse: not available on this server.",
+            "6": "Crane 1 idle",
             "1": "Buses",
         }
         for key, needle in expected.items():
@@ -294,3 +295,73 @@ async def test_line_mimic_start_and_abort_batch(plant):
             "wrong scheme",
         )
         await wait_for(pilot, lambda: "Line idle" in screen_text(app))
+
+
+async def test_warehouse_map_orders_create_and_cancel(plant):
+    app = make_app(plant, "otto")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await pilot.press("6")
+        await wait_for(pilot, lambda: "Crane 1 idle" in screen_text(app))
+        text = screen_text(app)
+        rows, bays, levels = RACK
+        assert f"Slots {DEMO_BOXES}/{rows * bays * levels} occupied" in text
+        # the map: one character per slot, as many U as occupied slots
+        view = app.query_one("#view-warehouse")
+        assert view.map_counts() == {"U": DEMO_BOXES, ".": rows * bays * levels - DEMO_BOXES}
+        map_lines = [line for line in text.splitlines() if line.startswith("L0")]
+        assert len(map_lines) == levels
+        assert sum(line[:30].count("U") for line in map_lines) == DEMO_BOXES
+        assert "L01 UUUUUUUUUU  UUUUUUUUUU" in text
+        assert "1-in" in text and "1-out" in text
+        await pilot.press("o")
+        await wait_for(pilot, lambda: "Create warehouse order" in screen_text(app))
+        await pilot.press("enter")  # outbound_verification
+        await pilot.press(*"B-0001, 2", "enter", *"batch for Monday", "enter")
+        await wait_for(pilot, lambda: "Confirm order" in screen_text(app))
+        assert "Create a outbound_verification order" in screen_text(app)
+        assert "Items: B-0001, 2" in screen_text(app)
+        await pilot.click("#command-confirm-ok")
+        await wait_for(pilot, lambda: len(plant.sink.requests) == 1)
+        req = plant.sink.requests[0]
+        assert (req.target, req.kind, req.args, req.user) == (
+            "warehouse",
+            "create_order",
+            {"kind": "outbound_verification", "items": ["B-0001", "2"]},
+            "otto",
+        )
+        # the order appears from the server's command records
+        row = lambda: next(  # noqa: E731
+            (line for line in screen_text(app).splitlines() if line.startswith(" 1      ")), ""
+        )
+        await wait_for(pilot, lambda: "open" in row())
+        assert "outbound_verification" in row() and "otto" in row()
+        await pilot.press("d")
+        await wait_for(pilot, lambda: "Cancel warehouse order" in screen_text(app))
+        await pilot.press("enter", *"wrong batch", "enter")  # the selected order is filled in
+        await wait_for(pilot, lambda: "Confirm cancel" in screen_text(app))
+        assert "CANCEL warehouse order 1" in screen_text(app)
+        await pilot.click("#command-confirm-ok")
+        await wait_for(pilot, lambda: len(plant.sink.requests) == 2)
+        req = plant.sink.requests[1]
+        assert (req.kind, req.args, req.reason) == (
+            "cancel_order",
+            {"order_id": "1"},
+            "wrong batch",
+        )
+        await wait_for(pilot, lambda: "CancelOrder 1 sent." in screen_text(app))
+
+
+async def test_warehouse_without_slot_states_shows_counts(tmp_path):
+    from .plant import start_plant
+
+    plant = await start_plant(tmp_path, rack_map=False)
+    try:
+        app = make_app(plant, "otto")
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(pilot, app)
+            await pilot.press("6")
+            await wait_for(pilot, lambda: "No rack map: the server does not" in screen_text(app))
+            assert "Slots 24/120 occupied" in screen_text(app)
+    finally:
+        await plant.stop()
