@@ -82,6 +82,9 @@ class HmiApp(App[None]):
         self.client = client
         self.start_client = start_client
         self._epoch_seen = 0
+        # Held, not queried: app.query_one searches the active screen, which is a
+        # dialog while one is open.
+        self.conn_bar = ConnectionBar(id="conn")
         self.views: dict[str, View] = {
             "overview": OverviewView(client, id="view-overview"),
             "meters": MetersView(client, id="view-meters"),
@@ -92,7 +95,7 @@ class HmiApp(App[None]):
         }
 
     def compose(self) -> ComposeResult:
-        yield ConnectionBar(id="conn")
+        yield self.conn_bar
         with TabbedContent(initial="overview"):
             for key, title in TABS:
                 with TabPane(title, id=key):
@@ -114,10 +117,9 @@ class HmiApp(App[None]):
 
     # -- client → views --------------------------------------------------------------
     def _state_changed(self, client: GridClient) -> None:
-        try:
-            self.query_one(ConnectionBar).show_state(client)
-        except NoMatches:  # shutting down
+        if not self.conn_bar.is_mounted:  # starting or shutting down
             return
+        self.conn_bar.show_state(client)
         if client.state is Conn.CONNECTED and client.epoch != self._epoch_seen:
             self._epoch_seen = client.epoch
             self.run_worker(self._plant_changed(), exclusive=True, group="plant")
@@ -137,7 +139,8 @@ class HmiApp(App[None]):
             view.values_changed(changed)
 
     def _tick(self) -> None:
-        self.query_one(ConnectionBar).show_state(self.client)
+        if self.conn_bar.is_mounted:
+            self.conn_bar.show_state(self.client)
 
     # -- navigation --------------------------------------------------------------------
     def action_tab(self, key: str) -> None:

@@ -20,7 +20,8 @@ async def test_navigates_every_screen(plant):
         text = screen_text(app)
         assert "● CONNECTED otto" in text
         assert "bus1" in text and "1 quarantined (offline)" in text
-        assert "Line     not available on this server" in text
+        assert "Line     idle  no batch since the server started" in text
+        assert "Warehouse 24/120 slots occupied  crane 1 idle  orders open 0" in text
         expected = {
             "2": "8 of 8 meters",
             "3": "feeder1_l1",
@@ -365,3 +366,21 @@ async def test_warehouse_without_slot_states_shows_counts(tmp_path):
             assert "Slots 24/120 occupied" in screen_text(app)
     finally:
         await plant.stop()
+
+
+async def test_overview_counts_unacknowledged_alarms_that_returned_to_normal(plant):
+    from opcua_server import AlarmInfo
+
+    app = make_app(plant, "otto")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await wait_for(pilot, lambda: "3 active  2 unacknowledged" in screen_text(app))
+        # every alarm returns to normal; one stays unacknowledged
+        for a in list(plant.alarms.alarms.values()):
+            plant.alarms.alarms[a.alarm_id] = AlarmInfo(
+                a.alarm_id, a.source, a.message, a.severity, False, a.alarm_id != "A-0001"
+            )
+        plant.alarms.changed.set()
+        await wait_for(pilot, lambda: "0 active  1 unacknowledged" in screen_text(app))
+        assert "1 HIGH" in screen_text(app)
+        assert "none active" not in screen_text(app)
