@@ -724,11 +724,16 @@ class GridClient:
         return [v.Value for v in res.OutputArguments or []]
 
 
+# What a refusal means to an operator when the server sends no detail with it.
+REFUSAL_TEXT = {
+    SC.BadUserAccessDenied: "refused: your role does not allow this command",
+    SC.BadInvalidState: "refused by the plant in its present state (BadInvalidState)",
+    SC.BadNotSupported: "not supported by this server (BadNotSupported)",
+}
+
+
 def _refusal(code: int, detail: str) -> str:
-    if code == SC.BadUserAccessDenied:
-        text = "refused: your role does not allow this command"
-    else:
-        text = f"refused: {status_name(code)}"
+    text = REFUSAL_TEXT.get(code, f"refused: {status_name(code)}")
     return f"{text} ({detail})" if detail else text
 
 

@@ -294,21 +294,20 @@ class CommandConfirm(ModalScreen[bool]):
 HELP_TEXT = """\
 [b]gridctl HMI[/b] — keys (the footer shows those of the current screen)
 
-  1 … 6     Overview, Meters, Loads, Alarms, Line, Warehouse
-  ?         this help           q   quit
-  Tab       next field          Esc close a dialog
+  1 … 6   Overview, Meters, Loads, Alarms, Line, Warehouse
+  ?  this help    q  quit    Tab  next field    Esc  close a dialog
 
-[b]Meters[/b]   /  filter    s  sort column    r  reverse    Enter  detail
-[b]Loads[/b]    x  command…  t  trip …         (arm → confirm → execute)
-         l  demand limit… (engineer)
-[b]Alarms[/b]   a  acknowledge with a comment   v  show shelved
-[b]Line[/b]     b  start batch…   a  abort batch…
-[b]Warehouse[/b] o  create order…  d  cancel order…
+[b]Meters[/b]    /  filter    s  sort column    r  reverse    Enter  detail
+[b]Loads[/b]     x  command…  t  trip …  (arm → confirm → execute)
+          l  demand limit… (engineers)
+[b]Alarms[/b]    a  acknowledge with a comment   v  show shelved
+[b]Line[/b]      b  start batch…    a  abort batch…
+[b]Warehouse[/b] o  create order…   d  cancel order…
 
 [b]Values[/b]
-  12.34     good               12.34?   uncertain
-  ✖ reason  bad: no value is shown       12.34~   stale (not connected,
-  n/a       not on this server                     or from before a reconnect)
+  12.34     good                 12.34?  uncertain
+  ✖ reason  bad: no value shown  12.34~  stale (link down or old connection)
+  n/a       not on this server   —       nothing published yet
 
 The top line always shows the connection; the HMI reconnects by itself.
 Commands offered depend on your role; the server has the final word.

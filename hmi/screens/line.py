@@ -32,6 +32,7 @@ BATCH_FIELDS = ("id", "scheme", "state", "progress", "meters", "passed", "failed
 METRIC_FIELDS = ("meters_tested", "pass_rate", "items_per_hour")
 STATION_FIELDS = ("state", "meter", "last_item", "last_verdict", "verdict", "temperature")
 PER_ROW = 24  # stations per mimic row (one rig unit on the demo line)
+METER_WIDTH = 14
 PASS = "pass"
 
 # Mimic symbols: (symbol, style, legend). Never colour alone: each state has its glyph.
@@ -105,9 +106,9 @@ class LineView(View):
         table = self.query_one("#station-table", DataTable)
         for label, key, width in (
             ("St", "st", 2),
-            ("Meter", "meter", 12),
-            ("State", "state", 16),
-            ("Last item", "item", 17),
+            ("Meter", "meter", METER_WIDTH),
+            ("State", "state", 15),
+            ("Last item", "item", 16),
             ("T °C", "temp", 5),
             ("Verdict", "verdict", 9),
         ):
@@ -172,9 +173,13 @@ class LineView(View):
                 "✔ " if last.value == PASS else "✖ ", "green" if last.value == PASS else "red"
             )
         item.append_text(show(c, f"{station}/last_item", quiet_nodata=True))
+        meter = show(c, f"{station}/meter", quiet_nodata=True)
+        if len(meter.plain) > METER_WIDTH:
+            # Batch barcodes share their beginning (the batch id): keep the end.
+            meter = Text("…" + meter.plain[-(METER_WIDTH - 1) :], style=meter.style)
         return [
             station.rsplit("/", 1)[-1],
-            show(c, f"{station}/meter", quiet_nodata=True),
+            meter,
             show(c, f"{station}/state", quiet_nodata=True),
             item,
             show(c, f"{station}/temperature", digits=1),

@@ -406,7 +406,7 @@ class WarehouseView(View):
             return
         items = [i.strip() for i in form["items"].split(",") if i.strip()]
         text = Text()
-        text.append(f"Create a {form['kind']} order\n", style="bold")
+        text.append(f"Create order: {form['kind']}\n", style="bold")
         text.append(f"Items: {', '.join(items)}\n")
         text.append(f"Reason: {form['reason']}")
 

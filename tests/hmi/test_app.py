@@ -320,7 +320,7 @@ async def test_warehouse_map_orders_create_and_cancel(plant):
         await pilot.press("enter")  # outbound_verification
         await pilot.press(*"B-0001, 2", "enter", *"batch for Monday", "enter")
         await wait_for(pilot, lambda: "Confirm order" in screen_text(app))
-        assert "Create a outbound_verification order" in screen_text(app)
+        assert "Create order: outbound_verification" in screen_text(app)
         assert "Items: B-0001, 2" in screen_text(app)
         await pilot.click("#command-confirm-ok")
         await wait_for(pilot, lambda: len(plant.sink.requests) == 1)
