@@ -71,6 +71,8 @@ class LoadsView(View):
         super().__init__(*args, **kwargs)
         self.commands: list[CommandRecord] = []
         self._group_paths: dict[str, list[str]] = {}  # group -> its variables
+        # (group, limit sent, command id) until the group's limit_kw reads it back
+        self.limit_sent: tuple[str, float, str] | None = None
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="load-table", cursor_type="row", zebra_stripes=True)
@@ -167,6 +169,7 @@ class LoadsView(View):
                 table.update_cell(load, key, cell)
         self._show_groups()
         self._show_commands()
+        self._check_limit()
 
     def _show_groups(self) -> None:
         c = self.client
@@ -272,11 +275,28 @@ class LoadsView(View):
                     self.refresh_bindings()
                 self._show_commands(Text(f"SetDemandLimit: {err.message}", style="bold red"))
                 return
+            self.limit_sent = (group, value, str(command_id))
             self._show_commands(
-                Text(f"SetDemandLimit {form['group']} {value:g} kW: {command_id} sent", "green")
+                Text(f"SetDemandLimit {form['group']} {value:g} kW: {command_id} sent", "yellow")
             )
+            self._check_limit()
 
         self.app.push_screen(CommandConfirm("Confirm demand limit", text, "Set limit"), confirmed)
+
+    def _check_limit(self) -> None:
+        """A limit is shown as applied only once the group's limit_kw reads it (Good)."""
+        if self.limit_sent is None:
+            return
+        group, value, command_id = self.limit_sent
+        r = self.client.get(f"{group}/limit_kw")
+        if r is None or r.quality is not Quality.GOOD or self.client.is_stale(r):
+            return
+        if isinstance(r.value, float) and abs(r.value - value) < 1e-9:
+            self.limit_sent = None
+            name = group.rsplit("/", 1)[-1]
+            self._show_commands(
+                Text(f"SetDemandLimit {name}: limit reads {r.value:g} kW ({command_id})", "green")
+            )
 
     def _show_commands(self, message: Text | None = None) -> None:
         out = Text()

@@ -225,6 +225,7 @@ async def test_engineer_sets_a_demand_limit(plant):
             "emma",
         )
         await wait_for(pilot, lambda: "limit 95.5 kW" in screen_text(app))
+        await wait_for(pilot, lambda: "feeder1: limit reads 95.5 kW" in screen_text(app))
         await wait_for(pilot, lambda: "last command confirmed" in screen_text(app))
 
 
