@@ -362,11 +362,11 @@ class MetersView(View):
         text.append("\n")
         for i, path in enumerate(self.detail_paths):
             name = path.rsplit("/", 1)[-1]
-            text.append(f"{name[:22]:<22} ")
+            text.append(f"{name[:23]:<23} ")
             cell = show(self.client, path, digits=3)
             text.append_text(cell)
             unit = self.units.get(name, "")
-            text.append(f" {unit}".ljust(max(1, 14 - len(cell.plain))))
+            text.append(f" {unit}".ljust(max(1, 13 - len(cell.plain))))
             text.append("\n" if i % 2 else "  ")
         self.query_one("#meter-detail-text", Static).update(text)
         self.query_one("#meter-trend", Sparkline).data = list(self.trend)
