@@ -14,6 +14,8 @@ methods of the ``line`` object; both go form → confirmation → call.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -23,7 +25,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from ..client import NODE_OBJECT, NODE_VARIABLE, CommandError, Quality, Reading
-from ..format import show
+from ..format import NOTHING_YET, show
 from .base import View
 from .dialogs import CommandConfirm, FormDialog, FormField
 
@@ -58,25 +60,61 @@ def _good(reading: Reading | None) -> bool:
     return reading is not None and reading.quality is not Quality.BAD
 
 
-def station_kind(state: Reading | None, meter: Reading | None, verdict: Reading | None) -> str:
-    """Which mimic symbol a station gets; a Bad state is "no data", never a guess."""
-    if _good(verdict) and verdict is not None and verdict.value:
-        return "pass" if str(verdict.value) == PASS else "fail"
+# Station states after the test, written "<state>: <verdict>" once the verdict is known.
+POST_TEST = ("tested", "disconnected", "sealed", "sorted", "boxed")
+
+
+@dataclass(frozen=True, slots=True)
+class StationNow:
+    """A station as it stands in the current batch."""
+
+    kind: str  # a key of SYMBOLS
+    verdict: str | None  # final verdict of this batch's meter, None while pending
+    in_batch: bool  # False: what it shows is left over from an earlier batch
+
+
+def _since(reading: Reading | None, start: datetime | None) -> bool:
+    """Written in the current batch (or no batch start known to compare with)."""
+    if start is None or reading is None or reading.source_time is None:
+        return True
+    return reading.source_time >= start
+
+
+def station_now(
+    state: Reading | None,
+    meter: Reading | None,
+    verdict: Reading | None,
+    batch_start: datetime | None,
+) -> StationNow:
+    """What a station shows; a Bad state is "no data", never a guess.
+
+    The line does not clear a station's tags when a batch starts, and an
+    unchanged value is not published again: a verdict tag whose timestamp is
+    older than the batch may be the previous meter's. The verdict is taken
+    from the tag only when it was written in this batch, else from the
+    station's state ("boxed: pass"), else it is pending.
+    """
     if not _good(state):
-        return "nodata"
+        return StationNow("nodata", None, True)
     assert state is not None
+    if not _since(state, batch_start):
+        return StationNow("empty", None, False)
     text = str(state.value or "")
+    found: str | None = None
+    if _good(verdict) and verdict is not None and verdict.value and _since(verdict, batch_start):
+        found = str(verdict.value)
+    for word in POST_TEST:
+        if found is None and text.startswith(f"{word}: "):
+            found = text[len(word) + 2 :]
+    if found:
+        return StationNow("pass" if found == PASS else "fail", found, True)
     if text.startswith("aborted"):
-        return "aborted"
+        return StationNow("aborted", None, True)
     if text.startswith("testing"):
-        return "testing"
-    if text.endswith(f": {PASS}"):
-        return "pass"
-    if ": " in text:  # "<state>: <verdict>" once a verdict is known
-        return "fail"
+        return StationNow("testing", None, True)
     if text and _good(meter) and meter is not None and meter.value:
-        return "loaded"
-    return "empty"
+        return StationNow("loaded", None, True)
+    return StationNow("empty", None, True)
 
 
 def split_meters(text: str) -> list[str]:
@@ -159,32 +197,57 @@ class LineView(View):
         r = self.client.get(path)
         return r.value if _good(r) and r is not None else None
 
+    def batch_start(self) -> datetime | None:
+        """When the current batch started: its id was written then (ids are unique)."""
+        r = self.client.get("line/batch/id")
+        return r.source_time if _good(r) and r is not None else None
+
+    def station(self, station: str) -> StationNow:
+        c = self.client
+        return station_now(
+            c.get(f"{station}/state"),
+            c.get(f"{station}/meter"),
+            c.get(f"{station}/verdict"),
+            self.batch_start(),
+        )
+
     def _cells(self, station: str) -> list[Text | str]:
         c = self.client
-        verdict = c.get(f"{station}/verdict")
-        style = ""
-        if _good(verdict) and verdict is not None and verdict.value:
-            style = "green" if verdict.value == PASS else "bold red"
-        # The last item with its own verdict in front: ✔ passed, ✖ not.
-        item = Text()
-        last = c.get(f"{station}/last_verdict")
-        if _good(last) and last is not None and last.value:
-            item.append(
-                "✔ " if last.value == PASS else "✖ ", "green" if last.value == PASS else "red"
-            )
-        item.append_text(show(c, f"{station}/last_item", quiet_nodata=True))
-        meter = show(c, f"{station}/meter", quiet_nodata=True)
+        now = self.station(station)
+        # Left over from an earlier batch: dim, and no verdict.
+        old = "dim" if not now.in_batch else ""
+        meter = show(c, f"{station}/meter", quiet_nodata=True, style=old)
         if len(meter.plain) > METER_WIDTH:
             # Batch barcodes share their beginning (the batch id): keep the end.
             meter = Text("…" + meter.plain[-(METER_WIDTH - 1) :], style=meter.style)
+        # The last item with its own verdict in front: ✔ passed, ✖ not.
+        item = Text()
+        last = c.get(f"{station}/last_verdict")
+        if now.in_batch and _good(last) and last is not None and last.value:
+            ok = last.value == PASS
+            item.append("✔ " if ok else "✖ ", "green" if ok else "red")
+        item.append_text(show(c, f"{station}/last_item", quiet_nodata=True, style=old))
+        if now.verdict is not None:
+            verdict = Text(now.verdict, style="green" if now.verdict == PASS else "bold red")
+        else:
+            verdict = NOTHING_YET
         return [
             station.rsplit("/", 1)[-1],
             meter,
-            show(c, f"{station}/state", quiet_nodata=True),
+            show(c, f"{station}/state", quiet_nodata=True, style=old),
             item,
             show(c, f"{station}/temperature", digits=1),
-            show(c, f"{station}/verdict", style=style, quiet_nodata=True),
+            verdict,
         ]
+
+    def batch_done(self) -> bool:
+        """The batch ended and its counts are this batch's (the message names it)."""
+        batch_id, message = self._value("line/batch/id"), self._value("line/batch/message")
+        return (
+            self._value("line/batch/state") == "done"
+            and batch_id is not None
+            and str(batch_id) in str(message or "")
+        )
 
     def update_values(self, changed: set[str] | None) -> None:
         if changed is not None and not (changed & self.paths):
@@ -195,6 +258,8 @@ class LineView(View):
         self.query_one("#line-mimic", Static).update(self._mimic())
         table = self.query_one("#station-table", DataTable)
         keys = ("st", "meter", "state", "item", "temp", "verdict")
+        if changed is not None and "line/batch/id" in changed:
+            changed = None  # a new batch: every station's leftovers are judged again
         for station in self.stations:
             if changed is not None and not any(p.startswith(f"{station}/") for p in changed):
                 continue
@@ -234,7 +299,7 @@ class LineView(View):
             out.append_text(show(c, "line/batch/progress", digits=1))
             out.append(" %  meters ")
             out.append_text(show(c, "line/batch/meters"))
-            if bstate == "done" or self._value("line/batch/passed") is not None:
+            if self.batch_done():
                 out.append("  passed ")
                 out.append_text(show(c, "line/batch/passed", style="green"))
                 out.append(" failed ")
@@ -271,11 +336,7 @@ class LineView(View):
             row = self.stations[start : start + PER_ROW]
             out.append(f"{row[0].rsplit('/', 1)[-1]} ", style="bold")
             for station in row:
-                kind = station_kind(
-                    c.get(f"{station}/state"),
-                    c.get(f"{station}/meter"),
-                    c.get(f"{station}/verdict"),
-                )
+                kind = self.station(station).kind
                 reading = c.get(f"{station}/state")
                 symbol, style, _legend = SYMBOLS[kind]
                 if reading is not None and c.is_stale(reading):

@@ -33,6 +33,7 @@ TASK_FIELDS = ("latency_p50", "latency_p99", "latency_max", "overruns")
 ERROR_WINDOW_S = 60.0
 LINE_PATHS = (
     "line/state",
+    "line/batch/message",
     "line/batch/id",
     "line/batch/state",
     "line/batch/progress",
@@ -259,7 +260,9 @@ class OverviewView(View):
             out.append_text(show(c, "line/batch/progress", digits=1))
             out.append(" %")
         passed, failed = self._value("line/batch/passed"), self._value("line/batch/failed")
-        if bstate == "done" and passed is not None:
+        # The counts are this batch's only once its closing message names it.
+        message = str(self._value("line/batch/message") or "")
+        if bstate == "done" and passed is not None and str(batch) in message:
             out.append(f"  passed {passed} failed {failed}", style="bold red" if failed else "")
         out.append("  pass rate ")
         out.append_text(show(c, "line/metrics/pass_rate", digits=1, quiet_nodata=True))

@@ -131,6 +131,20 @@ def define_line(image: ProcessImage) -> None:
         image.write(f"line/stations/{sid:02d}/temperature", 25.0 + sid / 10)
 
 
+def line_done(image: ProcessImage, batch_id: str) -> None:
+    """The batch ended: verdicts and counts as the line writes them."""
+    for sid in range(1, STATIONS + 1):
+        verdict = "fail" if sid == 3 else "pass"
+        image.write(f"line/stations/{sid:02d}/verdict", verdict)
+        image.write(f"line/stations/{sid:02d}/state", f"boxed: {verdict}")
+    image.write("line/batch/state", "done")
+    image.write("line/batch/progress", 100.0)
+    image.write("line/batch/passed", STATIONS - 1)
+    image.write("line/batch/failed", 1)
+    image.write("line/state", "idle")
+    image.write("line/batch/message", f"batch {batch_id} done: {STATIONS - 1} passed, 1 failed")
+
+
 def line_running(image: ProcessImage, batch_id: str = "b-0001") -> None:
     """A batch half way: stations testing, one verdict already FAIL."""
     image.write("line/state", "running")
@@ -150,7 +164,7 @@ def line_running(image: ProcessImage, batch_id: str = "b-0001") -> None:
         image.write(p + "state", "testing: error")
         image.write(p + "last_item", "basic error 0.1Ib PF1")
         image.write(p + "last_verdict", "pass")
-    image.write("line/stations/03/state", "done: fail")
+    image.write("line/stations/03/state", "sorted: fail")
     image.write("line/stations/03/verdict", "fail")
     image.write("line/stations/03/temperature", 61.5)
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from textual.widgets import DataTable
 
 from controller.process_image import Quality
 from hmi.textshot import screen_text
 
 from .conftest import make_app, ready, wait_for
-from .plant import DEMO_BOXES, RACK
+from .plant import DEMO_BOXES, RACK, line_done, line_running
 
 SIZE = (80, 24)
 
@@ -385,3 +387,31 @@ async def test_overview_counts_unacknowledged_alarms_that_returned_to_normal(pla
         await wait_for(pilot, lambda: "0 active  1 unacknowledged" in screen_text(app))
         assert "1 HIGH" in screen_text(app)
         assert "none active" not in screen_text(app)
+
+
+async def test_line_does_not_show_an_earlier_batch_verdicts_as_current(plant):
+    app = make_app(plant, "vera")
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        line_running(plant.image, "b-0001")
+        line_done(plant.image, "b-0001")
+        await pilot.press("5")
+        await wait_for(pilot, lambda: "01 ✔ ✔ ✖ ✔ ✔ ✔ ✔ ✔ 08" in screen_text(app))
+        assert "passed 7 failed 1" in screen_text(app)
+        await asyncio.sleep(0.05)  # the next batch starts later (timestamps)
+        # the next batch: the line rewrites id and station states, not the verdicts
+        line_running(plant.image, "b-0002")
+        plant.image.write("line/stations/03/verdict", "fail")  # unchanged: not published
+        await wait_for(pilot, lambda: "Batch b-0002" in screen_text(app))
+        await wait_for(pilot, lambda: "01 ▶ ▶ ✖ ▶ ▶ ▶ ▶ ▶ 08" in screen_text(app))
+        text = screen_text(app)
+        assert "passed 7" not in text
+        for line in text.splitlines():
+            if line.startswith(" 0") and not line.startswith(" 03"):
+                assert line.rstrip().endswith("—"), line  # verdict pending
+        line_done(plant.image, "b-0002")
+        await wait_for(pilot, lambda: "01 ✔ ✔ ✖ ✔ ✔ ✔ ✔ ✔ 08" in screen_text(app))
+        row = next(line for line in screen_text(app).splitlines() if line.startswith(" 03"))
+        assert row.rstrip().endswith("fail")
+        await pilot.press("1")
+        await wait_for(pilot, lambda: "batch b-0002 done  passed 7 failed 1" in screen_text(app))
