@@ -13,12 +13,13 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from .client import Conn, GridClient
 from .screens.alarms import AlarmsView
-from .screens.area import AreaView
 from .screens.base import View
 from .screens.dialogs import HelpScreen
+from .screens.line import LineView
 from .screens.loads import LoadsView
 from .screens.meters import MetersView
 from .screens.overview import OverviewView
+from .screens.warehouse import WarehouseView
 
 TABS: tuple[tuple[str, str], ...] = (
     ("overview", "1 Overview"),
@@ -81,17 +82,20 @@ class HmiApp(App[None]):
         self.client = client
         self.start_client = start_client
         self._epoch_seen = 0
+        # Held, not queried: app.query_one searches the active screen, which is a
+        # dialog while one is open.
+        self.conn_bar = ConnectionBar(id="conn")
         self.views: dict[str, View] = {
             "overview": OverviewView(client, id="view-overview"),
             "meters": MetersView(client, id="view-meters"),
             "loads": LoadsView(client, id="view-loads"),
             "alarms": AlarmsView(client, id="view-alarms"),
-            "line": AreaView(client, "line", id="view-line"),
-            "warehouse": AreaView(client, "warehouse", id="view-warehouse"),
+            "line": LineView(client, id="view-line"),
+            "warehouse": WarehouseView(client, id="view-warehouse"),
         }
 
     def compose(self) -> ComposeResult:
-        yield ConnectionBar(id="conn")
+        yield self.conn_bar
         with TabbedContent(initial="overview"):
             for key, title in TABS:
                 with TabPane(title, id=key):
@@ -113,27 +117,30 @@ class HmiApp(App[None]):
 
     # -- client → views --------------------------------------------------------------
     def _state_changed(self, client: GridClient) -> None:
-        try:
-            self.query_one(ConnectionBar).show_state(client)
-        except NoMatches:  # shutting down
+        if not self.conn_bar.is_mounted:  # starting or shutting down
             return
+        self.conn_bar.show_state(client)
         if client.state is Conn.CONNECTED and client.epoch != self._epoch_seen:
             self._epoch_seen = client.epoch
             self.run_worker(self._plant_changed(), exclusive=True, group="plant")
 
     async def _plant_changed(self) -> None:
-        for view in self.views.values():
-            await view.plant_changed()
-        for view in self.views.values():
-            if view.active:
-                view.update_values(None)
+        try:
+            for view in self.views.values():
+                await view.plant_changed()
+            for view in self.views.values():
+                if view.active:
+                    view.update_values(None)
+        except NoMatches:  # the app is closing: its widgets are already gone
+            return
 
     def _values_changed(self, changed: set[str]) -> None:
         for view in self.views.values():
             view.values_changed(changed)
 
     def _tick(self) -> None:
-        self.query_one(ConnectionBar).show_state(self.client)
+        if self.conn_bar.is_mounted:
+            self.conn_bar.show_state(self.client)
 
     # -- navigation --------------------------------------------------------------------
     def action_tab(self, key: str) -> None:
@@ -146,7 +153,13 @@ class HmiApp(App[None]):
                 view.activate()
             else:
                 view.deactivate()
-        focus = {"meters": "#meter-table", "loads": "#load-table", "alarms": "#alarm-table"}
+        focus = {
+            "meters": "#meter-table",
+            "loads": "#load-table",
+            "alarms": "#alarm-table",
+            "line": "#station-table",
+            "warehouse": "#order-table",
+        }
         if key in focus:
             self.views[key].query_one(focus[key]).focus()
 

@@ -134,8 +134,11 @@ class Plant:
     namespace: int = 0
     buses: dict[str, list[str]] = field(default_factory=dict)  # bus -> meter paths
     bus_diagnostics: set[str] = field(default_factory=set)  # buses with a Diagnostics object
+    # bus -> variable names of its first meter (every meter of a bus polls the same items)
+    meter_leaves: dict[str, set[str]] = field(default_factory=dict)
     loads: list[str] = field(default_factory=list)  # load object paths
-    groups: list[str] = field(default_factory=list)  # group object paths
+    groups: list[str] = field(default_factory=list)  # demand group object paths
+    command_slots: list[str] = field(default_factory=list)  # @commands/Recent/NN
     has_acknowledge: bool = False
     has_alarm_list: bool = False
     has_shelving: bool = False
@@ -147,6 +150,22 @@ class Plant:
     @property
     def meter_count(self) -> int:
         return sum(len(m) for m in self.buses.values())
+
+
+@dataclass(frozen=True, slots=True)
+class RecentCommand:
+    """One slot of the server's ring of recent commands (any client's, not only ours)."""
+
+    command_id: str
+    kind: str
+    target: str
+    user: str
+    state: str  # queued, sent, confirmed, failed, expired, refused
+    reason: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in ("confirmed", "failed", "expired", "refused")
 
 
 class CommandError(Exception):
@@ -172,6 +191,22 @@ ALARM_ACK = "@alarms/Acknowledge"
 ALARM_SHELVE = "@alarms/Shelve"
 WHOAMI = "@gridctl/WhoAmI"  # method → [user, role] (requested from the server)
 SERVICE_DIAG = "@diag"
+COMMAND_RING = "@commands/Recent"  # slots 00..NN, each CommandId, Kind, Target, State, Reason…
+COMMAND_LAST_SLOT = "@commands/LastSlot"
+COMMAND_FIELDS = ("CommandId", "Kind", "Target", "User", "State", "Reason")
+
+NODE_OBJECT = 1
+NODE_VARIABLE = 2
+NODE_METHOD = 4
+
+# Lowest role each command needs, as the server enforces it (methods.py); the
+# HMI only offers what the session's role allows, the server has the last word.
+ROLE_RANK = {"viewer": 0, "operator": 1, "engineer": 2, "admin": 3}
+KIND_ROLE = {
+    "keep_power_on": "engineer",
+    "keep_power_off": "engineer",
+    "set_demand_limit": "engineer",
+}
 
 ChangeListener = Callable[[set[str]], None]
 StateListener = Callable[["GridClient"], None]
@@ -266,12 +301,40 @@ class GridClient:
         return reading.status in (SC.BadNodeIdUnknown, SC.BadAttributeIdInvalid)
 
     def can_command(self, kind: str | None = None) -> bool:
-        """Whether to offer a command: anonymous never; a kind the server refused, no."""
+        """Whether to offer a command: anonymous never; a kind the server refused, no.
+
+        A role the server did not name ("unknown") is offered everything: the
+        server checks every call and a refusal is remembered per kind.
+        """
         if self.role in (None, "anonymous", "viewer"):
             return False
         if kind is not None and kind in self.denied_kinds:
             return False
-        return not (kind in ("keep_power_on", "keep_power_off") and self.role == "operator")
+        needed = KIND_ROLE.get(kind or "", "operator")
+        rank = ROLE_RANK.get(self.role or "")
+        return rank is None or rank >= ROLE_RANK[needed]
+
+    def command_ring_paths(self) -> list[str]:
+        paths = [f"{slot}/{f}" for slot in self.plant.command_slots for f in COMMAND_FIELDS]
+        return [*paths, COMMAND_LAST_SLOT] if paths else []
+
+    def recent_commands(self) -> list[RecentCommand]:
+        """The ring's commands, newest first (by its LastSlot), empty slots left out."""
+        slots = self.plant.command_slots
+        if not slots:
+            return []
+        last = self.get(COMMAND_LAST_SLOT)
+        start = int(last.value) if last is not None and isinstance(last.value, int) else 0
+        out = []
+        for i in range(len(slots)):
+            slot = slots[(start - i) % len(slots)]
+            fields = [self.get(f"{slot}/{f}") for f in COMMAND_FIELDS]
+            if any(r is None or r.quality is not Quality.GOOD for r in fields):
+                continue
+            values = [str(r.value) for r in fields if r is not None]
+            if values[0]:
+                out.append(RecentCommand(*values))
+        return out
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -475,10 +538,29 @@ class GridClient:
         if names:
             has = await self._exists(client, [f"buses/{b}/@diag" for b in names], ns)
             plant.bus_diagnostics = {b for b, ok in zip(names, has, strict=True) if ok}
+        for bus, meters in plant.buses.items():
+            if meters:
+                children = await self._children(client, meters[0], ns)
+                plant.meter_leaves[bus] = {n for n, _i, cls in children if cls == NODE_VARIABLE}
         plant.loads = sorted(await self._members(client, "loads", ns))
-        plant.groups = sorted(await self._members(client, "groups", ns))
-        probes = [ALARM_ACK, ALARM_LIST, ALARM_SHELVE, WHOAMI, "line", "warehouse", "tasks"]
+        # Demand groups live under demand/groups (older servers: a top-level groups folder).
+        plant.groups = sorted(await self._members(client, "demand/groups", ns)) or sorted(
+            await self._members(client, "groups", ns)
+        )
+        probes = [
+            ALARM_ACK,
+            ALARM_LIST,
+            ALARM_SHELVE,
+            WHOAMI,
+            "line",
+            "warehouse",
+            "tasks",
+            COMMAND_RING,
+        ]
         found = dict(zip(probes, await self._exists(client, probes, ns), strict=True))
+        if found[COMMAND_RING]:
+            slots = await self._children(client, COMMAND_RING, ns)
+            plant.command_slots = sorted(i for _n, i, cls in slots if cls == NODE_OBJECT)
         plant.has_acknowledge = found[ALARM_ACK]
         plant.has_alarm_list = found[ALARM_LIST]
         plant.has_shelving = found[ALARM_SHELVE]
@@ -609,7 +691,7 @@ class GridClient:
                 _log.exception("change listener failed")
 
     # -- methods ------------------------------------------------------------------
-    async def call(self, object_path: str, method: str, *args: str) -> list[Any]:
+    async def call(self, object_path: str, method: str, *args: str | list[str]) -> list[Any]:
         client = self._client
         if client is None or not self.connected:
             raise CommandError(SC.BadNotConnected, "not connected to the server")
@@ -621,12 +703,13 @@ class GridClient:
             raise
 
     async def _call(
-        self, client: Client, object_path: str, method: str, args: list[str]
+        self, client: Client, object_path: str, method: str, args: list[str | list[str]]
     ) -> list[Any]:
         ns = self.plant.namespace
         req = ua.CallMethodRequest()
         req.ObjectId = ua.NodeId(object_path, ns)
         req.MethodId = ua.NodeId(f"{object_path}/{method}", ns)
+        # Everything goes as String (or String[]): the server parses numbers given as text.
         req.InputArguments = [ua.Variant(a, ua.VariantType.String) for a in args]
         try:
             (res,) = await client.uaclient.call([req])
@@ -641,11 +724,16 @@ class GridClient:
         return [v.Value for v in res.OutputArguments or []]
 
 
+# What a refusal means to an operator when the server sends no detail with it.
+REFUSAL_TEXT = {
+    SC.BadUserAccessDenied: "refused: your role does not allow this command",
+    SC.BadInvalidState: "refused by the plant in its present state (BadInvalidState)",
+    SC.BadNotSupported: "not supported by this server (BadNotSupported)",
+}
+
+
 def _refusal(code: int, detail: str) -> str:
-    if code == SC.BadUserAccessDenied:
-        text = "refused: your role does not allow this command"
-    else:
-        text = f"refused: {status_name(code)}"
+    text = REFUSAL_TEXT.get(code, f"refused: {status_name(code)}")
     return f"{text} ({detail})" if detail else text
 
 

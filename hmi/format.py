@@ -6,18 +6,23 @@
 - Stale (connection lost, or the value predates the current connection): the
   value followed by ``~`` (dim).
 - Not on this server: ``n/a`` (dim).
+- Never written since the server started (BadWaitingForInitialData): where
+  "nothing yet" is the normal state (a verdict before the test, an idle
+  unit's item) screens may ask for a dim ``—`` instead of ``✖ NoData``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from asyncua import ua
 from rich.text import Text
 
 from .client import GridClient, Quality, Reading
 
 WAITING = Text("…", style="dim")
 NOT_AVAILABLE = Text("n/a", style="dim")
+NOTHING_YET = Text("—", style="dim")
 
 
 def number(value: Any, digits: int = 2) -> str:
@@ -37,11 +42,14 @@ def show(
     digits: int = 2,
     text: str | None = None,
     style: str = "",
+    quiet_nodata: bool = False,
 ) -> Text:
     """A cell for the value at ``path`` with its quality and staleness marked."""
     reading = client.get(path)
     if reading is None:
         return NOT_AVAILABLE if client.missing(path) else WAITING
+    if quiet_nodata and reading.status == ua.StatusCodes.BadWaitingForInitialData:
+        return NOTHING_YET
     return show_reading(client, reading, digits=digits, text=text, style=style)
 
 

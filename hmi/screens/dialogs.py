@@ -1,7 +1,9 @@
-"""Modal dialogs: acknowledge, arm a command, confirm an armed command, help."""
+"""Modal dialogs: acknowledge, arm a command, confirm an armed command, command
+forms (arguments and a reason), confirmations, help."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import ClassVar
 
@@ -158,21 +160,154 @@ class ConfirmDialog(ModalScreen[bool]):
         self.dismiss(False)
 
 
+@dataclass(frozen=True, slots=True)
+class FormField:
+    """One argument of a command form: free text, or one of ``choices``."""
+
+    key: str
+    label: str
+    placeholder: str = ""
+    choices: tuple[tuple[str, str], ...] = ()  # (value, what it means)
+    value: str = ""
+
+
+class FormDialog(ModalScreen[dict[str, str] | None]):
+    """A command's arguments and the reason (required, audited). Nothing is sent
+    from here: the caller confirms what it will send before sending it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, fields: list[FormField], note: Text | str = "") -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text = title
+        self.fields = fields
+        self.note = note
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog form"):
+            yield Label(self.title_text, classes="dialog-title")
+            if self.note:
+                yield Static(self.note, classes="form-note")
+            for f in self.fields:
+                yield Label(f.label, classes="form-label")
+                if f.choices:
+                    yield OptionList(
+                        *[Option(f"{v:<22} {what}", id=v) for v, what in f.choices],
+                        id=f"form-{f.key}",
+                        classes="form-choices",
+                    )
+                else:
+                    yield Input(
+                        f.value, placeholder=f.placeholder, id=f"form-{f.key}", max_length=4000
+                    )
+            yield Label("Reason", classes="form-label")
+            yield Input(placeholder="required, audited", id="form-reason", max_length=200)
+            yield Static(id="form-error")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Next", id="form-ok", variant="warning")
+                yield Button("Cancel", id="form-cancel")
+
+    def on_mount(self) -> None:
+        for f in self.fields:
+            if f.choices:
+                options = self.query_one(f"#form-{f.key}", OptionList)
+                values = [v for v, _w in f.choices]
+                options.highlighted = values.index(f.value) if f.value in values else 0
+        first = self.fields[0] if self.fields else None
+        self.query_one(f"#form-{first.key}" if first else "#form-reason").focus()
+
+    def on_option_list_option_selected(self, _event: OptionList.OptionSelected) -> None:
+        self.focus_next()
+
+    def _error(self, text: str, key: str) -> None:
+        self.query_one("#form-error", Static).update(Text(text, style="bold red"))
+        self.query_one(f"#form-{key}").focus()
+
+    def _submit(self) -> None:
+        out: dict[str, str] = {}
+        for f in self.fields:
+            if f.choices:
+                options = self.query_one(f"#form-{f.key}", OptionList)
+                if options.highlighted is None:
+                    self._error(f"Choose the {f.label.lower()}.", f.key)
+                    return
+                out[f.key] = f.choices[options.highlighted][0]
+            else:
+                value = self.query_one(f"#form-{f.key}", Input).value.strip()
+                if not value:
+                    self._error(f"{f.label} is required.", f.key)
+                    return
+                out[f.key] = value
+        reason = self.query_one("#form-reason", Input).value.strip()
+        if not reason:
+            self._error("A reason is required.", "reason")
+            return
+        out["reason"] = reason
+        self.dismiss(out)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "form-reason":
+            self._submit()
+        else:
+            self.focus_next()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "form-ok":
+            self._submit()
+        else:
+            self.dismiss(None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class CommandConfirm(ModalScreen[bool]):
+    """Says exactly what will be sent; only the action button sends it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, text: Text, action: str) -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text = title
+        self.text = text
+        self.action = action
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog confirm"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield Static(self.text, id="command-confirm-text")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self.action, id="command-confirm-ok", variant="error")
+                yield Button("Cancel", id="command-confirm-cancel", variant="primary")
+
+    def on_mount(self) -> None:
+        # Cancel has the focus: Enter alone never sends anything.
+        self.query_one("#command-confirm-cancel", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "command-confirm-ok")
+
+    def action_cancel(self) -> None:
+        self.dismiss(False)
+
+
 HELP_TEXT = """\
 [b]gridctl HMI[/b] — keys (the footer shows those of the current screen)
 
-  1 … 6     Overview, Meters, Loads, Alarms, Line, Warehouse
-  ?         this help           q   quit
-  Tab       next field          Esc close a dialog
+  1 … 6   Overview, Meters, Loads, Alarms, Line, Warehouse
+  ?  this help    q  quit    Tab  next field    Esc  close a dialog
 
-[b]Meters[/b]   /  filter    s  sort column    r  reverse    Enter  detail
-[b]Loads[/b]    x  command…  t  trip …         (arm → confirm → execute)
-[b]Alarms[/b]   a  acknowledge with a comment   v  show shelved
+[b]Meters[/b]    /  filter    s  sort column    r  reverse    Enter  detail
+[b]Loads[/b]     x  command…  t  trip …  (arm → confirm → execute)
+          l  demand limit… (engineers)
+[b]Alarms[/b]    a  acknowledge with a comment   v  show shelved
+[b]Line[/b]      b  start batch…    a  abort batch…
+[b]Warehouse[/b] o  create order…   d  cancel order…
 
 [b]Values[/b]
-  12.34     good               12.34?   uncertain
-  ✖ reason  bad: no value is shown       12.34~   stale (not connected,
-  n/a       not on this server                     or from before a reconnect)
+  12.34     good                 12.34?  uncertain
+  ✖ reason  bad: no value shown  12.34~  stale (link down or old connection)
+  n/a       not on this server   —       nothing published yet
 
 The top line always shows the connection; the HMI reconnects by itself.
 Commands offered depend on your role; the server has the final word.

@@ -1,4 +1,8 @@
-"""Loads: relay state, keep-power, groups; commands with arm → confirm → execute.
+"""Loads: relay state, keep-power, demand groups; commands with arm → confirm → execute.
+
+Demand groups (``demand/groups/<name>``) show the sliding-window demand against
+the limit in force, the group state and how many rounds are shed; engineers
+may set a group's limit (SetDemandLimit, form → confirm → call).
 
 A command's state is followed here by read-back: it is *confirmed* only when
 the load's ``relay_open`` (or ``keep_power``) reads what was commanded, with
@@ -17,10 +21,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
-from ..client import CommandError, Quality
+from ..client import NODE_VARIABLE, CommandError, Quality
 from ..format import show
 from .base import View
-from .dialogs import ArmDialog, ConfirmDialog
+from .dialogs import ArmDialog, CommandConfirm, ConfirmDialog, FormDialog, FormField
 
 LOAD_FIELDS = ("relay_open", "relay_commanded_open", "keep_power")
 KINDS = (
@@ -40,6 +44,9 @@ EXPECT: dict[str, tuple[str, bool]] = {
     "keep_power_off": ("keep_power", False),
 }
 CONFIRM_TIMEOUT_S = 60.0
+# Group variables shown by name, in this order; any others follow generically.
+GROUP_FIELDS = ("average_kw", "limit_kw", "state", "rounds_shed", "LastCommandState")
+GROUP_STATE_STYLE = {"normal": "green", "over_limit": "bold yellow", "shed": "bold red"}
 
 
 @dataclass(slots=True)
@@ -57,12 +64,15 @@ class LoadsView(View):
         Binding("x", "command", "Command…"),
         Binding("t", "command('trip')", "Trip…"),
         Binding("c", "command('close_direct')", "Close…"),
+        Binding("l", "set_limit", "Demand limit…"),
     ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.commands: list[CommandRecord] = []
-        self._group_paths: list[str] = []
+        self._group_paths: dict[str, list[str]] = {}  # group -> its variables
+        # (group, limit sent, command id) until the group's limit_kw reads it back
+        self.limit_sent: tuple[str, float, str] | None = None
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="load-table", cursor_type="row", zebra_stripes=True)
@@ -88,13 +98,30 @@ class LoadsView(View):
         for load in plant.loads:
             table.add_row(*self._cells(load), key=load)
         paths = [f"{load}/{f}" for load in plant.loads for f in LOAD_FIELDS]
+        self._group_paths = {}
         for group in plant.groups:
-            paths += [f"{group}/{n}" for n, _i, cls in await self.client.browse(group) if cls == 2]
-        self._group_paths = [p for p in paths if p.startswith("groups/")]
+            names = [n for n, _i, cls in await self.client.browse(group) if cls == NODE_VARIABLE]
+            known = [n for n in GROUP_FIELDS if n in names]
+            others = sorted(n for n in names if n not in GROUP_FIELDS and n != "LastCommandId")
+            self._group_paths[group] = [f"{group}/{n}" for n in known + others]
+            paths += self._group_paths[group]
         await self.client.watch(paths)
+        self.refresh_bindings()
+        if not self.client.can_command():
+            who = "anonymous" if self.client.role == "anonymous" else f"role {self.client.role}"
+            self._show_commands(Text(f"Read-only ({who}): no commands offered.", style="dim"))
         self._dirty = True
         if self.active:
             self.activate()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Commands the session may not give are not offered (hidden from the footer)."""
+        c = self.client
+        if action == "set_limit":
+            return bool(c.plant.groups) and c.can_command("set_demand_limit")
+        if action == "command":
+            return c.can_command()
+        return True
 
     def _relay(self, path: str) -> Text:
         r = self.client.get(path)
@@ -142,20 +169,134 @@ class LoadsView(View):
                 table.update_cell(load, key, cell)
         self._show_groups()
         self._show_commands()
+        self._check_limit()
 
     def _show_groups(self) -> None:
+        c = self.client
         out = Text()
-        if not self.client.plant.groups:
-            out.append("Groups and rounds: not available on this server", style="dim")
-        for group in self.client.plant.groups:
-            out.append(f"Group {group.rsplit('/', 1)[-1]}: ", style="bold")
-            for path in self._group_paths:
-                if path.startswith(f"{group}/"):
-                    out.append(f"{path.rsplit('/', 1)[-1]} ")
-                    out.append_text(show(self.client, path, digits=1))
-                    out.append("  ")
+        if not c.plant.groups:
+            out.append("Demand groups: none on this server", style="dim")
+        for group in c.plant.groups:
+            out.append(f"Group {group.rsplit('/', 1)[-1]}", style="bold")
+            paths = self._group_paths.get(group, [])
+            demand, limit = c.get(f"{group}/average_kw"), c.get(f"{group}/limit_kw")
+            if f"{group}/average_kw" in paths:
+                out.append("  demand ")
+                out.append_text(show(c, f"{group}/average_kw", digits=1))
+            if f"{group}/limit_kw" in paths:
+                out.append(" / limit ")
+                out.append_text(show(c, f"{group}/limit_kw", digits=1))
+                out.append(" kW")
+            good = (demand, limit)
+            if all(r is not None and r.quality is Quality.GOOD for r in good):
+                assert demand is not None and limit is not None
+                if isinstance(limit.value, float) and limit.value > 0:
+                    share = 100.0 * float(demand.value) / limit.value
+                    style = "bold red" if share >= 100 else "yellow" if share >= 80 else ""
+                    out.append(f" ({share:.0f} %)", style=style)
+            state = c.get(f"{group}/state")
+            if f"{group}/state" in paths:
+                out.append("  ")
+                out.append_text(
+                    show(
+                        c,
+                        f"{group}/state",
+                        style=GROUP_STATE_STYLE.get(str(state.value) if state else "", "bold"),
+                    )
+                )
+            if f"{group}/rounds_shed" in paths:
+                out.append("  rounds shed ")
+                out.append_text(show(c, f"{group}/rounds_shed"))
+            for path in paths:
+                name = path.rsplit("/", 1)[-1]
+                if name in GROUP_FIELDS[:4]:
+                    continue
+                last = c.get(path)
+                if name == "LastCommandState" and (
+                    last is None or last.quality is not Quality.GOOD
+                ):
+                    continue  # no command yet
+                out.append("\n  " if name == "LastCommandState" else "  ")
+                out.append("last command " if name == "LastCommandState" else f"{name} ")
+                out.append_text(show(c, path, digits=1))
             out.append("\n")
         self.query_one("#load-groups", Static).update(out)
+
+    # -- demand limit ----------------------------------------------------------------
+    def action_set_limit(self) -> None:
+        c = self.client
+        groups = c.plant.groups
+        if not groups:
+            return
+        if not c.can_command("set_demand_limit"):
+            self._show_commands(
+                Text(f"Your role ({c.role}) may not set demand limits.", style="yellow")
+            )
+            return
+        choices = []
+        for g in groups:
+            limit = c.get(f"{g}/limit_kw")
+            now = f"limit now {limit.value:g} kW" if limit and limit.value is not None else ""
+            choices.append((g.rsplit("/", 1)[-1], now))
+        fields = [FormField("group", "Group", choices=tuple(choices))]
+        fields.append(FormField("limit_kw", "New limit (kW)", placeholder="e.g. 15.0"))
+        note = Text("SetDemandLimit: overrides the group's limit in force (engineer).", "dim")
+        self.app.push_screen(FormDialog("Set demand limit", fields, note), self._limit_chosen)
+
+    async def _limit_chosen(self, form: dict[str, str] | None) -> None:
+        if form is None:
+            self._show_commands(Text("Demand limit unchanged.", style="dim"))
+            return
+        group = next(g for g in self.client.plant.groups if g.endswith(f"/{form['group']}"))
+        try:
+            value = float(form["limit_kw"])
+        except ValueError:
+            self._show_commands(Text(f"{form['limit_kw']!r} is not a number.", style="bold red"))
+            return
+        old = self.client.get(f"{group}/limit_kw")
+        text = Text()
+        text.append(f"Set the demand limit of {form['group']}\n", style="bold")
+        if old is not None and old.value is not None:
+            text.append(f"from {old.value:g} kW ")
+        text.append(f"to {value:g} kW", style="bold reverse")
+        text.append(f"\nReason: {form['reason']}")
+
+        async def confirmed(ok: bool | None) -> None:
+            if not ok:
+                self._show_commands(Text("Demand limit not sent.", style="dim"))
+                return
+            try:
+                (command_id, *_r) = await self.client.call(
+                    group, "SetDemandLimit", f"{value:g}", form["reason"]
+                )
+            except CommandError as err:
+                if err.denied:
+                    self.client.denied_kinds.add("set_demand_limit")
+                    self.refresh_bindings()
+                self._show_commands(Text(f"SetDemandLimit: {err.message}", style="bold red"))
+                return
+            self.limit_sent = (group, value, str(command_id))
+            self._show_commands(
+                Text(f"SetDemandLimit {form['group']} {value:g} kW: {command_id} sent", "yellow")
+            )
+            self._check_limit()
+
+        self.app.push_screen(CommandConfirm("Confirm demand limit", text, "Set limit"), confirmed)
+
+    def _check_limit(self) -> None:
+        """A limit is shown as applied only once the group's limit_kw reads it (Good)."""
+        if self.limit_sent is None:
+            return
+        group, value, command_id = self.limit_sent
+        r = self.client.get(f"{group}/limit_kw")
+        if r is None or r.quality is not Quality.GOOD or self.client.is_stale(r):
+            return
+        if isinstance(r.value, float) and abs(r.value - value) < 1e-9:
+            self.limit_sent = None
+            name = group.rsplit("/", 1)[-1]
+            self._show_commands(
+                Text(f"SetDemandLimit {name}: limit reads {r.value:g} kW ({command_id})", "green")
+            )
 
     def _show_commands(self, message: Text | None = None) -> None:
         out = Text()

@@ -20,18 +20,28 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Input, Sparkline, Static
 
 from ..client import Quality, Reading
-from ..format import show, show_reading
+from ..format import NOT_AVAILABLE, show, show_reading
 from .base import View
 
-# (quantity, column label, digits)
-TABLE_QUANTITIES: tuple[tuple[str, str, int], ...] = (
-    ("power_active", "P kW", 3),
-    ("voltage_a", "Ua V", 1),
-    ("current_a", "Ia A", 2),
-    ("energy_forward_active", "E+ kWh", 1),
+# (column key, label with unit, variable names that carry it, digits). The
+# drivers name quantities after the DL/T 645 data items (``power_active_total``);
+# the second names are those of the OPC UA MeterType declaration, used by
+# servers that publish meters under the type's names.
+TABLE_QUANTITIES: tuple[tuple[str, str, tuple[str, ...], int], ...] = (
+    ("p", "P kW", ("power_active_total", "power_active"), 3),
+    ("ua", "Ua V", ("voltage_a",), 1),
+    ("ia", "Ia A", ("current_a",), 2),
+    ("e", "E+ kWh", ("energy_fwd_active_total", "energy_forward_active"), 1),
 )
-SORT_KEYS = ("meter", "bus", *[q for q, _l, _d in TABLE_QUANTITIES], "quality")
-TREND_QUANTITY = "power_active"
+COLUMN_KEYS = tuple(k for k, _l, _n, _d in TABLE_QUANTITIES)
+LABELS = {k: label for k, label, _n, _d in TABLE_QUANTITIES} | {
+    "meter": "meter",
+    "bus": "bus",
+    "quality": "quality",
+}
+DIGITS = {k: d for k, _l, _n, d in TABLE_QUANTITIES}
+SORT_KEYS = ("meter", "bus", *COLUMN_KEYS, "quality")
+TREND_COLUMN = "p"
 TREND_POINTS = 120
 _Q_RANK = {Quality.GOOD: 0, Quality.UNCERTAIN: 1, Quality.BAD: 2}
 
@@ -56,6 +66,7 @@ class MetersView(View):
         self.units: dict[str, str] = {}
         self.trend: deque[float] = deque(maxlen=TREND_POINTS)
         self._cell_of: dict[str, tuple[str, str]] = {}  # tag path -> (row key, column key)
+        self.columns: dict[str, dict[str, str]] = {}  # bus -> column key -> variable name
         self._select_task: asyncio.Task[None] | None = None
         self._index: dict[str, int] = {}  # meter -> row index in the table
         self._deferred: set[str] = set()  # rows off screen whose cells are out of date
@@ -72,8 +83,8 @@ class MetersView(View):
         table = self.query_one("#meter-table", DataTable)
         table.add_column("Meter", key="meter", width=12)
         table.add_column("Bus", key="bus", width=6)
-        for q, label, _d in TABLE_QUANTITIES:
-            table.add_column(label, key=q, width=9)
+        for key, label, _n, _d in TABLE_QUANTITIES:
+            table.add_column(label, key=key, width=9)
         table.add_column("Quality", key="quality", width=10)
         self.watch(table, "scroll_y", self._scrolled, init=False)
 
@@ -85,17 +96,35 @@ class MetersView(View):
             for bus, paths in plant.buses.items()
             for path in paths
         }
-        self._cell_of = {f"{m}/{q}": (m, q) for m in self.meters for q, _l, _d in TABLE_QUANTITIES}
+        # Each column reads the first of its names the bus's meters have.
+        self.columns = {}
+        for bus, leaves in plant.meter_leaves.items():
+            self.columns[bus] = {
+                key: next(n for n in names if n in leaves)
+                for key, _l, names, _d in TABLE_QUANTITIES
+                if any(n in leaves for n in names)
+            }
+        self._cell_of = {
+            f"{m}/{leaf}": (m, key)
+            for m, (bus, _a) in self.meters.items()
+            for key, leaf in self.columns.get(bus, {}).items()
+        }
         self.rebuild()
         await self.client.watch(self._cell_of)
         if self.selected is not None and self.selected in self.meters:
             await self._select(self.selected)
 
     # -- rows -------------------------------------------------------------------
+    def path(self, meter: str, key: str) -> str | None:
+        """Tag path of column ``key`` for ``meter`` (None: its meters do not have it)."""
+        leaf = self.columns.get(self.meters[meter][0], {}).get(key)
+        return None if leaf is None else f"{meter}/{leaf}"
+
     def _row_quality(self, meter: str) -> tuple[Quality, Reading | None]:
         worst, which = Quality.GOOD, None
-        for q, _l, _d in TABLE_QUANTITIES:
-            r = self.client.get(f"{meter}/{q}")
+        for key in COLUMN_KEYS:
+            path = self.path(meter, key)
+            r = None if path is None else self.client.get(path)
             if r is None or self.client.missing_code(r):
                 continue
             if which is None or _Q_RANK[r.quality] > _Q_RANK[worst]:
@@ -117,8 +146,11 @@ class MetersView(View):
     def _cells(self, meter: str) -> list[Text | str]:
         bus, addr = self.meters[meter]
         cells: list[Text | str] = [addr, bus]
-        for q, _l, digits in TABLE_QUANTITIES:
-            cells.append(show(self.client, f"{meter}/{q}", digits=digits))
+        for key in COLUMN_KEYS:
+            path = self.path(meter, key)
+            cells.append(
+                NOT_AVAILABLE if path is None else show(self.client, path, digits=DIGITS[key])
+            )
         cells.append(self._quality_cell(meter))
         return cells
 
@@ -138,7 +170,8 @@ class MetersView(View):
             return (0, self.meters[meter])
         if key == "quality":
             return (-_Q_RANK[self._row_quality(meter)[0]], self.meters[meter][1])
-        r = self.client.get(f"{meter}/{key}")
+        path = self.path(meter, key)
+        r = None if path is None else self.client.get(path)
         if r is None or r.quality is Quality.BAD or not isinstance(r.value, int | float):
             return (1, 0.0)  # no value: always last
         return (0, r.value)
@@ -165,7 +198,7 @@ class MetersView(View):
         arrow = "↓" if self.sort_reverse else "↑"
         text = Text()
         text.append(f"{len(self.shown)} of {len(self.meters)} meters", style="bold")
-        text.append(f"  sort: {self.sort_key} {arrow}")
+        text.append(f"  sort: {LABELS[self.sort_key]} {arrow}")
         if self.filter_text:
             text.append(f"  filter: {self.filter_text!r}", style="yellow")
         self.query_one("#meter-status", Static).update(text)
@@ -176,7 +209,7 @@ class MetersView(View):
         return range(max(0, top - 2), top + table.size.height + 2)
 
     def _redraw_row(self, table: DataTable[Any], meter: str) -> None:
-        keys = ("meter", "bus", *[q for q, _l, _d in TABLE_QUANTITIES], "quality")
+        keys = ("meter", "bus", *COLUMN_KEYS, "quality")
         for key, cell in zip(keys, self._cells(meter), strict=True):
             table.update_cell(meter, key, cell)
 
@@ -213,7 +246,6 @@ class MetersView(View):
             self._update_detail(None)
             return
         rows = table.rows
-        digits = {q: d for q, _l, d in TABLE_QUANTITIES}
         touched: set[str] = set()
         cell_of = self._cell_of
         client = self.client
@@ -228,7 +260,7 @@ class MetersView(View):
             if index.get(meter, -1) not in visible:
                 deferred.add(meter)
                 continue
-            table.update_cell(meter, q, show(client, path, digits=digits[q]))
+            table.update_cell(meter, q, show(client, path, digits=DIGITS[q]))
             touched.add(meter)
         for meter in touched:
             table.update_cell(meter, "quality", self._quality_cell(meter))
@@ -282,7 +314,8 @@ class MetersView(View):
         if old:
             await self.client.unwatch(p for p in old if p not in self.detail_paths)
         await self.client.watch(self.detail_paths)
-        r = self.client.get(f"{meter}/{TREND_QUANTITY}")
+        trend_path = self.path(meter, TREND_COLUMN) if meter in self.meters else None
+        r = None if trend_path is None else self.client.get(trend_path)
         if r is not None and r.quality is not Quality.BAD and isinstance(r.value, float):
             self.trend.append(r.value)
         self._update_detail(None)
@@ -314,9 +347,9 @@ class MetersView(View):
                 Text("Select a meter for its detail.", style="dim")
             )
             return
-        trend_path = f"{meter}/{TREND_QUANTITY}"
+        trend_path = self.path(meter, TREND_COLUMN) if meter in self.meters else None
         if changed is not None:
-            if trend_path in changed:
+            if trend_path is not None and trend_path in changed:
                 r = self.client.get(trend_path)
                 if r is not None and r.quality is not Quality.BAD and isinstance(r.value, float):
                     self.trend.append(r.value)
@@ -329,11 +362,11 @@ class MetersView(View):
         text.append("\n")
         for i, path in enumerate(self.detail_paths):
             name = path.rsplit("/", 1)[-1]
-            text.append(f"{name[:22]:<22} ")
+            text.append(f"{name[:23]:<23} ")
             cell = show(self.client, path, digits=3)
             text.append_text(cell)
             unit = self.units.get(name, "")
-            text.append(f" {unit}".ljust(max(1, 14 - len(cell.plain))))
+            text.append(f" {unit}".ljust(max(1, 13 - len(cell.plain))))
             text.append("\n" if i % 2 else "  ")
         self.query_one("#meter-detail-text", Static).update(text)
         self.query_one("#meter-trend", Sparkline).data = list(self.trend)

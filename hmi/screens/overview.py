@@ -1,4 +1,5 @@
-"""Overview: buses (utilisation, error rate), meters in service, alarms, areas, timing."""
+"""Overview: buses (utilisation, error rate), meters in service, alarms, line and
+warehouse status, cycle timing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
-from ..client import SERVICE_DIAG, Quality
+from ..client import NODE_OBJECT, SERVICE_DIAG, Quality
 from ..format import number, severity_style, show
 from .alarms import parse_alarms
 from .base import View
@@ -30,6 +31,17 @@ ERROR_FIELDS = ("Timeouts", "ChecksumErrors", "Exceptions", "IoErrors")
 SERVICE_FIELDS = ("LastBatchLatency", "QueueLength", "Dropped")
 TASK_FIELDS = ("latency_p50", "latency_p99", "latency_max", "overruns")
 ERROR_WINDOW_S = 60.0
+LINE_PATHS = (
+    "line/state",
+    "line/batch/message",
+    "line/batch/id",
+    "line/batch/state",
+    "line/batch/progress",
+    "line/batch/passed",
+    "line/batch/failed",
+    "line/metrics/pass_rate",
+)
+OPEN_ORDER_STATES = ("created", "released", "in_progress", "held")
 
 
 class OverviewView(View):
@@ -54,6 +66,8 @@ class OverviewView(View):
         ):
             table.add_column(label, key=key, width=width)
         self._samples: dict[str, deque[tuple[float, float, float]]] = {}
+        self.cranes: list[str] = []
+        self.conveyors: list[str] = []
 
     def _bus_path(self, bus: str, name: str) -> str:
         return f"buses/{bus}/@diag/{name}"
@@ -67,6 +81,17 @@ class OverviewView(View):
             from ..client import ALARM_LIST
 
             paths.append(ALARM_LIST)
+        if plant.line:
+            paths += LINE_PATHS
+        self.cranes, self.conveyors = [], []
+        if plant.warehouse:
+            for folder, into in (("cranes", self.cranes), ("conveyors", self.conveyors)):
+                found = await self.client.browse(f"warehouse/{folder}")
+                into.extend(sorted(i for _n, i, cls in found if cls == NODE_OBJECT))
+            paths += ["warehouse/slots/occupied", "warehouse/slots/free"]
+            paths += [f"warehouse/orders/{s}" for s in (*OPEN_ORDER_STATES, "failed")]
+            paths += [f"{c}/{f}" for c in self.cranes for f in ("state", "fault")]
+            paths += [f"{c}/jam" for c in self.conveyors]
         table = self.query_one("#bus-table", DataTable)
         table.clear()
         for bus in plant.buses:
@@ -176,16 +201,10 @@ class OverviewView(View):
         out.append_text(self._alarm_summary())
         out.append("\n")
         out.append("Line     ", style="bold")
-        out.append(
-            "see Line tab" if plant.line else "not available on this server",
-            style="" if plant.line else "dim",
-        )
+        out.append_text(self._line_summary())
         out.append("\n")
         out.append("Warehouse ", style="bold")
-        out.append(
-            "see Warehouse tab" if plant.warehouse else "not available on this server",
-            style="" if plant.warehouse else "dim",
-        )
+        out.append_text(self._warehouse_summary())
         out.append("\n")
         out.append("Cycles   ", style="bold")
         if plant.tasks:
@@ -215,6 +234,71 @@ class OverviewView(View):
         out.append_text(show(c, f"{SERVICE_DIAG}/Dropped"))
         return out
 
+    def _value(self, path: str) -> object:
+        r = self.client.get(path)
+        return r.value if r is not None and r.quality is not Quality.BAD else None
+
+    def _line_summary(self) -> Text:
+        c = self.client
+        if not c.plant.line:
+            return Text("not available on this server", style="dim")
+        state = self._value("line/state")
+        out = show(
+            c,
+            "line/state",
+            style={"idle": "green", "running": "bold yellow"}.get(str(state), "bold red"),
+        )
+        batch = self._value("line/batch/id")
+        if batch is None:
+            out.append("  no batch since the server started", style="dim")
+            return out
+        bstate = self._value("line/batch/state")
+        out.append(f"  batch {batch} ")
+        out.append_text(show(c, "line/batch/state"))
+        if bstate == "running":
+            out.append(" ")
+            out.append_text(show(c, "line/batch/progress", digits=1))
+            out.append(" %")
+        passed, failed = self._value("line/batch/passed"), self._value("line/batch/failed")
+        # The counts are this batch's only once its closing message names it.
+        message = str(self._value("line/batch/message") or "")
+        if bstate == "done" and passed is not None and str(batch) in message:
+            out.append(f"  passed {passed} failed {failed}", style="bold red" if failed else "")
+        out.append("  pass rate ")
+        out.append_text(show(c, "line/metrics/pass_rate", digits=1, quiet_nodata=True))
+        out.append(" %")
+        return out
+
+    def _warehouse_summary(self) -> Text:
+        c = self.client
+        if not c.plant.warehouse:
+            return Text("not available on this server", style="dim")
+        out = Text()
+        occupied, free = (
+            self._value("warehouse/slots/occupied"),
+            self._value("warehouse/slots/free"),
+        )
+        out.append_text(show(c, "warehouse/slots/occupied"))
+        if isinstance(occupied, int) and isinstance(free, int):
+            out.append(f"/{occupied + free}")
+        out.append(" slots occupied")
+        for crane in self.cranes:
+            fault = self._value(f"{crane}/fault")
+            out.append(f"  crane {crane.rsplit('/', 1)[-1]} ")
+            out.append_text(show(c, f"{crane}/state", style="bold red" if fault else ""))
+            if fault:
+                out.append(f" FAULT {fault}", style="bold red")
+        jams = [v.rsplit("/", 1)[-1] for v in self.conveyors if self._value(f"{v}/jam")]
+        if jams:
+            out.append(f"  JAM {', '.join(jams)}", style="bold white on red")
+        counts = [self._value(f"warehouse/orders/{s}") for s in OPEN_ORDER_STATES]
+        if all(isinstance(n, int) for n in counts):
+            out.append(f"  orders open {sum(n for n in counts if isinstance(n, int))}")
+        failed = self._value("warehouse/orders/failed")
+        if failed:
+            out.append(f" failed {failed}", style="bold red")
+        return out
+
     def _alarm_summary(self) -> Text:
         from ..client import ALARM_LIST
 
@@ -224,9 +308,14 @@ class OverviewView(View):
         reading = c.get(ALARM_LIST)
         if reading is None or reading.quality is Quality.BAD:
             return show(c, ALARM_LIST)
-        alarms = [a for a in parse_alarms(reading.value) if a.active and not a.shelved]
+        # Returned-to-normal alarms still wait for an acknowledgement: they count.
+        alarms = [
+            a
+            for a in parse_alarms(reading.value)
+            if (a.active or not a.acknowledged) and not a.shelved
+        ]
         if not alarms:
-            return Text("none active", style="green")
+            return Text("none active or unacknowledged", style="green")
         counts: dict[str, tuple[int, str]] = {}
         for a in alarms:
             label, style = severity_style(a.severity)
@@ -238,8 +327,10 @@ class OverviewView(View):
                 n, style = counts[label]
                 out.append(f" {n} {label} ", style=style)
                 out.append(" ")
+        active = sum(1 for a in alarms if a.active)
         unacked = sum(1 for a in alarms if not a.acknowledged)
-        out.append(f" {unacked} unacknowledged", style="bold" if unacked else "")
+        out.append(f" {active} active")
+        out.append(f"  {unacked} unacknowledged", style="bold" if unacked else "")
         if c.is_stale(reading):
             out.append(" ~stale", style="dim")
         return out

@@ -36,15 +36,15 @@ async def test_live_subscription_and_stale_after_stop(plant):
     await client.start()
     try:
         await client.wait_connected(10)
-        path = "buses/bus2/meters/020000000001/power_active"
-        await client.watch([path, "buses/bus9/meters/x/power_active"])
+        path = "buses/bus2/meters/020000000001/power_active_total"
+        await client.watch([path, "buses/bus9/meters/x/power_active_total"])
         plant.image.write(path, 3.25)
         t0 = time.monotonic()
         while (r := client.get(path)) is None or r.value != 3.25:
             assert time.monotonic() - t0 < 2.0
             await __import__("asyncio").sleep(0.02)
         assert not client.is_stale(r)
-        assert client.missing("buses/bus9/meters/x/power_active")
+        assert client.missing("buses/bus9/meters/x/power_active_total")
     finally:
         await client.stop()
     assert client.state is Conn.STOPPED and client.is_stale(r)

@@ -67,3 +67,30 @@ async def test_snapshots_main_screens(plant):
         await pilot.press("4")
         await wait_for(pilot, lambda: "UNACK" in screen_text(app))
         check("alarms", screen_text(app))
+        await pilot.press("5")
+        await wait_for(pilot, lambda: "Line idle" in screen_text(app))
+        await pilot.pause(0.3)
+        check("line", screen_text(app))
+        await pilot.press("6")
+        await wait_for(pilot, lambda: "Crane 1 idle" in screen_text(app))
+        await pilot.pause(0.3)
+        check("warehouse", screen_text(app))
+
+
+async def test_snapshots_running_line_and_forms(plant):
+    from .plant import line_running
+
+    line_running(plant.image)
+    app = make_app(plant, "emma")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, app)
+        await pilot.press("5")
+        await wait_for(pilot, lambda: "Line running" in screen_text(app))
+        await pilot.pause(0.3)
+        check("line-running", screen_text(app))
+        await pilot.press("3", "l")
+        await wait_for(pilot, lambda: "Set demand limit" in screen_text(app))
+        check("demand-limit", screen_text(app))
+        await pilot.press("escape", "6", "o")
+        await wait_for(pilot, lambda: "Create warehouse order" in screen_text(app))
+        check("create-order", screen_text(app))
