@@ -84,6 +84,8 @@ DEFAULT_KINDS: frozenset[str] = frozenset(
         "keep_power_on",
         "keep_power_off",
         "set_limit",
+        "clear_limit",
+        "recharge",
         "start_batch",
         "abort_batch",
         "outbound_order",

@@ -11,9 +11,10 @@ method call fails with the reason.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
-from controller.commands import CommandError, CommandState
+from controller.commands import CommandError, CommandLog, CommandState
 from controller.commands import CommandRefused as LogRefused
 from controller.loads.prepaid import PrepaidError
 from controller.loads.switching import LoadsError, SwitchingExecutor
@@ -45,25 +46,29 @@ class LoadsCommandSink:
 
         The arm-free method's request token is the ledger reference, so a
         repeated call records one purchase, not two."""
-        if self.runtime is None:
+        runtime = self.runtime
+        if runtime is None:
             raise CommandRefused("recharge: prepaid control is not running")
         load = request.target.removeprefix("loads/")
-        accounts = [a for a in self.runtime.accounts.values() if a.cfg.load == load]
+        accounts = [a for a in runtime.accounts.values() if a.cfg.load == load]
         if not accounts:
             raise CommandRefused(f"target: load {load!r} has no prepaid account")
         amount = (request.args or {}).get("amount")
-        ref = f"opcua-{request.token[:48]}"
-        try:
-            await self.runtime.recharge(
-                accounts[0].cfg.id,
+        account = accounts[0].cfg.id
+
+        async def record() -> str:
+            await runtime.recharge(
+                account,
                 str(amount),
-                ref=ref,
+                ref=f"opcua-{request.token[:48]}",
                 who=request.user or "anonymous",
                 why=request.reason,
             )
-        except PrepaidError as exc:
-            raise CommandRefused(str(exc)) from None
-        return ref
+            return f"{amount} yuan recorded on account {account}"
+
+        return await run_audited(
+            self.executor.commands, "recharge", request, {"amount": amount}, record
+        )
 
     async def submit(self, request: CommandRequest) -> str:
         if request.kind == "recharge":
@@ -111,18 +116,58 @@ class DemandLimitSink:
                 "(set_demand_limit, clear_demand_limit)"
             )
         name = request.target.removeprefix("demand/groups/")
-        ref = f"opcua-{request.token[:48]}"
         who = request.user or "anonymous"
-        try:
-            if request.kind == "clear_demand_limit":
-                await self.runtime.clear_demand_limit(name, who=who, why=request.reason, ref=ref)
-            else:
-                limit = (request.args or {}).get("limit_kw")
-                if isinstance(limit, bool) or not isinstance(limit, int | float):
-                    raise CommandRefused(f"limit_kw: a number of kW is required (got {limit!r})")
-                await self.runtime.set_demand_limit(
-                    name, float(limit), who=who, why=request.reason, ref=ref
-                )
-        except LoadsError as exc:
-            raise CommandRefused(str(exc)) from None
-        return ref
+        ref = f"opcua-{request.token[:48]}"
+        runtime = self.runtime
+        if request.kind == "clear_demand_limit":
+
+            async def clear() -> str:
+                limit = await runtime.clear_demand_limit(name, who=who, why=request.reason, ref=ref)
+                return f"override cleared, {limit:g} kW in force"
+
+            return await run_audited(runtime.executor.commands, "clear_limit", request, {}, clear)
+        limit = (request.args or {}).get("limit_kw")
+        if isinstance(limit, bool) or not isinstance(limit, int | float):
+            raise CommandRefused(f"limit_kw: a number of kW is required (got {limit!r})")
+
+        async def set_limit() -> str:
+            await runtime.set_demand_limit(name, float(limit), who=who, why=request.reason, ref=ref)
+            return f"{float(limit):g} kW in force"
+
+        return await run_audited(
+            runtime.executor.commands, "set_limit", request, {"limit_kw": float(limit)}, set_limit
+        )
+
+
+async def run_audited(
+    log: CommandLog,
+    kind: str,
+    request: CommandRequest,
+    args: dict[str, Any],
+    action: Callable[[], Awaitable[str]],
+) -> str:
+    """A command that acts inside the controller (no wire): journaled like any other, so
+    its user, reason and outcome are in the command log and its state reaches the
+    client. The request token is the command id: a repeated call returns the first
+    record and does not act again."""
+    try:
+        cmd = await log.submit(
+            kind,
+            request.target,
+            args,
+            who=request.user or "anonymous",
+            why=request.reason,
+            command_id=f"opcua-{request.token[:48]}",
+        )
+    except CommandError as exc:
+        raise CommandRefused(str(exc)) from None
+    if cmd.state is not CommandState.QUEUED:
+        return cmd.id
+    try:
+        detail = await action()
+    except (LoadsError, PrepaidError) as exc:
+        await log.transition(cmd.id, CommandState.REFUSED, reason=str(exc))
+        raise CommandRefused(str(exc)) from None
+    await log.transition(cmd.id, CommandState.SENT)
+    await log.transition(cmd.id, CommandState.CONFIRMED, reason=detail)
+    return cmd.id

@@ -100,7 +100,9 @@ async def test_sink_sets_and_clears_through_command_requests(tmp_path):
     journal, _, _, rt = await make(tmp_path, cfg(accounts=[], groups=[GROUP]))
     sink = DemandLimitSink(rt)
 
-    def request(kind: str, **args: object) -> CommandRequest:
+    tokens = iter(f"tok-{i}" for i in range(100))
+
+    def request(kind: str, token: str | None = None, **args: object) -> CommandRequest:
         return CommandRequest(
             kind=kind,
             target="demand/groups/g",
@@ -108,15 +110,31 @@ async def test_sink_sets_and_clears_through_command_requests(tmp_path):
             user="emma",
             role="engineer",
             reason="plan",
-            token="tok-1",
+            token=token or next(tokens),
             armed_at=0.0,
         )
 
-    assert (await sink.submit(request("set_demand_limit", limit_kw=15.0))).startswith("opcua-")
+    log = rt.executor.commands
+    first = request("set_demand_limit", limit_kw=15.0)
+    set_id = await sink.submit(first)
+    assert set_id.startswith("opcua-")
     assert rt.groups["g"].override_kw == 15.0
+    cmd = log.get(set_id)
+    assert (cmd.kind, cmd.state.value, cmd.who, cmd.why) == (
+        "set_limit",
+        "confirmed",
+        "emma",
+        "plan",
+    )
+    assert cmd.reason == "15 kW in force"
+    # the same request again (a client retry) returns the record and does not act twice
+    assert await sink.submit(first) == set_id
     with pytest.raises(CommandRefused, match="limit_kw"):
-        await sink.submit(request("set_demand_limit", limit_kw=0.5))
-    await sink.submit(request("clear_demand_limit"))
+        await sink.submit(request("set_demand_limit", token="tok-low", limit_kw=0.5))
+    assert log.get("opcua-tok-low").state.value == "refused"
+    assert rt.groups["g"].override_kw == 15.0
+    clear_id = await sink.submit(request("clear_demand_limit"))
+    assert log.get(clear_id).state.value == "confirmed"
     assert rt.groups["g"].override_kw is None
     with pytest.raises(CommandRefused, match="no limit override"):
         await sink.submit(request("clear_demand_limit"))
