@@ -53,9 +53,14 @@ from controller.warehouse.rack import (
 class AlarmSink(Protocol):
     def raise_alarm(self, source: str, kind: str, severity: int, message: str) -> None: ...
 
+    def clear_alarm(self, source: str, kind: str, message: str) -> None: ...
+
 
 class _NoAlarms:
     def raise_alarm(self, source: str, kind: str, severity: int, message: str) -> None:
+        pass
+
+    def clear_alarm(self, source: str, kind: str, message: str) -> None:
         pass
 
 
@@ -537,6 +542,11 @@ class Warehouse:
         self.alarm_log.append((source, kind, severity, message))
         self.inv.event(self.clock(), f"alarm:{kind}", message)
         self.alarms.raise_alarm(source, kind, severity, message)
+
+    def clear_alarm(self, source: str, kind: str, message: str = "") -> None:
+        """The cause of an alarm went away (door closed, fault reset, jam cleared)."""
+        self.inv.event(self.clock(), f"alarm_cleared:{kind}", message)
+        self.alarms.clear_alarm(source, kind, message)
 
     def _tag(self, name: str, value: Any, unit: str = "") -> None:
         img = self.image
