@@ -36,10 +36,13 @@ from controller.warehouse.orders import (
 )
 from controller.warehouse.plant_io import (
     CODE_REGS,
+    H_ACK_SEQ,
+    HANDOVER_BASE,
     SCAN_BASE,
     CraneState,
     PlantIO,
     decode_code,
+    encode_code,
 )
 from controller.warehouse.rack import (
     STATION_IN,
@@ -93,6 +96,7 @@ class Warehouse:
         self._tasks: list[asyncio.Task[None]] = []
         self.alarm_log: list[tuple[str, str, int, str]] = []
         self._defined: set[str] = set()
+        self._handover_seq: int | None = None
 
     # -- time ----------------------------------------------------------------------
     def clock(self) -> float:
@@ -349,6 +353,23 @@ class Warehouse:
             ],
         }
         return self.submit(OrderKind.QUALIFIED_RETURN, params, priority)
+
+    async def hand_over(self, code: str, aisle: int | None = None) -> None:
+        """Have the line's out-feed push a returned box onto an aisle's induct.
+
+        The box must be expected by an open return order; the induct then reads
+        it like any other. The PLC ignores a box already in the plant, so
+        repeating this after a restart cannot create a second box.
+        """
+        aisle = aisle or self.cfg.return_aisle
+        if self._handover_seq is None:
+            # continue after the PLC's last latched seq, never re-using one it would ignore
+            self._handover_seq = (await self.io.read(HANDOVER_BASE + H_ACK_SEQ, 1))[0]
+        self._handover_seq = self._handover_seq % 65535 + 1
+        await self.io.write(HANDOVER_BASE, [aisle, *encode_code(code), self._handover_seq])
+        self.inv.event(
+            self.clock(), "handed_over", f"line -> aisle {aisle} induct", None, None, code
+        )
 
     # -- events from the control loops ------------------------------------------------------
     def inducted(self, aisle: int, code: str) -> bool:
