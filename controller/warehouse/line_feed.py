@@ -453,29 +453,13 @@ class LineFeed:
         if last is None:
             return
         img.write("warehouse/marketing/batch", last.batch)
-        for kind, tag in (
-            ("results", "results"),
-            ("boxing", "boxing"),
-            ("withstand", "withstand"),
-        ):
-            img.write(f"warehouse/marketing/{tag}", self._uploaded(kind, last.batch))
+        img.write(
+            "warehouse/marketing/results", json.dumps(self.marketing.batch_results(last.batch))
+        )
+        for kind in ("boxing", "withstand"):
+            img.write(
+                f"warehouse/marketing/{kind}",
+                json.dumps(self.marketing.uploaded(kind, last.batch)),
+            )
         img.write("warehouse/marketing/return_order", last.return_order or 0)
         img.write("warehouse/marketing/reject_order", last.reject_order or 0)
-
-    def _uploaded(self, kind: str, batch: str) -> str:
-        """The last upload of ``kind`` for ``batch``, as JSON (results: the meters' records)."""
-        if kind == "results":
-            meters = [m for m in self.inv.meters() if m.batch == batch]
-            return json.dumps(
-                [
-                    {"address": m.address, "verdict": m.state, "verified_at": m.verified_at}
-                    for m in meters
-                    if m.state in ("qualified", "rejected")
-                ]
-            )
-        found = "[]"
-        for _t, _k, _o, _tk, _b, detail in self.inv.events(kind):
-            d = json.loads(detail)
-            if d.get("batch") == batch:
-                found = json.dumps(d.get("boxes" if kind == "boxing" else "results", []))
-        return found

@@ -28,6 +28,7 @@ from controller.commands import CommandError, CommandState
 from controller.warehouse.config import WarehouseConfig
 from controller.warehouse.demo import DEMO_METER_TYPE, demo_stock
 from controller.warehouse.inventory import Inventory, open_db
+from controller.warehouse.marketing import MarketingError, MarketingInterface
 from controller.warehouse.orders import TERMINAL, OrderError, OrderKind, OrderState
 from controller.warehouse.plant_io import ModbusPlantIO, PlantIOError
 from controller.warehouse.rack import BoxClass
@@ -234,8 +235,11 @@ class WarehouseSubsystem:
         try:
             if request.kind == "create_order":
                 try:
-                    oid = wh.submit(kind, params, priority)
-                except OrderError as exc:
+                    if kind == OrderKind.QUALIFIED_RETURN and set(params) == {"batch"}:
+                        oid = MarketingInterface(wh).qualified_return(params["batch"], priority)
+                    else:
+                        oid = wh.submit(kind, params, priority)
+                except (OrderError, MarketingError) as exc:
                     await self._refuse(cmd.id, str(exc))
                     raise CommandRefused(str(exc)) from None
                 await self.service.commands.transition(
@@ -351,6 +355,9 @@ def _order_args(args: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
             {"barcode": items[0], **({"to": items[1]} if len(items) == 2 else {})},
             priority,
         )
+    if kind == OrderKind.QUALIFIED_RETURN and len(items) == 1:
+        # [batch]: the boxes and verdicts come from the batch's uploaded boxing and results
+        return kind, {"batch": items[0]}, priority
     if (
         kind in (OrderKind.OUTBOUND_VERIFICATION, OrderKind.DISTRIBUTION_OUTBOUND)
         and len(items) == 2
@@ -363,7 +370,8 @@ def _order_args(args: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
         return kind, {name: items[0], "boxes": int(items[1])}, priority
     raise CommandRefused(
         f"argument 'items': not enough for a {kind} order (inventory_count: slots; relocation: "
-        "[barcode] or [barcode, slot]; outbound_verification: [batch, boxes]; "
+        "[barcode] or [barcode, slot]; outbound_verification: [batch, boxes]; qualified_return: "
+        "[batch]; "
         "distribution_outbound: [district, boxes]); give 'params' for the others"
     )
 

@@ -5,6 +5,8 @@ service restarts in the middle of the flow."""
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,9 @@ from controller.service import Service
 from controller.verification.subsystem import sim_spec
 from controller.warehouse.demo import demo_stock
 from drivers.sim.plant import SimulatedPlant
+from opcua_server.methods import CommandRefused
 
-from .test_subsystem import FAST_CONVEYOR, FAST_CRANE, free_port
+from .test_subsystem import FAST_CONVEYOR, FAST_CRANE, Request, free_port, wait_for
 
 SCHEMES = Path(__file__).resolve().parents[2] / "config" / "schemes"
 BOXES = 6  # demo stock: 6 boxes x 4 meters; 2 boxes (8 meters, 8 stations) per batch
@@ -225,6 +228,7 @@ async def test_demo_stock_flows_through_the_line_and_back(tmp_path):
             b.barcode for b in subsystem(svc, "warehouse").wh.inv.boxes() if "-" in b.barcode
         )
         assert "WF00002-R01" in plant.conveyors[(1, True)].delivered
+        await marketing_over_methods_and_export(svc, cfg)
     finally:
         await svc.stop()
         await sim.stop()
@@ -265,3 +269,56 @@ async def test_restarts_mid_flow_resume_without_losing_or_duplicating_boxes(tmp_
             await svc.stop()
     finally:
         await sim.stop()
+
+
+async def marketing_over_methods_and_export(svc, cfg) -> None:
+    """The OPC UA CreateOrder method's path (router -> warehouse sink) for points 6 and 9,
+    and the export for all nine, read from the running service's journal file."""
+    wh = subsystem(svc, "warehouse").wh
+    # point 6 by batch: the boxes of WF00002 are already back, so the order is refused
+    with pytest.raises(CommandRefused, match=r"box WF00002-Q01 already in the warehouse"):
+        await svc.router.submit(
+            Request(
+                "warehouse",
+                "create_order",
+                token="m-6",
+                args={"kind": "qualified_return", "items": ["WF00002"]},
+            )
+        )
+    # point 9: the oldest qualified box leaves for a district
+    cid = await svc.router.submit(
+        Request(
+            "warehouse",
+            "create_order",
+            token="m-9",
+            args={"kind": "distribution_outbound", "items": ["north", "1"]},
+        )
+    )
+    await wait_for(lambda: svc.commands.get(cid).state.value == "confirmed")
+    assert wh.inv.box("WF00001-Q01").location == "DOCK:north"
+    cmd = ["inventory", "marketing", "--db", str(cfg.journal.path), "--batch", "WF00002"]
+    out = subprocess.run(
+        [sys.executable, "-m", "controller", *cmd],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert len(doc["meters"]) == 4 * BOXES  # 1
+    assert doc["verification_tasks"] == []  # 2: nothing left to verify
+    assert set(doc["qualified_slots"]) == {  # 3: WF00001's meters left for the district
+        m.address
+        for m in wh.inv.meters()
+        if m.state == "qualified" and wh.inv.box(m.box).location.startswith("R")
+    }
+    batch = doc["batches"]["WF00002"]
+    assert [b["barcode"] for b in batch["boxing"]] == ["WF00002-Q01", "WF00002-R01"]  # 4
+    assert len(batch["results"]) == len(batch["withstand"]) == 8  # 5, 7
+    assert [o["boxes"] for o in doc["qualified_return_orders"]] == [  # 6
+        ["WF00002-Q01", "WF00002-R01"]
+    ]
+    assert [o["batch"] for o in doc["outbound_verification_orders"]] == ["WF00002"]  # 8
+    assert [o["district"] for o in doc["distribution_orders"]] == ["north"]  # 9
+    assert [o["state"] for o in doc["rejected_outbound_orders"]] == ["completed"]
