@@ -322,3 +322,39 @@ async def marketing_over_methods_and_export(svc, cfg) -> None:
     assert [o["batch"] for o in doc["outbound_verification_orders"]] == ["WF00002"]  # 8
     assert [o["district"] for o in doc["distribution_orders"]] == ["north"]  # 9
     assert [o["state"] for o in doc["rejected_outbound_orders"]] == ["completed"]
+
+
+async def test_operator_batch_over_start_batch_still_runs_and_the_feed_waits_for_it(tmp_path):
+    cfg = config(tmp_path)
+    sim = SimulatedPlant(cfg)
+    await sim.start()
+    svc = Service(cfg)
+    await svc.start()
+    try:
+        line = subsystem(svc, "verification line")
+        feed = subsystem(svc, "line feed")
+        # StartBatch(scheme, meters) as the OPC UA method hands it over: an operator's list
+        batch = await svc.router.submit(
+            Request(
+                "line",
+                "start_batch",
+                token="op-1",
+                args={"scheme": "class1-single-phase", "meters": ["OP-1", "OP-2", "OP-3"]},
+            )
+        )
+        assert svc.commands.get(batch).who == "operator"
+        await until(lambda: line.repo.batch(batch).state == "done", what="operator batch")
+        await until(
+            lambda: len(feed.rows()) == 3 and all(r.state == "done" for r in feed.rows()),
+            timeout=120,
+            what="the fed batches after the operator's",
+        )
+        check_final(svc, cfg)
+        # the operator's meters were never warehouse stock
+        assert all(
+            subsystem(svc, "warehouse").wh.inv.meter(m.address) is None
+            for m in line.repo.batch(batch).meters
+        )
+    finally:
+        await svc.stop()
+        await sim.stop()
