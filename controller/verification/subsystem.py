@@ -318,8 +318,9 @@ class VerificationLineSubsystem:
             await self.service.commands.transition(cmd.id, CommandState.FAILED, reason=str(exc))
             raise CommandRefused(str(exc)) from None
         await self.service.commands.transition(cmd.id, CommandState.SENT, reason="batch created")
-        # The simulated plant: the meters of the batch arrive on the infeed conveyor.
-        self.rig.infeed.clear()
+        # The simulated plant: the meters of the batch arrive on the infeed conveyor of an
+        # empty line (what an aborted or failed batch left was taken off first).
+        self.rig.clear()
         self.rig.feed(sim_spec(m.barcode, m.address) for m in batch.meters)
         self._launch(batch_id, len(batch.meters))
         await self.service.commands.transition(

@@ -36,10 +36,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from controller.verification.results import PASS, RepositoryError
+from controller.verification.results import FAIL, PASS, RepositoryError
 from controller.verification.sequencer import MeterTask
 from controller.warehouse.inventory import Inventory
-from controller.warehouse.line_link import BatchFeed
+from controller.warehouse.line_link import BatchFeed, ReturnBox, VerifiedMeter
 from controller.warehouse.marketing import MarketingInterface
 from controller.warehouse.orders import OrderKind, OrderState
 from controller.warehouse.rack import BoxClass, fifo_select
@@ -278,25 +278,30 @@ class LineFeed:
             # the batch record never got written (a crash right after the order): start it
             self._set(row, "ordered")
             return
-        if rec.state != "done":
-            if rec.state in ("failed", "aborted") and not rec.reason.startswith(
-                SERVICE_STOP_PREFIX
-            ):
-                self._message = (
-                    f"batch {row.batch} {rec.state}: {rec.reason}; its meters stay at the line"
-                )
-            else:
-                self._message = f"batch {row.batch} on the line"
+        ended_early = rec.state in ("failed", "aborted") and not rec.reason.startswith(
+            SERVICE_STOP_PREFIX
+        )
+        if rec.state != "done" and not ended_early:
+            self._message = f"batch {row.batch} on the line"
             return
+        # a batch that failed or was aborted still gives its meters back: those with a
+        # verdict as usual, the untested ones unverified, to be fed again later
+        verdict = {
+            m.address: "qualified"
+            if m.verdict == PASS
+            else "rejected"
+            if m.verdict == FAIL
+            else "unverified"
+            for m in rec.meters
+        }
         by_barcode = {m.barcode: m for m in rec.meters}
-        verdict = {m.address: "qualified" if m.verdict == PASS else "rejected" for m in rec.meters}
         ended: dict[str, float] = {}
         withstand = []
         for r in self.line.repo.results(row.batch):
             address = by_barcode[r.barcode].address
             ended[address] = max(ended.get(address, 0.0), r.ended)
             item = rec.scheme.items[r.item_index]
-            if item.kind == "withstand" and r.verdict in ("pass", "fail"):
+            if item.kind == "withstand" and r.verdict in (PASS, FAIL):
                 withstand.append(
                     {
                         "address": address,
@@ -306,33 +311,41 @@ class LineFeed:
                         "leakage_ma": float(r.average) if r.average is not None else None,
                     }
                 )
+        now = self.wh.clock()
         per_box = min(self.cfg.handling.box_size, self.wh.cfg.meters_per_box)
-        boxes: list[dict[str, Any]] = []
-        for klass, tag in (("qualified", "Q"), ("rejected", "R")):
+        boxes: list[ReturnBox] = []
+        for klass, tag in (("qualified", "Q"), ("rejected", "R"), ("unverified", "U")):
             addresses = [m.address for m in rec.meters if verdict[m.address] == klass]
             for i in range(0, len(addresses), per_box):
+                chunk = addresses[i : i + per_box]
                 boxes.append(
-                    {
-                        "barcode": f"{row.batch}-{tag}{i // per_box + 1:02d}",
-                        "meters": addresses[i : i + per_box],
-                    }
+                    ReturnBox(
+                        f"{row.batch}-{tag}{i // per_box + 1:02d}",
+                        max((ended.get(a, now) for a in chunk), default=now),
+                        tuple(VerifiedMeter(a, klass) for a in chunk),  # type: ignore[arg-type]
+                    )
                 )
-        now = self.wh.clock()
         results = [
             {"address": a, "verdict": v, "verified_at": ended.get(a, now)}
             for a, v in verdict.items()
+            if v != "unverified"
         ]
+        boxing = [{"barcode": b.barcode, "meters": [m.address for m in b.meters]} for b in boxes]
         with self.inv.tx():
-            self.marketing.upload_results(row.batch, results)  # point 5
+            if results:
+                self.marketing.upload_results(row.batch, results)  # point 5
             if withstand:
                 self.marketing.upload_withstand_voltage(row.batch, withstand)  # point 7
-            self.marketing.upload_boxing(row.batch, boxes)  # point 4
-            order_id = self.marketing.qualified_return(row.batch)  # point 6
+            self.marketing.upload_boxing(row.batch, boxing)  # point 4
+            order_id = self.wh.return_boxes(row.batch, boxes)  # point 6
             self._set(row, "returning", return_order=order_id)
-        q = sum(1 for v in verdict.values() if v == "qualified")
+        counts = {k: sum(1 for v in verdict.values() if v == k) for k in ("qualified", "rejected")}
+        untested = len(verdict) - sum(counts.values())
         self._journal(
-            f"batch {row.batch}: {q} qualified, {len(verdict) - q} rejected in "
-            f"{len(boxes)} boxes; qualified-return order {order_id}"
+            f"batch {row.batch} {rec.state}: {counts['qualified']} qualified, "
+            f"{counts['rejected']} rejected"
+            + (f", {untested} untested" if untested else "")
+            + f" in {len(boxes)} boxes; qualified-return order {order_id}"
         )
 
     async def _returning(self, row: FeedRow) -> None:
@@ -356,7 +369,7 @@ class LineFeed:
         ]
         if not rejected:
             self._set(row, "done")
-            self._journal(f"batch {row.batch}: done, every meter qualified and stored")
+            self._journal(f"batch {row.batch}: done, its meters stored")
             return
         with self.inv.tx():
             oid = self.wh.submit(OrderKind.REJECTED_OUTBOUND, {"boxes": len(rejected)})

@@ -398,10 +398,22 @@ class Warehouse:
                 )
             else:
                 verdict = manifest["meters"][0]["verdict"]
-                klass = BoxClass.QUALIFIED if verdict == "qualified" else BoxClass.REJECTED
-                types = {m.address: m.type for m in self.inv.meters() if m.address}
+                klass = BoxClass(verdict)
+                known = {m.address: m for m in self.inv.meters() if m.address}
+
+                def state(address: str) -> str:
+                    # a meter back untested (its batch was aborted) keeps its unverified state
+                    if verdict != "unverified":
+                        return verdict
+                    m = known.get(address)
+                    return m.state if m and m.state in ("new", "returned") else "returned"
+
                 meters = [
-                    (m["address"], types.get(m["address"], "unknown"), m["verdict"])
+                    (
+                        m["address"],
+                        known[m["address"]].type if m["address"] in known else "unknown",
+                        state(m["address"]),
+                    )
                     for m in manifest["meters"]
                 ]
                 self.inv.add_box(
@@ -410,7 +422,7 @@ class Warehouse:
                     conv.location,
                     t,
                     meters,
-                    verified_at=manifest["verified_at"],
+                    verified_at=manifest["verified_at"] if verdict != "unverified" else None,
                     order_id=order_id,
                     batch=order.params["batch"],
                 )
