@@ -113,6 +113,10 @@ class LineFeed:
         self.wh.line = self
         self.line.batch_ended.append(self._batch_ended)
         self._define_tags()
+        # the control task starts last in the service's start-up: no box moves for the
+        # line until the whole service is up (and a stop during start-up stays quick)
+        self._live = asyncio.Event()
+        self.service.control.attach("line feed", self._tick)
         row = self._open()
         log.info(
             "line feed: from the warehouse, %d boxes per batch, scheme %s%s",
@@ -157,7 +161,11 @@ class LineFeed:
     def _batch_ended(self, batch_id: str, state: str) -> None:
         self._wake.set()
 
+    def _tick(self, _deadline: float) -> None:
+        self._live.set()
+
     async def _run(self) -> None:
+        await self._live.wait()
         while True:
             try:
                 await self.step()
