@@ -91,14 +91,23 @@ class Service:
             from controller.loads.runtime import LoadsSubsystem
 
             self.add_subsystem(LoadsSubsystem(self, config.loads))
+        line = None
         if config.line is not None and config.line.enabled:
             from controller.verification.subsystem import VerificationLineSubsystem
 
-            self.add_subsystem(VerificationLineSubsystem(self, config.line))
+            line = VerificationLineSubsystem(self, config.line)
+            self.add_subsystem(line)
         self.control.attach("alarms", self._control_alarms)
         self.control.attach("command-expiry", self._control_expiry)
         if config.warehouse is not None:
-            self.add_subsystem(WarehouseSubsystem(self, config.warehouse))
+            warehouse = WarehouseSubsystem(self, config.warehouse)
+            self.add_subsystem(warehouse)
+            if line is not None and line.config.feed == "warehouse":
+                # the line's batches come from the warehouse and go back to it; started
+                # after both (it needs their state) and stopped before them
+                from controller.warehouse.line_feed import LineFeed
+
+                self.add_subsystem(LineFeed(self, line, warehouse))
 
     # -- hooks for the parts that come later ------------------------------------------------
     def add_subsystem(self, subsystem: Any) -> None:

@@ -96,6 +96,15 @@ class LineConfig(BaseModel):
     units: list[UnitConfig] = Field(min_length=1, max_length=32)
     meter_types: dict[str, MeterType] = Field(default_factory=dict)
     scheme_dir: str = Field(default="config/schemes", max_length=512)
+    # Where batches come from: "list" = only operator-chosen meters (StartBatch);
+    # "warehouse" = also fed from the warehouse's unverified stock whenever the line
+    # is idle (outbound order -> batch -> qualified return / rejected outbound).
+    feed: Literal["list", "warehouse"] = "list"
+    feed_boxes: int = Field(
+        default=3, ge=1, le=100, description="boxes per warehouse-fed batch (capped by stations)"
+    )
+    # Scheme of warehouse-fed batches; may be left empty when one scheme suits the meter type.
+    feed_scheme: str = Field(default="", max_length=64)
     handling: HandlingConfig = HandlingConfig()
     temperature: TemperatureConfig = TemperatureConfig()
     operator_code: str = Field(default="00000000", pattern=r"^[0-9A-Fa-f]{8}$")

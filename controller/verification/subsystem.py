@@ -28,6 +28,8 @@ import hashlib
 import logging
 import random
 import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from controller.verification.clock import Clock, RealClock, ScaledClock
 from controller.verification.config import LineConfig
 from controller.verification.results import RepositoryError, ResultsRepository
 from controller.verification.scheme import Scheme, SchemeError, load_scheme
-from controller.verification.sequencer import BatchError, Sequencer
+from controller.verification.sequencer import BatchError, MeterTask, Sequencer
 from controller.verification.sink import (
     ABORT_BATCH,
     START_BATCH,
@@ -83,6 +85,20 @@ def sim_spec(barcode: str, address: str) -> SimMeterSpec:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class FeedRequest:
+    """The command request of a batch the warehouse fed (journaled like an operator's)."""
+
+    target: str
+    kind: str
+    reason: str
+    user: str
+    token: str
+    role: str = "system"
+    armed_at: float = 0.0
+    source: str = "warehouse"
+
+
 class VerificationLineSubsystem:
     name = "verification line"
 
@@ -104,6 +120,8 @@ class VerificationLineSubsystem:
         self.batch_id = ""
         self._task: asyncio.Task[None] | None = None
         self._abort_reason = ""
+        # called with (batch id, final state) when a batch ends (done, failed, aborted)
+        self.batch_ended: list[Callable[[str, str], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -249,9 +267,40 @@ class VerificationLineSubsystem:
         await self.service.commands.transition(cmd.id, CommandState.REFUSED, reason=reason)
         raise CommandRefused(reason)
 
-    async def start_batch(self, request: Any, batch_id: str, batch: BatchRequest) -> str:
+    async def start_fed_batch(
+        self, batch_id: str, scheme: str, meter_type: str, meters: list[MeterTask], why: str
+    ) -> bool:
+        """Start a batch of meters the warehouse delivered; False when the line cannot now.
+
+        True as well when the batch already exists (started before a restart):
+        the line resumes its own batches.
+        """
+        assert self.repo is not None
+        try:
+            self.repo.batch(batch_id)
+            return True
+        except RepositoryError:
+            pass
+        if self.running:
+            return False
+        request = FeedRequest(f"{SOURCE}/", START_BATCH, why, "warehouse feed", batch_id)
+        try:
+            await self.start_batch(
+                request,
+                batch_id,
+                BatchRequest(self.schemes[scheme], meters, False),
+                meter_type=meter_type,
+            )
+        except CommandRefused as exc:
+            log.warning("line: fed batch %s not started: %s", batch_id, exc)
+            return False
+        return True
+
+    async def start_batch(
+        self, request: Any, batch_id: str, batch: BatchRequest, meter_type: str = ""
+    ) -> str:
         assert self.seq is not None and self.repo is not None and self.rig is not None
-        mt = self.config.meter_type(self.meter_type_name)
+        mt = self.config.meter_type(meter_type or self.meter_type_name)
         problems = batch.scheme.problems_for(mt)
         if problems:
             raise CommandRefused(
@@ -269,8 +318,9 @@ class VerificationLineSubsystem:
             await self.service.commands.transition(cmd.id, CommandState.FAILED, reason=str(exc))
             raise CommandRefused(str(exc)) from None
         await self.service.commands.transition(cmd.id, CommandState.SENT, reason="batch created")
-        # The simulated plant: the meters of the batch arrive on the infeed conveyor.
-        self.rig.infeed.clear()
+        # The simulated plant: the meters of the batch arrive on the infeed conveyor of an
+        # empty line (what an aborted or failed batch left was taken off first).
+        self.rig.clear()
         self.rig.feed(sim_spec(m.barcode, m.address) for m in batch.meters)
         self._launch(batch_id, len(batch.meters))
         await self.service.commands.transition(
@@ -364,6 +414,7 @@ class VerificationLineSubsystem:
             self._write("line/batch/state", "failed")
             self._write("line/batch/message", message)
             self.service.journal.event("line", SOURCE, message, severity=700)
+            self._ended(batch_id, "failed")
             return
         finally:
             self._write("line/state", "idle")
@@ -378,6 +429,14 @@ class VerificationLineSubsystem:
         self._write("line/batch/message", message)
         self.service.journal.event("line", SOURCE, message)
         log.info("line: %s", message)
+        self._ended(batch_id, summary.state)
+
+    def _ended(self, batch_id: str, state: str) -> None:
+        for listener in self.batch_ended:
+            try:
+                listener(batch_id, state)
+            except Exception:  # a listener's bug must not fail the batch record
+                log.exception("line: batch-end listener failed for %s", batch_id)
 
     # -- restart ---------------------------------------------------------------------------------
     async def _settle_commands(self) -> None:

@@ -33,6 +33,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--slot", action="append", help="scan only these slots (repeatable)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=run_count)
+    m = isub.add_parser(
+        "marketing",
+        help="export what the marketing system reads: meters, tasks, slot codes, boxing, "
+        "results, withstand, orders (JSON)",
+    )
+    m.add_argument("--db", required=True, help="journal SQLite file")
+    m.add_argument("--batch", help="only this verification batch")
+    m.add_argument("--meter", help="only this meter's parameters (12-digit address)")
+    m.set_defaults(func=run_marketing)
 
 
 def _config(path: str | None) -> WarehouseConfig:
@@ -86,3 +95,24 @@ def run_count(args: argparse.Namespace) -> int:
                 f"  {d['slot']}: journal {d['journal'] or '(empty)'}, rack {d['scan'] or '(empty)'}"
             )
     return 1 if report["differences"] else 0
+
+
+def run_marketing(args: argparse.Namespace) -> int:
+    """Read-only: the journal file of a running or stopped service."""
+    from controller.warehouse.marketing import MarketingError, MarketingInterface
+    from controller.warehouse.service import Warehouse
+
+    try:
+        conn = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
+        try:
+            # no plant I/O: the interface only reads the inventory and the orders
+            wh = Warehouse(WarehouseConfig.model_validate({}), conn, io=None)  # type: ignore[arg-type]
+            mi = MarketingInterface(wh)
+            doc: Any = mi.query_meter(args.meter) if args.meter else mi.export(args.batch)
+        finally:
+            conn.close()
+    except (MarketingError, sqlite3.Error) as exc:
+        print(f"gridctl inventory marketing: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(doc, indent=2))
+    return 0

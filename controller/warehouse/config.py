@@ -67,6 +67,9 @@ class WarehouseConfig(BaseModel):
         pattern=r"^tcp://[^:/\s]+:\d{1,5}$",
         description="the warehouse PLC (Modbus TCP), tcp://HOST:PORT",
     )
+    return_aisle: int = Field(
+        1, ge=1, le=20, description="aisle whose induct the verification line returns boxes to"
+    )
     demo_boxes: int = Field(
         0,
         ge=0,
@@ -87,6 +90,10 @@ class WarehouseConfig(BaseModel):
         if self.demo_boxes > self.slot_count:
             raise ValueError(
                 f"demo_boxes: {self.demo_boxes} boxes do not fit in {self.slot_count} slots"
+            )
+        if self.return_aisle > self.aisles:
+            raise ValueError(
+                f"return_aisle: {self.return_aisle} outside 1..{self.aisles} (one aisle per 2 rows)"
             )
         port = int(self.plc.rsplit(":", 1)[1])
         if not 0 < port <= 65535:

@@ -84,6 +84,7 @@ class ConveyorController:
         self.retries = 0
         self.blocked_since: list[float | None] = [None] * self.n
         self.jammed: set[int] = set()
+        self.held_alarm = ""  # the alarm kind raised for the load held at the induct, if any
         self.watcher = wh.io.watcher()
 
     @property
@@ -120,6 +121,12 @@ class ConveyorController:
         self.eyes = eyes
         if not self.outbound:
             await self._induct(count, code)
+            if self.held_alarm and self.ids[0] != HOLD:
+                # the held load was re-identified or taken off: the cause is gone
+                self.wh.clear_alarm(
+                    self.path, self.held_alarm, f"conveyor {self.name}: induct clear"
+                )
+                self.held_alarm = ""
             z = self.n - 1
             ident = self.ids[z]
             if eyes[z] and ident not in (None, HOLD):
@@ -167,6 +174,7 @@ class ConveyorController:
                 await self.io.write(self.base + V_REREAD, [1])
                 return
             self.ids[0] = HOLD
+            self.held_alarm = "noread"
             self.wh.alarm(
                 self.path,
                 "noread",
@@ -176,6 +184,8 @@ class ConveyorController:
             return
         self.retries = 0
         self.ids[0] = code if self.wh.inducted(self.aisle, code) else HOLD
+        if self.ids[0] == HOLD:
+            self.held_alarm = "unexpected_box"
 
     def resync(self, zone: int, barcode: str) -> None:
         """Operator re-identifies a held load (e.g. after a no-read)."""
@@ -213,6 +223,10 @@ class ConveyorController:
                 self.blocked_since[z] = None
                 if z in self.jammed:
                     self.jammed.discard(z)
+                    if not self.jammed:
+                        self.wh.clear_alarm(
+                            self.path, "jam", f"conveyor {self.name}: jam cleared, zones moving"
+                        )
                     self.wh.publish_conveyor(self)
         return due
 

@@ -121,12 +121,45 @@ class CraneExecutor:
         st = await self.driver.status()
         self.status = st
         self.wh.publish_crane(self.aisle, st, self.current)
+        self._conditions(st)
         return st
 
+    def _conditions(self, st: CraneStatus) -> None:
+        """Door and drive fault are states of the plant: alarmed while present, cleared when gone.
+
+        Evaluated on every status read, so an open door is alarmed even with no
+        task waiting, and the alarm clears when the door closes (the crane may
+        still wait for a reset; its state tag and the held task say so).
+        """
+        if st.door_open:
+            self._alarm("door", 700, f"crane {self.aisle}: aisle door open / light curtain broken")
+        else:
+            self._clear("door", f"crane {self.aisle}: aisle door closed")
+        if st.state is CraneState.FAULT:
+            self._alarm("fault", 800, f"crane {self.aisle}: drive fault {st.fault}")
+        else:
+            self._clear("fault", f"crane {self.aisle}: fault reset")
+
+    @property
+    def source(self) -> str:
+        return f"warehouse/cranes/{self.aisle}"
+
     def _alarm(self, kind: str, severity: int, message: str) -> None:
+        """A standing alarm: raised once, held until :meth:`_clear`."""
         if kind not in self._alarmed:
             self._alarmed.add(kind)
-            self.wh.alarm(f"warehouse/cranes/{self.aisle}", kind, severity, message)
+            self.wh.alarm(self.source, kind, severity, message)
+
+    def _clear(self, kind: str, message: str) -> None:
+        if kind in self._alarmed:
+            self._alarmed.discard(kind)
+            self.wh.clear_alarm(self.source, kind, message)
+
+    def _event_alarm(self, kind: str, severity: int, message: str) -> None:
+        """Something that happened (a box missing, a barcode mismatch): nothing is left to
+        go away, so the alarm returns to normal at once and waits for acknowledgement."""
+        self.wh.alarm(self.source, kind, severity, message)
+        self.wh.clear_alarm(self.source, kind, "")
 
     # -- dispatch ----------------------------------------------------------------------
     def next_batch(self) -> list[TaskRow]:
@@ -200,7 +233,7 @@ class CraneExecutor:
         wh = self.wh
         t = wh.clock()
         if res is Result.REFUSED_EMPTY:
-            self._alarm(
+            self._event_alarm(
                 f"pick_empty:{task.id}",
                 700,
                 f"task {task.id}: nothing to pick at {loc.code} (expected box {task.barcode})",
@@ -219,7 +252,7 @@ class CraneExecutor:
             raise RuntimeError(f"unexpected pick result {res!r}")
         if st.fork_code != task.barcode:
             # the fork's reader is authoritative; a mismatch means tracking went wrong upstream
-            self._alarm(
+            self._event_alarm(
                 f"barcode_mismatch:{task.id}",
                 600,
                 f"task {task.id}: fork reads {st.fork_code!r}, expected {task.barcode!r}",
@@ -249,7 +282,7 @@ class CraneExecutor:
         """The target turned out unusable: block it, alarm, and reserve the next nearest slot."""
         wh = self.wh
         t = wh.clock()
-        self._alarm(
+        self._event_alarm(
             f"slot_occupied:{loc.code}",
             600,
             f"slot {loc.code} refused for task {task.id}: {why}; slot blocked",
@@ -314,12 +347,7 @@ class CraneExecutor:
             elif st.state is CraneState.STOPPED:
                 why = "crane stopped, waiting for reset"
             if why:
-                kind = "door" if st.door_open or st.state is CraneState.STOPPED else "fault"
-                self._alarm(
-                    kind,
-                    800 if kind == "fault" else 700,
-                    f"crane {self.aisle}: {why}; task {task.id} held",
-                )
+                # door and fault alarms come from poll(); here the task is held
                 if not held:
                     held = True
                     wh.inv.update_task(task.id, wh.clock(), state="held", reason=why)
@@ -329,8 +357,6 @@ class CraneExecutor:
             if st.state is not CraneState.IDLE:
                 await self.watcher.wait(None)
                 continue
-            self._alarmed.discard("door")
-            self._alarmed.discard("fault")
             if held:
                 held = False
                 wh.inv.update_task(task.id, wh.clock(), state="active", reason="")
@@ -385,6 +411,7 @@ class CraneExecutor:
         while True:
             st = await self.poll()
             if st.done_seq == seq:
+                self._clear(f"timeout:{task.id}", f"task {task.id}: {op.name} at {loc.code} done")
                 return st.done_result, st
             remaining: float | None = deadline - loop.time()
             if remaining is not None and remaining <= 0:
@@ -398,7 +425,7 @@ class CraneExecutor:
 
     async def reset(self) -> None:
         await self.driver.command(Op.RESET, Location(0, 0, 0))
-        self._alarmed.clear()
+        await self.poll()  # a successful reset clears the fault alarm now, not at the next task
 
 
 __all__ = ["STATION_IN", "STATION_OUT", "CraneDriver", "CraneExecutor", "CraneStatus"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from controller.warehouse.config import WarehouseConfig
 from controller.warehouse.rack import Location
 
-DEMO_METER_TYPE = "DDZY-1"
+DEMO_METER_TYPE = "DDZY-1-5(60)A"  # the demo line's meter type, so the line can verify them
 DEMO_METERS_PER_BOX = 4
 
 
@@ -37,6 +37,9 @@ def demo_stock(cfg: WarehouseConfig) -> list[DemoBox]:
     per_box = min(DEMO_METERS_PER_BOX, cfg.meters_per_box)
     out = []
     for i, loc in enumerate(locs[: cfg.demo_boxes]):
-        meters = tuple(f"9{i:07d}{j:04d}" for j in range(per_box))
+        # the simulated line derives each meter's error from its address; with this
+        # prefix about one meter in twelve fails, one of them in the first three boxes,
+        # so the demo's first fed batch shows both verdicts
+        meters = tuple(f"4{i:07d}{j:04d}" for j in range(per_box))
         out.append(DemoBox(f"NEW{i:05d}", loc, meters))
     return out

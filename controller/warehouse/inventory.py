@@ -85,6 +85,18 @@ WAREHOUSE_SCHEMA: list[str] = [
         reason TEXT NOT NULL DEFAULT ''
     )""",
     "CREATE INDEX IF NOT EXISTS wh_task_open ON wh_task(state) WHERE state IN ('queued', 'active', 'held')",
+    # the verification line fed from the warehouse: one row per batch (see line_feed)
+    """CREATE TABLE IF NOT EXISTS wh_line_feed (
+        batch TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        meter_type TEXT NOT NULL,
+        out_order INTEGER NOT NULL,
+        return_order INTEGER,
+        reject_order INTEGER,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        reason TEXT NOT NULL DEFAULT ''
+    )""",
     """CREATE TABLE IF NOT EXISTS wh_event (
         id INTEGER PRIMARY KEY,
         t REAL NOT NULL,

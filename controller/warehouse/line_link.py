@@ -38,7 +38,7 @@ class BatchFeed:
 @dataclass(frozen=True, slots=True)
 class VerifiedMeter:
     address: str
-    verdict: Literal["qualified", "rejected"]
+    verdict: Literal["qualified", "rejected", "unverified"]  # unverified: batch aborted first
 
 
 @dataclass(frozen=True, slots=True)

@@ -205,6 +205,63 @@ class MarketingInterface:
             "meters": [m.address for c in codes for m in self.wh.inv.meters(c)],
         }
 
+    # -- the same data as one export (``gridctl inventory marketing``) -------------------------
+    def uploaded(self, kind: str, batch: str) -> list[dict[str, Any]]:
+        """The last ``boxing`` or ``withstand`` upload recorded for ``batch``."""
+        found: list[dict[str, Any]] = []
+        for _t, _k, _o, _tk, _b, detail in self.wh.inv.events(kind):
+            d = json.loads(detail)
+            if d.get("batch") == batch:
+                found = list(d.get("boxes" if kind == "boxing" else "results", []))
+        return found
+
+    def batch_results(self, batch: str) -> list[dict[str, Any]]:
+        """The verification results uploaded for ``batch`` (the meters' recorded verdicts)."""
+        return [
+            {"address": m.address, "verdict": m.state, "verified_at": m.verified_at}
+            for m in self.wh.inv.meters()
+            if m.batch == batch and m.state in ("qualified", "rejected")
+        ]
+
+    def export(self, batch: str | None = None) -> dict[str, Any]:
+        """All nine interface points as one document, per batch where the point is per batch."""
+        orders = [self.wh.book.get(int(r[0])) for r in self.wh.inv.order_rows()]
+        batches = sorted(
+            {str(o.params["batch"]) for o in orders if "batch" in o.params}
+            if batch is None
+            else {batch}
+        )
+
+        def summary(kind: OrderKind) -> list[dict[str, Any]]:
+            return [
+                {
+                    "order_id": o.id,
+                    "state": o.state.value,
+                    **{k: v for k, v in o.params.items() if k in ("batch", "district")},
+                    "boxes": list(self.wh.inv.lines(o.id)),
+                }
+                for o in orders
+                if o.kind is kind and (batch is None or o.params.get("batch") in (None, batch))
+            ]
+
+        return {
+            "meters": [self.query_meter(m.address) for m in self.wh.inv.meters()],  # 1
+            "verification_tasks": self.fetch_verification_tasks(),  # 2
+            "qualified_slots": self.slot_codes_for_qualified(),  # 3
+            "batches": {
+                b: {
+                    "boxing": self.uploaded("boxing", b),  # 4
+                    "results": self.batch_results(b),  # 5
+                    "withstand": self.uploaded("withstand", b),  # 7
+                }
+                for b in batches
+            },
+            "qualified_return_orders": summary(OrderKind.QUALIFIED_RETURN),  # 6
+            "outbound_verification_orders": summary(OrderKind.OUTBOUND_VERIFICATION),  # 8
+            "distribution_orders": summary(OrderKind.DISTRIBUTION_OUTBOUND),  # 9
+            "rejected_outbound_orders": summary(OrderKind.REJECTED_OUTBOUND),
+        }
+
     def order_state(self, order_id: int) -> str:
         try:
             return self.wh.order(order_id).state.value

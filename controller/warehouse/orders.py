@@ -84,7 +84,8 @@ class InboundParams(_P):
 
 class ReturnedMeter(_P):
     address: str = Field(pattern=r"^\d{12}$")
-    verdict: Literal["qualified", "rejected"]
+    # unverified: back from the line untested (its batch was aborted), stored for a later batch
+    verdict: Literal["qualified", "rejected", "unverified"]
 
 
 class ReturnBoxManifest(_P):

@@ -21,6 +21,12 @@ Conveyor block (two per aisle: inbound then outbound, base ``conveyor_base``):
 
 Rack scan window (the rack's inventory reader): write row, bay, level at
 ``SCAN_BASE``+0..2, then read +3 occupied and +4..+11 barcode.
+
+Line return hand-over (the verification line's boxing out-feed pushes a box
+onto an aisle's inbound induct), base ``HANDOVER_BASE``: write +0 aisle,
++1..+8 barcode, +9 seq in one block; the PLC latches it when the seq changes
+(a rewrite is a retry) and ignores a barcode already in the plant. Read +10
+accepted seq.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ CRANE_STRIDE = 50
 CONV_BASE = 400
 CONV_STRIDE = 40
 SCAN_BASE = 900
+HANDOVER_BASE = 950
+H_AISLE, H_CODE, H_SEQ, H_ACK_SEQ = 0, 1, 9, 10
 REGISTER_COUNT = 1000
 CODE_REGS = 8  # 16 chars, two per register
 

@@ -36,10 +36,13 @@ from controller.warehouse.orders import (
 )
 from controller.warehouse.plant_io import (
     CODE_REGS,
+    H_ACK_SEQ,
+    HANDOVER_BASE,
     SCAN_BASE,
     CraneState,
     PlantIO,
     decode_code,
+    encode_code,
 )
 from controller.warehouse.rack import (
     STATION_IN,
@@ -53,9 +56,14 @@ from controller.warehouse.rack import (
 class AlarmSink(Protocol):
     def raise_alarm(self, source: str, kind: str, severity: int, message: str) -> None: ...
 
+    def clear_alarm(self, source: str, kind: str, message: str) -> None: ...
+
 
 class _NoAlarms:
     def raise_alarm(self, source: str, kind: str, severity: int, message: str) -> None:
+        pass
+
+    def clear_alarm(self, source: str, kind: str, message: str) -> None:
         pass
 
 
@@ -88,6 +96,7 @@ class Warehouse:
         self._tasks: list[asyncio.Task[None]] = []
         self.alarm_log: list[tuple[str, str, int, str]] = []
         self._defined: set[str] = set()
+        self._handover_seq: int | None = None
 
     # -- time ----------------------------------------------------------------------
     def clock(self) -> float:
@@ -345,6 +354,23 @@ class Warehouse:
         }
         return self.submit(OrderKind.QUALIFIED_RETURN, params, priority)
 
+    async def hand_over(self, code: str, aisle: int | None = None) -> None:
+        """Have the line's out-feed push a returned box onto an aisle's induct.
+
+        The box must be expected by an open return order; the induct then reads
+        it like any other. The PLC ignores a box already in the plant, so
+        repeating this after a restart cannot create a second box.
+        """
+        aisle = aisle or self.cfg.return_aisle
+        if self._handover_seq is None:
+            # continue after the PLC's last latched seq, never re-using one it would ignore
+            self._handover_seq = (await self.io.read(HANDOVER_BASE + H_ACK_SEQ, 1))[0]
+        self._handover_seq = self._handover_seq % 65535 + 1
+        await self.io.write(HANDOVER_BASE, [aisle, *encode_code(code), self._handover_seq])
+        self.inv.event(
+            self.clock(), "handed_over", f"line -> aisle {aisle} induct", None, None, code
+        )
+
     # -- events from the control loops ------------------------------------------------------
     def inducted(self, aisle: int, code: str) -> bool:
         """A barcode was read at the induct: admit the box into the inventory, or hold it."""
@@ -372,10 +398,22 @@ class Warehouse:
                 )
             else:
                 verdict = manifest["meters"][0]["verdict"]
-                klass = BoxClass.QUALIFIED if verdict == "qualified" else BoxClass.REJECTED
-                types = {m.address: m.type for m in self.inv.meters() if m.address}
+                klass = BoxClass(verdict)
+                known = {m.address: m for m in self.inv.meters() if m.address}
+
+                def state(address: str) -> str:
+                    # a meter back untested (its batch was aborted) keeps its unverified state
+                    if verdict != "unverified":
+                        return verdict
+                    m = known.get(address)
+                    return m.state if m and m.state in ("new", "returned") else "returned"
+
                 meters = [
-                    (m["address"], types.get(m["address"], "unknown"), m["verdict"])
+                    (
+                        m["address"],
+                        known[m["address"]].type if m["address"] in known else "unknown",
+                        state(m["address"]),
+                    )
                     for m in manifest["meters"]
                 ]
                 self.inv.add_box(
@@ -384,7 +422,7 @@ class Warehouse:
                     conv.location,
                     t,
                     meters,
-                    verified_at=manifest["verified_at"],
+                    verified_at=manifest["verified_at"] if verdict != "unverified" else None,
                     order_id=order_id,
                     batch=order.params["batch"],
                 )
@@ -537,6 +575,11 @@ class Warehouse:
         self.alarm_log.append((source, kind, severity, message))
         self.inv.event(self.clock(), f"alarm:{kind}", message)
         self.alarms.raise_alarm(source, kind, severity, message)
+
+    def clear_alarm(self, source: str, kind: str, message: str = "") -> None:
+        """The cause of an alarm went away (door closed, fault reset, jam cleared)."""
+        self.inv.event(self.clock(), f"alarm_cleared:{kind}", message)
+        self.alarms.clear_alarm(source, kind, message)
 
     def _tag(self, name: str, value: Any, unit: str = "") -> None:
         img = self.image

@@ -28,6 +28,7 @@ from controller.commands import CommandError, CommandState
 from controller.warehouse.config import WarehouseConfig
 from controller.warehouse.demo import DEMO_METER_TYPE, demo_stock
 from controller.warehouse.inventory import Inventory, open_db
+from controller.warehouse.marketing import MarketingError, MarketingInterface
 from controller.warehouse.orders import TERMINAL, OrderError, OrderKind, OrderState
 from controller.warehouse.plant_io import ModbusPlantIO, PlantIOError
 from controller.warehouse.rack import BoxClass
@@ -43,17 +44,57 @@ ORDER_KINDS = tuple(k.value for k in OrderKind)
 
 
 class _AlarmAdapter:
-    """``AlarmSink.raise_alarm`` -> ``AlarmEngine.set``."""
+    """``AlarmSink`` -> ``AlarmEngine.set``.
+
+    The engine knows one condition per source (``crane_fault`` on
+    ``warehouse/cranes/1``) while the warehouse reports several causes per
+    source (door, drive fault, a command timeout); the condition stays active
+    while any cause is present and clears with the last one.
+    """
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
+        self.causes: dict[str, set[str]] = {}  # source -> alarm kinds present
+
+    @staticmethod
+    def condition(source: str) -> str:
+        return "crane_fault" if source.startswith("warehouse/cranes/") else "conveyor_fault"
 
     def raise_alarm(self, source: str, kind: str, severity: int, message: str) -> None:
-        condition = "crane_fault" if source.startswith("warehouse/cranes/") else "conveyor_fault"
+        self.causes.setdefault(source, set()).add(kind)
         try:
-            self.engine.set(condition, source, True, f"{kind}: {message}", severity=severity)
+            self.engine.set(
+                self.condition(source), source, True, f"{kind}: {message}", severity=severity
+            )
         except Exception:  # an alarm must never stop the control loop
             log.exception("warehouse alarm %s on %s not recorded", kind, source)
+
+    def clear_alarm(self, source: str, kind: str, message: str) -> None:
+        present = self.causes.get(source, set())
+        present.discard(kind)
+        if present:
+            return
+        try:
+            self.engine.set(self.condition(source), source, False, message)
+        except Exception:
+            log.exception("warehouse alarm %s on %s not cleared", kind, source)
+
+    def settle(self) -> int:
+        """After a restart: clear warehouse alarms restored active whose cause is gone.
+
+        The engine restores alarm states from the journal; the first status
+        reads re-raised whatever is still present, so an active warehouse alarm
+        without a present cause belongs to the previous run."""
+        cleared = 0
+        for alarm in list(self.engine):
+            if (
+                alarm.active
+                and alarm.source.startswith("warehouse/")
+                and not self.causes.get(alarm.source)
+            ):
+                self.engine.set(alarm.condition, alarm.source, False, "cause gone after restart")
+                cleared += 1
+        return cleared
 
 
 class WarehouseSubsystem:
@@ -68,6 +109,7 @@ class WarehouseSubsystem:
         self._orders: dict[str, int] = {}  # command id -> order id, until the order ends
         self._inflight: set[str] = set()
         self._track_task: asyncio.Task[None] | None = None
+        self.alarms = _AlarmAdapter(service.alarms)
         log_ = service.commands
         log_.kinds = frozenset(log_.kinds | KINDS)
         service.router.register("warehouse/", self)
@@ -85,7 +127,7 @@ class WarehouseSubsystem:
             self._conn,
             self.io,
             image=svc.image,
-            alarms=_AlarmAdapter(svc.alarms),
+            alarms=self.alarms,
             line=None,
             clock=time.time,
         )
@@ -96,6 +138,7 @@ class WarehouseSubsystem:
             for conv in (self.wh.inbound[aisle], self.wh.outbound[aisle]):
                 self.wh.publish_conveyor(conv)
         self.wh.publish_totals()
+        self.alarms.settle()
         if self.cfg.demo_boxes and not seeded:
             await self._check_demo_rack()
         self._resume_commands()
@@ -192,8 +235,11 @@ class WarehouseSubsystem:
         try:
             if request.kind == "create_order":
                 try:
-                    oid = wh.submit(kind, params, priority)
-                except OrderError as exc:
+                    if kind == OrderKind.QUALIFIED_RETURN and set(params) == {"batch"}:
+                        oid = MarketingInterface(wh).qualified_return(params["batch"], priority)
+                    else:
+                        oid = wh.submit(kind, params, priority)
+                except (OrderError, MarketingError) as exc:
                     await self._refuse(cmd.id, str(exc))
                     raise CommandRefused(str(exc)) from None
                 await self.service.commands.transition(
@@ -309,6 +355,9 @@ def _order_args(args: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
             {"barcode": items[0], **({"to": items[1]} if len(items) == 2 else {})},
             priority,
         )
+    if kind == OrderKind.QUALIFIED_RETURN and len(items) == 1:
+        # [batch]: the boxes and verdicts come from the batch's uploaded boxing and results
+        return kind, {"batch": items[0]}, priority
     if (
         kind in (OrderKind.OUTBOUND_VERIFICATION, OrderKind.DISTRIBUTION_OUTBOUND)
         and len(items) == 2
@@ -321,7 +370,8 @@ def _order_args(args: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
         return kind, {name: items[0], "boxes": int(items[1])}, priority
     raise CommandRefused(
         f"argument 'items': not enough for a {kind} order (inventory_count: slots; relocation: "
-        "[barcode] or [barcode, slot]; outbound_verification: [batch, boxes]; "
+        "[barcode] or [barcode, slot]; outbound_verification: [batch, boxes]; qualified_return: "
+        "[batch]; "
         "distribution_outbound: [district, boxes]); give 'params' for the others"
     )
 

@@ -454,6 +454,14 @@ class SimRig:
         """Meters arriving on the infeed conveyor, in order."""
         self.infeed.extend(SimMeter(s) for s in specs)
 
+    def clear(self) -> None:
+        """The line emptied before a new batch: an aborted or failed batch leaves meters on
+        stations and lifts or presses mid-way, which the operator clears by hand."""
+        self.infeed.clear()
+        for station in self.stations.values():
+            station.meter = None
+        self.io.points.clear()
+
     def place(self, station: int, spec: SimMeterSpec) -> None:
         """A meter already on a station (the plant's state after a controller restart)."""
         self.stations[station].meter = SimMeter(spec)

@@ -38,6 +38,11 @@ from controller.warehouse.plant_io import (
     CONV_STRIDE,
     CRANE_BASE,
     CRANE_STRIDE,
+    H_ACK_SEQ,
+    H_AISLE,
+    H_CODE,
+    H_SEQ,
+    HANDOVER_BASE,
     NOREAD,
     REGISTER_COUNT,
     SCAN_BASE,
@@ -135,6 +140,8 @@ class WarehousePlant:
             self.conveyors[(aisle, False)] = SimConveyor(aisle, False, cfg.inbound)
             self.conveyors[(aisle, True)] = SimConveyor(aisle, True, cfg.outbound)
         self._scan = Location(1, 1, 1)
+        self.handover_seq = 0
+        self.handed_over: list[str] = []  # boxes the line pushed onto an induct, in order
         self._watchers: list[Watcher] = []
         self.on_deliver: Callable[[int, str], None] | None = None
 
@@ -204,6 +211,8 @@ class WarehousePlant:
             if off == 3:
                 return 1 if code else 0
             return encode_code(code or "")[off - 4]
+        if addr == HANDOVER_BASE + H_ACK_SEQ:
+            return self.handover_seq
         return 0
 
     def _crane_reg(self, c: SimCrane, off: int) -> int:
@@ -258,6 +267,11 @@ class WarehousePlant:
         if address <= SCAN_BASE and end >= SCAN_BASE + 3:
             row, bay, level = values[SCAN_BASE - address : SCAN_BASE - address + 3]
             self._scan = Location(row, bay, level)
+        if address <= HANDOVER_BASE and end >= HANDOVER_BASE + H_SEQ + 1:
+            block = values[HANDOVER_BASE - address : HANDOVER_BASE - address + H_SEQ + 1]
+            self._handover(
+                block[H_AISLE], decode_code(block[H_CODE : H_CODE + CODE_REGS]), block[H_SEQ]
+            )
         self._changed()
 
     # -- crane -------------------------------------------------------------------
@@ -430,6 +444,19 @@ class WarehousePlant:
         self._changed()
 
     # -- conveyors -------------------------------------------------------------------
+    def _handover(self, aisle: int, barcode: str, seq: int) -> None:
+        """The line's out-feed pushes a box onto an induct (once: a box is in one place)."""
+        if seq == self.handover_seq:
+            return  # the same block rewritten: a retry, already latched
+        self.handover_seq = seq
+        if not barcode or not 1 <= aisle <= self.cfg.aisles:
+            return
+        waiting = {code for conv in self.conveyors.values() for code in conv.feed}
+        if barcode in waiting or barcode in self.census():
+            return
+        self.handed_over.append(barcode)
+        self.inject_box(aisle, barcode)
+
     def inject_box(self, aisle: int, barcode: str) -> None:
         """A box arrives at the inbound induct (queued upstream while the induct is full)."""
         conv = self.conveyors[(aisle, False)]

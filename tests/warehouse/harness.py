@@ -28,9 +28,16 @@ SMALL = dict(
 class Alarms:
     def __init__(self) -> None:
         self.raised: list[tuple[str, str, int, str]] = []
+        self.cleared: list[tuple[str, str, str]] = []
+        self.active: set[tuple[str, str]] = set()
 
     def raise_alarm(self, source: str, kind: str, severity: int, message: str) -> None:
         self.raised.append((source, kind, severity, message))
+        self.active.add((source, kind))
+
+    def clear_alarm(self, source: str, kind: str, message: str) -> None:
+        self.cleared.append((source, kind, message))
+        self.active.discard((source, kind))
 
     def kinds(self) -> list[str]:
         return [k for _s, k, _v, _m in self.raised]
