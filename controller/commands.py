@@ -402,6 +402,10 @@ class CommandLog:
 
     async def expire_due(self, now: float | None = None) -> list[Command]:
         """Expire armed/queued commands past their expiry (sent ones wait for read-back)."""
+        if self._journal_failed():
+            # runs every control cycle: this is what closes the intake within a second of a
+            # failure even when nobody submits; an expiry could not be recorded anyway
+            return []
         now = self._clock() if now is None else now
         due = [
             c

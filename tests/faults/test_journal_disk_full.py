@@ -8,6 +8,7 @@ file system produces — while the test stays on the ordinary tmp directory.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -142,6 +143,21 @@ async def test_transition_that_cannot_be_written_keeps_the_last_durable_state(jo
     assert cmd.id in {c.id for c in log.pending()}
     journal.close()
     assert rows(journal.path)[cmd.id] == ("sent", ["queued", "sent"])
+
+
+async def test_the_control_cycle_closes_the_intake_without_a_new_command(journal):
+    log = CommandLog(journal)
+    armed = await log.submit("trip", "load1", who="op", why="t", arm=True, expires_in_s=0.001)
+    await fill_disk(journal)
+    # an event write (fire and forget) is what hits the full disk first
+    while journal.failure is None:
+        journal.event("test", "faults", PAD)
+        with contextlib.suppress(JournalError):  # the flush shares the failing batch
+            await journal.flush()
+    assert log.accepting  # nobody has submitted since
+    assert await log.expire_due(now=armed.expires + 1) == []  # the per-second control hook
+    assert not log.accepting and "disk full" in log.refusal
+    assert log.get(armed.id).state.value == "armed"  # left for the restart to expire
 
 
 async def test_a_bad_statement_fails_alone_and_is_not_a_disk_failure(journal):
