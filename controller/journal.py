@@ -31,9 +31,9 @@ Storage failure
     (``failure``, sticky until the journal is reopened): the whole batch is
     rolled back, every waiter gets ``JournalStorageError``, nothing half-written
     remains, and what was committed before stays as it was. The command log
-    reads ``failure`` to close its intake, and the service raises the
-    ``journal_failed`` alarm from it, so new commands are refused with a reason
-    rather than accepted on a promise the disk cannot keep.
+    reads ``failure`` to close its intake, and ``CommandLog.check_journal``
+    raises the ``journal_failed`` alarm from it, so new commands are refused
+    with a reason rather than accepted on a promise the disk cannot keep.
 
 Schema
     ``MIGRATIONS`` is an ordered list of SQL scripts; ``PRAGMA user_version``
