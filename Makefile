@@ -35,17 +35,22 @@ lint: build
 	cargo clippy --quiet --all-targets -- -D warnings
 	$(PY) -m mypy.stubtest controller._core_rs --ignore-disjoint-bases --allowlist .stubtest-allowlist
 
+# Fast tier: what CI runs on every change (`slow` and `bench` markers off).
 test: build lint
 	cargo test --quiet
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m 'not slow and not bench'
 
+# Everything but benchmarks: adds the `slow` tier (SIGKILL loops, soak-style faults).
 test-all: build lint
 	cargo test --quiet
 	$(PY) -m pytest -q -m 'not bench'
 
+# Runs every bench/*.py one after another and writes BENCHMARKS.md (machine, command,
+# output with its same-run baseline). Never a gate: a missed target is reported, not fatal.
+# GRIDCTL_BENCH_QUICK=1 make bench: small sizes, to try it in a few minutes.
 bench: build
 	$(PIP) install --quiet -c constraints.txt dlt645
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) target var

@@ -24,6 +24,13 @@ States::
 Every state change is committed with ``synchronous=FULL`` before the call
 returns, so whatever a caller has been told survives SIGKILL and power loss.
 This module holds no switching logic: it is the record keeper.
+
+When the journal's disk fails (full, I/O error) the log closes its intake:
+a command it cannot record is a command it must not accept. Transitions of
+commands already in flight are still attempted (a confirmation that cannot be
+written raises, and the record keeps its last durable state, which the
+restart reconciles by read-back). ``check_journal`` is the control-task hook
+that also raises the ``journal_failed`` alarm.
 """
 
 from __future__ import annotations
@@ -39,10 +46,15 @@ from typing import Any
 
 import msgpack
 
+from controller.alarms import AlarmEngine, Severity
 from controller.cycle import Series
-from controller.journal import Journal, Statement
+from controller.journal import Journal, JournalStorageError, Statement
 
 log = logging.getLogger("gridctl.commands")
+
+# Alarm condition for a journal that can no longer write; registered on the engine by
+# `CommandLog.check_journal` when the engine's vocabulary does not have it yet.
+JOURNAL_FAILED = "journal_failed"
 
 
 class CommandState(StrEnum):
@@ -237,6 +249,26 @@ class CommandLog:
         self.accepting = False
         self.refusal = reason
 
+    def _journal_failed(self) -> bool:
+        """Close the intake when the journal has lost its disk; True when it has."""
+        failure = self.journal.failure
+        if failure is None:
+            return False
+        if self.accepting:
+            self.close_intake(f"journal failed ({failure})")
+            log.critical("commands: intake closed: %s", self.refusal)
+        return True
+
+    def check_journal(self, alarms: AlarmEngine | None = None) -> bool:
+        """Control-task hook: on a journal storage failure, close the intake and raise
+        the ``journal_failed`` alarm (kept active until the journal is reopened, since
+        nothing after the failure is known to be on disk). True while failed."""
+        failed = self._journal_failed()
+        if alarms is not None:
+            alarms.conditions.setdefault(JOURNAL_FAILED, Severity.CRITICAL)
+            alarms.set(JOURNAL_FAILED, "journal", failed, self.journal.failure or "")
+        return failed
+
     async def submit(
         self,
         kind: str,
@@ -254,6 +286,7 @@ class CommandLog:
         A known ``command_id`` with the same content returns the existing record
         (idempotent retry); with different content it is an error.
         """
+        self._journal_failed()
         if not self.accepting:
             raise CommandRefused(f"not accepting commands: {self.refusal}")
         if kind not in self.kinds:
@@ -293,17 +326,22 @@ class CommandLog:
         expires = None if expires_in_s is None else now + expires_in_s
         cmd = Command(cid, kind, target, args, who, why, state, "", now, now, expires)
         cmd.history.append(Transition(state, now, "", who))
-        await self.journal.commit(
-            [
-                (
-                    "INSERT INTO commands(id, kind, target, args, who, why, state, reason, created, "
-                    "updated, expires) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?)",
-                    (cid, kind, target, blob, who, why, state.value, now, now, expires),
-                ),
-                self._transition_row(cid, state, "", who, now),
-            ],
-            durable=True,
-        )
+        try:
+            await self.journal.commit(
+                [
+                    (
+                        "INSERT INTO commands(id, kind, target, args, who, why, state, reason, "
+                        "created, updated, expires) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?)",
+                        (cid, kind, target, blob, who, why, state.value, now, now, expires),
+                    ),
+                    self._transition_row(cid, state, "", who, now),
+                ],
+                durable=True,
+            )
+        except JournalStorageError as exc:
+            # not recorded, so not accepted: the caller is told it was refused, and why
+            self._journal_failed()
+            raise CommandRefused(f"not accepting commands: {self.refusal}") from exc
         self._pending[cid] = cmd
         return cmd
 
@@ -336,16 +374,22 @@ class CommandLog:
         if state in _ENDS and not reason:
             raise CommandError(f"command {command_id}: a reason is required for {state.value}")
         now = self._clock()
-        await self.journal.commit(
-            [
-                (
-                    "UPDATE commands SET state = ?, reason = ?, updated = ? WHERE id = ?",
-                    (state.value, reason, now, command_id),
-                ),
-                self._transition_row(command_id, state, reason, who, now),
-            ],
-            durable=True,
-        )
+        try:
+            await self.journal.commit(
+                [
+                    (
+                        "UPDATE commands SET state = ?, reason = ?, updated = ? WHERE id = ?",
+                        (state.value, reason, now, command_id),
+                    ),
+                    self._transition_row(command_id, state, reason, who, now),
+                ],
+                durable=True,
+            )
+        except JournalStorageError:
+            # the record keeps its last durable state; a `sent` one is reconciled by
+            # read-back at restart, never assumed either way
+            self._journal_failed()
+            raise
         cmd.state, cmd.reason, cmd.updated = state, reason, now
         cmd.history.append(Transition(state, now, reason, who))
         if state in TERMINAL:
@@ -360,6 +404,10 @@ class CommandLog:
 
     async def expire_due(self, now: float | None = None) -> list[Command]:
         """Expire armed/queued commands past their expiry (sent ones wait for read-back)."""
+        if self._journal_failed():
+            # runs every control cycle: this is what closes the intake within a second of a
+            # failure even when nobody submits; an expiry could not be recorded anyway
+            return []
         now = self._clock() if now is None else now
         due = [
             c

@@ -25,6 +25,16 @@ Back-pressure
     when it is full; ``commit`` (commands) raises ``JournalFull`` — a command
     is refused, never silently dropped.
 
+Storage failure
+    A disk that is full (or failing) is not a bad unit: no later write can be
+    trusted to land either. The first such error marks the journal *failed*
+    (``failure``, sticky until the journal is reopened): the whole batch is
+    rolled back, every waiter gets ``JournalStorageError``, nothing half-written
+    remains, and what was committed before stays as it was. The command log
+    reads ``failure`` to close its intake, and ``CommandLog.check_journal``
+    raises the ``journal_failed`` alarm from it, so new commands are refused
+    with a reason rather than accepted on a promise the disk cannot keep.
+
 Schema
     ``MIGRATIONS`` is an ordered list of SQL scripts; ``PRAGMA user_version``
     is the number applied. Each runs in one transaction with its version bump.
@@ -126,6 +136,38 @@ class JournalClosed(JournalError):
     pass
 
 
+class JournalStorageError(JournalError):
+    """The disk refused a write (full, I/O error, read-only): the journal is failed."""
+
+
+# SQLite primary result codes that mean the storage, not the statement, is at fault.
+# (Extended codes carry the primary one in the low byte.)
+_STORAGE_CODES = {
+    8: "read-only",  # SQLITE_READONLY
+    10: "I/O error",  # SQLITE_IOERR
+    11: "corrupt",  # SQLITE_CORRUPT
+    13: "disk full",  # SQLITE_FULL
+    14: "cannot open",  # SQLITE_CANTOPEN
+    26: "not a database",  # SQLITE_NOTADB
+}
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """A short reason when ``exc`` is the disk failing rather than a bad statement."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in _STORAGE_CODES:
+            return f"{_STORAGE_CODES[code & 0xFF]}: {exc}"
+        # older builds without error codes: the messages are stable
+        text = str(exc)
+        if "disk is full" in text or "disk I/O error" in text:
+            return text
+        return None
+    if isinstance(exc, OSError):  # e.g. ENOSPC from the WAL or the directory
+        return f"{exc.strerror or exc}"
+    return None
+
+
 @dataclass(slots=True)
 class _Unit:
     statements: Sequence[Statement]
@@ -147,6 +189,7 @@ class JournalSnapshot:
     failed: int
     write_latency: Any  # cycle.Summary: enqueue → committed
     commit_time: Any  # cycle.Summary: one transaction incl. fsync
+    failure: str | None = None  # storage failure (disk full, I/O error), sticky until reopened
 
 
 class Journal:
@@ -176,6 +219,9 @@ class Journal:
         self.failed = 0
         self.write_latency = Series(4096)
         self.commit_time = Series(4096)
+        # set once by the writer thread, read by the loop: a str assignment is atomic
+        self.failure: str | None = None
+        self.failed_at: float | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -200,6 +246,7 @@ class Journal:
             raise
         conn.execute("PRAGMA synchronous = NORMAL")
         self._closing = False
+        self.failure = self.failed_at = None
         self._thread = threading.Thread(
             target=self._writer, args=(conn,), name="journal-writer", daemon=True
         )
@@ -249,6 +296,16 @@ class Journal:
     @property
     def is_open(self) -> bool:
         return self._thread is not None and not self._closing
+
+    @property
+    def healthy(self) -> bool:
+        """Open and no storage failure since it was opened."""
+        return self.is_open and self.failure is None
+
+    def _fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure, self.failed_at = reason, time.time()
+            log.critical("journal %s failed: %s; new commands will be refused", self.path, reason)
 
     # -- writing ----------------------------------------------------------------------------
     def _enqueue(self, unit: _Unit, *, drop: bool) -> bool:
@@ -318,14 +375,25 @@ class Journal:
                     for sql, params in unit.statements:
                         conn.execute(sql, params)
                 except sqlite3.Error as exc:
+                    if storage_failure(exc) is not None:
+                        # not this unit's fault, and SQLite may already have rolled the
+                        # transaction back: fail the whole batch with the real cause
+                        raise
                     conn.execute("ROLLBACK TO unit")
                     errors[i] = exc
                 conn.execute("RELEASE unit")
             conn.execute("COMMIT")
         except BaseException as exc:  # the whole batch failed (disk full, I/O error)
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error as rollback_exc:  # the rollback itself may hit the disk
+                log.error("journal: rollback failed: %s", rollback_exc)
             log.error("journal: batch of %d writes failed: %s", len(batch), exc)
+            reason = storage_failure(exc)
+            if reason is not None:
+                self._fail(reason)
+                exc = JournalStorageError(f"journal storage failed: {reason}")
             errors = [exc] * len(batch)
         done = time.perf_counter()
         self.commit_time.add(done - started)
@@ -341,6 +409,8 @@ class Journal:
             if unit.future is not None and not unit.future.cancelled():
                 if err is None:
                     unit.future.set_result(None)
+                elif isinstance(err, JournalStorageError):
+                    unit.future.set_exception(err)
                 else:
                     unit.future.set_exception(JournalError(f"journal write failed: {err}"))
 
@@ -369,6 +439,7 @@ class Journal:
             self.failed,
             self.write_latency.summary(256),  # percentiles over the last 256 (cheap to sort)
             self.commit_time.summary(256),
+            self.failure,
         )
 
     # -- events -----------------------------------------------------------------------------
