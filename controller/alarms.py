@@ -60,6 +60,8 @@ CONDITIONS: dict[str, Severity] = {
     "conveyor_fault": Severity.HIGH,
     "cycle_overrun": Severity.MEDIUM,
     "journal_backlog": Severity.MEDIUM,
+    # nothing written after the failure is known to be on disk: commands are refused
+    "journal_failed": Severity.CRITICAL,
 }
 
 MAX_SHELVE_S = 24 * 3600.0

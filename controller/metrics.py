@@ -285,7 +285,12 @@ class GridCollector(Collector):
         failed.add_metric([], s.failed)
         depth = GaugeMetricFamily("gridctl_journal_queue_depth", "Writes waiting for the writer")
         depth.add_metric([], s.queue_depth)
-        yield from (h, c, writes, failed, depth)
+        storage = GaugeMetricFamily(
+            "gridctl_journal_storage_failed",
+            "1 after a storage failure (disk full, I/O error) until the journal is reopened",
+        )
+        storage.add_metric([], 1.0 if s.failure else 0.0)
+        yield from (h, c, writes, failed, depth, storage)
 
     # -- queues -----------------------------------------------------------------------------
     def _queues(self) -> Iterator[Metric]:

@@ -131,6 +131,7 @@ class Service:
             f"{fast.overruns} overruns",
         )
         self._fast_overruns_seen = fast.overruns
+        self.commands.check_journal(self.alarms)
         js = self.journal.snapshot()
         self.alarms.set(
             "journal_backlog",

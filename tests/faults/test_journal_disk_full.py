@@ -183,3 +183,45 @@ async def test_a_bad_statement_fails_alone_and_is_not_a_disk_failure(journal):
 )
 def test_storage_failure_classification(exc, storage):
     assert (storage_failure(exc) is not None) is storage
+
+
+async def test_the_running_service_raises_journal_failed_and_refuses_commands(tmp_path):
+    import asyncio
+    import urllib.request
+
+    from controller.config import validate_config
+    from controller.service import Service
+
+    cfg = validate_config(
+        {
+            "service": {"state_dir": str(tmp_path / "var"), "control_socket": ""},
+            "tasks": {"gc_freeze": False, "control_period_ms": 100},
+            "journal": {"path": str(tmp_path / "var" / "journal.sqlite")},
+            "metrics": {"port": 0},
+            "opcua": {"enabled": False},
+        }
+    )
+    svc = Service(cfg)
+    await svc.start()
+    try:
+        kept = await svc.commands.submit("trip", "l1", who="op", why="before")
+        await fill_disk(svc.journal)
+        with contextlib.suppress(CommandRefused, JournalStorageError):
+            for n in range(200):
+                await svc.commands.submit("trip", f"b{n}", {"pad": PAD}, who="op", why="flood")
+        # the control task (every 100 ms here) raises the alarm without waiting for a command
+        for _ in range(50):
+            alarm = next((a for a in svc.alarms if a.condition == JOURNAL_FAILED), None)
+            if alarm is not None and alarm.active:
+                break
+            await asyncio.sleep(0.1)
+        assert alarm is not None and alarm.active and alarm.severity == Severity.CRITICAL
+        assert not svc.commands.accepting
+        with pytest.raises(CommandRefused, match="journal"):
+            await svc.commands.submit("trip", "l2", who="op", why="after")
+        url = f"http://127.0.0.1:{svc.metrics.port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        assert b"gridctl_journal_storage_failed 1.0" in body
+    finally:
+        await svc.stop()
+    assert rows(Path(cfg.journal.path))[kept.id][0] == "queued"
