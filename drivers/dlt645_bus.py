@@ -265,15 +265,31 @@ class Dlt645Bus(BusOwner):
         return self.deframer.discarded_bytes + self.stale_bytes, self.deframer.checksum_errors
 
     async def _exchange_polled(
-        self, request: bytes, address: str, function: int, *, reply: bool = True
+        self,
+        request: bytes,
+        address: str,
+        function: int,
+        *,
+        reply: bool = True,
+        di: bytes | None = None,
     ) -> core.Dlt645Frame | None:
         await self._run_controls()
-        return await self._exchange(request, address, function, reply=reply)
+        return await self._exchange(request, address, function, reply=reply, di=di)
 
     async def _exchange(
-        self, request: bytes, address: str, function: int, *, reply: bool = True
+        self,
+        request: bytes,
+        address: str,
+        function: int,
+        *,
+        reply: bool = True,
+        di: bytes | None = None,
     ) -> core.Dlt645Frame | None:
-        """One request on the wire and its reply. Never two in flight: only the owner task calls this."""
+        """One request on the wire and its reply. Never two in flight: only the owner task calls this.
+
+        A frame from the right meter and function but for another DI (a late reply to an
+        earlier request, a duplicate) is counted as stray and the wait goes on, so it
+        does not cost this transaction a retry."""
         loop = asyncio.get_running_loop()
         cfg = self.config
         # DL/T 645 send interval: the line must be quiet this long before a new request
@@ -310,6 +326,7 @@ class Dlt645Bus(BusOwner):
                         frame.from_meter
                         and frame.function == function
                         and (address == core.WILDCARD_ADDRESS or frame.address == address)
+                        and (di is None or frame.is_exception or frame.data[:4] == di)
                     ):
                         self._line_free_at = now + cfg.send_interval_s
                         self.busy_s += now - t0

@@ -26,9 +26,16 @@ MAX_FOLLOWUP_FRAMES = 32
 
 class Exchange(Protocol):
     async def __call__(
-        self, request: bytes, address: str, function: int, *, reply: bool = True
+        self,
+        request: bytes,
+        address: str,
+        function: int,
+        *,
+        reply: bool = True,
+        di: bytes | None = None,
     ) -> core.Dlt645Frame | None:
-        """Send ``request``; return the reply from ``address`` for ``function`` (None when no reply is expected)."""
+        """Send ``request``; return the reply from ``address`` for ``function`` (None when no
+        reply is expected). With ``di`` (wire order), a normal reply must start with it."""
         ...
 
 
@@ -56,13 +63,14 @@ class Dlt645Client:
         retries: int | None,
         di: str | None = None,
     ) -> core.Dlt645Frame:
+        want = None if di is None else _di_bytes(di)
         attempts = 1 + (self.retries if retries is None else retries)
         last: TransactionError | None = None
         for attempt in range(attempts):
             if attempt:
                 self.retried += 1
             try:
-                frame = await self._exchange(request, address, function)
+                frame = await self._exchange(request, address, function, di=want)
             except TransactionError as exc:
                 last = exc
                 continue

@@ -195,19 +195,14 @@ async def test_duplicated_replies_are_not_read_as_the_next_answer(rig) -> None:
     got: list[tuple[str, str, float | None]] = []
     for i in range(24):
         address, di = (A, B)[i % 2], DIS[i % len(DIS)]
-        try:
-            got.append((address, di, await read(bus, address, di)))
-        except TransactionError as exc:
-            # a copy can take every retry's window on a loaded box: then the read
-            # fails loudly ("answered DI x, asked y"), which is allowed
-            assert "answered DI" in str(exc) or "no reply" in str(exc), exc
-            got.append((address, di, None))
+        # a copy for another meter or DI is skipped while the read waits for its own
+        # reply, so a duplicate never costs a read its answer
+        got.append((address, di, await read(bus, address, di)))
         # a local read takes a millisecond: pace them so copies land both between
         # transactions and inside the next one's reply window
         await asyncio.sleep(rng.choice([0.0, 0.02, 0.025, 0.05]))
     for address, di, v in got:
-        assert v is None or v == pytest.approx(value_of(address, di)), (address, di, v)
-    assert sum(v is not None for _, _, v in got) >= 18
+        assert v == pytest.approx(value_of(address, di)), (address, di, v)
     # the copies went somewhere visible: stale input or stray frames, not a value
     assert bus.stale_bytes > 0 or bus.stray_frames > 0
 
