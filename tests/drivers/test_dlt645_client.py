@@ -16,7 +16,15 @@ class Script:
         self.replies = list(replies)
         self.sent: list[bytes] = []
 
-    async def __call__(self, request: bytes, address: str, function: int, *, reply: bool = True):
+    async def __call__(
+        self,
+        request: bytes,
+        address: str,
+        function: int,
+        *,
+        reply: bool = True,
+        di: bytes | None = None,
+    ):
         self.sent.append(request)
         if not reply:
             return None
