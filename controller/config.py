@@ -266,6 +266,15 @@ def _describe(err: Any) -> str:
         }[kind]
         limit = next(iter(ctx.values()), "?")
         return f"{where}: must be {sign} {limit} (got {got})"
+    if kind in ("union_tag_not_found", "union_tag_invalid"):
+        # a table whose kind is chosen by one key (a bus by its `protocol`): name that key
+        key = str(ctx.get("discriminator", "?")).strip("'")
+        if kind == "union_tag_not_found":
+            return f"{where}.{key}: required, missing"
+        tags = str(ctx.get("expected_tags", "?"))
+        head, sep, last = tags.rpartition(", ")
+        allowed = f"{head} or {last}" if sep else tags
+        return f"{where}.{key}: must be one of {allowed} (got {ctx.get('tag', '?')!r})"
     if kind == "literal_error":
         return f"{where}: must be one of {ctx.get('expected', '?')} (got {got})"
     if kind in ("int_type", "int_parsing", "int_from_float"):

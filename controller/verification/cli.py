@@ -37,6 +37,9 @@ def export_command(args: argparse.Namespace) -> int:
     except (RepositoryError, sqlite3.OperationalError) as exc:
         print(f"results export: {exc}", file=sys.stderr)
         return 2
+    except sqlite3.DatabaseError as exc:  # not SQLite at all, or damaged
+        print(f"--db: {str(db)!r} is not a gridctl journal ({exc})", file=sys.stderr)
+        return 2
     finally:
         conn.close()
     if args.output:

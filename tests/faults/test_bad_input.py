@@ -37,27 +37,16 @@ CONFIG_ROWS = [
     ("buses = [3]\n", "buses[0]: must be a table"),
 ]
 
-# The bus table is a union chosen by `protocol`; pydantic's message for it reaches
-# the user unformatted (no field path to `protocol`, "(got a table)").
+# The bus table is a union chosen by `protocol`: a missing or unknown protocol is
+# reported on that key, with the allowed values.
 PROTOCOL_ROWS = [
     pytest.param(
         BUS,
-        "buses[0].protocol: required",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason='config errors: a bus without `protocol` reads "buses[0]: Unable to extract '
-            "tag using discriminator 'protocol' (got a table)\" — names neither the field's "
-            "path nor the allowed values (drivers/config.py discriminated union)",
-        ),
+        "buses[0].protocol: required, missing",
     ),
     pytest.param(
         BUS + 'protocol = "dlt698"\n',
         "buses[0].protocol: must be one of 'dlt645', 'modbus_tcp' or 'modbus_rtu'",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="config errors: an unknown protocol is reported on buses[0] with pydantic's "
-            "'Input tag ... does not match any of the expected tags' and '(got a table)'",
-        ),
     ),
 ]
 
@@ -82,12 +71,6 @@ def gridctl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`gridctl results export` on a file that is not SQLite ends in a traceback "
-    "(sqlite3.DatabaseError: file is not a database) with exit 1 "
-    "(controller/verification/cli.py opens the file without checking it)",
-)
 def test_results_export_on_a_file_that_is_not_a_journal(tmp_path):
     bogus = tmp_path / "journal.sqlite"
     bogus.write_bytes(b"definitely not sqlite" * 50)
