@@ -19,7 +19,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the session is anonymous and read-only. The password is read from GRIDCTL_PASSWORD "
         "or prompted for.",
     )
-    p.add_argument("--url", default=DEFAULT_URL, help=f"server endpoint (default {DEFAULT_URL})")
+    p.add_argument(
+        "--url",
+        default=DEFAULT_URL,
+        type=_endpoint,
+        help=f"server endpoint (default {DEFAULT_URL})",
+    )
     p.add_argument("--user", default=None, help="OPC UA user name (role decides the commands)")
     p.add_argument(
         "--security",
@@ -34,6 +39,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="where the HMI keeps its client certificate (default ~/.local/state/gridctl-hmi)",
     )
     p.set_defaults(func=run)
+
+
+def _endpoint(text: str) -> str:
+    """An opc.tcp://HOST:PORT[/PATH] URL; anything else would only retry for ever."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "opc.tcp" or not parts.hostname or not port:
+        raise argparse.ArgumentTypeError(
+            f"must be opc.tcp://HOST:PORT[/PATH] with PORT 1..65535, got {text!r}"
+        )
+    return text
 
 
 def run(args: argparse.Namespace) -> int:

@@ -114,3 +114,10 @@ async def test_method_argument_rows(env):
         await expect(SC.BadInvalidArgument, load.call_method(f"{ns}:Execute", 12345))
         await expect(SC.BadArgumentsMissing, load.call_method(f"{ns}:Execute"))
     assert sink.requests == []  # nothing reached the command log
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:4840", "opc.tcp://127.0.0.1", "opc.tcp://h:0/x"])
+def test_hmi_refuses_an_endpoint_that_is_not_opc_tcp(url):
+    proc = gridctl("hmi", "--url", url)
+    assert proc.returncode == 2
+    assert "--url: must be opc.tcp://HOST:PORT" in proc.stderr and repr(url) in proc.stderr
