@@ -291,6 +291,12 @@ class Inventory:
             for a in addresses:
                 c.execute(f"UPDATE wh_meter SET {sets} WHERE address=?", (*fields.values(), a))
 
+    def rack_classes(self) -> dict[str, str]:
+        """Slot code → class of the box stored there."""
+        return dict(
+            self.conn.execute("SELECT location, klass FROM wh_box WHERE location GLOB 'R*'")
+        )
+
     def totals(self) -> dict[str, int]:
         """Counts for consistency checks and the process image."""
         out: dict[str, int] = {}

@@ -262,6 +262,7 @@ class Warehouse:
                     self.inv.set_line(order_id, code, "queued")
         if order.kind is OrderKind.INVENTORY_COUNT:
             self._tasks.append(asyncio.get_running_loop().create_task(self._run_count(order_id)))
+        self.publish_totals()
         self._kick()
         return order_id
 
@@ -619,11 +620,36 @@ class Warehouse:
         totals = self.inv.totals()
         for klass in BoxClass:
             self._tag(f"warehouse/slots/{klass.value}", totals.get(f"slots_{klass.value}", 0))
+        self._publish_rack_map()
         counts: dict[str, int] = {s.value: 0 for s in OrderState}
         for row in self.inv.order_rows():
             counts[row[2]] += 1
         for state, n in counts.items():
             self._tag(f"warehouse/orders/{state}", n)
 
+    def _publish_rack_map(self) -> None:
+        """One string per rack row and level, one character per bay (``.`` free,
+        ``U``/``Q``/``X`` a box of unverified/qualified/rejected meters, ``*`` reserved,
+        ``#`` blocked): an occupancy map for the HMI in rows × levels tags, not one
+        tag per slot, so the address space does not grow with the rack."""
+        classes = self.inv.rack_classes()
+        cfg = self.rack.cfg
+        for row in range(1, cfg.rows + 1):
+            for level in range(1, cfg.levels + 1):
+                chars = []
+                for bay in range(1, cfg.bays + 1):
+                    slot = self.rack.slots[Location(row, bay, level)]
+                    if slot.blocked:
+                        chars.append("#")
+                    elif slot.box is not None:
+                        chars.append(RACK_MAP_CHAR.get(classes.get(slot.loc.code, ""), "?"))
+                    elif slot.reserved_by is not None:
+                        chars.append("*")
+                    else:
+                        chars.append(".")
+                self._tag(f"warehouse/racks/{row:02d}/L{level:02d}", "".join(chars))
+
+
+RACK_MAP_CHAR = {"unverified": "U", "qualified": "Q", "rejected": "X"}
 
 __all__ = ["STATION_IN", "STATION_OUT", "AlarmSink", "Warehouse"]

@@ -95,6 +95,15 @@ def test_inbound_200_verification_batch_return_distribution():
         rig.check_consistent()
         totals = wh.inv.totals()
         assert totals["in_racks"] == 190 + 6 and totals["slots_qualified"] == 6
+        # the rack map (one string per row and level, a character per bay) agrees
+        rack_map = "".join(str(rig.image.value(t.name)) for t in rig.image.tags("warehouse/racks/"))
+        assert len(rack_map) == 320
+        counts = {c: rack_map.count(c) for c in "UQX.*#"}
+        assert counts == {"U": 190, "Q": 6, "X": 0, ".": 320 - 196, "*": 0, "#": 0}
+        for loc, slot in wh.rack.slots.items():
+            char = rig.image.value(f"warehouse/racks/{loc.row:02d}/L{loc.level:02d}")[loc.bay - 1]
+            klass = wh.inv.box(slot.box).klass.value if slot.box else None
+            assert char == {None: ".", "unverified": "U", "qualified": "Q"}[klass], loc
         assert (
             "warehouse/cranes/1/state" in rig.image
             and rig.image.value("warehouse/orders/completed") == 5
