@@ -47,7 +47,7 @@ BATCH_LIMIT = 2_000  # changes per frame, and per loop step
 DEFINE_CHUNK = 2_000  # tag definitions per frame at connect
 WRITE_BUFFER_LIMIT = 8 * 1024 * 1024  # bytes in the transport buffer before coalescing
 FLUSH_INTERVAL_S = 0.02
-STATUS_PERIOD_S = 0.5
+STATUS_PERIOD_S = 1.0  # the server refreshes its diagnostics once a second
 ALARM_PERIOD_S = 0.25
 MAX_REQUESTS_IN_FLIGHT = 64
 WATCHED_COMMANDS = 1024  # commands whose state changes are pushed to the server process
@@ -181,7 +181,7 @@ class ImageFeed:
             self._server = None
         if self._conn is not None:
             self._conn.close()
-        await self._end_session()
+        self._detach()
         for task in list(self._requests):
             task.cancel()
         with contextlib.suppress(FileNotFoundError):
@@ -234,9 +234,6 @@ class ImageFeed:
         self._ids.clear()
         self._watched.clear()
         self._last_alarms = None
-
-    async def _end_session(self) -> None:
-        self._detach()
 
     def _received(self, conn: _Connection, message: dict[str, Any]) -> None:
         kind = message.get("t")
