@@ -190,14 +190,17 @@ class OpcUaServerProcess:
             )
         finally:
             exited.cancel()
-        failure: str | None = None
         if ready in done and ready.exception() is None:
             self.ready_info = ready.result()
             return self.ready_info
         if ready in done:
-            failure = f"closed the channel before its endpoint was up ({ready.exception()})"
-        elif exited in done or proc.returncode is not None:
+            # The channel closes as the child exits: its exit code says more.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 3.0)
+        if proc.returncode is not None:
             failure = f"{_exit_text(proc.returncode or 0)} before its endpoint was up"
+        elif ready in done:
+            failure = f"closed the channel before its endpoint was up ({ready.exception()})"
         else:
             failure = f"did not report its endpoint up within {self.ready_timeout_s:g} s"
         if not ready.done():

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -340,3 +341,19 @@ def test_service_survives_a_killed_server_process_and_its_child_follows_it(servi
     service.proc.kill()
     service.proc.wait()
     assert _wait_gone(restarted, 15), f"server process {restarted} outlived the controller"
+
+
+async def test_a_server_process_that_cannot_start_is_a_clear_error(tmp_path: Path):
+    """The endpoint's port is taken: start() names the exit instead of waiting forever."""
+    from opcua_server.server_process import OpcUaProcessError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = make_config(endpoint=f"opc.tcp://127.0.0.1:{port}/gridctl")
+        server = OpcUaServerProcess(config, demo_image(), state_dir=tmp_path / "opcua")
+        with pytest.raises(OpcUaProcessError, match=r"exited with code 1 before its endpoint"):
+            await server.start()
+        assert not server.alive()
+        assert not server.socket_path.exists()
