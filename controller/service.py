@@ -1,4 +1,4 @@
-"""`gridctl run`: the whole service on one uvloop event loop.
+"""`gridctl run`: the control runtime on one uvloop event loop (OPC UA beside it).
 
 Start-up order (one log line per subsystem when it is ready):
 
