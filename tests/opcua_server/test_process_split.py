@@ -357,3 +357,47 @@ async def test_a_server_process_that_cannot_start_is_a_clear_error(tmp_path: Pat
             await server.start()
         assert not server.alive()
         assert not server.socket_path.exists()
+
+
+async def test_a_reader_that_does_not_read_makes_the_feed_coalesce_never_wait(tmp_path: Path):
+    """Writers never wait for the channel: a stalled reader costs coalesced values, not time."""
+    from opcua_server.feed import ImageFeed
+
+    image = ProcessImage()
+    names = [f"loads/l{i:03d}/power_kw" for i in range(200)]
+    for name in names:
+        image.define(name, "kW")
+    path = tmp_path / "feed.sock"
+    feed = ImageFeed(image, path, hello={}, write_buffer_limit=64 * 1024, flush_interval_s=0.002)
+    await feed.start()
+    reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
+    try:
+        await until(lambda: _true(feed.connected))
+        # The reader reads nothing while ~2 MB of changes are produced.
+        for k in range(500):
+            for name in names:
+                image.write(name, float(k))
+            await asyncio.sleep(0.001)
+        assert feed.stats()["coalesced"] > 0, feed.stats()
+        # Reading again, every tag arrives at its latest value.
+        decoder = FrameDecoder()
+        ids: dict[int, str] = {}
+        latest: dict[str, Any] = {}
+
+        async def caught_up() -> bool:
+            data = await asyncio.wait_for(reader.read(1 << 20), 5)
+            for message in decoder.feed(data):
+                if message["t"] == "tags":
+                    ids.update({row[0]: row[1] for row in message["defs"]})
+                elif message["t"] == "changes":
+                    latest.update({ids[row[0]]: row[1] for row in message["c"]})
+            return len(latest) == len(names) and set(latest.values()) == {499.0}
+
+        await until(caught_up)
+    finally:
+        writer.close()
+        await feed.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
