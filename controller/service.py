@@ -1,4 +1,4 @@
-"""`gridctl run`: the whole service on one uvloop event loop.
+"""`gridctl run`: the control runtime on one uvloop event loop (OPC UA beside it).
 
 Start-up order (one log line per subsystem when it is ready):
 
@@ -8,7 +8,9 @@ Start-up order (one log line per subsystem when it is ready):
 4. field plant: one bus owner per wire (``drivers.plant.FieldPlant``);
 5. reconciliation of commands left pending by the previous run (read-back);
 6. metrics endpoint;
-7. OPC UA server (``opcua_server.OpcUaServer``), built from the process image;
+7. OPC UA server (``opcua_server.OpcUaServer``), built from the process image:
+   in its own process fed over a Unix socket (``[opcua] process = "separate"``,
+   the default; restarted with an alarm when it dies) or on this loop ("inline");
 8. ``gc.collect()`` + ``gc.freeze()`` (before the tasks start, so the
    collection does not cost the fast task an overrun);
 9. cyclic tasks ``fast`` and ``control``.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import inspect
 import logging
@@ -32,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controller.alarms import AlarmEngine
+from controller.alarms import AlarmEngine, Severity
 from controller.command_router import CommandRouter
 from controller.commands import Command, CommandLog, Resolution
 from controller.config import DEFAULT_CONFIG, ConfigError, GridConfig, load_config
@@ -45,11 +48,20 @@ from controller.warehouse.subsystem import WarehouseSubsystem
 from drivers.plant import FieldPlant
 from drivers.sim.launch import start_simulator
 from opcua_server import OpcUaServer
+from opcua_server.adapters import EngineAlarmSource
 from opcua_server.server import task_stats_from
+from opcua_server.server_process import OpcUaProcessError, OpcUaServerProcess
 
 log = logging.getLogger("gridctl.service")
 
 SafeState = Callable[[], Any]
+# Alarm raised while the separate OPC UA server process is down (restarting).
+OPCUA_DOWN = "publisher_down"
+OPCUA_SOURCE = "opcua"
+# Task latency percentiles published over OPC UA cover the last ~10 s of the
+# fast task (as the metrics' *_recent gauges): sorting a whole large stats
+# window every second is a step of tens of ms on the control loop.
+OPCUA_TASK_SAMPLES = 1024
 
 
 class Service:
@@ -282,12 +294,20 @@ class Service:
         log.info("commands reconciled: %d examined, outcomes %s", report.examined, report.outcomes)
 
     async def _start_opcua(self) -> None:
-        """The OPC UA server publishes the process image; it never owns state."""
+        """The OPC UA server publishes the process image; it never owns state.
+
+        ``[opcua] process = "separate"`` runs it in its own process fed over a
+        Unix socket (``opcua_server.server_process``), so asyncua's publish work
+        never delays the cyclic tasks; ``"inline"`` runs it on this loop.
+        """
         cfg = self.config.opcua
         if not cfg.enabled:
             log.info("opcua: disabled in config")
             return
         state_dir = Path(self.config.service.state_dir) / "opcua"
+        if cfg.process == "separate":
+            await self._start_opcua_process(state_dir)
+            return
         server = OpcUaServer(
             cfg,
             self.image,
@@ -295,12 +315,13 @@ class Service:
             bus_snapshots=self._bus_snapshots,
             commands=self.router,
             alarms=self.alarms,
-            task_stats=task_stats_from(lambda: self.tasks),
+            task_stats=task_stats_from(lambda: self.tasks, last=OPCUA_TASK_SAMPLES),
             history_db=state_dir / "history.db",
         )
         await server.start()
         self.opcua = server
         stats = server.stats()
+        log.info("opcua: inline, on the control loop (pid %d)", os.getpid())
         if self.router.prefixes:
             log.info("opcua: commands accepted for %s", ", ".join(self.router.prefixes))
         log.info(
@@ -308,6 +329,65 @@ class Service:
             cfg.endpoint,
             stats.get("model_nodes", 0),
             stats.get("model_build_s", 0.0),
+        )
+
+    async def _start_opcua_process(self, state_dir: Path) -> None:
+        cfg = self.config.opcua
+        # The server process being down is an alarm an operator must see.
+        self.alarms.conditions.setdefault(OPCUA_DOWN, Severity.HIGH)
+
+        def down(reason: str) -> None:
+            self.alarms.set(OPCUA_DOWN, OPCUA_SOURCE, True, reason)
+
+        def up(_info: dict[str, Any]) -> None:
+            self.alarms.set(OPCUA_DOWN, OPCUA_SOURCE, False, "OPC UA server process restarted")
+
+        server = OpcUaServerProcess(
+            cfg,
+            self.image,
+            state_dir=state_dir,
+            commands=self.router,
+            alarms=EngineAlarmSource(self.alarms),
+            bus_snapshots=self._bus_snapshots,
+            task_stats=task_stats_from(lambda: self.tasks, last=OPCUA_TASK_SAMPLES),
+            history_db=state_dir / "history.db",
+            quiet_point=self.fast.after_cycle,
+            log_level=self.config.service.log_level,
+            on_down=down,
+            on_up=up,
+        )
+        # The child takes seconds to come up (interpreter, asyncua, model): a
+        # stop requested meanwhile must not wait for it.
+        starting = asyncio.ensure_future(server.start())
+        stop_requested = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait((starting, stop_requested), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_requested.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OpcUaProcessError):
+                await starting
+            await server.stop()
+            log.info("opcua: start abandoned, stop requested")
+            return
+        try:
+            info = starting.result()
+        except OpcUaProcessError as exc:
+            raise RuntimeError(f"opcua: {exc}") from None
+        self.opcua = server
+        # a server that was down when the previous run stopped is up now
+        up(info)
+        log.info(
+            "opcua: separate process (pid %d), fed over %s", server.pid or 0, server.socket_path
+        )
+        if self.router.prefixes:
+            log.info("opcua: commands accepted for %s", ", ".join(self.router.prefixes))
+        log.info(
+            "opcua ready: %s (%d nodes built in %.2f s)",
+            cfg.endpoint,
+            info.get("model_nodes", 0),
+            info.get("model_build_s", 0.0),
         )
 
     def request_stop(self) -> None:

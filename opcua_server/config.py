@@ -7,7 +7,7 @@ root ``GridConfig`` embeds :class:`OpcUaConfig` as its ``opcua`` table.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -31,6 +31,12 @@ class Role(StrEnum):
 
 _ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ENGINEER: 2, Role.ADMIN: 3}
 
+# Where the server runs: "separate" = its own process fed over a Unix socket
+# (opcua_server.feed / opcua_server.process), so asyncua's publish work never
+# delays the cyclic tasks; "inline" = on the controller's event loop.
+ProcessMode = Literal["separate", "inline"]
+PROCESS_MODES: tuple[str, ...] = ("separate", "inline")
+
 SecurityPolicyName = Literal["None", "Basic256Sha256", "Aes256_Sha256_RsaPss"]
 SecurityModeName = Literal["Sign", "SignAndEncrypt"]
 
@@ -49,6 +55,7 @@ class OpcUaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
+    process: ProcessMode = "separate"
     endpoint: str = "opc.tcp://127.0.0.1:4840/gridctl"
     namespace: str = "urn:gridctl"
     application_uri: str = "urn:gridctl:server"
@@ -73,6 +80,16 @@ class OpcUaConfig(BaseModel):
     min_publishing_interval_ms: float = Field(default=100.0, ge=10.0, le=60_000.0)
     # Select-before-operate: an Arm token must be executed within this time.
     arm_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
+
+    @field_validator("process", mode="before")
+    @classmethod
+    def _process(cls, value: Any) -> Any:
+        if value not in PROCESS_MODES:
+            raise ValueError(
+                'must be "separate" (the OPC UA server in its own process) or "inline" '
+                f"(on the control loop), got {value!r}"
+            )
+        return value
 
     @field_validator("endpoint")
     @classmethod

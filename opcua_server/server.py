@@ -789,13 +789,19 @@ def _build_date() -> datetime:
     return datetime.fromtimestamp(stamp, UTC)
 
 
-def task_stats_from(tasks: Callable[[], Sequence[Any]] | Sequence[Any]) -> TaskStats:
-    """A ``task_stats`` callable over ``controller.cycle.CycleTask`` objects."""
+def task_stats_from(
+    tasks: Callable[[], Sequence[Any]] | Sequence[Any], last: int | None = None
+) -> TaskStats:
+    """A ``task_stats`` callable over ``controller.cycle.CycleTask`` objects.
+
+    ``last``: percentiles over that many recent samples (default: the task's
+    window). Each call sorts them, on the caller's loop: a bounded ``last``
+    keeps that step short however large the window is."""
 
     def stats() -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for task in tasks() if callable(tasks) else tasks:
-            snap = task.snapshot()
+            snap = task.snapshot(last)
             out[snap.name] = {
                 "latency_p50_s": snap.latency.p50,
                 "latency_p99_s": snap.latency.p99,

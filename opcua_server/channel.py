@@ -1,0 +1,125 @@
+"""The local channel between the controller and the OPC UA server process.
+
+A Unix socket carrying length-prefixed msgpack frames: a 4-byte big-endian
+length, then one msgpack map with a ``t`` (message type) key.
+
+Controller → server process (``opcua_server.feed.ImageFeed``):
+
+- ``hello``: ``config`` (the ``[opcua]`` table), ``state_dir``, ``history_db``,
+  ``buses`` and ``tasks`` (first diagnostics, the model needs them to build);
+- ``tags``: ``defs`` — ``[id, name, unit, description, value, quality, reason,
+  source_time, server_time]`` rows, the tag's definition and current value; ids
+  are per connection and name the tag in every later ``changes`` frame;
+- ``synced``: every tag defined at connect time has been sent;
+- ``changes``: ``c`` — ``[id, value, quality, reason, source_time, server_time]``
+  rows, in image order; ``dropped``/``coalesced``: the feed's counters;
+- ``status``: ``buses`` (bus snapshots as maps), ``tasks`` (cycle task stats),
+  ``commands`` (``{id: [state, reason]}`` of commands submitted over the channel
+  whose state changed);
+- ``alarms``: ``list`` — every alarm an operator must see, sent when it changes;
+- ``reply``: ``id`` of the request, ``ok``, then ``result`` or ``error``
+  (an exception name from :data:`ERRORS`) and ``message``.
+
+Server process → controller:
+
+- ``ready``: ``endpoint``, ``pid``, ``model_nodes``, ``model_build_s``;
+- ``request``: ``id``, ``op`` (``submit``, ``acknowledge``, ``shelve``) and its
+  arguments.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+
+from .methods import CommandNotSupported, CommandRefused
+
+HEADER = struct.Struct(">I")
+# A change batch is at most a few hundred kB and the tag definitions go in
+# chunks; anything larger is a bug on the other side, not data to buffer.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+
+
+class ChannelError(RuntimeError):
+    """The channel is down, a frame is malformed, or the other side did not answer."""
+
+
+# Exceptions that cross the channel by name and are raised again as themselves,
+# so the OPC UA methods map them to the same status codes as in-process.
+ERRORS: dict[str, type[Exception]] = {
+    "CommandNotSupported": CommandNotSupported,
+    "CommandRefused": CommandRefused,
+    "KeyError": KeyError,
+    "ValueError": ValueError,
+}
+
+
+def error_name(exc: BaseException) -> str:
+    """The most specific :data:`ERRORS` name ``exc`` is an instance of (else InternalError)."""
+    for name, kind in ERRORS.items():  # subclasses are listed before their bases
+        if isinstance(exc, kind):
+            return name
+    return "InternalError"
+
+
+def error_message(exc: BaseException) -> str:
+    # str(KeyError("x")) is "'x'": send the key itself
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc)
+
+
+def raise_error(name: str, message: str) -> None:
+    kind = ERRORS.get(name)
+    if kind is None:
+        raise ChannelError(f"controller error ({name}): {message}")
+    raise kind(message)
+
+
+def _plain(obj: Any) -> Any:
+    """msgpack fallback for values it has no type for: their text."""
+    return str(obj)
+
+
+_packer = msgpack.Packer(default=_plain, use_bin_type=True)
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    body = _packer.pack(message)
+    return HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, iterate complete messages."""
+
+    def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[dict[str, Any]]:
+        buf = self._buf
+        buf += data
+        pos = 0
+        size = HEADER.size
+        try:
+            while len(buf) - pos >= size:
+                (length,) = HEADER.unpack_from(buf, pos)
+                if length > self.max_frame:
+                    raise ChannelError(
+                        f"frame of {length} bytes exceeds the limit of {self.max_frame}"
+                    )
+                if len(buf) - pos - size < length:
+                    break
+                start = pos + size
+                message = msgpack.unpackb(
+                    bytes(buf[start : start + length]), raw=False, strict_map_key=False
+                )
+                pos = start + length
+                if not isinstance(message, dict) or "t" not in message:
+                    raise ChannelError("a channel message must be a map with a 't' key")
+                yield message
+        finally:
+            del buf[:pos]

@@ -1,0 +1,382 @@
+"""The OPC UA server process: ``python -m opcua_server.process --socket PATH``.
+
+It connects to the controller's :class:`~opcua_server.feed.ImageFeed`, builds a
+mirror :class:`~controller.process_image.ProcessImage` from the tag snapshot,
+applies the change batches into it, and runs the unchanged
+:class:`~opcua_server.server.OpcUaServer` on that mirror, with a command sink
+and an alarm source that forward over the channel. asyncua's publish work thus
+runs on this process's event loop, never on the one carrying the cyclic tasks.
+
+It exits when the channel closes, when SIGTERM/SIGINT arrives, and when the
+process named by ``--exit-with-parent`` is gone (a SIGKILLed controller cannot
+stop its children).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import itertools
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from controller.process_image import ProcessImage, Quality
+from drivers.bus_stats import BusSnapshot
+
+from .channel import ChannelError, FrameDecoder, encode, raise_error
+from .config import OpcUaConfig
+from .methods import AlarmInfo, CommandRefused, CommandRequest
+
+_log = logging.getLogger("gridctl.opcua.process")
+
+REQUEST_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0
+PARENT_POLL_S = 0.5
+READ_CHUNK = 256 * 1024
+
+
+class MirrorImage(ProcessImage):
+    """A process image written only from the controller's change batches.
+
+    Values keep the controller's server timestamps (the publisher's batch
+    latency is measured from the controller's write, channel included).
+    """
+
+    def __init__(self) -> None:
+        self._server_time = time.time()
+        super().__init__(clock=lambda: self._server_time)
+        self.names: dict[int, str] = {}
+
+    def define_row(self, row: Sequence[Any]) -> None:
+        ident, name, unit, description, value, quality, reason, source, server = row
+        self._server_time = server
+        self.define(name, unit, description)
+        self.names[ident] = name
+        self._apply(name, value, quality, reason, source, server)
+
+    def apply_row(self, row: Sequence[Any]) -> None:
+        ident, value, quality, reason, source, server = row
+        name = self.names.get(ident)
+        if name is None:
+            raise ChannelError(f"change for tag id {ident}, which was never defined")
+        self._apply(name, value, quality, reason, source, server)
+
+    def _apply(
+        self, name: str, value: Any, quality: int, reason: str, source: float, server: float
+    ) -> None:
+        self._server_time = server
+        self.write(name, value, Quality(quality), reason, source)
+
+
+class ControllerChannel:
+    """The server process's end of the channel: messages in, requests out."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self.closed = False
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            raise ChannelError("channel to the controller is closed")
+        self.writer.write(encode(message))
+
+    async def messages(self) -> Any:
+        """Yield messages until the controller closes the channel."""
+        while True:
+            data = await self.reader.read(READ_CHUNK)
+            if not data:
+                return
+            for message in self.decoder.feed(data):
+                if message.get("t") == "reply":
+                    self._resolve(message)
+                else:
+                    yield message
+
+    def _resolve(self, message: dict[str, Any]) -> None:
+        fut = self._waiting.pop(message.get("id", -1), None)
+        if fut is not None and not fut.done():
+            fut.set_result(message)
+
+    async def request(self, op: str, **fields: Any) -> Any:
+        """Send a request and return its result; raises the error the controller named."""
+        request_id = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = fut
+        try:
+            self.send({"t": "request", "id": request_id, "op": op, **fields})
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                reply = await fut
+        except TimeoutError:
+            raise ChannelError(
+                f"{op}: no reply from the controller within {REQUEST_TIMEOUT_S} s"
+            ) from None
+        finally:
+            self._waiting.pop(request_id, None)
+        if not reply.get("ok"):
+            raise_error(str(reply.get("error")), str(reply.get("message", "")))
+        return reply.get("result")
+
+    def close(self) -> None:
+        self.closed = True
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(ChannelError("channel to the controller closed"))
+        self._waiting.clear()
+        self.writer.close()
+
+
+class ChannelCommandSink:
+    """CommandSink (with command states) forwarding to the controller's command router."""
+
+    def __init__(self, channel: ControllerChannel) -> None:
+        self.channel = channel
+        # states pushed by the controller for commands submitted here
+        self.states: dict[str, tuple[str, str]] = {}
+
+    async def submit(self, request: CommandRequest) -> str:
+        try:
+            result = await self.channel.request("submit", request=asdict(request))
+        except ChannelError as exc:
+            # Not known to be journaled: the token is the idempotency key for a retry.
+            raise CommandRefused(
+                f"controller unreachable ({exc}); retry with the same token"
+            ) from None
+        command_id = str(result["command_id"])
+        state = result.get("state")
+        if state:
+            self.states[command_id] = (str(state[0]), str(state[1]))
+        return command_id
+
+    def command_state(self, command_id: str) -> tuple[str, str] | None:
+        return self.states.get(command_id)
+
+    def update(self, states: dict[str, Sequence[str]]) -> None:
+        for command_id, (state, reason) in states.items():
+            self.states[command_id] = (state, reason)
+        if len(self.states) > 4096:  # only recent commands are tracked by the server
+            for key in list(self.states)[: len(self.states) - 4096]:
+                del self.states[key]
+
+
+class ChannelAlarmSource:
+    """AlarmSource (with shelving) over the alarm list the controller pushes."""
+
+    def __init__(self, channel: ControllerChannel) -> None:
+        self.channel = channel
+        self.alarms: list[AlarmInfo] = []
+
+    def update(self, rows: Sequence[dict[str, Any]] | None) -> None:
+        self.alarms = [AlarmInfo(**row) for row in rows or ()]
+
+    def active_alarms(self) -> list[AlarmInfo]:
+        return self.alarms
+
+    async def acknowledge(self, alarm_id: str, user: str, comment: str) -> None:
+        result = await self.channel.request(
+            "acknowledge", alarm_id=alarm_id, user=user, comment=comment
+        )
+        self.update(result.get("alarms"))
+
+    async def shelve(self, alarm_id: str, user: str, duration_s: float, comment: str) -> None:
+        result = await self.channel.request(
+            "shelve", alarm_id=alarm_id, user=user, duration_s=duration_s, comment=comment
+        )
+        self.update(result.get("alarms"))
+
+
+class Diagnostics:
+    """The latest bus snapshots and task statistics pushed by the controller."""
+
+    def __init__(self) -> None:
+        self.buses: list[BusSnapshot] = []
+        self.tasks: dict[str, dict[str, float]] = {}
+
+    def update(self, buses: Any, tasks: Any) -> None:
+        if buses is not None:
+            self.buses = [BusSnapshot(**b) for b in buses]
+        if tasks is not None:
+            self.tasks = tasks
+
+    def bus_snapshots(self) -> list[BusSnapshot]:
+        return self.buses
+
+    def task_stats(self) -> dict[str, dict[str, float]]:
+        return self.tasks
+
+
+async def _connect(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    end = time.monotonic() + CONNECT_TIMEOUT_S
+    while True:
+        try:
+            return await asyncio.open_unix_connection(path, limit=READ_CHUNK)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > end:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if os.getppid() != pid:
+            _log.warning("parent %d is gone; stopping", pid)
+            stop.set()
+            return
+        await asyncio.sleep(PARENT_POLL_S)
+
+
+async def serve(socket_path: str, parent: int | None = None) -> int:
+    """Connect, mirror, serve; returns the exit code."""
+    from .server import OpcUaServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watchdog = asyncio.create_task(_watch_parent(parent, stop)) if parent else None
+    try:
+        reader, writer = await _connect(socket_path)
+    except OSError as exc:
+        _log.error("cannot connect to the controller at %s: %s", socket_path, exc)
+        return 1
+    channel = ControllerChannel(reader, writer)
+    image = MirrorImage()
+    sink = ChannelCommandSink(channel)
+    alarms = ChannelAlarmSource(channel)
+    diag = Diagnostics()
+    server: OpcUaServer | None = None
+    synced = asyncio.Event()
+    hello: dict[str, Any] = {}
+    failure: list[BaseException] = []
+
+    async def receive() -> None:
+        try:
+            async for message in channel.messages():
+                kind = message["t"]
+                if kind == "changes":
+                    for row in message["c"]:
+                        image.apply_row(row)
+                elif kind == "tags":
+                    for row in message["defs"]:
+                        image.define_row(row)
+                elif kind == "status":
+                    diag.update(message.get("buses"), message.get("tasks"))
+                    sink.update(message.get("commands") or {})
+                elif kind == "alarms":
+                    alarms.update(message.get("list"))
+                    if server is not None:
+                        server.alarms_changed()
+                elif kind == "hello":
+                    hello.update(message)
+                    diag.update(message.get("buses"), message.get("tasks"))
+                    alarms.update(message.get("alarms"))
+                elif kind == "synced":
+                    synced.set()
+                else:
+                    _log.warning("unknown message type %r ignored", kind)
+            _log.info("the controller closed the channel; stopping")
+        except Exception as exc:
+            _log.exception("channel failed; stopping")
+            failure.append(exc)
+        finally:
+            stop.set()
+
+    receiver = asyncio.create_task(receive(), name="opcua-channel")
+    code = 0
+    try:
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(synced.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            task.cancel()
+        if not synced.is_set():
+            return 1 if failure else 0
+        config = OpcUaConfig(**hello["config"])
+        state_dir = Path(hello["state_dir"])
+        history = hello.get("history_db")
+        server = OpcUaServer(
+            config,
+            image,
+            state_dir=state_dir,
+            bus_snapshots=diag.bus_snapshots if hello.get("buses") is not None else None,
+            commands=sink,
+            alarms=alarms if hello.get("alarms") is not None else None,
+            task_stats=diag.task_stats if hello.get("tasks") is not None else None,
+            history_db=Path(history) if history else None,
+        )
+        await server.start()
+        stats = server.stats()
+        # The address space is ~10⁵ long-lived objects: keep them out of full collections.
+        gc.collect()
+        gc.freeze()
+        channel.send(
+            {
+                "t": "ready",
+                "endpoint": config.endpoint,
+                "pid": os.getpid(),
+                "model_nodes": stats.get("model_nodes", 0),
+                "model_build_s": stats.get("model_build_s", 0.0),
+            }
+        )
+        _log.info("serving %s for the controller (pid %s)", config.endpoint, hello.get("pid"))
+        await stop.wait()
+        code = 1 if failure else 0
+    except Exception:
+        _log.exception("OPC UA server process failed")
+        code = 1
+    finally:
+        if server is not None:
+            try:
+                await asyncio.wait_for(server.stop(), 3.0)
+            except Exception:
+                _log.exception("OPC UA server stop failed")
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiver
+        if watchdog is not None:
+            watchdog.cancel()
+        channel.close()
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m opcua_server.process",
+        description="the gridctl OPC UA server, fed by the controller over a Unix socket",
+    )
+    p.add_argument("--socket", required=True, help="the controller's feed socket")
+    p.add_argument(
+        "--exit-with-parent",
+        type=int,
+        metavar="PID",
+        help="stop when process PID (the controller that started us) is gone",
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.log_level != "DEBUG":
+        # asyncua logs every standard node it cannot place at INFO (a thousand
+        # lines at start-up); the service log keeps gridctl's own lines.
+        logging.getLogger("asyncua").setLevel(logging.WARNING)
+    import uvloop
+
+    return uvloop.run(serve(args.socket, args.exit_with_parent))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
