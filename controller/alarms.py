@@ -62,6 +62,8 @@ CONDITIONS: dict[str, Severity] = {
     "journal_backlog": Severity.MEDIUM,
     # nothing written after the failure is known to be on disk: commands are refused
     "journal_failed": Severity.CRITICAL,
+    # the separate OPC UA server process is down (restarting): SCADA sees nothing
+    "publisher_down": Severity.HIGH,
 }
 
 MAX_SHELVE_S = 24 * 3600.0

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controller.alarms import AlarmEngine, Severity
+from controller.alarms import AlarmEngine
 from controller.command_router import CommandRouter
 from controller.commands import Command, CommandLog, Resolution
 from controller.config import DEFAULT_CONFIG, ConfigError, GridConfig, load_config
@@ -333,8 +333,6 @@ class Service:
 
     async def _start_opcua_process(self, state_dir: Path) -> None:
         cfg = self.config.opcua
-        # The server process being down is an alarm an operator must see.
-        self.alarms.conditions.setdefault(OPCUA_DOWN, Severity.HIGH)
 
         def down(reason: str) -> None:
             self.alarms.set(OPCUA_DOWN, OPCUA_SOURCE, True, reason)
