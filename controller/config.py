@@ -80,6 +80,10 @@ class TasksConfig(_Strict):
     # the spin by milliseconds; a real-time policy is what removes that tail.
     # Needs CAP_SYS_NICE (or an rtprio limit); refused -> warning, normal scheduling.
     realtime_priority: int = Field(default=0, ge=0, le=99)
+    # How long another thread (the journal writer, a metrics render in thread
+    # mode) may hold the GIL once the loop thread wants it. CPython's default is
+    # 5000 µs, half the fast period; 0 keeps the interpreter's setting.
+    gil_switch_interval_us: int = Field(default=500, ge=0, le=100_000)
 
     @field_validator("fast_spin_us", "control_spin_us")
     @classmethod

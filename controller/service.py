@@ -30,6 +30,7 @@ import inspect
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -245,6 +246,10 @@ class Service:
         log.info("service ready: %s (pid %d)", cfg.service.name, os.getpid())
 
     def _apply_realtime(self) -> None:
+        switch_us = self.config.tasks.gil_switch_interval_us
+        if switch_us:
+            sys.setswitchinterval(switch_us / 1e6)
+            log.info("GIL switch interval: %d µs", switch_us)
         prio = self.config.tasks.realtime_priority
         if not prio:
             log.info("scheduling: normal (tasks.realtime_priority = 0)")
@@ -486,8 +491,6 @@ def add_parser(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import sys
-
     import uvloop
 
     try:

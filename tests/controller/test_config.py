@@ -19,7 +19,8 @@ BAD_CONFIGS = [
         "[tasks]\nfast_perod_ms = 10\n",
         [
             "tasks.fast_perod_ms: unknown key (allowed: control_period_ms, control_spin_us, "
-            "fast_period_ms, fast_spin_us, gc_freeze, overrun, realtime_priority, stats_window)"
+            "fast_period_ms, fast_spin_us, gc_freeze, gil_switch_interval_us, overrun, "
+            "realtime_priority, stats_window)"
         ],
     ),
     (
