@@ -311,9 +311,7 @@ async def test_command_log_journals_with_user(start_server, tmp_path):
             assert res.StatusCode.is_good()
             (command_id,) = [v.Value for v in res.OutputArguments]
             # Kinds the log does not know yet are refused as not supported.
-            res = await method_call(
-                client, "loads/feeder1_l1", "Recharge", [ua.Variant(5.0, VT.Double), "r"]
-            )
+            res = await method_call(client, "warehouse", "CancelOrder", ["ORD-1", "r"])
             assert res.StatusCode.value == SC.BadNotSupported
         rows = journal.query("SELECT kind, target, who, why, state FROM commands")
         assert [tuple(r) for r in rows] == [("set_limit", "groups/g1", "emma", "peak", "queued")]
