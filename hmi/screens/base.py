@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from textual.containers import Vertical
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from ..client import GridClient
+from rich.text import Text
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+
+from ..client import CommandError, GridClient
 
 
 class View(Vertical):
@@ -37,3 +42,40 @@ class View(Vertical):
 
     def deactivate(self) -> None:
         self.active = False
+
+    # -- commands -------------------------------------------------------------------
+    def _message(self, text: Text) -> None:
+        """Tell the operator what became of a command (each view has a line for it)."""
+
+    def _refused(self, method: str, kind: str, err: CommandError) -> None:
+        if err.denied:
+            # the server said this role may not: stop offering the command
+            self.client.denied_kinds.add(kind)
+            self.refresh_bindings()
+        self._message(Text(f"{method}: {err.message}", style="bold red"))
+
+    def _confirm_then_call(
+        self,
+        dialog: ModalScreen[bool],
+        *,
+        declined: Text,
+        call: Callable[[], Awaitable[list[Any]]],
+        method: str,
+        kind: str,
+        done: Callable[[list[Any]], None],
+    ) -> None:
+        """Show ``dialog``; only on its confirmation make the call, then report the
+        outcome: ``declined``, the refusal (see :meth:`_refused`) or ``done(outputs)``."""
+
+        async def confirmed(ok: bool | None) -> None:
+            if not ok:
+                self._message(declined)
+                return
+            try:
+                outputs = await call()
+            except CommandError as err:
+                self._refused(method, kind, err)
+                return
+            done(outputs)
+
+        self.app.push_screen(dialog, confirmed)

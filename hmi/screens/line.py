@@ -24,7 +24,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from ..client import NODE_OBJECT, NODE_VARIABLE, CommandError, Quality, Reading
+from ..client import NODE_OBJECT, NODE_VARIABLE, Quality, Reading
 from ..format import NOTHING_YET, show
 from .base import View
 from .dialogs import CommandConfirm, FormDialog, FormField
@@ -395,20 +395,19 @@ class LineView(View):
             text.append(f"{len(meters)} meters: {shown}\n", style="bold")
         text.append(f"Reason: {form['reason']}")
 
-        async def confirmed(ok: bool | None) -> None:
-            if not ok:
-                self._message(Text("Batch not started.", style="dim"))
-                return
-            try:
-                (command_id, *_r) = await self.client.call(
-                    "line", "StartBatch", form["scheme"], meters, form["reason"]
-                )
-            except CommandError as err:
-                self._refused("StartBatch", "start_batch", err)
-                return
-            self._message(Text(f"StartBatch sent: batch {command_id}", style="green"))
+        def started(outputs: list[Any]) -> None:
+            self._message(Text(f"StartBatch sent: batch {outputs[0]}", style="green"))
 
-        self.app.push_screen(CommandConfirm("Confirm start batch", text, "Start"), confirmed)
+        self._confirm_then_call(
+            CommandConfirm("Confirm start batch", text, "Start"),
+            declined=Text("Batch not started.", style="dim"),
+            call=lambda: self.client.call(
+                "line", "StartBatch", form["scheme"], meters, form["reason"]
+            ),
+            method="StartBatch",
+            kind="start_batch",
+            done=started,
+        )
 
     def action_abort_batch(self) -> None:
         c = self.client
@@ -433,23 +432,13 @@ class LineView(View):
             text.append("recorded as interrupted. The batch does not resume by itself.\n")
             text.append(f"Reason: {form['reason']}")
 
-            async def confirmed(ok: bool | None) -> None:
-                if not ok:
-                    self._message(Text(f"Batch {batch_id} not aborted.", style="dim"))
-                    return
-                try:
-                    await self.client.call("line", "AbortBatch", batch_id, form["reason"])
-                except CommandError as err:
-                    self._refused("AbortBatch", "abort_batch", err)
-                    return
-                self._message(Text(f"AbortBatch {batch_id} sent.", style="green"))
-
-            self.app.push_screen(CommandConfirm("Confirm abort", text, "Abort batch"), confirmed)
+            self._confirm_then_call(
+                CommandConfirm("Confirm abort", text, "Abort batch"),
+                declined=Text(f"Batch {batch_id} not aborted.", style="dim"),
+                call=lambda: self.client.call("line", "AbortBatch", batch_id, form["reason"]),
+                method="AbortBatch",
+                kind="abort_batch",
+                done=lambda _: self._message(Text(f"AbortBatch {batch_id} sent.", style="green")),
+            )
 
         return chosen
-
-    def _refused(self, method: str, kind: str, err: CommandError) -> None:
-        if err.denied:
-            self.client.denied_kinds.add(kind)
-            self.refresh_bindings()
-        self._message(Text(f"{method}: {err.message}", style="bold red"))

@@ -261,27 +261,22 @@ class LoadsView(View):
         text.append(f"to {value:g} kW", style="bold reverse")
         text.append(f"\nReason: {form['reason']}")
 
-        async def confirmed(ok: bool | None) -> None:
-            if not ok:
-                self._show_commands(Text("Demand limit not sent.", style="dim"))
-                return
-            try:
-                (command_id, *_r) = await self.client.call(
-                    group, "SetDemandLimit", f"{value:g}", form["reason"]
-                )
-            except CommandError as err:
-                if err.denied:
-                    self.client.denied_kinds.add("set_demand_limit")
-                    self.refresh_bindings()
-                self._show_commands(Text(f"SetDemandLimit: {err.message}", style="bold red"))
-                return
+        def sent(outputs: list[Any]) -> None:
+            command_id = outputs[0]
             self.limit_sent = (group, value, str(command_id))
             self._show_commands(
                 Text(f"SetDemandLimit {form['group']} {value:g} kW: {command_id} sent", "yellow")
             )
             self._check_limit()
 
-        self.app.push_screen(CommandConfirm("Confirm demand limit", text, "Set limit"), confirmed)
+        self._confirm_then_call(
+            CommandConfirm("Confirm demand limit", text, "Set limit"),
+            declined=Text("Demand limit not sent.", style="dim"),
+            call=lambda: self.client.call(group, "SetDemandLimit", f"{value:g}", form["reason"]),
+            method="SetDemandLimit",
+            kind="set_demand_limit",
+            done=sent,
+        )
 
     def _check_limit(self) -> None:
         """A limit is shown as applied only once the group's limit_kw reads it (Good)."""
@@ -297,6 +292,9 @@ class LoadsView(View):
             self._show_commands(
                 Text(f"SetDemandLimit {name}: limit reads {r.value:g} kW ({command_id})", "green")
             )
+
+    def _message(self, text: Text) -> None:
+        self._show_commands(text)
 
     def _show_commands(self, message: Text | None = None) -> None:
         out = Text()

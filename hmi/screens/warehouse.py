@@ -33,7 +33,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Static
 
-from ..client import NODE_OBJECT, NODE_VARIABLE, CommandError, Quality, Reading
+from ..client import NODE_OBJECT, NODE_VARIABLE, Quality, Reading
 from ..format import show
 from .base import View
 from .dialogs import CommandConfirm, FormDialog, FormField
@@ -410,23 +410,23 @@ class WarehouseView(View):
         text.append(f"Items: {', '.join(items)}\n")
         text.append(f"Reason: {form['reason']}")
 
-        async def confirmed(ok: bool | None) -> None:
-            if not ok:
-                self._message(Text("No order created.", style="dim"))
-                return
-            try:
-                (command_id, *_r) = await self.client.call(
-                    "warehouse", "CreateOrder", form["kind"], items, form["reason"]
-                )
-            except CommandError as err:
-                self._refused("CreateOrder", "create_order", err)
-                return
+        def created(outputs: list[Any]) -> None:
+            command_id = outputs[0]
             self.kinds[str(command_id)] = form["kind"]
             self._message(Text(f"CreateOrder sent: command {command_id}", style="green"))
             self.orders = []  # redraw with the kind
             self.update_values(None)
 
-        self.app.push_screen(CommandConfirm("Confirm order", text, "Create"), confirmed)
+        self._confirm_then_call(
+            CommandConfirm("Confirm order", text, "Create"),
+            declined=Text("No order created.", style="dim"),
+            call=lambda: self.client.call(
+                "warehouse", "CreateOrder", form["kind"], items, form["reason"]
+            ),
+            method="CreateOrder",
+            kind="create_order",
+            done=created,
+        )
 
     def selected_order(self) -> OrderRow | None:
         table = self.query_one("#order-table", DataTable)
@@ -455,24 +455,14 @@ class WarehouseView(View):
         text.append("can be cancelled; the warehouse refuses the others.\n")
         text.append(f"Reason: {form['reason']}")
 
-        async def confirmed(ok: bool | None) -> None:
-            if not ok:
-                self._message(Text(f"Order {order_id} not cancelled.", style="dim"))
-                return
-            try:
-                await self.client.call("warehouse", "CancelOrder", order_id, form["reason"])
-            except CommandError as err:
-                self._refused("CancelOrder", "cancel_order", err)
-                return
-            self._message(Text(f"CancelOrder {order_id} sent.", style="green"))
-
-        self.app.push_screen(CommandConfirm("Confirm cancel", text, "Cancel order"), confirmed)
-
-    def _refused(self, method: str, kind: str, err: CommandError) -> None:
-        if err.denied:
-            self.client.denied_kinds.add(kind)
-            self.refresh_bindings()
-        self._message(Text(f"{method}: {err.message}", style="bold red"))
+        self._confirm_then_call(
+            CommandConfirm("Confirm cancel", text, "Cancel order"),
+            declined=Text(f"Order {order_id} not cancelled.", style="dim"),
+            call=lambda: self.client.call("warehouse", "CancelOrder", order_id, form["reason"]),
+            method="CancelOrder",
+            kind="cancel_order",
+            done=lambda _: self._message(Text(f"CancelOrder {order_id} sent.", style="green")),
+        )
 
 
 def _legend_order() -> list[tuple[str, str, str]]:
