@@ -9,7 +9,7 @@ from rich.text import Text
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 
-from ..client import CommandError, GridClient
+from ..client import CommandError, GridClient, Quality
 
 
 class View(Vertical):
@@ -42,6 +42,23 @@ class View(Vertical):
 
     def deactivate(self) -> None:
         self.active = False
+
+    def _value(self, path: str) -> Any:
+        """The value at ``path``; None when there is none or it is Bad (never shown as good)."""
+        r = self.client.get(path)
+        return r.value if r is not None and r.quality is not Quality.BAD else None
+
+    def _plant_shown(self, present: bool = True) -> None:
+        """The end of every :meth:`plant_changed`: offer only the commands the session
+        may give, say so when it may give none, and redraw."""
+        self.refresh_bindings()
+        c = self.client
+        if present and not c.can_command():
+            who = "anonymous" if c.role == "anonymous" else f"role {c.role}"
+            self._message(Text(f"Read-only ({who}): no commands offered.", style="dim"))
+        self._dirty = True
+        if self.active:
+            self.activate()
 
     # -- commands -------------------------------------------------------------------
     def _message(self, text: Text) -> None:

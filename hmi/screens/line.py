@@ -178,13 +178,7 @@ class LineView(View):
                 table.add_row(*self._cells(station), key=station)
             await c.watch(self.paths)
         self.query_one("#line-body").display = c.plant.line
-        self.refresh_bindings()
-        if c.plant.line and not c.can_command():
-            who = "anonymous" if c.role == "anonymous" else f"role {c.role}"
-            self._message(Text(f"Read-only ({who}): no commands offered.", style="dim"))
-        self._dirty = True
-        if self.active:
-            self.activate()
+        self._plant_shown(c.plant.line)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Commands the session may not give are not offered (hidden from the footer)."""
@@ -193,10 +187,6 @@ class LineView(View):
         return True
 
     # -- drawing --------------------------------------------------------------------
-    def _value(self, path: str) -> Any:
-        r = self.client.get(path)
-        return r.value if _good(r) and r is not None else None
-
     def batch_start(self) -> datetime | None:
         """When the current batch started: its id was written then (ids are unique)."""
         r = self.client.get("line/batch/id")

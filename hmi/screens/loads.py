@@ -106,13 +106,7 @@ class LoadsView(View):
             self._group_paths[group] = [f"{group}/{n}" for n in known + others]
             paths += self._group_paths[group]
         await self.client.watch(paths)
-        self.refresh_bindings()
-        if not self.client.can_command():
-            who = "anonymous" if self.client.role == "anonymous" else f"role {self.client.role}"
-            self._show_commands(Text(f"Read-only ({who}): no commands offered.", style="dim"))
-        self._dirty = True
-        if self.active:
-            self.activate()
+        self._plant_shown()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Commands the session may not give are not offered (hidden from the footer)."""

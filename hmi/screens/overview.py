@@ -234,10 +234,6 @@ class OverviewView(View):
         out.append_text(show(c, f"{SERVICE_DIAG}/Dropped"))
         return out
 
-    def _value(self, path: str) -> object:
-        r = self.client.get(path)
-        return r.value if r is not None and r.quality is not Quality.BAD else None
-
     def _line_summary(self) -> Text:
         c = self.client
         if not c.plant.line:

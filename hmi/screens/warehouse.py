@@ -144,13 +144,7 @@ class WarehouseView(View):
             await c.watch(self.paths)
         for widget in ("#wh-top", "#wh-orders", "#order-table"):
             self.query_one(widget).display = c.plant.warehouse
-        self.refresh_bindings()
-        if c.plant.warehouse and not c.can_command():
-            who = "anonymous" if c.role == "anonymous" else f"role {c.role}"
-            self._message(Text(f"Read-only ({who}): no commands offered.", style="dim"))
-        self._dirty = True
-        if self.active:
-            self.activate()
+        self._plant_shown(c.plant.warehouse)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Commands the session may not give are not offered (hidden from the footer)."""
@@ -159,10 +153,6 @@ class WarehouseView(View):
         return True
 
     # -- drawing ----------------------------------------------------------------------
-    def _value(self, path: str) -> Any:
-        r = self.client.get(path)
-        return r.value if _good(r) and r is not None else None
-
     def update_values(self, changed: set[str] | None) -> None:
         if changed is not None and not (changed & self.paths):
             return
