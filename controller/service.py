@@ -327,14 +327,7 @@ class Service:
         self.opcua = server
         stats = server.stats()
         log.info("opcua: inline, on the control loop (pid %d)", os.getpid())
-        if self.router.prefixes:
-            log.info("opcua: commands accepted for %s", ", ".join(self.router.prefixes))
-        log.info(
-            "opcua ready: %s (%d nodes built in %.2f s)",
-            cfg.endpoint,
-            stats.get("model_nodes", 0),
-            stats.get("model_build_s", 0.0),
-        )
+        self._log_opcua_ready(stats)
 
     async def _start_opcua_process(self, state_dir: Path) -> None:
         cfg = self.config.opcua
@@ -384,13 +377,16 @@ class Service:
         log.info(
             "opcua: separate process (pid %d), fed over %s", server.pid or 0, server.socket_path
         )
+        self._log_opcua_ready(info)
+
+    def _log_opcua_ready(self, stats: dict[str, Any]) -> None:
         if self.router.prefixes:
             log.info("opcua: commands accepted for %s", ", ".join(self.router.prefixes))
         log.info(
             "opcua ready: %s (%d nodes built in %.2f s)",
-            cfg.endpoint,
-            info.get("model_nodes", 0),
-            info.get("model_build_s", 0.0),
+            self.config.opcua.endpoint,
+            stats.get("model_nodes", 0),
+            stats.get("model_build_s", 0.0),
         )
 
     def request_stop(self) -> None:
