@@ -14,6 +14,7 @@ the two one after the other and prints the ratios between them.
 
     python bench/cycle.py [--cycles 60000] [--opcua separate|inline|both]
                           [--opcua-clients 1] [--metrics-server asyncio|thread] [--spin-us N]
+                          [--hold-us N] [--gc quiet|automatic] [--realtime-priority N]
 """
 
 from __future__ import annotations
@@ -125,6 +126,10 @@ async def run_mode(args: argparse.Namespace, mode: str) -> Result:
     tasks = {"stats_window": max(args.cycles, 16)}
     if args.spin_us is not None:
         tasks["fast_spin_us"] = args.spin_us
+    if args.hold_us is not None:
+        tasks["fast_hold_us"] = args.hold_us
+    if args.gc is not None:
+        tasks["gc"] = args.gc
     if args.realtime_priority is not None:
         tasks["realtime_priority"] = args.realtime_priority
     cfg = cfg.model_copy(
@@ -173,6 +178,7 @@ async def run_mode(args: argparse.Namespace, mode: str) -> Result:
     print(
         f"[{mode}] running {args.cycles} cycles of {period * 1000:g} ms "
         f"(~{args.cycles * period:.0f} s), spin {service.fast.spin * 1e6:.0f} µs, "
+        f"hold {service.fast.hold * 1e6:.0f} µs, gc {cfg.tasks.gc}, "
         f"OPC UA {mode} with {len(clients)} subscribed client(s) on {len(json.loads(names.read_text()))} tags, "
         f"metrics server {args.metrics_server}, "
         f"SCHED_FIFO {cfg.tasks.realtime_priority or 'off'}, field plant "
@@ -265,6 +271,8 @@ def main() -> int:
     )
     p.add_argument("--metrics-server", choices=("asyncio", "thread"), default="asyncio")
     p.add_argument("--spin-us", type=int, default=None)
+    p.add_argument("--hold-us", type=int, default=None, help="busy-wait before each deadline")
+    p.add_argument("--gc", choices=("quiet", "automatic"), default=None)
     p.add_argument(
         "--realtime-priority", type=int, default=None, help="SCHED_FIFO priority (0 = normal)"
     )

@@ -67,14 +67,27 @@ class TasksConfig(_Strict):
     fast_period_ms: int = Field(default=10, ge=1, le=1000)
     # Yield-spin budget before each deadline (coarse sleep until then).
     fast_spin_us: int = Field(default=2000, ge=0, le=100_000)
+    # The last part of the spin that does not yield the loop (a busy-wait): a
+    # callback shorter than this that starts during the spin cannot make the task
+    # late. Costs hold/period of a core (300 µs per 10 ms = 3 %).
+    fast_hold_us: int = Field(default=300, ge=0, le=100_000)
     control_period_ms: int = Field(default=1000, ge=10, le=60_000)
     control_spin_us: int = Field(default=2000, ge=0, le=100_000)
+    control_hold_us: int = Field(default=0, ge=0, le=100_000)
     # What happens when a cycle ends after the next deadline. Only "skip" is
     # implemented: resume at the next future deadline and count the skipped cycles.
     overrun: Literal["skip"] = "skip"
     # Samples kept per task for exact recent percentiles (histograms are cumulative).
     stats_window: int = Field(default=4096, ge=16, le=1_048_576)
     gc_freeze: bool = True
+    # "quiet": the young generations are collected right after a fast cycle (its
+    # idle time), never in the middle of a wait; CPython's own collector stays on
+    # with thresholds raised (`gc_backstop_threshold`) as a backstop.
+    # "automatic": CPython decides (a collection can land just before a deadline).
+    gc: Literal["quiet", "automatic"] = "quiet"
+    # Net allocations (CPython's generation-0 count) that make a quiet collection due.
+    gc_young_threshold: int = Field(default=2_000, ge=100, le=1_000_000)
+    gc_backstop_threshold: int = Field(default=100_000, ge=1_000, le=10_000_000)
     # SCHED_FIFO priority for the service's loop thread (1..99); 0 keeps normal
     # scheduling. On a shared machine the OS delays timer wake-ups and preempts
     # the spin by milliseconds; a real-time policy is what removes that tail.
@@ -94,6 +107,15 @@ class TasksConfig(_Strict):
             raise ValueError(
                 f"must be less than {task}_period_ms in µs ({period_ms * 1000}) (got {v})"
             )
+        return v
+
+    @field_validator("fast_hold_us", "control_hold_us")
+    @classmethod
+    def _hold_within_spin(cls, v: int, info: ValidationInfo) -> int:
+        task = (info.field_name or "").split("_", 1)[0]
+        spin = info.data.get(f"{task}_spin_us")
+        if spin is not None and v > spin:
+            raise ValueError(f"must be at most {task}_spin_us ({spin}) (got {v})")
         return v
 
 

@@ -6,7 +6,12 @@ way for a few microseconds of wake-up latency on asyncio/uvloop: a coarse
 ``sleep`` until ``spin`` seconds before the deadline (the loop's timers have
 millisecond resolution and may fire up to 1 ms early or a few ms late), then a
 yield-spin (``sleep(0)`` until the clock passes the deadline) which still lets
-the loop's other work (bus I/O, scrapes) run in between.
+the loop's other work (bus I/O, scrapes) run in between, and for the last
+``hold`` seconds a busy-wait that does not yield. The loop is cooperative: a
+callback that starts during the yield-spin delays the wake-up by however far
+it runs past the deadline. With a hold of H, only callbacks longer than H can
+do that, and only by their length minus H; the price is H/period of a core
+(300 µs per 10 ms = 3 %).
 
 Overrun policy ("skip"): when a cycle ends after the next deadline, the task
 resumes at the first deadline still in the future; the event is counted in
@@ -44,6 +49,7 @@ log = logging.getLogger("gridctl.cycle")
 Program = Callable[[float], object]  # called with the deadline; may return an awaitable
 Clock = Callable[[], float]
 Sleeper = Callable[[float], Awaitable[object]]
+BusyWait = Callable[[float], None]  # returns once the clock reaches the given time
 
 # Histogram bucket upper bounds in seconds: 1 µs .. 1 s, 1-2-5 steps (+Inf implicit).
 BUCKETS: tuple[float, ...] = (
@@ -140,6 +146,7 @@ class TaskSnapshot:
     name: str
     period_s: float
     spin_s: float
+    hold_s: float
     running: bool
     cycles: int
     overruns: int
@@ -159,19 +166,27 @@ class CycleTask:
         period_s: float,
         *,
         spin_s: float = 0.002,
+        hold_s: float = 0.0,
         window: int = 4096,
         clock: Clock = time.monotonic,
         sleep: Sleeper = asyncio.sleep,
+        busy_wait: BusyWait | None = None,
     ) -> None:
         if not period_s > 0:
             raise ValueError(f"{name}: period must be > 0 s (got {period_s})")
         if not 0 <= spin_s < period_s:
             raise ValueError(f"{name}: spin must be in [0, period) (got {spin_s} s)")
+        if not 0 <= hold_s <= spin_s:
+            raise ValueError(
+                f"{name}: hold must be in [0, spin] = [0, {spin_s}] s (got {hold_s} s)"
+            )
         self.name = name
         self.period = period_s
         self.spin = spin_s
+        self.hold = hold_s
         self._clock = clock
         self._sleep = sleep
+        self._busy_wait = busy_wait if busy_wait is not None else _busy_wait_on(clock)
         self._programs: list[tuple[str, Program, bool]] = []
         self._task: asyncio.Task[None] | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -235,16 +250,23 @@ class CycleTask:
         sleep = self._sleep
         period = self.period
         spin = self.spin
+        hold = self.hold
+        busy_wait = self._busy_wait
         programs = self._programs
         last_wake = 0.0
         last_k = -1
         while not self._stopping:
             k = self.k
             deadline = self.t0 + k * period
-            # coarse sleep, then yield-spin up to the deadline
+            # coarse sleep, yield-spin, then hold (no yield) up to the deadline
             coarse = deadline - spin - clock()
             if coarse > 0:
                 await sleep(coarse)
+            hold_from = deadline - hold
+            while clock() < hold_from:
+                await sleep(0)
+            if hold:
+                busy_wait(deadline)
             while clock() < deadline:
                 await sleep(0)
             wake = clock()
@@ -306,6 +328,7 @@ class CycleTask:
             self.name,
             self.period,
             self.spin,
+            self.hold,
             self.running,
             self.cycles,
             self.overruns,
@@ -315,6 +338,14 @@ class CycleTask:
             self.jitter.summary(last),
             self.execution.summary(last),
         )
+
+
+def _busy_wait_on(clock: Clock) -> BusyWait:
+    def busy_wait(until: float) -> None:
+        while clock() < until:
+            pass
+
+    return busy_wait
 
 
 class VirtualTime:
@@ -332,6 +363,7 @@ class VirtualTime:
         self.spin_step = spin_step
         self.sleeps = 0
         self.spins = 0
+        self.holds = 0
 
     def clock(self) -> float:
         return self.now
@@ -344,6 +376,11 @@ class VirtualTime:
             self.spins += 1
             self.now += self.spin_step
         await asyncio.sleep(0)
+
+    def busy_wait(self, until: float) -> None:
+        """A hold: time passes to ``until`` without the loop running anything else."""
+        self.holds += 1
+        self.now = max(self.now, until)
 
     def advance(self, dt: float) -> None:
         """Simulate work taking ``dt`` (call from a program)."""

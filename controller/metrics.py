@@ -74,6 +74,7 @@ class Sources:
     journal: Any = None  # controller.journal.Journal
     image: Any = None  # controller.process_image.ProcessImage
     queues: Callable[[], Iterable[Any]] = lambda: ()  # objects with name, maxsize, dropped, len()
+    gc: Callable[[], Any] = lambda: None  # controller.gc_pacing.QuietGc when running
     info: dict[str, str] = field(default_factory=dict)
 
 
@@ -97,6 +98,7 @@ class GridCollector(Collector):
         yield from self._journal()
         yield from self._queues()
         yield from self._image()
+        yield from self._gc()
         rt = self.render_time
         g = GaugeMetricFamily(
             "gridctl_metrics_render_max_seconds", "Longest metrics rendering (recent window)"
@@ -149,6 +151,26 @@ class GridCollector(Collector):
         for t in tasks:
             p.add_metric([t.name], t.period_s)
         yield p
+
+    # -- garbage collection at quiet points -------------------------------------------------
+    def _gc(self) -> Iterator[Metric]:
+        pacer = self.sources.gc()
+        if pacer is None:
+            return
+        c = CounterMetricFamily(
+            "gridctl_runtime_gc_collections",
+            "Garbage collections run at the fast task's quiet point",
+            labels=["generation"],
+        )
+        for generation, n in enumerate(pacer.collections):
+            c.add_metric([str(generation)], n)
+        yield c
+        s = pacer.pause.summary()
+        h = HistogramMetricFamily(
+            "gridctl_runtime_gc_pause_seconds", "Pause of each quiet-point garbage collection"
+        )
+        h.add_metric([], _hist_buckets(s), s.total)
+        yield h
 
     # -- buses ------------------------------------------------------------------------------
     def _buses(self) -> Iterator[Metric]:

@@ -41,6 +41,7 @@ from controller.command_router import CommandRouter
 from controller.commands import Command, CommandLog, Resolution
 from controller.config import DEFAULT_CONFIG, ConfigError, GridConfig, load_config
 from controller.cycle import CycleTask
+from controller.gc_pacing import QuietGc
 from controller.journal import Journal
 from controller.metrics import MetricsServer, Sources, make_registry
 from controller.process_image import ProcessImage
@@ -76,14 +77,20 @@ class Service:
         self.alarms = AlarmEngine(self.journal)
         t = config.tasks
         self.fast = CycleTask(
-            "fast", t.fast_period_ms / 1000, spin_s=t.fast_spin_us / 1e6, window=t.stats_window
+            "fast",
+            t.fast_period_ms / 1000,
+            spin_s=t.fast_spin_us / 1e6,
+            hold_s=t.fast_hold_us / 1e6,
+            window=t.stats_window,
         )
         self.control = CycleTask(
             "control",
             t.control_period_ms / 1000,
             spin_s=t.control_spin_us / 1e6,
+            hold_s=t.control_hold_us / 1e6,
             window=t.stats_window,
         )
+        self.gc: QuietGc | None = None
         self.tasks = (self.fast, self.control)
         self.plant: Any = None
         self.simulator: Any = None
@@ -199,6 +206,7 @@ class Service:
                     alarms=self.alarms,
                     journal=self.journal,
                     image=self.image,
+                    gc=lambda: self.gc,
                     info={"name": cfg.service.name, "version": _version()},
                 )
             )
@@ -232,10 +240,19 @@ class Service:
         loop_t = time.monotonic()
         self.fast.start(loop_t + self.fast.period)
         self.control.start(loop_t + self.control.period + self.fast.period / 2)
+        if cfg.tasks.gc == "quiet":
+            self.gc = QuietGc(
+                self.fast.after_cycle,
+                young_threshold=cfg.tasks.gc_young_threshold,
+                backstop=cfg.tasks.gc_backstop_threshold,
+            )
+            self.gc.start()
         log.info(
-            "tasks ready: fast %g ms (spin %d µs), control %g ms (spin %d µs), overrun policy %s",
+            "tasks ready: fast %g ms (spin %d µs, hold %d µs), control %g ms (spin %d µs), "
+            "overrun policy %s",
             self.fast.period * 1000,
             cfg.tasks.fast_spin_us,
+            cfg.tasks.fast_hold_us,
             self.control.period * 1000,
             cfg.tasks.control_spin_us,
             cfg.tasks.overrun,
@@ -414,6 +431,8 @@ class Service:
 
         self.commands.close_intake("service stopping")
         log.info("stopping: new commands refused")
+        if self.gc is not None:  # before the fast task: its quiet points end with it
+            await step("gc pacing", self.gc.stop())
         for task in self.tasks:
             await step(f"task {task.name}", task.stop())
         for name, action in self._safe_state:

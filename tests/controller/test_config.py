@@ -18,14 +18,23 @@ BAD_CONFIGS = [
     (
         "[tasks]\nfast_perod_ms = 10\n",
         [
-            "tasks.fast_perod_ms: unknown key (allowed: control_period_ms, control_spin_us, "
-            "fast_period_ms, fast_spin_us, gc_freeze, gil_switch_interval_us, overrun, "
-            "realtime_priority, stats_window)"
+            "tasks.fast_perod_ms: unknown key (allowed: control_hold_us, control_period_ms, "
+            "control_spin_us, fast_hold_us, fast_period_ms, fast_spin_us, gc, "
+            "gc_backstop_threshold, gc_freeze, gc_young_threshold, gil_switch_interval_us, "
+            "overrun, realtime_priority, stats_window)"
         ],
     ),
     (
         "[tasks]\nfast_period_ms = 5\nfast_spin_us = 5000\n",
         ["tasks.fast_spin_us: must be less than fast_period_ms in µs (5000) (got 5000)"],
+    ),
+    (
+        "[tasks]\nfast_spin_us = 200\nfast_hold_us = 300\n",
+        ["tasks.fast_hold_us: must be at most fast_spin_us (200) (got 300)"],
+    ),
+    (
+        '[tasks]\ngc = "manual"\n',
+        ["tasks.gc: must be one of 'quiet' or 'automatic' (got 'manual')"],
     ),
     ('[tasks]\noverrun = "catch-up"\n', ["tasks.overrun: must be one of 'skip' (got 'catch-up')"]),
     ('[tasks]\nfast_period_ms = "10"\n', ["tasks.fast_period_ms: must be an integer (got '10')"]),

@@ -1,5 +1,6 @@
 import asyncio
 import math
+import random
 
 import pytest
 import uvloop
@@ -11,7 +12,7 @@ T = 0.010
 
 def make(vt, **kw):
     kw.setdefault("spin_s", 0.0)
-    return CycleTask("fast", T, clock=vt.clock, sleep=vt.sleep, **kw)
+    return CycleTask("fast", T, clock=vt.clock, sleep=vt.sleep, busy_wait=vt.busy_wait, **kw)
 
 
 async def run_cycles(task, n, program=None):
@@ -45,6 +46,37 @@ async def test_deadlines_do_not_drift_when_timers_fire_late():
     snap = task.snapshot()
     assert snap.latency.p99 == pytest.approx(0.0007, abs=1e-9)
     assert snap.jitter.max == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("hold_s", [0.0, 0.0003])
+async def test_hold_keeps_callbacks_shorter_than_it_from_making_the_task_late(hold_s):
+    vt = VirtualTime(spin_step=1e-6)
+    task = make(vt, spin_s=0.002, hold_s=hold_s)
+    busy = True
+
+    lengths = random.Random(1)
+
+    async def other_work():  # the loop's other callbacks: 50..250 µs each, back to back
+        while busy:
+            vt.advance(lengths.uniform(50e-6, 250e-6))
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_work())
+    await run_cycles(task, 200)
+    busy = False
+    await other
+    late = task.snapshot().latency
+    if hold_s:
+        assert vt.holds == 200
+        assert late.max < 2e-6  # woke at the deadline every time
+    else:
+        assert vt.holds == 0
+        assert late.max > 100e-6  # a callback that began in the spin ran past the deadline
+
+
+def test_hold_must_fit_in_the_spin():
+    with pytest.raises(ValueError, match=r"hold must be in \[0, spin\]"):
+        CycleTask("x", 0.01, spin_s=0.0002, hold_s=0.0003)
 
 
 async def test_yield_spin_absorbs_coarse_timer_error():
