@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -49,6 +49,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from controller.cycle import BUCKETS, CycleTask, Series, Summary
+from controller.exposition import TextExposition
 
 log = logging.getLogger("gridctl.metrics")
 
@@ -381,6 +382,7 @@ class MetricsServer:
         self._server: asyncio.Server | None = None
         self._http: Any = None
         self._thread: Any = None
+        self._exposition = TextExposition()
 
     async def start(self) -> int:
         """Listen; returns the bound port."""
@@ -405,7 +407,7 @@ class MetricsServer:
 
     def render(self) -> bytes:
         t = time.perf_counter()
-        body = generate_latest(self.registry)
+        body = self._exposition.render(self.registry.collect())
         self.collector.render_time.add(time.perf_counter() - t)
         return body
 

@@ -1,11 +1,13 @@
 import asyncio
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.alarms import AlarmEngine
 from controller.commands import CommandLog
 from controller.cycle import CycleTask, VirtualTime
+from controller.exposition import TextExposition
 from controller.journal import Journal
 from controller.metrics import MetricsServer, Sources, make_registry
 from controller.process_image import ProcessImage
@@ -99,3 +101,54 @@ async def test_asyncio_server_serves_metrics_and_404():
     assert (await get("/")).startswith(b"HTTP/1.1 404")
     await server.stop()
     assert collector.render_time.count == 1
+
+
+class _Frozen:
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return iter(self.families)
+
+
+async def test_text_exposition_writes_the_same_bytes_as_prometheus_client(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.open()
+    vt = VirtualTime()
+    task = CycleTask("fast", 0.01, spin_s=0, clock=vt.clock, sleep=vt.sleep)
+    task.attach("stop", lambda _d: task.cycles >= 4 and task.request_stop())
+    task.start()
+    await task.join()
+    odd = 'bus "7"\\back\nslash'  # a bus name needing every escape
+    buses = [
+        BusSnapshot("b1", "dlt645", True, 32, 1, {"ok": 1e21, "timeout": 3}, 1e-7, 20.0),
+        BusSnapshot(odd, "modbus_tcp", False, 0, 0, {"ok": 0.5}, busy_s=0.0, uptime_s=20.0),
+    ]
+    registry, _ = make_registry(
+        Sources(
+            tasks=lambda: [task],
+            buses=lambda: buses,
+            alarms=AlarmEngine(journal),
+            journal=journal,
+            info={"name": "site", "version": "1.0"},
+        )
+    )
+    families = list(registry.collect())
+    assert len(families) > 20
+    expected = generate_latest(_Frozen(families))
+    exposition = TextExposition()
+    assert exposition.render(families) == expected
+    assert exposition.render(families) == expected  # from the label cache
+    assert b'bus="bus \\"7\\"\\\\back\\nslash"' in expected
+    journal.close()
+
+
+def test_text_exposition_refuses_illegal_names():
+    from prometheus_client.core import GaugeMetricFamily
+
+    with pytest.raises(ValueError, match="metric name"):
+        TextExposition().render([GaugeMetricFamily("bad-name", "x", value=1)])
+    g = GaugeMetricFamily("ok_name", "x", labels=["bad-label"])
+    g.add_metric(["v"], 1)
+    with pytest.raises(ValueError, match="label name"):
+        TextExposition().render([g])
