@@ -210,10 +210,17 @@ class Sequencer:
             ]
             if ms:
                 ctxs.append(_Ctx(batch_id, rec.scheme, rec.meter_type, u.id, ms, done, verdicts))
-        for ctx in ctxs:
-            for m in ctx.meters:
-                self._write(station_tag(m.station, "meter"), m.barcode)
-                self._write(station_tag(m.station, "state"), m.state)
+        # A station's tags describe this batch only: what the previous meter left
+        # there (its verdict, its last item) is cleared, so a SCADA client never
+        # reads an old verdict as the new meter's.
+        placed = {m.station: m for ctx in ctxs for m in ctx.meters}
+        for sid in self.config.station_ids:
+            m = placed.get(sid)
+            self._write(station_tag(sid, "meter"), m.barcode if m else "")
+            self._write(station_tag(sid, "state"), m.state if m else "empty")
+            self._write(station_tag(sid, "verdict"), (m.verdict or "") if m else "")
+            self._write(station_tag(sid, "last_item"), "")
+            self._write(station_tag(sid, "last_verdict"), "")
         self._publish_progress(batch_id)
         summary.tests_started = float("inf")
         try:

@@ -93,8 +93,14 @@ async def test_acknowledge_alarm(plant):
         await wait_for(pilot, lambda: plant.alarms.comments != [])
         assert plant.alarms.comments == [("A-0001", "otto", "crew sent")]
         await wait_for(pilot, lambda: "A-0001 acknowledged." in screen_text(app))
-        row = next(line for line in screen_text(app).splitlines() if "HIGH 700" in line)
-        assert " ack " in row
+
+        def alarm_row() -> str:
+            return next(line for line in screen_text(app).splitlines() if "HIGH 700" in line)
+
+        # the row changes when the server's event for the acknowledgement arrives
+        # (one publishing interval after the method returned, not with it)
+        await wait_for(pilot, lambda: " ack " in alarm_row())
+        assert "UNACK" not in alarm_row()
 
 
 async def test_arm_confirm_trip_and_see_it_confirmed(plant):

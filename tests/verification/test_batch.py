@@ -206,3 +206,18 @@ def test_partial_batches(line, n_meters):
     )
     summary = line.clock.run(line.seq.run(f"P{n_meters}"))
     assert len(summary.passed) == n_meters
+
+
+def test_a_new_batch_clears_what_the_last_one_left_on_its_stations(line):
+    line.start("FIRST", "class1_single_phase.toml", [good(n) for n in range(48)])
+    line.clock.run(line.seq.run("FIRST"))
+    img = line.image
+    assert img.value("line/stations/40/verdict") == "pass"
+    line.start("SECOND", "class1_single_phase.toml", [good(n) for n in range(100, 124)])
+    line.clock.run(line.seq.run("SECOND"))
+    # station 40 had no meter in the second batch: nothing of the first one's is left
+    for leaf, empty in (("meter", ""), ("state", "empty"), ("verdict", ""), ("last_item", "")):
+        assert img.value(f"line/stations/40/{leaf}") == empty, leaf
+    assert img.value("line/stations/40/last_verdict") == ""
+    assert img.value("line/stations/03/meter") == "M00102"
+    assert img.value("line/stations/03/verdict") == "pass"
