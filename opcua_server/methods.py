@@ -503,6 +503,7 @@ ORDER_KINDS = (
     "outbound_verification",
     "qualified_return",
     "distribution_outbound",
+    "rejected_outbound",
     "inventory_count",
     "relocation",
 )

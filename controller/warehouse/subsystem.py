@@ -355,6 +355,12 @@ def _order_args(args: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
             {"barcode": items[0], **({"to": items[1]} if len(items) == 2 else {})},
             priority,
         )
+    if kind == OrderKind.REJECTED_OUTBOUND and len(items) == 1:
+        if not items[0].isdigit():
+            raise CommandRefused(
+                f"argument 'items': [number of rejected boxes] expected (got {items!r})"
+            )
+        return kind, {"boxes": int(items[0])}, priority
     if kind == OrderKind.QUALIFIED_RETURN and len(items) == 1:
         # [batch]: the boxes and verdicts come from the batch's uploaded boxing and results
         return kind, {"batch": items[0]}, priority
@@ -372,7 +378,8 @@ def _order_args(args: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
         f"argument 'items': not enough for a {kind} order (inventory_count: slots; relocation: "
         "[barcode] or [barcode, slot]; outbound_verification: [batch, boxes]; qualified_return: "
         "[batch]; "
-        "distribution_outbound: [district, boxes]); give 'params' for the others"
+        "distribution_outbound: [district, boxes]; rejected_outbound: [boxes]); give 'params' "
+        "for the others"
     )
 
 

@@ -167,6 +167,7 @@ async def test_cancel_and_bad_arguments_are_refused_naming_the_argument(running)
         ({"kind": "inbound", "params": {}, "priority": 500}, "argument 'priority'"),
         ({"kind": "relocation", "items": []}, "argument 'items'"),
         ({"kind": "outbound_verification", "items": ["B3", "many"]}, "argument 'items'"),
+        ({"kind": "rejected_outbound", "items": ["two"]}, "argument 'items'"),
     ]
     for args, needle in cases:
         with pytest.raises(CommandRefused, match=needle):
@@ -179,6 +180,18 @@ async def test_cancel_and_bad_arguments_are_refused_naming_the_argument(running)
                 args={"kind": "outbound_verification", "params": {"batch": "B4", "boxes": 999}},
             )
         )
+    # rejected boxes out by CreateOrder(kind, items): refused by the order book
+    # here (the demo rack holds no rejected boxes), after journaling
+    with pytest.raises(CommandRefused, match=r"rejected_outbound\.boxes: 1 requested"):
+        await svc.router.submit(
+            Request(
+                "warehouse/orders",
+                "create_order",
+                token="t-rej",
+                args={"kind": "rejected_outbound", "items": ["1"]},
+            )
+        )
+    assert svc.commands.get("t-rej").state is CommandState.REFUSED
     with pytest.raises(CommandRefused, match="argument 'order_id'"):
         await svc.router.submit(Request("warehouse/orders", "cancel_order", args={"order_id": "x"}))
     with pytest.raises(CommandRefused, match="order_id: unknown order 4242"):
