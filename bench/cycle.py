@@ -200,7 +200,7 @@ async def run_mode(args: argparse.Namespace, mode: str) -> Result:
         counts = re.findall(r"notifications (\d+)", out)
         notifications += int(counts[-1]) if counts else 0
     fast = service.fast.snapshot()
-    buses = service._bus_snapshots()
+    buses = service.bus_snapshots()
     ok_tx = sum(s.transactions.get("ok", 0) for s in buses)
     render = service.metrics.collector.render_time.summary()
     await service.stop()

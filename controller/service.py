@@ -201,7 +201,7 @@ class Service:
             registry, collector = make_registry(
                 Sources(
                     tasks=lambda: self.tasks,
-                    buses=self._bus_snapshots,
+                    buses=self.bus_snapshots,
                     commands=self.commands,
                     alarms=self.alarms,
                     journal=self.journal,
@@ -281,7 +281,7 @@ class Service:
             return
         log.info("scheduling: SCHED_FIFO priority %d for the loop thread", prio)
 
-    def _bus_snapshots(self) -> list[Any]:
+    def bus_snapshots(self) -> list[Any]:
         return list(self.plant.snapshot()) if self.plant is not None else []
 
     async def _start_simulator(self) -> None:
@@ -334,7 +334,7 @@ class Service:
             cfg,
             self.image,
             state_dir=state_dir,
-            bus_snapshots=self._bus_snapshots,
+            bus_snapshots=self.bus_snapshots,
             commands=self.router,
             alarms=self.alarms,
             task_stats=task_stats_from(lambda: self.tasks, last=OPCUA_TASK_SAMPLES),
@@ -361,7 +361,7 @@ class Service:
             state_dir=state_dir,
             commands=self.router,
             alarms=EngineAlarmSource(self.alarms),
-            bus_snapshots=self._bus_snapshots,
+            bus_snapshots=self.bus_snapshots,
             task_stats=task_stats_from(lambda: self.tasks, last=OPCUA_TASK_SAMPLES),
             history_db=state_dir / "history.db",
             quiet_point=self.fast.after_cycle,

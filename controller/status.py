@@ -66,7 +66,7 @@ class ServiceStatus:
                 }
             )
         buses = []
-        for bus in svc.plant.snapshot() if svc.plant is not None else ():
+        for bus in svc.bus_snapshots():
             done = sum(bus.transactions.values())
             buses.append(
                 {

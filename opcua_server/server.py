@@ -830,7 +830,7 @@ async def start(service: Any) -> OpcUaServer:
         cfg,
         service.image,
         state_dir=state_dir,
-        bus_snapshots=getattr(service, "_bus_snapshots", None),
+        bus_snapshots=getattr(service, "bus_snapshots", None),
         commands=service.commands,
         alarms=service.alarms,
         task_stats=task_stats_from(lambda: service.tasks),

@@ -251,7 +251,7 @@ async def test_start_from_service(tmp_path):
         commands=CommandLog(journal),
         alarms=AlarmEngine(),
         tasks=(CycleTask("fast", 0.01), CycleTask("control", 1.0)),
-        _bus_snapshots=lambda: [],
+        bus_snapshots=lambda: [],
     )
     srv = await start(service)
     try:
