@@ -167,6 +167,9 @@ class LineFeed:
     async def _run(self) -> None:
         await self._live.wait()
         while True:
+            # A step and its publication read the order book and write JSON tags
+            # (about a millisecond): start them in the fast task's idle time.
+            await self.service.fast.after_cycle()
             try:
                 await self.step()
             except Exception:  # keep feeding after an unexpected error; it is logged
