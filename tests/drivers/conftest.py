@@ -81,6 +81,32 @@ response_delay_s = 0.02
     return FieldConfig.model_validate(tomllib.loads(text))
 
 
+def lct_config(tmp: Path, port: int, tags: str) -> FieldConfig:
+    """One simulated load-control terminal (pymodbus: input registers 0..3, coils 0..1)
+    on a Modbus TCP bus, polled every 0.2 s; ``tags`` is the TOML list of its tags."""
+    import tomllib
+
+    text = f"""
+[[buses]]
+name = "lct"
+protocol = "modbus_tcp"
+port = "tcp://127.0.0.1:{port}"
+response_timeout_s = 0.5
+reconnect_initial_s = 0.2
+[[buses.devices]]
+name = "t1"
+unit_id = 1
+period_s = 0.2
+tags = {tags}
+[sim]
+control_socket = "{tmp / "sim.sock"}"
+[sim.modbus_devices.t1]
+outputs = 2
+power_kw = 10.0
+"""
+    return FieldConfig.model_validate(tomllib.loads(text))
+
+
 async def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

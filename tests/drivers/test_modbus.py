@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import tomllib
 
 from controller.process_image import Quality
-from drivers.config import FieldConfig, ModbusTag
+from drivers.config import ModbusTag
 from drivers.modbus_blocks import merge_reads
 
-from .conftest import free_port, wait_for
+from .conftest import free_port, lct_config, wait_for
 
 
 def tag(name: str, table: str, address: int, type_: str = "u16") -> ModbusTag:
@@ -35,36 +34,17 @@ def test_adjacent_tags_merge_into_blocks_of_at_most_125() -> None:
     ]
 
 
-def lct_config(tmp, port: int) -> FieldConfig:
-    text = f"""
-[[buses]]
-name = "lct"
-protocol = "modbus_tcp"
-port = "tcp://127.0.0.1:{port}"
-response_timeout_s = 0.5
-reconnect_initial_s = 0.2
-[[buses.devices]]
-name = "t1"
-unit_id = 1
-period_s = 0.2
-tags = [
-  {{ name = "out1", table = "coil", address = 0, type = "bool", writable = true }},
-  {{ name = "out2", table = "coil", address = 1, type = "bool", writable = true }},
-  {{ name = "power_total", table = "input", address = 0, type = "u32", scale = 0.001, unit = "kW" }},
-  {{ name = "power_1", table = "input", address = 2, type = "u16", scale = 0.1, unit = "kW" }},
-  {{ name = "power_2", table = "input", address = 3, type = "u16", scale = 0.1, unit = "kW" }},
-]
-[sim]
-control_socket = "{tmp / "sim.sock"}"
-[sim.modbus_devices.t1]
-outputs = 2
-power_kw = 10.0
-"""
-    return FieldConfig.model_validate(tomllib.loads(text))
+LCT_TAGS = """[
+  { name = "out1", table = "coil", address = 0, type = "bool", writable = true },
+  { name = "out2", table = "coil", address = 1, type = "bool", writable = true },
+  { name = "power_total", table = "input", address = 0, type = "u32", scale = 0.001, unit = "kW" },
+  { name = "power_1", table = "input", address = 2, type = "u16", scale = 0.1, unit = "kW" },
+  { name = "power_2", table = "input", address = 3, type = "u16", scale = 0.1, unit = "kW" },
+]"""
 
 
 async def test_poll_and_trip_a_load_over_modbus_tcp(tmp_path, running) -> None:
-    config = lct_config(tmp_path, free_port())
+    config = lct_config(tmp_path, free_port(), LCT_TAGS)
     sim, plant, image = await running(config)
     bus = plant.bus("lct")
     prefix = "buses/lct/devices/t1/"
@@ -84,7 +64,7 @@ async def test_poll_and_trip_a_load_over_modbus_tcp(tmp_path, running) -> None:
 
 async def test_server_gone_is_a_fault_and_the_bus_reconnects(tmp_path, running) -> None:
     port = free_port()
-    config = lct_config(tmp_path, port)
+    config = lct_config(tmp_path, port, LCT_TAGS)
     sim, plant, image = await running(config)
     bus = plant.bus("lct")
     prefix = "buses/lct/devices/t1/"

@@ -8,41 +8,24 @@ wrong register map on site would.
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
 
 from controller.process_image import Quality
 from drivers.config import FieldConfig
 from drivers.errors import ModbusDeviceError
-from tests.drivers.conftest import free_port, running, wait_for  # noqa: F401 (fixture)
+from tests.drivers.conftest import free_port, lct_config, running, wait_for  # noqa: F401 (fixture)
+
+# the terminal has coils 0..1 and input registers 0..3: coil 40 and register 500 do not exist
+TAGS = """[
+  { name = "out1", table = "coil", address = 0, type = "bool", writable = true },
+  { name = "ghost_out", table = "coil", address = 40, type = "bool", writable = true },
+  { name = "power_total", table = "input", address = 0, type = "u32", scale = 0.001, unit = "kW" },
+  { name = "ghost_power", table = "input", address = 500, type = "u16", scale = 0.1, unit = "kW" },
+]"""
 
 
 def config(tmp, port: int) -> FieldConfig:
-    text = f"""
-[[buses]]
-name = "lct"
-protocol = "modbus_tcp"
-port = "tcp://127.0.0.1:{port}"
-response_timeout_s = 0.5
-reconnect_initial_s = 0.2
-[[buses.devices]]
-name = "t1"
-unit_id = 1
-period_s = 0.2
-tags = [
-  {{ name = "out1", table = "coil", address = 0, type = "bool", writable = true }},
-  {{ name = "ghost_out", table = "coil", address = 40, type = "bool", writable = true }},
-  {{ name = "power_total", table = "input", address = 0, type = "u32", scale = 0.001, unit = "kW" }},
-  {{ name = "ghost_power", table = "input", address = 500, type = "u16", scale = 0.1, unit = "kW" }},
-]
-[sim]
-control_socket = "{tmp / "sim.sock"}"
-[sim.modbus_devices.t1]
-outputs = 2
-power_kw = 10.0
-"""
-    return FieldConfig.model_validate(tomllib.loads(text))
+    return lct_config(tmp, port, TAGS)
 
 
 async def test_exception_replies_fail_their_block_only(tmp_path, running) -> None:  # noqa: F811
