@@ -81,7 +81,17 @@ response_delay_s = 0.02
     return FieldConfig.model_validate(tomllib.loads(text))
 
 
-def lct_config(tmp: Path, port: int, tags: str) -> FieldConfig:
+# The terminal's standard tag map: both outputs, total and per-output power.
+LCT_TAGS = """[
+  { name = "out1", table = "coil", address = 0, type = "bool", writable = true },
+  { name = "out2", table = "coil", address = 1, type = "bool", writable = true },
+  { name = "power_total", table = "input", address = 0, type = "u32", scale = 0.001, unit = "kW" },
+  { name = "power_1", table = "input", address = 2, type = "u16", scale = 0.1, unit = "kW" },
+  { name = "power_2", table = "input", address = 3, type = "u16", scale = 0.1, unit = "kW" },
+]"""
+
+
+def lct_config(tmp: Path, port: int, tags: str = LCT_TAGS) -> FieldConfig:
     """One simulated load-control terminal (pymodbus: input registers 0..3, coils 0..1)
     on a Modbus TCP bus, polled every 0.2 s; ``tags`` is the TOML list of its tags."""
     import tomllib

@@ -34,17 +34,8 @@ def test_adjacent_tags_merge_into_blocks_of_at_most_125() -> None:
     ]
 
 
-LCT_TAGS = """[
-  { name = "out1", table = "coil", address = 0, type = "bool", writable = true },
-  { name = "out2", table = "coil", address = 1, type = "bool", writable = true },
-  { name = "power_total", table = "input", address = 0, type = "u32", scale = 0.001, unit = "kW" },
-  { name = "power_1", table = "input", address = 2, type = "u16", scale = 0.1, unit = "kW" },
-  { name = "power_2", table = "input", address = 3, type = "u16", scale = 0.1, unit = "kW" },
-]"""
-
-
 async def test_poll_and_trip_a_load_over_modbus_tcp(tmp_path, running) -> None:
-    config = lct_config(tmp_path, free_port(), LCT_TAGS)
+    config = lct_config(tmp_path, free_port())
     sim, plant, image = await running(config)
     bus = plant.bus("lct")
     prefix = "buses/lct/devices/t1/"
@@ -64,7 +55,7 @@ async def test_poll_and_trip_a_load_over_modbus_tcp(tmp_path, running) -> None:
 
 async def test_server_gone_is_a_fault_and_the_bus_reconnects(tmp_path, running) -> None:
     port = free_port()
-    config = lct_config(tmp_path, port, LCT_TAGS)
+    config = lct_config(tmp_path, port)
     sim, plant, image = await running(config)
     bus = plant.bus("lct")
     prefix = "buses/lct/devices/t1/"
