@@ -37,7 +37,7 @@ _ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ENGINEER: 2, Role.ADMIN: 3}
 ProcessMode = Literal["separate", "inline"]
 PROCESS_MODES: tuple[str, ...] = ("separate", "inline")
 
-SAMPLING_INTERVAL_MS = 50.0
+SAMPLING_INTERVAL_MS = 0.0  # every change at once; see sampling_interval_ms
 
 SecurityPolicyName = Literal["None", "Basic256Sha256", "Aes256_Sha256_RsaPss"]
 SecurityModeName = Literal["Sign", "SignAndEncrypt"]
