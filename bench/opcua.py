@@ -173,7 +173,9 @@ class Sink:
 
 
 async def client_main(endpoint: str, ns_uri: str, meters: int) -> None:
-    client = Client(endpoint, timeout=120)
+    # The watchdog probes the server every interval and, by default, gives up
+    # after 1 s: a server busy creating another client's 10 000 items is not down.
+    client = Client(endpoint, timeout=120, watchdog_intervall=30.0)
     await client.connect()
     ns = await client.get_namespace_index(ns_uri)
     sink = Sink()
@@ -409,10 +411,11 @@ async def run_ours(args: argparse.Namespace, clients_n: tuple[int, ...]) -> dict
     }
     try:
         for n in clients_n:
-            clients = await start_clients(
-                n, ours.config.endpoint, ours.config.namespace, args.meters
-            )
+            clients: list[Child] = []
             try:
+                clients = await start_clients(
+                    n, ours.config.endpoint, ours.config.namespace, args.meters
+                )
                 for c in clients:
                     c.send(f"record {time.time()}")
                 res["rate"][n] = rate = await ours.sustained(args.seconds)
@@ -428,6 +431,8 @@ async def run_ours(args: argparse.Namespace, clients_n: tuple[int, ...]) -> dict
                     res["p99"][n] = percentile(lat, 0.99)
                     res["notifications"][n] = len(lat)
                 await ours.settle()
+            except (RuntimeError, TimeoutError, ConnectionError) as exc:
+                print(f"note: gridctl with {n} client(s) failed: {exc}")
             finally:
                 for c in clients:
                     await c.stop()
@@ -444,8 +449,9 @@ async def run_naive(args: argparse.Namespace, clients_n: tuple[int, ...]) -> dic
     res: dict[str, Any] = {**info, "rate": {}, "p99": {}, "p99_saturated": {}, "offered": {}}
     try:
         for n in clients_n:
-            clients = await start_clients(n, info["endpoint"], "urn:naive", args.meters)
+            clients: list[Child] = []
             try:
+                clients = await start_clients(n, info["endpoint"], "urn:naive", args.meters)
                 for c in clients:
                     c.send(f"record {time.time()}")
                 server.send(f"run max {args.seconds}")
@@ -460,6 +466,8 @@ async def run_naive(args: argparse.Namespace, clients_n: tuple[int, ...]) -> dic
                 await server.receive()
                 if clients:
                     res["p99"][n] = percentile(await collect(clients), 0.99)
+            except (RuntimeError, TimeoutError, ConnectionError) as exc:
+                print(f"note: naive with {n} client(s) failed: {exc}")
             finally:
                 for c in clients:
                     await c.stop()
@@ -528,7 +536,7 @@ async def main(args: argparse.Namespace) -> None:
         f"at {flat['nodes']} variables: at full size it is worse)"
     )
     for n in clients_n:
-        r_o, r_n = ours["rate"][n], naive["rate"][n]
+        r_o, r_n = ours["rate"].get(n, math.nan), naive["rate"].get(n, math.nan)
         ratio = r_o / r_n
         print(
             f"updates/s with {n} client(s): gridctl {r_o:,.0f}  naive {r_n:,.0f}  "
@@ -537,19 +545,19 @@ async def main(args: argparse.Namespace) -> None:
     for n in clients_n:
         if not n:
             continue
-        p99 = ours["p99"][n]
+        p99 = ours["p99"].get(n, math.nan)
         intervals = p99 / interval_s
         print(
-            f"change→notification p99 with {n} client(s) at {ours['offered'][n]:,.0f} values/s "
+            f"change→notification p99 with {n} client(s) at {ours['offered'].get(n, math.nan):,.0f} values/s "
             f"(half the sustained rate): gridctl {p99 * 1000:.0f} ms = {intervals:.2f} publishing "
             f"intervals (target ≤ {TARGET_LATENCY_INTERVALS:.0f}) "
-            f"{verdict(intervals <= TARGET_LATENCY_INTERVALS)}; naive {naive['p99'][n] * 1000:.0f} ms "
-            f"at {naive['offered'][n]:,.0f} values/s; "
-            f"{ours['notifications'][n]} notifications"
+            f"{verdict(intervals <= TARGET_LATENCY_INTERVALS)}; naive {naive['p99'].get(n, math.nan) * 1000:.0f} ms "
+            f"at {naive['offered'].get(n, math.nan):,.0f} values/s; "
+            f"{ours['notifications'].get(n, 0)} notifications"
         )
         print(
             f"       at the sustained rate (queues full): gridctl p99 "
-            f"{ours['p99_saturated'][n] * 1000:.0f} ms, naive {naive['p99_saturated'][n] * 1000:.0f} ms"
+            f"{ours['p99_saturated'].get(n, math.nan) * 1000:.0f} ms, naive {naive['p99_saturated'].get(n, math.nan) * 1000:.0f} ms"
         )
     end_load = os.getloadavg()
     print(f"load average at the end {end_load[0]:.2f} {end_load[1]:.2f} {end_load[2]:.2f}")
