@@ -22,7 +22,12 @@ Controller → server process (``opcua_server.feed.ImageFeed``):
 
 Server process → controller:
 
-- ``ready``: ``endpoint``, ``pid``, ``model_nodes``, ``model_build_s``;
+- ``ready``: ``endpoint``, ``pid``, ``model_nodes``, ``model_build_s``,
+  ``model_rss_bytes`` (resident memory the server's start added);
+- ``stats``: every 0.5 s, the server's counters: ``time`` (epoch s), ``applied``
+  (rows applied to the mirror), ``published`` (values written into the address
+  space), ``notified``, ``sampled_coalesced``, ``coalesced``, ``dropped``,
+  ``queue_length``, ``batches``, ``last_batch_latency_s``, ``rss_bytes``;
 - ``request``: ``id``, ``op`` (``submit``, ``acknowledge``, ``shelve``) and its
   arguments.
 """

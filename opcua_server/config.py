@@ -37,6 +37,8 @@ _ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ENGINEER: 2, Role.ADMIN: 3}
 ProcessMode = Literal["separate", "inline"]
 PROCESS_MODES: tuple[str, ...] = ("separate", "inline")
 
+SAMPLING_INTERVAL_MS = 0.0  # every change at once; see sampling_interval_ms
+
 SecurityPolicyName = Literal["None", "Basic256Sha256", "Aes256_Sha256_RsaPss"]
 SecurityModeName = Literal["Sign", "SignAndEncrypt"]
 
@@ -78,6 +80,11 @@ class OpcUaConfig(BaseModel):
     # O(siblings): a collection with more children is split into range folders.
     max_children: int = Field(default=500, ge=10, le=10_000)
     min_publishing_interval_ms: float = Field(default=100.0, ge=10.0, le=60_000.0)
+    # Monitored items are fed once per sampling tick with each changed variable's
+    # latest value (the address space itself gets every value at once); changes
+    # superseded within a tick are not notified. 0: every change, at once. Keep
+    # it at or below the smallest publishing interval clients ask for.
+    sampling_interval_ms: float = Field(default=SAMPLING_INTERVAL_MS, ge=0.0, le=60_000.0)
     # Select-before-operate: an Arm token must be executed within this time.
     arm_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import time
@@ -163,6 +164,8 @@ class ImageFeed:
         self._seen_dropped = 0
         self._watched: dict[str, tuple[str, str] | None] = {}
         self._last_alarms: list[dict[str, Any]] | None = None
+        # The server process's latest ``stats`` frame (values in its address space, …).
+        self.server_stats: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -198,10 +201,13 @@ class ImageFeed:
 
     def stats(self) -> dict[str, Any]:
         queue = self._queue
+        conn = self._conn
+        transport = conn.transport if conn is not None else None
         return {
             **dataclasses.asdict(self.counters),
             "queue_length": len(queue) if queue is not None else 0,
             "pending": len(self._pending),
+            "buffered_bytes": transport.get_write_buffer_size() if transport is not None else 0,
         }
 
     # -- connection events (called by _Connection) -------------------------------------
@@ -257,6 +263,8 @@ class ImageFeed:
         elif kind == "ready":
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(message)
+        elif kind == "stats":
+            self.server_stats = message
         else:
             _log.warning("opcua channel: unknown message type %r ignored", kind)
 
@@ -306,7 +314,15 @@ class ImageFeed:
     async def _stream(self, conn: _Connection) -> None:
         next_status = next_alarms = time.monotonic()
         while not conn.closed.is_set():
-            await asyncio.sleep(self.flush_interval_s)
+            if self._pending and conn.writable.is_set():
+                # A backlog of more than one frame: the next frame goes at the next
+                # quiet point (the end of the next fast cycle), not a flush interval
+                # later, so the feed's rate is not capped at batch_limit per flush
+                # interval; still one frame per loop step.
+                if self.quiet_point is None:
+                    await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(self.flush_interval_s)
             await self._quiet()
             if conn.closed.is_set():
                 return
@@ -348,10 +364,10 @@ class ImageFeed:
                 pending[tag.name] = (tag, value)
             if not writable or not pending:
                 return
-            items = []
-            for _ in range(min(self.batch_limit, len(pending))):
-                name = next(iter(pending))
-                items.append(pending.pop(name))
+            # Oldest first; one pass over the dict's head (next(iter()) per item
+            # would rescan the slots already popped).
+            names = list(itertools.islice(pending, self.batch_limit))
+            items = [pending.pop(name) for name in names]
         elif len(items) > self.batch_limit:
             for tag, value in items[self.batch_limit :]:
                 if tag.name in pending:

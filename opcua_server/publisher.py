@@ -1,10 +1,34 @@
-"""Publisher: process-image changes → address space values.
+"""Publisher: process-image changes → address space values → monitored items.
 
 Reads the image's bounded ChangeQueue in batches and replaces each variable's
-Value attribute directly, then runs the attribute's data-change callbacks (that
-is what feeds monitored items). This is the same thing asyncua's
-``write_attribute_value`` does minus the per-call node lookup, attribute lookup
-and variant type check, which the model already guarantees.
+Value attribute directly (what asyncua's ``write_attribute_value`` does minus
+the per-call node lookup, attribute lookup and variant type check, which the
+model already guarantees), then hands the value to the variable's monitored
+items.
+
+Monitored items are fed in one of two ways:
+
+- **exception-based** (``sampling_interval_s`` 0): every written value goes
+  to the variable's data-change callbacks within the same batch;
+- **sampled** (``sampling_interval_s`` > 0): the address space still gets every
+  value at once (a Read sees the latest), but monitored items are fed once per
+  sampling tick with the variable's value *at the tick*. A change superseded
+  within one tick is never notified (counted as ``sampled_coalesced``); the
+  latest value always is. This is the OPC UA sampling model: a server samples
+  at the sampling interval, and a monitored item with queue size 1 delivers
+  only the latest value per publishing interval anyway. Keep the interval at
+  or below the smallest publishing interval clients use.
+
+asyncua's own data-change callback (``MonitoredItemService.datachange_callback``)
+is a chain of three coroutines and a ``deepcopy`` of the DataValue per
+monitored item and value. For that callback the publisher runs
+:func:`_enqueue_datachange` instead: the same trigger, deadband, monitoring
+mode and queue-size rules on asyncua's own structures, synchronously and
+without the copy (the publisher builds a new DataValue per write and never
+changes one it has handed out). Any other callback is awaited as before.
+This relies on asyncua's internal names; the pinned version (constraints.txt)
+is covered by tests/opcua_server/test_sampling.py, and anything unexpected
+falls back to the awaited callback.
 
 It never owns state and never blocks a writer: the queue is bounded with
 drop-oldest (counted), each step writes at most ``batch_limit`` values and then
@@ -19,15 +43,28 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from asyncua import ua
+from asyncua.server.monitored_item_service import MonitoredItemService
 
-from controller.process_image import ChangeQueue, Tag, TagValue
+from controller.process_image import ChangeQueue, Quality, Tag, TagValue
 
 from .model import VarEntry
 from .quality import data_value
 
 _log = logging.getLogger(__name__)
+
+_DATACHANGE = MonitoredItemService.datachange_callback
+_is_data_changed = MonitoredItemService._is_data_changed
+_DISABLED = ua.MonitoringMode.Disabled
+_STATUS_VALUE = ua.DataChangeTrigger.StatusValue
+_GOOD = Quality.GOOD
+_GOOD_STATUS = ua.StatusCode(ua.StatusCodes.Good)
+_DOUBLE = ua.VariantType.Double
+_new = object.__new__
+_fromtimestamp = datetime.fromtimestamp
 
 
 @dataclass(slots=True)
@@ -39,6 +76,44 @@ class PublisherStats:
     batches: int = 0
     last_batch_latency_s: float = 0.0  # change → written, for the oldest change in a batch
     last_batch_duration_s: float = 0.0
+    notified: int = 0  # values handed to monitored items (one per variable and tick/batch)
+    sampled_coalesced: int = 0  # values superseded within one sampling tick, never notified
+    samples: int = 0  # sampling ticks that had something to notify
+
+
+def _enqueue_datachange(mis: MonitoredItemService, handle: int, dv: ua.DataValue) -> bool:
+    """asyncua's ``datachange_callback`` for a good value, without awaits or copies.
+
+    Returns False (nothing done) when the subscription publishes on demand,
+    where asyncua's coroutine must run to trigger the publish.
+    """
+    isub = mis.isub
+    if isub._task is None and isub.data.RevisedPublishingInterval <= 0.0:
+        return False
+    mid = mis._monitored_datachange[handle]
+    mdata = mis._monitored_items[mid]
+    if mdata.mode == _DISABLED:
+        return True
+    mvalue = mdata.mvalue
+    mvalue.old_dvalue = mvalue.current_dvalue
+    mvalue.current_dvalue = dv
+    flt = mdata.filter
+    if flt:
+        passed = _is_data_changed(mvalue, flt.Trigger) and mis._is_deadband_exceeded(mvalue, flt)
+    else:
+        passed = _is_data_changed(mvalue, _STATUS_VALUE)
+    if passed:
+        event = ua.MonitoredItemNotification(ClientHandle=mdata.client_handle, Value=dv)
+        queue = isub._triggered_datachanges
+        items = queue.get(mid)
+        if items is None:
+            queue[mid] = [event]
+        else:
+            size = mdata.queue_size
+            if size != 0 and len(items) >= size:
+                items.pop(0)
+            items.append(event)
+    return True
 
 
 class Publisher:
@@ -51,6 +126,7 @@ class Publisher:
         history: Callable[[str, ua.DataValue], None] | None = None,
         historized: set[str] | None = None,
         on_unknown: Callable[[], None] | None = None,
+        sampling_interval_s: float = 0.0,
     ) -> None:
         self.queue = queue
         self.variables = variables
@@ -58,8 +134,12 @@ class Publisher:
         self.history = history
         self.historized = historized if historized is not None else set()
         self.on_unknown = on_unknown
+        self.sampling_interval_s = sampling_interval_s
         self.stats = PublisherStats()
         self._task: asyncio.Task[None] | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        # Variables written since the last sampling tick that have monitored items.
+        self._dirty: dict[str, Any] = {}
 
     @property
     def dropped(self) -> int:
@@ -68,13 +148,17 @@ class Publisher:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self.run(), name="opcua-publisher")
+        if self.sampling_interval_s > 0 and self._sampler is None:
+            self._sampler = asyncio.create_task(self._sample_loop(), name="opcua-sampler")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for name in ("_task", "_sampler"):
+            task = getattr(self, name)
+            setattr(self, name, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def run(self) -> None:
         while True:
@@ -93,6 +177,8 @@ class Publisher:
         stats.coalesced += len(batch) - len(latest)
         variables = self.variables
         history, historized = self.history, self.historized
+        sampled = self.sampling_interval_s > 0
+        dirty = self._dirty
         oldest = batch[0][1].server_time if batch else time.time()
         written = 0
         for name, tv in latest.items():
@@ -104,25 +190,90 @@ class Publisher:
                 if self.on_unknown is not None:
                     self.on_unknown()
                 continue
-            try:
-                dv = data_value(tv, entry.vtype)
-            except (TypeError, ValueError, OverflowError):
-                stats.errors += 1
-                dv = ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadTypeMismatch))
+            value = tv.value
+            if tv.quality is _GOOD and type(value) is float and entry.vtype is _DOUBLE:
+                # Most of a plant's values: skip the generic conversion (Variant's
+                # type guessing and checks cost more than the rest of a write).
+                variant = _new(ua.Variant)
+                variant.Value = value
+                variant.VariantType = _DOUBLE
+                variant.Dimensions = None
+                variant.is_array = False
+                source = _fromtimestamp(tv.source_time, UTC)
+                server = (
+                    source
+                    if tv.server_time == tv.source_time
+                    else _fromtimestamp(tv.server_time, UTC)
+                )
+                dv = ua.DataValue(
+                    variant, _GOOD_STATUS, SourceTimestamp=source, ServerTimestamp=server
+                )
+            else:
+                try:
+                    dv = data_value(tv, entry.vtype)
+                except (TypeError, ValueError, OverflowError):
+                    stats.errors += 1
+                    dv = ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadTypeMismatch))
             attr = entry.attr
             attr.value = dv
             if history is not None and name in historized:
                 history(name, dv)
-            callbacks = attr.datachange_callbacks
-            if callbacks:
-                for handle, callback in list(callbacks.items()):
-                    try:
-                        await callback(handle, dv)
-                    except Exception:
-                        _log.exception("data-change callback failed for %s", name)
+            if attr.datachange_callbacks:
+                if sampled:
+                    if name in dirty:
+                        stats.sampled_coalesced += 1
+                    dirty[name] = attr
+                else:
+                    await self._notify(name, attr, dv)
             written += 1
         stats.published += written
         stats.batches += 1
         stats.last_batch_duration_s = time.perf_counter() - started
         stats.last_batch_latency_s = max(0.0, time.time() - oldest)
         return written
+
+    async def sample(self) -> int:
+        """Feed monitored items the current value of every variable written since
+        the last tick; returns how many variables were notified."""
+        dirty, self._dirty = self._dirty, {}
+        count = 0
+        for name, attr in dirty.items():
+            # The value now in the address space: the latest, whatever came before.
+            await self._notify(name, attr, attr.value)
+            count += 1
+            if count % self.batch_limit == 0:
+                await asyncio.sleep(0)  # a long tick must not hold up client I/O
+        if count:
+            self.stats.samples += 1
+        return count
+
+    async def _sample_loop(self) -> None:
+        interval = self.sampling_interval_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            # Absolute deadlines: a slow tick delays the next one, never shifts all.
+            deadline = max(deadline + interval, loop.time())
+            await asyncio.sleep(deadline - loop.time())
+            try:
+                await self.sample()
+            except Exception:
+                _log.exception("sampling tick failed")
+
+    async def _notify(self, name: str, attr: Any, dv: ua.DataValue) -> None:
+        """Run the attribute's data-change callbacks for ``dv``."""
+        callbacks = attr.datachange_callbacks
+        if not callbacks:
+            return
+        self.stats.notified += 1
+        for handle, callback in list(callbacks.items()):
+            try:
+                if (
+                    getattr(callback, "__func__", None) is _DATACHANGE
+                    and type(callback.__self__) is MonitoredItemService
+                    and _enqueue_datachange(callback.__self__, handle, dv)
+                ):
+                    continue
+                await callback(handle, dv)
+            except Exception:
+                _log.exception("data-change callback failed for %s", name)

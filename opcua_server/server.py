@@ -233,6 +233,7 @@ class OpcUaServer:
             history=self.history.record if self.history is not None else None,
             historized=self._builder.historized,
             on_unknown=self._late_kick.set,
+            sampling_interval_s=cfg.sampling_interval_ms / 1000,
         )
         self._publisher.start()
         if self.history is not None:
@@ -271,6 +272,8 @@ class OpcUaServer:
             "queue_length": len(queue) if queue is not None else 0,
             "published": pub.stats.published if pub else 0,
             "coalesced": pub.stats.coalesced if pub else 0,
+            "notified": pub.stats.notified if pub else 0,
+            "sampled_coalesced": pub.stats.sampled_coalesced if pub else 0,
             "unknown_tags": pub.stats.unknown if pub else 0,
             "batches": pub.stats.batches if pub else 0,
             "last_batch_latency_s": pub.stats.last_batch_latency_s if pub else 0.0,
