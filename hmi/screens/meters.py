@@ -124,7 +124,8 @@ class MetersView(View):
         self._paths_of = {}
         for path, (meter, _key) in self._cell_of.items():
             self._paths_of.setdefault(meter, []).append(path)
-        self._fast = set()  # a new connection: the client re-creates what it was watching
+        # `_fast` is kept: the client re-creates what it watched on a new connection,
+        # and rows of a plant that changed are dropped by the next follow.
         self.refresh_rows()
         if self.selected is not None and self.selected in self.meters:
             await self._select(self.selected)
@@ -298,7 +299,7 @@ class MetersView(View):
             if drop:
                 # Rows that left the screen are no longer kept current: redraw them
                 # from the cache when they come back, not with the old text.
-                self._deferred.update(self._cell_of[p][0] for p in drop)
+                self._deferred.update(self._cell_of[p][0] for p in drop if p in self._cell_of)
                 # the detail pane still shows the selected meter's cells
                 await self.client.unwatch(p for p in drop if p not in self.detail_paths)
             if not self._fast_dirty:
