@@ -391,7 +391,14 @@ class GridClient:
         self._notify(set(self.values))
 
     async def _connect(self) -> None:
-        client = Client(self.url, timeout=self.request_timeout)
+        # asyncua's own health probe (server state read every `watchdog_intervall`,
+        # timing out after the same time) gets a request's time: at its default of
+        # 1 s, one long server step (a monitored-item batch on a 10 000-meter
+        # plant, a big publish on a loaded box) drops a live session. Our
+        # `_watch_session` probes the session too.
+        client = Client(
+            self.url, timeout=self.request_timeout, watchdog_intervall=self.request_timeout
+        )
         client.name = client.description = "gridctl HMI"
         client.application_uri = "urn:gridctl:hmi"
         client.product_uri = "urn:gridctl"
@@ -609,6 +616,7 @@ class GridClient:
         handles = [self._by_path.pop(p) for p in gone if p in self._by_path]
         for p in gone:
             self.values.pop(p, None)
+        self.stats["items"] = len(self._by_path)
         if sub is None or not handles:
             return
         server_ids = []
@@ -620,7 +628,10 @@ class GridClient:
         with contextlib.suppress(Exception):
             await sub.unsubscribe(server_ids)
 
-    async def _create_items(self, paths: set[str], chunk: int = 2000) -> None:
+    async def _create_items(self, paths: set[str], chunk: int = 500) -> None:
+        # Chunks of 500: creating an item costs the server a read and a callback;
+        # one request of thousands is a loop step of seconds there, holding up
+        # every client's publishing (and our own session probes) meanwhile.
         sub = self._sub
         if sub is None:
             return
@@ -646,6 +657,41 @@ class GridClient:
                             None, res.value, None, self.epoch, time.monotonic()
                         )
         self.stats["items"] = len(self._by_path)
+
+    async def read(self, paths: Iterable[str], chunk: int = 2000) -> None:
+        """Read the current value of ``paths`` once into the cache (listeners are told).
+
+        For what needs values that are not watched (sorting or filtering every
+        meter while only the rows on screen are subscribed). A path that is
+        watched keeps being updated by its subscription; one that is not keeps
+        this value until it is read or watched again.
+        """
+        client = self._client
+        if client is None or not self.connected:
+            return
+        ns = self.plant.namespace
+        todo = list(paths)
+        if not todo:
+            return
+        epoch = self.epoch
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            params = ua.ReadParameters()
+            for path in part:
+                rv = ua.ReadValueId()
+                rv.NodeId = ua.NodeId(path, ns)
+                rv.AttributeId = ua.AttributeIds.Value
+                params.NodesToRead.append(rv)
+            results = await client.uaclient.read(params)
+            now = time.monotonic()
+            pending = self._pending
+            for path, dv in zip(part, results, strict=True):
+                if path in pending:
+                    continue  # a notification newer than this read is waiting for the flush
+                status = dv.StatusCode.value if dv.StatusCode is not None else 0
+                value = dv.Value.Value if dv.Value is not None else None
+                self.values[path] = Reading(value, status, dv.SourceTimestamp, epoch, now)
+        self._notify(set(todo))
 
     async def _consume(self, sub: Subscription) -> None:
         handles = self._handles

@@ -3,6 +3,12 @@
 Only changed cells are redrawn (``DataTable.update_cell``); the table itself
 renders only the visible rows. Rows are re-ordered only when the operator asks
 (``s``/``r``) so the row under the cursor does not jump while values change.
+
+Only the rows on screen are subscribed, following scrolling: every monitored
+item on a value that changes costs the server work per change, and 10 000
+meters changing at 1 Hz are more than it can carry beside its other clients
+(bench/hmi.py). Sorting by a value or quality and the ``bad`` filter need every
+meter's values: they read them all once, when the operator asks.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Input, Sparkline, Static
 
 from ..client import Quality, Reading
@@ -70,6 +77,11 @@ class MetersView(View):
         self._select_task: asyncio.Task[None] | None = None
         self._index: dict[str, int] = {}  # meter -> row index in the table
         self._deferred: set[str] = set()  # rows off screen whose cells are out of date
+        self._paths_of: dict[str, list[str]] = {}  # meter -> its table cells' tag paths
+        self._fast: set[str] = set()  # cells of the rows on screen, watched at the fast rate
+        self._fast_task: asyncio.Task[None] | None = None
+        self._fast_dirty = False
+        self._refresh_task: asyncio.Task[None] | None = None
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="/ filter: address, bus, or 'bad'", id="meter-filter")
@@ -109,8 +121,12 @@ class MetersView(View):
             for m, (bus, _a) in self.meters.items()
             for key, leaf in self.columns.get(bus, {}).items()
         }
-        self.rebuild()
-        await self.client.watch(self._cell_of)
+        self._paths_of = {}
+        for path, (meter, _key) in self._cell_of.items():
+            self._paths_of.setdefault(meter, []).append(path)
+        # `_fast` is kept: the client re-creates what it watched on a new connection,
+        # and rows of a plant that changed are dropped by the next follow.
+        self.refresh_rows()
         if self.selected is not None and self.selected in self.meters:
             await self._select(self.selected)
 
@@ -176,6 +192,35 @@ class MetersView(View):
             return (1, 0.0)  # no value: always last
         return (0, r.value)
 
+    def _needs_values(self) -> bool:
+        return self.sort_key not in ("meter", "bus") or self.filter_text.strip().lower() == "bad"
+
+    def _value_paths(self) -> list[str]:
+        """The cells the order and the filter read: one column, or all for quality."""
+        if self.sort_key in COLUMN_KEYS and self.filter_text.strip().lower() != "bad":
+            key = self.sort_key
+            return [p for p, (_m, k) in self._cell_of.items() if k == key and p not in self._fast]
+        return [p for p in self._cell_of if p not in self._fast]
+
+    def refresh_rows(self) -> None:
+        """Rebuild; when the order or the filter depends on values, read them all first."""
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            self._refresh_task = None
+        if not self._needs_values():
+            self.rebuild()
+            return
+        self._refresh_task = asyncio.create_task(self._read_then_rebuild())
+
+    async def _read_then_rebuild(self) -> None:
+        try:
+            await self.client.read(self._value_paths())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # shown as it is: the order uses the values at hand
+            self.notify(f"reading the meters' values failed: {exc}", severity="warning")
+        self.rebuild()
+
     def rebuild(self) -> None:
         """Filter and sort, then refill the table (used on filter/sort and connect)."""
         needle = self.filter_text.strip().lower()
@@ -193,6 +238,7 @@ class MetersView(View):
         if self.selected in self.shown:
             table.move_cursor(row=self.shown.index(self.selected), animate=False)
         self._status()
+        self._follow_screen()
 
     def _status(self) -> None:
         arrow = "↓" if self.sort_reverse else "↑"
@@ -215,12 +261,56 @@ class MetersView(View):
 
     def activate(self) -> None:
         super().activate()
-        self.call_after_refresh(self._scrolled)
+        self.call_after_refresh(self._on_screen)
 
     def on_resize(self) -> None:
-        self.call_after_refresh(self._scrolled)
+        self.call_after_refresh(self._on_screen)
+
+    def _on_screen(self) -> None:
+        self._follow_screen()
+        self._redraw_deferred()
+
+    def _follow_screen(self, settle: float = 0.0) -> None:
+        """Watch the rows on screen (after ``settle`` s: scrolling settles first)."""
+        if self._fast_task is None or self._fast_task.done():
+            self._fast_task = asyncio.create_task(self._update_fast(settle))
+        else:
+            self._fast_dirty = True
+
+    async def _update_fast(self, settle: float) -> None:
+        if settle:
+            await asyncio.sleep(settle)
+        while True:
+            self._fast_dirty = False
+            try:
+                visible = self._visible()
+            except NoMatches:  # the view is gone (the app is closing)
+                return
+            shown = self.shown
+            want = {
+                p
+                for i in range(max(0, visible.start), min(len(shown), visible.stop))
+                for p in self._paths_of.get(shown[i], ())
+            }
+            add, drop = want - self._fast, self._fast - want
+            self._fast = want
+            if add:
+                await self.client.watch(add)
+            if drop:
+                # Rows that left the screen are no longer kept current: redraw them
+                # from the cache when they come back, not with the old text.
+                self._deferred.update(self._cell_of[p][0] for p in drop if p in self._cell_of)
+                # the detail pane still shows the selected meter's cells
+                await self.client.unwatch(p for p in drop if p not in self.detail_paths)
+            if not self._fast_dirty:
+                return
 
     def _scrolled(self) -> None:
+        # scrolling through rows must not subscribe to each row it passes
+        self._follow_screen(settle=0.1)
+        self._redraw_deferred()
+
+    def _redraw_deferred(self) -> None:
         if not self._deferred:
             return
         table = self.query_one("#meter-table", DataTable)
@@ -278,7 +368,7 @@ class MetersView(View):
     @on(Input.Changed, "#meter-filter")
     def _filter_changed(self, event: Input.Changed) -> None:
         self.filter_text = event.value
-        self.rebuild()
+        self.refresh_rows()
 
     @on(Input.Submitted, "#meter-filter")
     def _filter_done(self, _event: Input.Submitted) -> None:
@@ -286,11 +376,11 @@ class MetersView(View):
 
     def action_sort(self) -> None:
         self.sort_key = SORT_KEYS[(SORT_KEYS.index(self.sort_key) + 1) % len(SORT_KEYS)]
-        self.rebuild()
+        self.refresh_rows()
 
     def action_reverse(self) -> None:
         self.sort_reverse = not self.sort_reverse
-        self.rebuild()
+        self.refresh_rows()
 
     # -- detail --------------------------------------------------------------------
     @on(DataTable.RowHighlighted, "#meter-table")
@@ -305,7 +395,7 @@ class MetersView(View):
     async def _select(self, meter: str) -> None:
         # A short pause: scrolling through rows must not subscribe to each of them.
         await asyncio.sleep(0.15)
-        old = [p for p in self.detail_paths if p not in self._cell_of]
+        old = [p for p in self.detail_paths if p not in self._fast]
         self.selected = meter
         self.trend.clear()
         names = [n for n, _i, cls in await self.client.browse(meter) if cls == 2]

@@ -55,6 +55,8 @@ async def test_snapshots_main_screens(plant):
         check("overview", screen_text(app))
         await pilot.press("2")
         await wait_for(pilot, lambda: "frequency" in screen_text(app))
+        # the table subscribes the rows on screen when it is shown
+        await wait_for(pilot, lambda: "7.400" in screen_text(app))
         await pilot.pause(0.3)
         check("meters", screen_text(app))
         await pilot.press("3")
