@@ -76,6 +76,8 @@ class Sources:
     image: Any = None  # controller.process_image.ProcessImage
     queues: Callable[[], Iterable[Any]] = lambda: ()  # objects with name, maxsize, dropped, len()
     gc: Callable[[], Any] = lambda: None  # controller.gc_pacing.QuietGc when running
+    # opcua_server.server_process.OpcUaServerProcess when the server runs in its own process
+    opcua_process: Callable[[], Any] = lambda: None
     info: dict[str, str] = field(default_factory=dict)
 
 
@@ -100,6 +102,7 @@ class GridCollector(Collector):
         yield from self._queues()
         yield from self._image()
         yield from self._gc()
+        yield from self._opcua_process()
         rt = self.render_time
         g = GaugeMetricFamily(
             "gridctl_metrics_render_max_seconds", "Longest metrics rendering (recent window)"
@@ -172,6 +175,61 @@ class GridCollector(Collector):
         )
         h.add_metric([], _hist_buckets(s), s.total)
         yield h
+
+    # -- OPC UA server process and its feed --------------------------------------------------
+    def _opcua_process(self) -> Iterator[Metric]:
+        proc = self.sources.opcua_process()
+        if proc is None:
+            return
+        up = GaugeMetricFamily("gridctl_opcua_server_up", "The OPC UA server process is running")
+        up.add_metric([], 1.0 if proc.alive() else 0.0)
+        yield up
+        restarts = CounterMetricFamily(
+            "gridctl_opcua_server_restarts", "OPC UA server process restarts"
+        )
+        restarts.add_metric([], proc.restarts)
+        yield restarts
+        feed = proc.feed
+        c = feed.counters
+        for name, value, doc in (
+            ("changes_sent", c.changes_sent, "Image changes sent to the server process"),
+            ("frames_sent", c.frames_sent, "Frames sent to the server process"),
+            ("dropped_changes", c.dropped, "Changes lost at the full image subscription"),
+            ("coalesced_changes", c.coalesced, "Older changes superseded while the server lagged"),
+            ("resyncs", c.resyncs, "Full re-syncs of the server's mirror after drops"),
+        ):
+            m = CounterMetricFamily(f"gridctl_opcua_feed_{name}", doc)
+            m.add_metric([], value)
+            yield m
+        stats = feed.stats()
+        q = GaugeMetricFamily("gridctl_opcua_feed_queue_changes", "Changes waiting to be sent")
+        q.add_metric([], stats.get("queue_length", 0))
+        yield q
+        b = GaugeMetricFamily("gridctl_opcua_feed_buffered_bytes", "Bytes in the channel buffer")
+        b.add_metric([], stats.get("buffered_bytes", 0))
+        yield b
+        server = feed.server_stats  # the server process's own counters (every 0.5 s)
+        if not server:
+            return
+        for key, name, doc in (
+            ("published", "values_written", "Values written into the address space"),
+            ("notified", "values_notified", "Values handed to monitored items"),
+        ):
+            if key in server:
+                m = CounterMetricFamily(f"gridctl_opcua_{name}", doc)
+                m.add_metric([], server[key])
+                yield m
+        if "last_batch_latency_s" in server:
+            lat = GaugeMetricFamily(
+                "gridctl_opcua_publish_latency_seconds",
+                "Image change to address-space write, oldest change of the last batch",
+            )
+            lat.add_metric([], server["last_batch_latency_s"])
+            yield lat
+        if "rss_bytes" in server:
+            rss = GaugeMetricFamily("gridctl_opcua_server_rss_bytes", "Server process memory")
+            rss.add_metric([], server["rss_bytes"])
+            yield rss
 
     # -- buses ------------------------------------------------------------------------------
     def _buses(self) -> Iterator[Metric]:

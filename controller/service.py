@@ -207,6 +207,9 @@ class Service:
                     journal=self.journal,
                     image=self.image,
                     gc=lambda: self.gc,
+                    opcua_process=lambda: (
+                        self.opcua if isinstance(self.opcua, OpcUaServerProcess) else None
+                    ),
                     info={"name": cfg.service.name, "version": _version()},
                 )
             )

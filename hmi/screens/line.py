@@ -88,9 +88,10 @@ def station_now(
 ) -> StationNow:
     """What a station shows; a Bad state is "no data", never a guess.
 
-    The line does not clear a station's tags when a batch starts, and an
-    unchanged value is not published again: a verdict tag whose timestamp is
-    older than the batch may be the previous meter's. The verdict is taken
+    The line clears a station's tags when a batch starts, but a client that
+    connects mid-batch, or a batch resumed after a restart, can still show a
+    value from before the batch start: a verdict tag whose timestamp is older
+    than the batch may be the previous meter's. The verdict is taken
     from the tag only when it was written in this batch, else from the
     station's state ("boxed: pass"), else it is pending.
     """

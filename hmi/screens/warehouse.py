@@ -53,13 +53,15 @@ SLOT_CODES: dict[str, tuple[str, str, str]] = {
 }
 OCCUPIED_CODES = frozenset("UQX")
 MAP_BAND = 46  # characters of rack rows drawn side by side before the next band
-# (kind, what its items are). inbound and qualified_return take structured
-# parameters that CreateOrder(kind, items, reason) cannot carry.
+# (kind, what its items are). inbound takes structured parameters that
+# CreateOrder(kind, items, reason) cannot carry; the line feed creates the
+# qualified-return orders itself.
 ORDER_KINDS: tuple[tuple[str, str], ...] = (
     ("outbound_verification", "items: batch id, number of boxes"),
     ("distribution_outbound", "items: district, number of boxes"),
     ("inventory_count", "items: slot codes, e.g. R01-B001-L01"),
     ("relocation", "items: box barcode [, target slot]"),
+    ("rejected_outbound", "items: number of rejected boxes"),
 )
 ORDER_REASON = re.compile(r"^order (\d+)(?: (\w+))?(?::\s*(.*))?$")
 
@@ -383,7 +385,7 @@ class WarehouseView(View):
             FormField("items", "Items (comma separated)", placeholder="e.g. B-0001, 2"),
         ]
         note = Text(
-            "inbound and qualified_return orders take parameters this form cannot send.",
+            "inbound orders take parameters this form cannot send.",
             style="dim",
         )
         self.app.push_screen(

@@ -336,6 +336,16 @@ def test_service_survives_a_killed_server_process_and_its_child_follows_it(servi
     (down,) = [a for a in alarms if a["id"] == DOWN]
     assert not down["acknowledged"] and down["severity"] == 700, down
     assert down["message"] == "OPC UA server process restarted", down
+    # The feed and the server's own counters reach Prometheus.
+    deadline = time.monotonic() + 10
+    while "gridctl_opcua_values_written_total" not in scrape(port):
+        assert time.monotonic() < deadline, "server counters never reached /metrics"
+        time.sleep(0.5)
+    text = scrape(port)
+    assert metric(text, "gridctl_opcua_server_restarts_total") == 1
+    assert metric(text, "gridctl_opcua_server_up") == 1
+    assert metric(text, "gridctl_opcua_feed_changes_sent_total") > 0
+    assert metric(text, "gridctl_opcua_values_written_total") > 0
 
     # The controller dies without a chance to stop anything: its server process follows.
     service.proc.kill()
