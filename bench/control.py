@@ -39,7 +39,8 @@ from controller.loads.config import LoadsConfig  # noqa: E402
 from controller.loads.switching import MeterRelay, SwitchingExecutor, actuators_for  # noqa: E402
 from controller.process_image import ProcessImage  # noqa: E402
 from drivers.bus_owner import LANES  # noqa: E402
-from drivers.config import load_field_config  # noqa: E402
+from drivers.config import PollItem, load_field_config  # noqa: E402
+from drivers.dlt645_bus import STATUS_WORD_3, plan_item  # noqa: E402
 from drivers.plant import FieldPlant  # noqa: E402
 from drivers.sim.launch import start_simulator  # noqa: E402
 
@@ -81,6 +82,9 @@ response_delay_s = {DELAY_S}
     return path
 
 
+STATUS_PLAN = plan_item(PollItem(di=STATUS_WORD_3))
+
+
 class FifoRelay(MeterRelay):
     """The same frames (1C + read-back in one job), queued on the cyclic lane behind the polls."""
 
@@ -89,20 +93,15 @@ class FifoRelay(MeterRelay):
 
         from controller.loads.switching import N1
 
-        bus, meter = self.bus, self.bus.meters[self.address]
+        bus = self.bus
+        meter = bus.meters[self.address]
+        until = dt.datetime.fromtimestamp(valid_until)
 
         async def action() -> None:
-            await bus.client.control(
-                self.address,
-                N1[kind],
-                dt.datetime.fromtimestamp(valid_until),
-                password_level=meter.password_level,
-                password=meter.password,
-                operator=meter.operator,
-            )
+            await bus._send_control(self.address, meter, N1[kind], until)
             # the read-back in the same job, as the control-lane path does
-            raw = await bus.client.read(self.address, self.STATUS3, retries=0)
-            bus._store(self.address, self._plan, raw, bus.wall())
+            raw = await bus.client.read(self.address, STATUS_WORD_3, retries=0)
+            bus._store(self.address, STATUS_PLAN, raw, bus.wall())
 
         await bus._submit_oneshot(LANES["cyclic"], self.address, action)
         return self.known()
@@ -111,8 +110,8 @@ class FifoRelay(MeterRelay):
         bus = self.bus
 
         async def action() -> None:
-            raw = await bus.client.read(self.address, self.STATUS3)
-            bus._store(self.address, self._plan, raw, bus.wall())
+            raw = await bus.client.read(self.address, STATUS_WORD_3)
+            bus._store(self.address, STATUS_PLAN, raw, bus.wall())
 
         await bus._submit_oneshot(LANES["cyclic"], self.address, action)
         return self.known()
