@@ -14,7 +14,8 @@ the two one after the other and prints the ratios between them.
 
     python bench/cycle.py [--cycles 60000] [--opcua separate|inline|both]
                           [--opcua-clients 1] [--metrics-server asyncio|thread] [--spin-us N]
-                          [--hold-us N] [--gc quiet|automatic] [--realtime-priority N]
+                          [--hold-us N] [--gc quiet|automatic] [--timer timerfd|loop]
+                          [--realtime-priority N]
 """
 
 from __future__ import annotations
@@ -130,6 +131,8 @@ async def run_mode(args: argparse.Namespace, mode: str) -> Result:
         tasks["fast_hold_us"] = args.hold_us
     if args.gc is not None:
         tasks["gc"] = args.gc
+    if args.timer is not None:
+        tasks["timer"] = args.timer
     if args.realtime_priority is not None:
         tasks["realtime_priority"] = args.realtime_priority
     cfg = cfg.model_copy(
@@ -178,7 +181,7 @@ async def run_mode(args: argparse.Namespace, mode: str) -> Result:
     print(
         f"[{mode}] running {args.cycles} cycles of {period * 1000:g} ms "
         f"(~{args.cycles * period:.0f} s), spin {service.fast.spin * 1e6:.0f} µs, "
-        f"hold {service.fast.hold * 1e6:.0f} µs, gc {cfg.tasks.gc}, "
+        f"hold {service.fast.hold * 1e6:.0f} µs, timer {cfg.tasks.timer}, gc {cfg.tasks.gc}, "
         f"OPC UA {mode} with {len(clients)} subscribed client(s) on {len(json.loads(names.read_text()))} tags, "
         f"metrics server {args.metrics_server}, "
         f"SCHED_FIFO {cfg.tasks.realtime_priority or 'off'}, field plant "
@@ -273,6 +276,7 @@ def main() -> int:
     p.add_argument("--spin-us", type=int, default=None)
     p.add_argument("--hold-us", type=int, default=None, help="busy-wait before each deadline")
     p.add_argument("--gc", choices=("quiet", "automatic"), default=None)
+    p.add_argument("--timer", choices=("timerfd", "loop"), default=None, help="coarse sleep")
     p.add_argument(
         "--realtime-priority", type=int, default=None, help="SCHED_FIFO priority (0 = normal)"
     )

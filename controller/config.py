@@ -65,8 +65,12 @@ class TasksConfig(_Strict):
     """``[tasks]``: the cyclic tasks (IEC 61131-3 style, absolute deadlines)."""
 
     fast_period_ms: int = Field(default=10, ge=1, le=1000)
+    # The coarse sleep before the spin: "timerfd" (Linux) wakes within
+    # microseconds of the time asked, so the spin can be short; "loop" uses the
+    # event loop's timers (1 ms resolution: keep the spin at 2000 µs or more).
+    timer: Literal["timerfd", "loop"] = "timerfd"
     # Yield-spin budget before each deadline (coarse sleep until then).
-    fast_spin_us: int = Field(default=2000, ge=0, le=100_000)
+    fast_spin_us: int = Field(default=500, ge=0, le=100_000)
     # The last part of the spin that does not yield the loop (a busy-wait): a
     # callback shorter than this that starts during the spin cannot make the task
     # late. Costs hold/period of a core (300 µs per 10 ms = 3 %).

@@ -36,11 +36,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from controller import deadline_timer
 from controller.alarms import AlarmEngine
 from controller.command_router import CommandRouter
 from controller.commands import Command, CommandLog, Resolution
 from controller.config import DEFAULT_CONFIG, ConfigError, GridConfig, load_config
 from controller.cycle import CycleTask
+from controller.deadline_timer import DeadlineTimer
 from controller.gc_pacing import QuietGc
 from controller.journal import Journal
 from controller.metrics import MetricsServer, Sources, make_registry
@@ -76,12 +78,14 @@ class Service:
         self.commands = CommandLog(self.journal)
         self.alarms = AlarmEngine(self.journal)
         t = config.tasks
+        self._timers: list[DeadlineTimer] = []
         self.fast = CycleTask(
             "fast",
             t.fast_period_ms / 1000,
             spin_s=t.fast_spin_us / 1e6,
             hold_s=t.fast_hold_us / 1e6,
             window=t.stats_window,
+            sleep=self._coarse_sleep(t.timer),
         )
         self.control = CycleTask(
             "control",
@@ -89,6 +93,7 @@ class Service:
             spin_s=t.control_spin_us / 1e6,
             hold_s=t.control_hold_us / 1e6,
             window=t.stats_window,
+            sleep=self._coarse_sleep(t.timer),
         )
         self.gc: QuietGc | None = None
         self.tasks = (self.fast, self.control)
@@ -251,9 +256,10 @@ class Service:
             )
             self.gc.start()
         log.info(
-            "tasks ready: fast %g ms (spin %d µs, hold %d µs), control %g ms (spin %d µs), "
-            "overrun policy %s",
+            "tasks ready: fast %g ms (%s timer, spin %d µs, hold %d µs), control %g ms "
+            "(spin %d µs), overrun policy %s",
             self.fast.period * 1000,
+            "timerfd" if self._timers else "loop",
             cfg.tasks.fast_spin_us,
             cfg.tasks.fast_hold_us,
             self.control.period * 1000,
@@ -283,6 +289,21 @@ class Service:
             )
             return
         log.info("scheduling: SCHED_FIFO priority %d for the loop thread", prio)
+
+    def _coarse_sleep(self, kind: str) -> Callable[[float], Any]:
+        """One timerfd per task where asked and available, else the loop's timers."""
+        if kind == "timerfd":
+            if deadline_timer.available():
+                try:
+                    timer = DeadlineTimer()
+                except OSError as exc:
+                    log.warning("tasks.timer: timerfd refused (%s); using the loop's timers", exc)
+                else:
+                    self._timers.append(timer)
+                    return timer.sleep
+            else:
+                log.warning("tasks.timer: no timerfd on this platform; using the loop's timers")
+        return asyncio.sleep
 
     def bus_snapshots(self) -> list[Any]:
         return list(self.plant.snapshot()) if self.plant is not None else []
@@ -438,6 +459,8 @@ class Service:
             await step("gc pacing", self.gc.stop())
         for task in self.tasks:
             await step(f"task {task.name}", task.stop())
+        for timer in self._timers:
+            timer.close()
         for name, action in self._safe_state:
             await step(f"safe state {name}", _call(action))
         log.info("outputs: %d safe-state actions run", len(self._safe_state))

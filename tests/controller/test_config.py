@@ -21,7 +21,7 @@ BAD_CONFIGS = [
             "tasks.fast_perod_ms: unknown key (allowed: control_hold_us, control_period_ms, "
             "control_spin_us, fast_hold_us, fast_period_ms, fast_spin_us, gc, "
             "gc_backstop_threshold, gc_freeze, gc_young_threshold, gil_switch_interval_us, "
-            "overrun, realtime_priority, stats_window)"
+            "overrun, realtime_priority, stats_window, timer)"
         ],
     ),
     (
