@@ -527,13 +527,7 @@ class GridClient:
         return members
 
     async def _exists(self, client: Client, paths: Sequence[str], ns: int) -> list[bool]:
-        params = ua.ReadParameters()
-        for path in paths:
-            rv = ua.ReadValueId()
-            rv.NodeId = ua.NodeId(path, ns)
-            rv.AttributeId = ua.AttributeIds.NodeClass
-            params.NodesToRead.append(rv)
-        results = await client.uaclient.read(params)
+        results = await client.uaclient.read(_read_params(paths, ns, ua.AttributeIds.NodeClass))
         return [r.StatusCode.is_good() for r in results]
 
     async def _discover(self, client: Client, ns: int) -> Plant:
@@ -676,13 +670,7 @@ class GridClient:
         epoch = self.epoch
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
-            params = ua.ReadParameters()
-            for path in part:
-                rv = ua.ReadValueId()
-                rv.NodeId = ua.NodeId(path, ns)
-                rv.AttributeId = ua.AttributeIds.Value
-                params.NodesToRead.append(rv)
-            results = await client.uaclient.read(params)
+            results = await client.uaclient.read(_read_params(part, ns, ua.AttributeIds.Value))
             now = time.monotonic()
             pending = self._pending
             for path, dv in zip(part, results, strict=True):
@@ -806,3 +794,14 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     text = str(exc) or type(exc).__name__
     return text[:80]
+
+
+def _read_params(paths: Sequence[str], ns: int, attribute: int) -> ua.ReadParameters:
+    """One Read request for ``attribute`` of every node named by ``paths`` (string ids in ``ns``)."""
+    params = ua.ReadParameters()
+    for path in paths:
+        rv = ua.ReadValueId()
+        rv.NodeId = ua.NodeId(path, ns)
+        rv.AttributeId = attribute
+        params.NodesToRead.append(rv)
+    return params
