@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 
 class Quality(IntEnum):
@@ -51,12 +51,19 @@ class TagError(KeyError):
         return str(self.args[0]) if self.args else "tag error"
 
 
-class ChangeQueue:
+Change = TypeVar("Change")
+TagChange = tuple[Tag, TagValue]
+
+
+class ChangeQueue(Generic[Change]):
     """Bounded queue of tag changes for one publisher.
 
     Overflow policy: drop the oldest change and count it. Publishers that need
     the latest state can always re-read the image; what a drop loses is only
     an intermediate value, never the current one.
+
+    The image queues ``(Tag, TagValue)`` pairs; the OPC UA server process's
+    mirror queues the feed's rows as they arrive (see opcua_server.process).
     """
 
     def __init__(self, name: str, maxsize: int) -> None:
@@ -65,20 +72,33 @@ class ChangeQueue:
         self.name = name
         self.maxsize = maxsize
         self.dropped = 0
-        self._items: deque[tuple[Tag, TagValue]] = deque()
+        self._items: deque[Change] = deque()
         self._event = asyncio.Event()
 
     def put(self, tag: Tag, value: TagValue) -> None:
         if len(self._items) >= self.maxsize:
             self._items.popleft()
             self.dropped += 1
-        self._items.append((tag, value))
+        self._items.append((tag, value))  # type: ignore[arg-type]
+        self._event.set()
+
+    def put_many(self, changes: list[Change]) -> None:
+        """Queue changes in order; the oldest beyond ``maxsize`` are dropped (counted)."""
+        if not changes:
+            return
+        items = self._items
+        items.extend(changes)
+        over = len(items) - self.maxsize
+        if over > 0:
+            for _ in range(over):
+                items.popleft()
+            self.dropped += over
         self._event.set()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def drain(self, limit: int | None = None) -> list[tuple[Tag, TagValue]]:
+    def drain(self, limit: int | None = None) -> list[Change]:
         """Take up to ``limit`` queued changes (all when None) without waiting."""
         items = self._items
         if limit is None or limit >= len(items):
@@ -90,7 +110,7 @@ class ChangeQueue:
             self._event.clear()
         return out
 
-    async def get_batch(self, limit: int | None = None) -> list[tuple[Tag, TagValue]]:
+    async def get_batch(self, limit: int | None = None) -> list[Change]:
         """Wait until something is queued, then drain."""
         while not self._items:
             self._event.clear()
@@ -102,7 +122,7 @@ class ProcessImage:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._tags: dict[str, Tag] = {}
-        self._subscribers: list[ChangeQueue] = []
+        self._subscribers: list[ChangeQueue[TagChange]] = []
         self.writes = 0
 
     # -- definition ---------------------------------------------------------
@@ -178,14 +198,14 @@ class ProcessImage:
         return changed
 
     # -- publishers -----------------------------------------------------------
-    def subscribe(self, name: str, maxsize: int = 10_000) -> ChangeQueue:
-        queue = ChangeQueue(name, maxsize)
+    def subscribe(self, name: str, maxsize: int = 10_000) -> ChangeQueue[TagChange]:
+        queue: ChangeQueue[TagChange] = ChangeQueue(name, maxsize)
         self._subscribers.append(queue)
         return queue
 
-    def unsubscribe(self, queue: ChangeQueue) -> None:
+    def unsubscribe(self, queue: ChangeQueue[Any]) -> None:
         self._subscribers.remove(queue)
 
     @property
-    def subscribers(self) -> tuple[ChangeQueue, ...]:
+    def subscribers(self) -> tuple[ChangeQueue[TagChange], ...]:
         return tuple(self._subscribers)

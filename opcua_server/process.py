@@ -29,7 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from controller.process_image import ProcessImage, Quality, TagValue
+from controller.process_image import ChangeQueue, ProcessImage, Quality, TagValue
 from drivers.bus_stats import BusSnapshot
 
 from .channel import ChannelError, FrameDecoder, encode, raise_error
@@ -66,68 +66,73 @@ STATS_KEYS = (
 
 
 class MirrorImage(ProcessImage):
-    """A process image written only from the controller's change batches.
+    """The controller's tags, written only from the feed's frames.
 
-    Values keep the controller's server timestamps (the publisher's batch
-    latency is measured from the controller's write, channel included).
+    Until the OPC UA server subscribes, a row sets its tag's current value (the
+    model is built from them). Once it has, the rows of a ``changes`` frame go
+    to its queue as they came, one deque extend per frame: the address space is
+    where their values land, so the mirror keeps a current value only for a
+    tag the model does not have yet (:meth:`keep`, called by the publisher),
+    for the model to add it with.
     """
 
     def __init__(self) -> None:
-        self._server_time = time.time()
-        super().__init__(clock=lambda: self._server_time)
+        super().__init__()
         self.names: dict[int, str] = {}
+        self._rows: ChangeQueue[Sequence[Any]] | None = None
+
+    def subscribe(self, name: str, maxsize: int = 10_000) -> ChangeQueue[Any]:
+        if self._rows is not None:
+            raise ValueError(f"{name}: the mirror feeds one subscriber, the OPC UA server")
+        self._rows = ChangeQueue(name, maxsize)
+        return self._rows
+
+    def unsubscribe(self, queue: ChangeQueue[Any]) -> None:
+        if queue is not self._rows:
+            raise ValueError(f"{queue.name}: not subscribed to the mirror")
+        self._rows = None
 
     def define_row(self, row: Sequence[Any]) -> None:
         ident, name, unit, description, value, quality, reason, source, server = row
-        self._server_time = server
         self.define(name, unit, description)
         self.names[ident] = name
-        self._apply(name, value, quality, reason, source, server)
-
-    def apply_row(self, row: Sequence[Any]) -> None:
-        ident, value, quality, reason, source, server = row
-        name = self.names.get(ident)
-        if name is None:
-            raise ChannelError(f"change for tag id {ident}, which was never defined")
-        self._apply(name, value, quality, reason, source, server)
+        change = (ident, value, quality, reason, source, server)
+        if self._rows is None:
+            self.keep(change)
+        else:
+            # A tag defined after the model (or a resync): its value reaches the
+            # address space in order with the changes around it.
+            self._rows.put_many([change])
+        self.writes += 1
 
     def apply_rows(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Apply one ``changes`` frame: :meth:`apply_row` for each row, in order.
-
-        This is the server process's hot path (every value of the plant passes
-        here), so it does what :meth:`ProcessImage.write` does without the
-        per-row clock swap, tag lookup by name and enum conversion.
-        """
+        """Apply one ``changes`` frame, in order."""
         names = self.names
-        tags = self._tags
-        subscribers = self._subscribers
-        qualities = _QUALITIES
-        for ident, value, quality, reason, source, server in rows:
-            name = names.get(ident)
-            if name is None:
-                raise ChannelError(f"change for tag id {ident}, which was never defined")
-            tag = tags[name]
-            old = tag.current
-            q = qualities[quality]
-            new = TagValue(value, q, reason, source, server)
-            tag.current = new
-            if old.value == value and old.quality is q and old.reason == reason:
-                continue
-            for queue in subscribers:
-                queue.put(tag, new)
+        for row in rows:
+            if len(row) != 6 or row[0] not in names:
+                raise ChannelError(
+                    f"change for tag id {row[0]}, which was never defined"
+                    if len(row) == 6
+                    else f"change row of {len(row)} fields (expected 6: id, value, "
+                    "quality, reason, source_time, server_time)"
+                )
+        queue = self._rows
+        if queue is not None:
+            queue.put_many(list(rows))
+        else:
+            for row in rows:
+                self.keep(row)
         self.writes += len(rows)
-        if rows:
-            self._server_time = rows[-1][5]
+
+    def keep(self, row: Sequence[Any]) -> None:
+        """Make a row its tag's current value."""
+        ident, value, quality, reason, source, server = row
+        tag = self._tags[self.names[ident]]
+        tag.current = TagValue(value, _QUALITIES[quality], reason, source, server)
 
     def backlog(self) -> int:
-        """Changes waiting in the longest subscriber queue (the publisher's)."""
-        return max((len(q) for q in self._subscribers), default=0)
-
-    def _apply(
-        self, name: str, value: Any, quality: int, reason: str, source: float, server: float
-    ) -> None:
-        self._server_time = server
-        self.write(name, value, Quality(quality), reason, source)
+        """Changes waiting for the publisher."""
+        return len(self._rows) if self._rows is not None else 0
 
 
 class ControllerChannel:

@@ -25,10 +25,16 @@ monitored item and value. For that callback the publisher runs
 :func:`_enqueue_datachange` instead: the same trigger, deadband, monitoring
 mode and queue-size rules on asyncua's own structures, synchronously and
 without the copy (the publisher builds a new DataValue per write and never
-changes one it has handed out). Any other callback is awaited as before.
-This relies on asyncua's internal names; the pinned version (constraints.txt)
-is covered by tests/opcua_server/test_sampling.py, and anything unexpected
-falls back to the awaited callback.
+changes one it has handed out). The notifications it queues carry the
+DataValue's encoding, made once however many clients watch the variable
+(:mod:`opcua_server.publish_encoding` writes them). Any other callback is
+awaited as before. This relies on asyncua's internal names; the pinned
+version (constraints.txt) is covered by tests/opcua_server/test_sampling.py,
+and anything unexpected falls back to the awaited callback.
+
+Its queue holds the image's ``(Tag, TagValue)`` changes, or, in the server
+process, the controller feed's rows as they arrived (``rows``): there a value
+goes from the channel to the address space without a TagValue of its own.
 
 It never owns state and never blocks a writer: the queue is bounded with
 drop-oldest (counted), each step writes at most ``batch_limit`` values and then
@@ -41,17 +47,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from asyncua import ua
 from asyncua.server.monitored_item_service import MonitoredItemService
 
-from controller.process_image import ChangeQueue, Quality, Tag, TagValue
+from controller.process_image import ChangeQueue, Quality, TagValue
 
 from .model import VarEntry
+from .publish_encoding import PackedNotification, pack_data_value
 from .quality import data_value
 
 _log = logging.getLogger(__name__)
@@ -60,7 +67,6 @@ _DATACHANGE = MonitoredItemService.datachange_callback
 _is_data_changed = MonitoredItemService._is_data_changed
 _DISABLED = ua.MonitoringMode.Disabled
 _STATUS_VALUE = ua.DataChangeTrigger.StatusValue
-_GOOD = Quality.GOOD
 _GOOD_STATUS = ua.StatusCode(ua.StatusCodes.Good)
 _DOUBLE = ua.VariantType.Double
 _new = object.__new__
@@ -81,9 +87,13 @@ class PublisherStats:
     samples: int = 0  # sampling ticks that had something to notify
 
 
-def _enqueue_datachange(mis: MonitoredItemService, handle: int, dv: ua.DataValue) -> bool:
+def _enqueue_datachange(
+    mis: MonitoredItemService, handle: int, dv: ua.DataValue, packed: bytes
+) -> bool:
     """asyncua's ``datachange_callback`` for a good value, without awaits or copies.
 
+    The notification carries ``packed`` (the DataValue's encoding, made once
+    for all the items watching the variable) for the publish encoder.
     Returns False (nothing done) when the subscription publishes on demand,
     where asyncua's coroutine must run to trigger the publish.
     """
@@ -103,7 +113,7 @@ def _enqueue_datachange(mis: MonitoredItemService, handle: int, dv: ua.DataValue
     else:
         passed = _is_data_changed(mvalue, _STATUS_VALUE)
     if passed:
-        event = ua.MonitoredItemNotification(ClientHandle=mdata.client_handle, Value=dv)
+        event = PackedNotification(mdata.client_handle, dv, packed)
         queue = isub._triggered_datachanges
         items = queue.get(mid)
         if items is None:
@@ -116,10 +126,24 @@ def _enqueue_datachange(mis: MonitoredItemService, handle: int, dv: ua.DataValue
     return True
 
 
+@runtime_checkable
+class FeedRows(Protocol):
+    """A queue source whose changes are the controller feed's rows.
+
+    Rows are ``[id, value, quality, reason, source_time, server_time]``; ``names``
+    maps a row's id to its tag name, and ``keep`` takes a row for a tag the
+    model does not have yet (its current value when the model adds it).
+    """
+
+    names: Mapping[int, str]
+
+    def keep(self, row: Sequence[Any]) -> None: ...
+
+
 class Publisher:
     def __init__(
         self,
-        queue: ChangeQueue,
+        queue: ChangeQueue[Any],
         variables: dict[str, VarEntry],
         *,
         batch_limit: int = 2_000,
@@ -127,7 +151,9 @@ class Publisher:
         historized: set[str] | None = None,
         on_unknown: Callable[[], None] | None = None,
         sampling_interval_s: float = 0.0,
+        rows: FeedRows | None = None,
     ) -> None:
+        """``queue`` holds ``(Tag, TagValue)`` pairs, or feed rows when ``rows`` is given."""
         self.queue = queue
         self.variables = variables
         self.batch_limit = batch_limit
@@ -135,11 +161,15 @@ class Publisher:
         self.historized = historized if historized is not None else set()
         self.on_unknown = on_unknown
         self.sampling_interval_s = sampling_interval_s
+        self.rows = rows
         self.stats = PublisherStats()
         self._task: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
         # Variables written since the last sampling tick that have monitored items.
-        self._dirty: dict[str, Any] = {}
+        self._dirty: dict[Any, Any] = {}
+        # Row mode: row id → variable, and the ids of historized variables.
+        self._by_id: dict[int, VarEntry] = {}
+        self._historized_ids: set[int] = set()
 
     @property
     def dropped(self) -> int:
@@ -167,31 +197,43 @@ class Publisher:
             # Let the control loop (and client I/O) run between batches.
             await asyncio.sleep(0)
 
-    async def publish(self, batch: list[tuple[Tag, TagValue]]) -> int:
+    async def publish(self, batch: list[Any]) -> int:
         """Write one batch; returns how many values were written."""
         started = time.perf_counter()
         stats = self.stats
-        latest: dict[str, TagValue] = {}
-        for tag, value in batch:
-            latest[tag.name] = value
+        latest: dict[Any, Sequence[Any]]
+        if self.rows is None:
+            latest = {
+                tag.name: (
+                    tag.name,
+                    tv.value,
+                    tv.quality,
+                    tv.reason,
+                    tv.source_time,
+                    tv.server_time,
+                )
+                for tag, tv in batch
+            }
+            entries: dict[Any, VarEntry] = self.variables
+            historized: set[Any] = self.historized
+            oldest = batch[0][1].server_time if batch else time.time()
+        else:
+            latest = {row[0]: row for row in batch}
+            entries = self._by_id
+            historized = self._historized_ids
+            oldest = batch[0][5] if batch else time.time()
         stats.coalesced += len(batch) - len(latest)
-        variables = self.variables
-        history, historized = self.history, self.historized
+        history = self.history
         sampled = self.sampling_interval_s > 0
         dirty = self._dirty
-        oldest = batch[0][1].server_time if batch else time.time()
         written = 0
-        for name, tv in latest.items():
-            entry = variables.get(name)
+        for key, (_, value, quality, reason, source_time, server_time) in latest.items():
+            entry = entries.get(key)
             if entry is None:
-                # Defined after the model was built: the server adds it (with its
-                # current value from the image) when told.
-                stats.unknown += 1
-                if self.on_unknown is not None:
-                    self.on_unknown()
-                continue
-            value = tv.value
-            if tv.quality is _GOOD and type(value) is float and entry.vtype is _DOUBLE:
+                entry = self._resolve(key, latest[key])
+                if entry is None:
+                    continue
+            if not quality and type(value) is float and entry.vtype is _DOUBLE:
                 # Most of a plant's values: skip the generic conversion (Variant's
                 # type guessing and checks cost more than the rest of a write).
                 variant = _new(ua.Variant)
@@ -199,32 +241,31 @@ class Publisher:
                 variant.VariantType = _DOUBLE
                 variant.Dimensions = None
                 variant.is_array = False
-                source = _fromtimestamp(tv.source_time, UTC)
-                server = (
-                    source
-                    if tv.server_time == tv.source_time
-                    else _fromtimestamp(tv.server_time, UTC)
-                )
+                source = _fromtimestamp(source_time, UTC)
+                server = source if server_time == source_time else _fromtimestamp(server_time, UTC)
                 dv = ua.DataValue(
                     variant, _GOOD_STATUS, SourceTimestamp=source, ServerTimestamp=server
                 )
             else:
                 try:
-                    dv = data_value(tv, entry.vtype)
+                    dv = data_value(
+                        TagValue(value, Quality(quality), reason, source_time, server_time),
+                        entry.vtype,
+                    )
                 except (TypeError, ValueError, OverflowError):
                     stats.errors += 1
                     dv = ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadTypeMismatch))
             attr = entry.attr
             attr.value = dv
-            if history is not None and name in historized:
-                history(name, dv)
+            if history is not None and key in historized:
+                history(self._name(key), dv)
             if attr.datachange_callbacks:
                 if sampled:
-                    if name in dirty:
+                    if key in dirty:
                         stats.sampled_coalesced += 1
-                    dirty[name] = attr
+                    dirty[key] = attr
                 else:
-                    await self._notify(name, attr, dv)
+                    await self._notify(key, attr, dv)
             written += 1
         stats.published += written
         stats.batches += 1
@@ -232,14 +273,36 @@ class Publisher:
         stats.last_batch_latency_s = max(0.0, time.time() - oldest)
         return written
 
+    def _resolve(self, key: Any, row: Sequence[Any]) -> VarEntry | None:
+        """The variable for a key not seen before, or None (counted, model told)."""
+        rows = self.rows
+        if rows is not None:
+            name = rows.names.get(key)
+            entry = self.variables.get(name) if name is not None else None
+            if entry is not None:
+                self._by_id[key] = entry
+                if name in self.historized:
+                    self._historized_ids.add(key)
+                return entry
+            rows.keep(row)
+        # Defined after the model was built: the server adds it (with its current
+        # value from the image) when told.
+        self.stats.unknown += 1
+        if self.on_unknown is not None:
+            self.on_unknown()
+        return None
+
+    def _name(self, key: Any) -> str:
+        return key if self.rows is None else self.rows.names[key]
+
     async def sample(self) -> int:
         """Feed monitored items the current value of every variable written since
         the last tick; returns how many variables were notified."""
         dirty, self._dirty = self._dirty, {}
         count = 0
-        for name, attr in dirty.items():
+        for key, attr in dirty.items():
             # The value now in the address space: the latest, whatever came before.
-            await self._notify(name, attr, attr.value)
+            await self._notify(key, attr, attr.value)
             count += 1
             if count % self.batch_limit == 0:
                 await asyncio.sleep(0)  # a long tick must not hold up client I/O
@@ -260,20 +323,23 @@ class Publisher:
             except Exception:
                 _log.exception("sampling tick failed")
 
-    async def _notify(self, name: str, attr: Any, dv: ua.DataValue) -> None:
+    async def _notify(self, key: Any, attr: Any, dv: ua.DataValue) -> None:
         """Run the attribute's data-change callbacks for ``dv``."""
         callbacks = attr.datachange_callbacks
         if not callbacks:
             return
         self.stats.notified += 1
+        packed: bytes | None = None
         for handle, callback in list(callbacks.items()):
             try:
                 if (
                     getattr(callback, "__func__", None) is _DATACHANGE
                     and type(callback.__self__) is MonitoredItemService
-                    and _enqueue_datachange(callback.__self__, handle, dv)
                 ):
-                    continue
+                    if packed is None:
+                        packed = pack_data_value(dv)
+                    if _enqueue_datachange(callback.__self__, handle, dv, packed):
+                        continue
                 await callback(handle, dv)
             except Exception:
-                _log.exception("data-change callback failed for %s", name)
+                _log.exception("data-change callback failed for %s", self._name(key))

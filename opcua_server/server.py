@@ -22,6 +22,7 @@ from controller.process_image import ChangeQueue, ProcessImage, Tag
 from drivers.bus_stats import BusSnapshot
 
 from . import nodes as N
+from . import publish_encoding
 from .command_view import CommandTracker, build_event_type
 from .conditions import AlarmConditions
 from .config import OpcUaConfig
@@ -41,7 +42,7 @@ from .methods import (
 )
 from .model import BUS_DIAGNOSTICS, ModelBuilder, TypeNodes, VarEntry
 from .nodes import Made, NodeFactory
-from .publisher import Publisher
+from .publisher import FeedRows, Publisher
 from .security import ensure_certificate, security_policies
 from .users import GridRuleset, UserStore, current_user
 
@@ -183,6 +184,9 @@ class OpcUaServer:
             history_manager.set_storage(self.history)
             history_manager.store = self.history
         await server.init()
+        # Data changes go out written from each value's bytes, packed once for
+        # every client watching it (asyncua's encoder packs them per item).
+        publish_encoding.install()
         server.set_endpoint(cfg.endpoint)
         server.set_server_name(cfg.server_name)
         server.product_uri = PRODUCT_URI
@@ -234,6 +238,8 @@ class OpcUaServer:
             historized=self._builder.historized,
             on_unknown=self._late_kick.set,
             sampling_interval_s=cfg.sampling_interval_ms / 1000,
+            # The server process's mirror queues the feed's rows as they came.
+            rows=self.image if isinstance(self.image, FeedRows) else None,
         )
         self._publisher.start()
         if self.history is not None:
