@@ -360,8 +360,11 @@ class Ours:
         warm = time.monotonic() + min(1.0, seconds / 4)
         while time.monotonic() < end:
             st = feed.stats()
-            if st["queue_length"] + st["pending"] < limit and st["buffered_bytes"] < buffer_limit:
-                self.write(500)
+            room = limit - st["queue_length"] - st["pending"]
+            if room > 0 and st["buffered_bytes"] < buffer_limit:
+                # Up to the bound at once: between two writer turns (~1 ms) the
+                # feed must always have a full frame to send.
+                self.write(min(room, 2 * feed.batch_limit))
             await asyncio.sleep(0.001)
             srv = feed.server_stats
             if srv and time.monotonic() >= warm and (not samples or srv["time"] != samples[-1][0]):
