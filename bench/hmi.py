@@ -20,6 +20,14 @@ Processes:
   screen open (N rows; it subscribes the rows on screen);
 - this script: a baseline phase without the HMI, then one with it, and compares.
 
+CPU layout, as a site box with ``[tasks] cpus`` runs it: the stand-in's loop
+thread (the one running the cyclic tasks) alone on ``--control-cpus`` (default
+CPU 0 when the machine has two or more), and everything else — this script,
+the stand-in's other threads, the OPC UA server process, the HMI process — on
+the remaining CPUs, in both phases, so the ratio compares like with like. The
+pinning uses the service's own helpers (``controller.cpu_affinity``).
+``--control-cpus none`` runs everything unpinned.
+
 Measured:
 - HMI process CPU (user + system) over the window, as % of one core (and the
   OPC UA server process's, for context);
@@ -33,6 +41,7 @@ Timing is reported, never asserted.
 
 Usage: python bench/hmi.py [--meters 10000] [--seconds 20] [--quick]
                            [--realtime-priority 10]   (0: normal scheduling only)
+                           [--control-cpus 0]         (a CPU list, or none: unpinned)
 """
 
 from __future__ import annotations
@@ -54,6 +63,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# the repository root is on the path from here on
+from controller.cpu_affinity import (
+    CpuLayout,
+    available_cpus,
+    format_cpu_list,
+    parse_cpu_list,
+    pin_process,
+)
 
 TABLE = (
     ("power_active", "kW"),
@@ -112,7 +129,9 @@ def set_scheduling(priority: int) -> bool:
     return True
 
 
-async def controller(port: int, meters: int, priority: int, slice_s: float) -> None:
+async def controller(
+    port: int, meters: int, priority: int, slice_s: float, layout: CpuLayout | None
+) -> None:
     from controller.config import TasksConfig
     from controller.cycle import CycleTask, Series
     from controller.process_image import ProcessImage
@@ -155,15 +174,27 @@ async def controller(port: int, meters: int, priority: int, slice_s: float) -> N
         history_db=state_dir / "history.db",
         quiet_point=fast.after_cycle,
         log_level="WARNING",
+        cpus=layout.others if layout is not None else None,
     )
     t_start = time.monotonic()
     info = await server.start()
     start_s = time.monotonic() - t_start
 
     # As the service does before its tasks start: freeze the start-up objects,
-    # shorten the GIL switch interval, then the real-time policy.
+    # pin the loop thread (the rest of the process off its CPUs), shorten the
+    # GIL switch interval, then the real-time policy.
     gc.collect()
     gc.freeze()
+    pinned = ""
+    if layout is not None:
+        asyncio.get_running_loop().set_default_executor(layout.worker_executor())
+        try:
+            layout.pin_loop_thread()
+            layout.pin_other_threads()
+        except OSError as exc:
+            pinned = f"refused ({exc})"
+        else:
+            pinned = "applied"
     if t.gil_switch_interval_us:
         sys.setswitchinterval(t.gil_switch_interval_us / 1e6)
     fifo = bool(priority) and set_scheduling(priority)
@@ -230,6 +261,7 @@ async def controller(port: int, meters: int, priority: int, slice_s: float) -> N
                 "modes": modes,
                 "spin_us": t.fast_spin_us,
                 "period_ms": t.fast_period_ms,
+                "pinned": pinned,
             }
         ),
         flush=True,
@@ -386,16 +418,30 @@ def main() -> None:
         help="SCHED_FIFO priority measured beside normal scheduling when allowed (0: off)",
     )
     ap.add_argument("--slice", type=float, default=2.0, help="seconds per scheduling slice")
+    ap.add_argument(
+        "--control-cpus",
+        default="0" if len(available_cpus()) >= 2 else "none",
+        help="CPUs for the stand-in's loop thread, everything else on the rest (a Linux CPU "
+        "list; none: unpinned; default 0 with two or more CPUs)",
+    )
     ap.add_argument("--controller", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--hmi", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         args.meters, args.seconds = 1000, 6.0
+    layout: CpuLayout | None = None
+    if args.control_cpus != "none" and not args.hmi:
+        try:
+            layout = CpuLayout.isolating(parse_cpu_list(args.control_cpus))
+        except ValueError as exc:
+            ap.error(f"--control-cpus: {exc}")
     logging.basicConfig(level=logging.ERROR)
     if args.controller:
         import uvloop
 
-        uvloop.run(controller(args.controller, args.meters, args.realtime_priority, args.slice))
+        uvloop.run(
+            controller(args.controller, args.meters, args.realtime_priority, args.slice, layout)
+        )
         return
     if args.hmi:
         asyncio.run(run_hmi(args.hmi, args.meters, args.seconds))
@@ -412,11 +458,17 @@ def main() -> None:
             str(args.realtime_priority),
             "--slice",
             str(args.slice),
+            "--control-cpus",
+            args.control_cpus,
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    if layout is not None:
+        # After the stand-in is forked (it lays out its own threads from the
+        # whole machine): this script and the HMI it starts run on the other CPUs.
+        pin_process(os.getpid(), layout.others)
     assert ctl.stdin is not None
 
     def send(line: str) -> None:
@@ -442,6 +494,17 @@ def main() -> None:
             ),
             flush=True,
         )
+        print(
+            "CPU layout: "
+            + (
+                f"unpinned (--control-cpus none; {format_cpu_list(available_cpus())} shared)"
+                if layout is None
+                else f"the stand-in's loop thread on CPU {format_cpu_list(layout.control)}; its "
+                f"other threads, the OPC UA server process, the HMI and this script on CPU "
+                f"{format_cpu_list(layout.others)}; in both phases: {ready['pinned']}"
+            ),
+            flush=True,
+        )
         time.sleep(3)
         send("phase base")
         time.sleep(window)
@@ -451,6 +514,9 @@ def main() -> None:
             stdout=subprocess.PIPE,
             text=True,
         )
+        if layout is not None:
+            # as `gridctl hmi --cpus` does at its start
+            pin_process(hmi.pid, layout.others)
         read_until(hmi, "HMI-READY", 900)
         send("phase hmi")
         res = json.loads(read_until(hmi, "{", window + 120))

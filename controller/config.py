@@ -22,6 +22,7 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 
+from controller.cpu_affinity import available_cpus, check_cpus
 from controller.loads.config import LoadsConfig
 from controller.verification.config import LineConfig
 from controller.warehouse.config import WarehouseConfig
@@ -101,6 +102,11 @@ class TasksConfig(_Strict):
     # mode) may hold the GIL once the loop thread wants it. CPython's default is
     # 5000 µs, half the fast period; 0 keeps the interpreter's setting.
     gil_switch_interval_us: int = Field(default=500, ge=0, le=100_000)
+    # CPU ids for the loop thread that runs the cyclic tasks; every other thread
+    # and child process (journal writer, workers, OPC UA server, simulators) goes
+    # to the remaining CPUs, so a wake-up never waits for them. Empty: no pinning.
+    # Checked against this machine: at least one CPU must stay for the rest.
+    cpus: list[int] = []
 
     @field_validator("fast_spin_us", "control_spin_us")
     @classmethod
@@ -112,6 +118,15 @@ class TasksConfig(_Strict):
                 f"must be less than {task}_period_ms in µs ({period_ms * 1000}) (got {v})"
             )
         return v
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus_on_this_machine(cls, v: list[int]) -> list[int]:
+        if not v:
+            return v
+        if len(set(v)) != len(v):
+            raise ValueError(f"must not name a CPU twice (got {v})")
+        return sorted(check_cpus(v, available_cpus(), leave_one=True))
 
     @field_validator("fast_hold_us", "control_hold_us")
     @classmethod

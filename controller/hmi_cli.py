@@ -38,6 +38,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="where the HMI keeps its client certificate (default ~/.local/state/gridctl-hmi)",
     )
+    p.add_argument(
+        "--cpus",
+        type=_cpu_list,
+        default=None,
+        metavar="LIST",
+        help="run the HMI only on these CPUs (a Linux CPU list: 1, 1-3, 0,2), e.g. to keep "
+        "it off the CPUs the controller's tasks are pinned to ([tasks] cpus)",
+    )
     p.set_defaults(func=run)
 
 
@@ -57,7 +65,29 @@ def _endpoint(text: str) -> str:
     return text
 
 
+def _cpu_list(text: str) -> frozenset[int]:
+    """A Linux CPU list naming CPUs this process may use."""
+    from controller.cpu_affinity import available_cpus, check_cpus, parse_cpu_list
+
+    try:
+        return check_cpus(parse_cpu_list(text), available_cpus(), leave_one=False)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.cpus:
+        from controller.cpu_affinity import format_cpu_list, pin_process
+
+        # the whole process, before Textual and asyncua start their threads
+        try:
+            pin_process(os.getpid(), args.cpus)
+        except OSError as exc:
+            print(
+                f"gridctl hmi: cannot run on CPU {format_cpu_list(args.cpus)} ({exc}); "
+                "running unpinned",
+                file=sys.stderr,
+            )
     password: str | None = None
     if args.user:
         password = os.environ.get("GRIDCTL_PASSWORD")

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.cpu_affinity import pin_current_thread
 from controller.cycle import Series
 from controller.verification.results import RESULTS_SCHEMA
 
@@ -200,8 +201,12 @@ class Journal:
         queue_limit: int = 10_000,
         batch_max: int = 256,
         migrations: list[tuple[str, str]] | None = None,
+        writer_cpus: frozenset[int] | None = None,
     ) -> None:
         self.path = Path(path)
+        # CPUs for the writer thread (``[tasks] cpus`` isolation): it is started
+        # from whichever thread opens the journal and would inherit its mask.
+        self.writer_cpus = writer_cpus
         self.queue_limit = queue_limit
         self.batch_max = batch_max
         self.migrations = MIGRATIONS if migrations is None else migrations
@@ -346,6 +351,11 @@ class Journal:
         await self.commit([], durable=False)
 
     def _writer(self, conn: sqlite3.Connection) -> None:
+        if self.writer_cpus:
+            try:
+                pin_current_thread(self.writer_cpus)
+            except OSError as exc:
+                log.warning("journal: writer thread not moved to its CPUs (%s)", exc)
         sync_full = False
         try:
             while True:

@@ -41,6 +41,7 @@ from controller.alarms import AlarmEngine
 from controller.command_router import CommandRouter
 from controller.commands import Command, CommandLog, Resolution
 from controller.config import DEFAULT_CONFIG, ConfigError, GridConfig, load_config
+from controller.cpu_affinity import CpuLayout, format_cpu_list
 from controller.cycle import CycleTask
 from controller.deadline_timer import DeadlineTimer
 from controller.gc_pacing import QuietGc
@@ -73,8 +74,14 @@ class Service:
         self.config = config
         self.config_path = config_path
         self.image = ProcessImage()
+        # `[tasks] cpus`: the loop thread on its own CPUs, everything else on the
+        # rest (checked against this machine when the config was loaded).
+        self.cpu_layout = CpuLayout.isolating(config.tasks.cpus) if config.tasks.cpus else None
+        others = self.cpu_layout.others if self.cpu_layout is not None else None
         j = config.journal
-        self.journal = Journal(j.path, queue_limit=j.queue_limit, batch_max=j.batch_max)
+        self.journal = Journal(
+            j.path, queue_limit=j.queue_limit, batch_max=j.batch_max, writer_cpus=others
+        )
         self.commands = CommandLog(self.journal)
         self.alarms = AlarmEngine(self.journal)
         t = config.tasks
@@ -174,6 +181,10 @@ class Service:
     async def start(self) -> None:
         cfg = self.config
         Path(cfg.service.state_dir).mkdir(parents=True, exist_ok=True)
+        if self.cpu_layout is not None:
+            # before the first to_thread: worker threads are started by the loop
+            # thread and would inherit the control CPUs once it is pinned
+            asyncio.get_running_loop().set_default_executor(self.cpu_layout.worker_executor())
 
         version = await asyncio.to_thread(self.journal.open)
         pending = self.commands.load()
@@ -242,6 +253,7 @@ class Service:
             gc.collect()
             gc.freeze()
             log.info("gc: start-up objects frozen (%d)", gc.get_freeze_count())
+        self._apply_cpu_layout()
         self._apply_realtime()
         # Phase: slower tasks wake half a fast period off the fast task's grid,
         # so their deadlines never coincide (1 s is a multiple of 10 ms).
@@ -270,6 +282,42 @@ class Service:
         self._started = True
         self.journal.event("service", "service", f"started ({cfg.service.name})")
         log.info("service ready: %s (pid %d)", cfg.service.name, os.getpid())
+
+    def _apply_cpu_layout(self) -> None:
+        """The loop thread onto `[tasks] cpus`, the process's other threads onto the rest.
+
+        Just before the tasks start, so every thread started during start-up
+        (journal writer, workers, a metrics server thread) is there to be moved;
+        the child processes were moved when they were spawned.
+        """
+        layout = self.cpu_layout
+        if layout is None:
+            log.info("cpus: not pinned (tasks.cpus empty)")
+            return
+        try:
+            layout.pin_loop_thread()
+            threads = layout.pin_other_threads()
+        except OSError as exc:
+            log.warning(
+                "cpus: affinity %s refused (%s); running unpinned",
+                format_cpu_list(layout.control),
+                exc,
+            )
+            return
+        children = [
+            f"{name} (pid {pid})"
+            for name, pid in (
+                ("OPC UA server", getattr(self.opcua, "pid", None)),
+                ("simulator", getattr(self.simulator, "pid", None)),
+            )
+            if isinstance(pid, int) and pid != os.getpid()
+        ]
+        log.info(
+            "cpus: %s (%d other threads%s)",
+            layout.describe(),
+            threads,
+            "; " + ", ".join(children) if children else "",
+        )
 
     def _apply_realtime(self) -> None:
         switch_us = self.config.tasks.gil_switch_interval_us
@@ -317,7 +365,10 @@ class Service:
             log.warning("simulators: no config file path to hand to the simulator; not started")
             return
         self.simulator = await asyncio.to_thread(
-            start_simulator, self.config_path, fast=cfg.sim.fast
+            start_simulator,
+            self.config_path,
+            fast=cfg.sim.fast,
+            cpus=self.cpu_layout.others if self.cpu_layout is not None else None,
         )
         log.info("simulators ready: %s", getattr(self.simulator, "describe", lambda: "running")())
 
@@ -392,6 +443,7 @@ class Service:
             log_level=self.config.service.log_level,
             on_down=down,
             on_up=up,
+            cpus=self.cpu_layout.others if self.cpu_layout is not None else None,
         )
         # The child takes seconds to come up (interpreter, asyncua, model): a
         # stop requested meanwhile must not wait for it.

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from controller.cpu_affinity import pin_process
 from controller.process_image import ProcessImage
 
 from .config import OpcUaConfig
@@ -77,8 +78,12 @@ class OpcUaServerProcess:
         on_up: Callable[[dict[str, Any]], None] | None = None,
         ready_timeout_s: float = READY_TIMEOUT_S,
         restart_delay_s: float = RESTART_DELAY_S,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         self.config = config
+        # CPUs for the child (``[tasks] cpus``): it would inherit the mask of the
+        # loop thread that spawns it, the control CPUs it must stay off.
+        self.cpus = cpus
         self.state_dir = Path(state_dir)
         self.socket_path = socket_path_for(self.state_dir / "feed.sock")
         self.feed = ImageFeed(
@@ -183,6 +188,11 @@ class OpcUaServerProcess:
         )
         self._proc = proc
         self._started_at = time.monotonic()
+        if self.cpus:
+            try:
+                pin_process(proc.pid, self.cpus)
+            except OSError as exc:
+                _log.warning("opcua: server process %d not moved to its CPUs (%s)", proc.pid, exc)
         exited = asyncio.ensure_future(proc.wait())
         try:
             done, _ = await asyncio.wait(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,7 +13,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from controller.cpu_affinity import pin_process
 from drivers.sim.cli import READY_PREFIX
+
+log = logging.getLogger("gridctl.sim")
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
@@ -62,8 +66,13 @@ def start_simulator(
     fast: bool = False,
     cwd: Path | None = None,
     timeout: float = READY_TIMEOUT_S,
+    cpus: frozenset[int] | None = None,
 ) -> SimulatorProcess:
-    """Spawn the simulator and return once its ports and control socket are ready."""
+    """Spawn the simulator and return once its ports and control socket are ready.
+
+    ``cpus``: where the simulator runs (``[tasks] cpus`` keeps it off the
+    controller's control CPUs); a refusal is logged and the child runs unpinned.
+    """
     cmd = [sys.executable, "-m", "controller", "sim", "--config", str(config_path)]
     # A controller killed with SIGKILL cannot stop its children: the simulator
     # watches its parent so a crash test or a killed service leaves no orphan
@@ -78,6 +87,11 @@ def start_simulator(
     process = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=errlog, text=True, cwd=cwd, env=env
     )
+    if cpus:
+        try:
+            pin_process(process.pid, cpus)
+        except OSError as exc:
+            log.warning("simulator: process %d not moved to its CPUs (%s)", process.pid, exc)
     result: dict[str, Any] = {}
 
     def wait_ready() -> None:

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -5,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from controller.config import ConfigError, GridConfig, load_config
+from controller.cpu_affinity import format_cpu_list
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +21,7 @@ BAD_CONFIGS = [
         "[tasks]\nfast_perod_ms = 10\n",
         [
             "tasks.fast_perod_ms: unknown key (allowed: control_hold_us, control_period_ms, "
-            "control_spin_us, fast_hold_us, fast_period_ms, fast_spin_us, gc, "
+            "control_spin_us, cpus, fast_hold_us, fast_period_ms, fast_spin_us, gc, "
             "gc_backstop_threshold, gc_freeze, gc_young_threshold, gil_switch_interval_us, "
             "overrun, realtime_priority, stats_window, timer)"
         ],
@@ -164,3 +166,65 @@ def test_check_config_cli(tmp_path):
         bad.stderr.strip()
         == f"{bad_path}: tasks.fast_period_ms: must be between 1 and 1000 (got 0)"
     )
+
+
+# [tasks] cpus is checked against the CPUs of the machine the config is loaded on.
+CPUS = sorted(os.sched_getaffinity(0))
+HAVE = format_cpu_list(CPUS)
+
+
+def _tasks_cpus_problems(tmp_path: Path, value: str) -> list[str]:
+    path = tmp_path / "x.toml"
+    path.write_text(f"[tasks]\ncpus = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.problems
+
+
+def test_tasks_cpus_absent_or_empty_means_no_pinning(tmp_path):
+    assert GridConfig().tasks.cpus == []
+    path = tmp_path / "x.toml"
+    path.write_text("[tasks]\ncpus = []\n")
+    assert load_config(path).tasks.cpus == []
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("3", "tasks.cpus: must be an array (got 3)"),
+        ('"0-1"', "tasks.cpus: must be an array (got '0-1')"),
+        ('["0"]', "tasks.cpus[0]: must be an integer (got '0')"),
+        (
+            "[4096]",
+            f"tasks.cpus: CPU 4096 is not available on this machine (allowed: {HAVE}) (got 4096)",
+        ),
+        ("[-1]", f"tasks.cpus: CPU -1 is not available on this machine (allowed: {HAVE}) (got -1)"),
+    ],
+)
+def test_tasks_cpus_errors_name_the_field_and_what_is_allowed(tmp_path, value, expected):
+    assert _tasks_cpus_problems(tmp_path, value) == [expected]
+
+
+def test_tasks_cpus_must_leave_a_cpu_for_everything_else(tmp_path):
+    taken = "[" + ", ".join(map(str, CPUS)) + "]"
+    if len(CPUS) == 1:
+        expected = (
+            f"tasks.cpus: this machine has a single CPU ({HAVE}): nothing to isolate the "
+            "tasks from; leave it empty"
+        )
+    else:
+        expected = (
+            f"tasks.cpus: must leave at least one CPU of this machine ({HAVE}) for the other "
+            f"threads and processes (got {HAVE})"
+        )
+    assert _tasks_cpus_problems(tmp_path, taken) == [expected]
+
+
+@pytest.mark.skipif(len(CPUS) < 2, reason="isolation needs at least 2 CPUs")
+def test_tasks_cpus_one_of_several_is_accepted_and_duplicates_are_not(tmp_path):
+    path = tmp_path / "x.toml"
+    path.write_text(f"[tasks]\ncpus = [{CPUS[-1]}]\n")
+    assert load_config(path).tasks.cpus == [CPUS[-1]]
+    assert _tasks_cpus_problems(tmp_path, f"[{CPUS[0]}, {CPUS[0]}]") == [
+        f"tasks.cpus: must not name a CPU twice (got [{CPUS[0]}, {CPUS[0]}])"
+    ]

@@ -121,3 +121,17 @@ def test_hmi_refuses_an_endpoint_that_is_not_opc_tcp(url):
     proc = gridctl("hmi", "--url", url)
     assert proc.returncode == 2
     assert "--url: must be opc.tcp://HOST:PORT" in proc.stderr and repr(url) in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("cpus", "message"),
+    [
+        ("one", "must be a Linux CPU list like 1, 1-3 or 0,2 (got 'one')"),
+        ("2-1", "range '2-1' runs backwards (got '2-1')"),
+        ("4096", "CPU 4096 is not available on this machine (allowed: "),
+    ],
+)
+def test_hmi_refuses_a_cpu_list_it_cannot_use(cpus, message):
+    proc = gridctl("hmi", "--cpus", cpus)
+    assert proc.returncode == 2
+    assert f"argument --cpus: {message}" in proc.stderr
