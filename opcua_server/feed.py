@@ -358,10 +358,7 @@ class ImageFeed:
         writable = conn.writable.is_set()
         if pending or not writable:
             # Slow reader (or a backlog): keep only each tag's latest change.
-            for tag, value in items:
-                if tag.name in pending:
-                    self.counters.coalesced += 1
-                pending[tag.name] = (tag, value)
+            self._hold(items)
             if not writable or not pending:
                 return
             # Oldest first; one pass over the dict's head (next(iter()) per item
@@ -369,22 +366,21 @@ class ImageFeed:
             names = list(itertools.islice(pending, self.batch_limit))
             items = [pending.pop(name) for name in names]
         elif len(items) > self.batch_limit:
-            for tag, value in items[self.batch_limit :]:
-                if tag.name in pending:
-                    self.counters.coalesced += 1
-                pending[tag.name] = (tag, value)
+            self._hold(items[self.batch_limit :])
             items = items[: self.batch_limit]
         if not items:
             return
         ids = self._ids
         defs: list[list[Any]] = []
-        rows: list[list[Any]] = []
+        rows: list[tuple[Any, ...]] = []
         for tag, v in items:
             ident = ids.get(tag.name)
             if ident is None:  # a tag defined after the snapshot
                 defs.append(self._define(tag))
                 ident = ids[tag.name]
-            rows.append([ident, v.value, int(v.quality), v.reason, v.source_time, v.server_time])
+            # [id, value, quality, reason, source_time, server_time]: a TagValue's
+            # fields in order (msgpack writes the Quality as its int).
+            rows.append((ident, *v))
         if defs:
             conn.send({"t": "tags", "defs": defs})
         conn.send(
@@ -396,6 +392,15 @@ class ImageFeed:
             }
         )
         self.counters.changes_sent += len(rows)
+
+    def _hold(self, items: list[tuple[Tag, TagValue]]) -> None:
+        """Keep changes for a later frame, one per tag: a newer change replaces an
+        older one in its place (oldest first), counted as coalesced."""
+        pending = self._pending
+        before = len(pending)
+        for item in items:
+            pending[item[0].name] = item
+        self.counters.coalesced += len(items) - (len(pending) - before)
 
     def _define(self, tag: Tag) -> list[Any]:
         ident = self._ids.setdefault(tag.name, len(self._ids))
