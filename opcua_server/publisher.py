@@ -69,6 +69,7 @@ _DISABLED = ua.MonitoringMode.Disabled
 _STATUS_VALUE = ua.DataChangeTrigger.StatusValue
 _GOOD_STATUS = ua.StatusCode(ua.StatusCodes.Good)
 _DOUBLE = ua.VariantType.Double
+_DATA_VALUE = ua.DataValue
 _new = object.__new__
 _fromtimestamp = datetime.fromtimestamp
 
@@ -243,9 +244,15 @@ class Publisher:
                 variant.is_array = False
                 source = _fromtimestamp(source_time, UTC)
                 server = source if server_time == source_time else _fromtimestamp(server_time, UTC)
-                dv = ua.DataValue(
-                    variant, _GOOD_STATUS, SourceTimestamp=source, ServerTimestamp=server
-                )
+                # DataValue's own __init__ re-checks the Variant: 2.5x the cost.
+                dv = _new(_DATA_VALUE)
+                dv.Encoding = 0
+                dv.Value = variant
+                dv.StatusCode = _GOOD_STATUS
+                dv.SourceTimestamp = source
+                dv.ServerTimestamp = server
+                dv.SourcePicoseconds = None
+                dv.ServerPicoseconds = None
             else:
                 try:
                     dv = data_value(

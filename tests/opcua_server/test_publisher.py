@@ -4,8 +4,12 @@ import asyncio
 import time
 
 from asyncua import ua
+from asyncua.server.address_space import AttributeValue
 
-from controller.process_image import ProcessImage, Quality
+from controller.process_image import ChangeQueue, ProcessImage, Quality
+from opcua_server.model import VarEntry
+from opcua_server.publisher import Publisher
+from opcua_server.quality import data_value
 
 from .conftest import client_for, nid, ns_of
 
@@ -113,3 +117,31 @@ async def test_only_changed_values_are_written(start_server):
     image.write("m/1/p", 1.0, Quality.GOOD)
     await asyncio.sleep(0.05)
     assert srv.stats()["published"] == 1
+
+
+async def test_the_fast_path_writes_the_same_data_value_as_the_generic_one():
+    """Good floats skip the generic conversion; what lands must not differ, in
+    either queue form (image pairs, or the server process's feed rows)."""
+    image = ProcessImage()
+    for name in ("a", "b"):
+        image.define(name, "kW")
+    written = [image.write("a", 230.25, source_time=1_790_000_000.5), image.write("b", 1.5)]
+    assert all(written)
+    pairs = [(image.tag(n), image.get(n)) for n in ("a", "b")]
+    entries = {n: VarEntry(AttributeValue(ua.DataValue()), ua.VariantType.Double) for n in "ab"}
+    await Publisher(ChangeQueue("t", 10), entries).publish(pairs)
+    for tag, tv in pairs:
+        assert entries[tag.name].attr.value == data_value(tv, ua.VariantType.Double)
+
+    class Rows:
+        def __init__(self) -> None:
+            self.names = {0: "a", 1: "b"}
+
+        def keep(self, row: object) -> None:
+            raise AssertionError("both tags are in the model")
+
+    rows = [(i, *tv) for i, (_, tv) in enumerate(pairs)]
+    fresh = {n: VarEntry(AttributeValue(ua.DataValue()), ua.VariantType.Double) for n in "ab"}
+    await Publisher(ChangeQueue("t", 10), fresh, rows=Rows()).publish(rows)
+    for tag, tv in pairs:
+        assert fresh[tag.name].attr.value == data_value(tv, ua.VariantType.Double)
