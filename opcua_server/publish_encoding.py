@@ -158,7 +158,8 @@ async def _forward_publish_response(
     self._transport.write(data)
 
 
-_original = UaProcessor.forward_publish_response
+# asyncua's own, as imported (what any other asyncua version keeps using).
+ASYNCUA_FORWARD = UaProcessor.forward_publish_response
 
 
 def supported() -> bool:
@@ -179,7 +180,3 @@ def install() -> bool:
         return False
     UaProcessor.forward_publish_response = _forward_publish_response  # type: ignore[method-assign]
     return True
-
-
-def uninstall() -> None:
-    UaProcessor.forward_publish_response = _original  # type: ignore[method-assign]

@@ -183,3 +183,16 @@ async def test_clients_watching_one_variable_each_get_every_value(start_server):
         assert errors[-1].value == ua.StatusCodes.BadNoCommunication
         for s in [*subs, sub]:
             await s.delete()
+
+
+def test_another_asyncua_version_keeps_its_own_encoder(monkeypatch, caplog):
+    import asyncua
+
+    monkeypatch.setattr(UaProcessor, "forward_publish_response", publish_encoding.ASYNCUA_FORWARD)
+    monkeypatch.setattr(asyncua, "__version__", "3.0.0")
+    assert publish_encoding.install() is False
+    assert UaProcessor.forward_publish_response is publish_encoding.ASYNCUA_FORWARD
+    assert "asyncua 3.0.0: publish responses encoded by asyncua" in caplog.text
+    monkeypatch.setattr(asyncua, "__version__", "2.1.0")
+    assert publish_encoding.install() is True
+    assert UaProcessor.forward_publish_response is publish_encoding._forward_publish_response
