@@ -34,7 +34,6 @@ The clock and the sleeper are injected so tests run in virtual time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import math
@@ -43,6 +42,8 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from controller.task_stop import stop_task
 
 log = logging.getLogger("gridctl.cycle")
 
@@ -228,9 +229,7 @@ class CycleTask:
         task, self._task = self._task, None
         if task is None or task.done():
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)
 
     async def join(self) -> None:
         """Wait until the task ends by itself (after ``request_stop``)."""

@@ -18,11 +18,12 @@ ever stops (and with it the quiet points).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
+
+from controller.task_stop import stop_task
 
 from .cycle import Series
 
@@ -70,10 +71,7 @@ class QuietGc:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         if self._saved is not None:
             gc.set_threshold(*self._saved)
             self._saved = None

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from controller import _core_rs as core
 from controller.process_image import ProcessImage, Quality
+from controller.task_stop import stop_task
 from drivers.bus_stats import BusSnapshot
 from drivers.config import LinkConfig, Quarantine
 from drivers.errors import CommandRejected, TransactionError, TransportClosed
@@ -260,10 +261,7 @@ class BusOwner(ABC):
         """Abort the in-flight transaction, fail queued work, close the port."""
         self._stopping = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         reason = CommandRejected(f"bus {self.name}: stopped")
         for item in self._controls:
             if not item.future.done():

@@ -43,6 +43,8 @@ from asyncua.common.utils import Buffer
 from asyncua.server.history import HistoryManager, HistoryStorageInterface
 from asyncua.ua.ua_binary import variant_from_binary, variant_to_binary
 
+from controller.task_stop import stop_task
+
 _log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -142,10 +144,7 @@ class HistoryStore(HistoryStorageInterface):
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         if self._write is not None:
             with contextlib.suppress(Exception):
                 await self.flush()

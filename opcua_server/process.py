@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.process_image import ChangeQueue, ProcessImage, Quality, TagValue
+from controller.task_stop import stop_task
 from drivers.bus_stats import BusSnapshot
 
 from .channel import ChannelError, FrameDecoder, encode, raise_error
@@ -442,9 +443,7 @@ async def serve(socket_path: str, parent: int | None = None) -> int:
                 await asyncio.wait_for(server.stop(), 3.0)
             except Exception:
                 _log.exception("OPC UA server stop failed")
-        receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await receiver
+        await stop_task(receiver)
         if watchdog is not None:
             watchdog.cancel()
         channel.close()

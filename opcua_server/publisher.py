@@ -44,7 +44,6 @@ yields the loop, and within a step only the newest change of a tag is written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +55,7 @@ from asyncua import ua
 from asyncua.server.monitored_item_service import MonitoredItemService
 
 from controller.process_image import ChangeQueue, Quality, TagValue
+from controller.task_stop import stop_task
 
 from .model import VarEntry
 from .publish_encoding import PackedNotification, pack_data_value
@@ -186,10 +186,7 @@ class Publisher:
         for name in ("_task", "_sampler"):
             task = getattr(self, name)
             setattr(self, name, None)
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await stop_task(task)
 
     async def run(self) -> None:
         while True:

@@ -19,6 +19,7 @@ from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
 from controller.process_image import ChangeQueue, ProcessImage, Tag
+from controller.task_stop import stop_task
 from drivers.bus_stats import BusSnapshot
 
 from . import nodes as N
@@ -252,12 +253,8 @@ class OpcUaServer:
 
     async def stop(self) -> None:
         for name in ("_diag_task", "_alarm_task", "_late_task"):
-            task = getattr(self, name)
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                setattr(self, name, None)
+            await stop_task(getattr(self, name))
+            setattr(self, name, None)
         if self._publisher is not None:
             await self._publisher.stop()
             self._publisher = None

@@ -23,6 +23,7 @@ from typing import Any
 
 from controller.cpu_affinity import pin_process
 from controller.process_image import ProcessImage
+from controller.task_stop import stop_task
 
 from .config import OpcUaConfig
 from .feed import ImageFeed, QuietPoint
@@ -148,9 +149,7 @@ class OpcUaServerProcess:
     async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         self._stopping = True
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await stop_task(self._watch)
             self._watch = None
         await self._terminate(grace_s)
         await self.feed.stop()

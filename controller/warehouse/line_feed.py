@@ -36,6 +36,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from controller.task_stop import stop_task
 from controller.verification.results import FAIL, PASS, RepositoryError
 from controller.verification.sequencer import MeterTask
 from controller.warehouse.inventory import Inventory
@@ -129,9 +130,7 @@ class LineFeed:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         with contextlib.suppress(ValueError):
             self.line.batch_ended.remove(self._batch_ended)

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from controller.commands import CommandError, CommandState
+from controller.task_stop import stop_task
 from controller.warehouse.config import WarehouseConfig
 from controller.warehouse.demo import DEMO_METER_TYPE, demo_stock
 from controller.warehouse.inventory import Inventory, open_db
@@ -201,9 +202,7 @@ class WarehouseSubsystem:
 
     async def stop(self) -> None:
         if self._track_task is not None:
-            self._track_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._track_task
+            await stop_task(self._track_task)
             self._track_task = None
         if self.wh is not None:
             await self.wh.stop()

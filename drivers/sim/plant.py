@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from controller.task_stop import stop_task
 from drivers.config import (
     FAULT_KINDS,
     Dlt645BusConfig,
@@ -123,8 +124,7 @@ class SimulatedPlant:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         self._tasks.clear()
         for wire in self._wires:
             with contextlib.suppress(Exception):

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.task_stop import stop_task
 from controller.warehouse.config import ConveyorConfig, CraneConfig, WarehouseConfig
 from controller.warehouse.plant_io import (
     C_ACK_SEQ,
@@ -598,9 +598,7 @@ async def serve(cfg: WarehouseConfig, host: str, port: int, boxes: list[str], ai
     task = asyncio.create_task(server.serve_forever())
     await stop.wait()
     await server.shutdown()
-    with contextlib.suppress(asyncio.CancelledError):
-        task.cancel()
-        await task
+    await stop_task(task)
 
 
 def main(argv: list[str] | None = None) -> int:
