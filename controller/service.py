@@ -77,10 +77,14 @@ class Service:
         # `[tasks] cpus`: the loop thread on its own CPUs, everything else on the
         # rest (checked against this machine when the config was loaded).
         self.cpu_layout = CpuLayout.isolating(config.tasks.cpus) if config.tasks.cpus else None
-        others = self.cpu_layout.others if self.cpu_layout is not None else None
+        # Where the journal writer and the child processes go (None: not pinned).
+        self._other_cpus = self.cpu_layout.others if self.cpu_layout is not None else None
         j = config.journal
         self.journal = Journal(
-            j.path, queue_limit=j.queue_limit, batch_max=j.batch_max, writer_cpus=others
+            j.path,
+            queue_limit=j.queue_limit,
+            batch_max=j.batch_max,
+            writer_cpus=self._other_cpus,
         )
         self.commands = CommandLog(self.journal)
         self.alarms = AlarmEngine(self.journal)
@@ -368,7 +372,7 @@ class Service:
             start_simulator,
             self.config_path,
             fast=cfg.sim.fast,
-            cpus=self.cpu_layout.others if self.cpu_layout is not None else None,
+            cpus=self._other_cpus,
         )
         log.info("simulators ready: %s", getattr(self.simulator, "describe", lambda: "running")())
 
@@ -443,7 +447,7 @@ class Service:
             log_level=self.config.service.log_level,
             on_down=down,
             on_up=up,
-            cpus=self.cpu_layout.others if self.cpu_layout is not None else None,
+            cpus=self._other_cpus,
         )
         # The child takes seconds to come up (interpreter, asyncua, model): a
         # stop requested meanwhile must not wait for it.
