@@ -107,11 +107,20 @@ def pin_process(pid: int, cpus: frozenset[int]) -> None:
     process's other threads (if it has started any) are moved one by one.
     """
     os.sched_setaffinity(pid, cpus)
+    _pin_threads(pid, cpus, skip=pid)
+
+
+def _pin_threads(pid: int, cpus: frozenset[int], *, skip: int) -> int:
+    """Every thread of process ``pid`` but ``skip`` onto ``cpus``; returns how many moved."""
+    moved = 0
     for tid in _threads_of(pid):
-        if tid != pid:
-            # a thread that has just ended cannot be moved, nor needs to be
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(tid, cpus)
+        if tid == skip:
+            continue
+        # a thread that has just ended cannot be moved, nor needs to be
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, cpus)
+            moved += 1
+    return moved
 
 
 def _threads_of(pid: int) -> list[int]:
@@ -148,15 +157,7 @@ class CpuLayout:
         Catches the threads started before the layout applied (the journal
         writer, worker threads, a metrics server thread); returns how many.
         """
-        me = threading.get_native_id()
-        moved = 0
-        for tid in _threads_of(os.getpid()):
-            if tid == me:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(tid, self.others)
-                moved += 1
-        return moved
+        return _pin_threads(os.getpid(), self.others, skip=threading.get_native_id())
 
     def worker_executor(self, max_workers: int | None = None) -> ThreadPoolExecutor:
         """An executor for the loop's default (``asyncio.to_thread``) whose threads,
