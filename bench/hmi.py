@@ -160,6 +160,7 @@ async def controller(
         endpoint=f"opc.tcp://127.0.0.1:{port}/gridctl",
         security_policies=["None"],
         anonymous="read-only",
+        allow_plaintext_password_on_loopback=True,
         users=[
             UserConfig(name="otto", password_hash=hash_password("pw", n=2**10), role="operator")
         ],

@@ -68,6 +68,10 @@ class OpcUaConfig(BaseModel):
     # Anonymous sessions are read-only at most; off by default outside the demo.
     anonymous: Literal["off", "read-only"] = "off"
     users: list[UserConfig] = []
+    # A user name and password that would cross the wire readable (no token
+    # encryption, channel not SignAndEncrypt) is refused; only a loopback
+    # endpoint may allow it, and only when this says so (the demo).
+    allow_plaintext_password_on_loopback: bool = False
     # Client application certificates: "trust-all" accepts any (self-signed)
     # client certificate; "trust-list" only those in <state_dir>/pki/trusted.
     client_certificates: Literal["trust-all", "trust-list"] = "trust-all"

@@ -29,8 +29,9 @@ changes one it has handed out). The notifications it queues carry the
 DataValue's encoding, made once however many clients watch the variable
 (:mod:`opcua_server.publish_encoding` writes them). Any other callback is
 awaited as before. This relies on asyncua's internal names; the pinned
-version (constraints.txt) is covered by tests/opcua_server/test_sampling.py,
-and anything unexpected falls back to the awaited callback.
+version (constraints.txt) is covered by tests/opcua_server/test_sampling.py;
+on another asyncua minor (``asyncua_gate``) every value takes the awaited
+callback, and anything unexpected falls back to it too.
 
 Its queue holds the image's ``(Tag, TagValue)`` changes, or, in the server
 process, the controller feed's rows as they arrived (``rows``): there a value
@@ -57,6 +58,7 @@ from asyncua.server.monitored_item_service import MonitoredItemService
 from controller.process_image import ChangeQueue, Quality, TagValue
 from controller.task_stop import stop_task
 
+from .asyncua_gate import allow_fallback
 from .model import VarEntry
 from .publish_encoding import PackedNotification, pack_data_value
 from .quality import data_value
@@ -64,7 +66,9 @@ from .quality import data_value
 _log = logging.getLogger(__name__)
 
 _DATACHANGE = MonitoredItemService.datachange_callback
-_is_data_changed = MonitoredItemService._is_data_changed
+# Private to asyncua 2.1; another version may not have it (then the awaited
+# callback runs: see Publisher.fast_datachange).
+_is_data_changed = getattr(MonitoredItemService, "_is_data_changed", None)
 _DISABLED = ua.MonitoringMode.Disabled
 _STATUS_VALUE = ua.DataChangeTrigger.StatusValue
 _GOOD_STATUS = ua.StatusCode(ua.StatusCodes.Good)
@@ -164,6 +168,10 @@ class Publisher:
         self.sampling_interval_s = sampling_interval_s
         self.rows = rows
         self.stats = PublisherStats()
+        # asyncua's private monitored-item structures, only on the version they were read from.
+        self.fast_datachange = _is_data_changed is not None and allow_fallback(
+            "the synchronous data-change path"
+        )
         self._task: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
         # Variables written since the last sampling tick that have monitored items.
@@ -337,7 +345,8 @@ class Publisher:
         for handle, callback in list(callbacks.items()):
             try:
                 if (
-                    getattr(callback, "__func__", None) is _DATACHANGE
+                    self.fast_datachange
+                    and getattr(callback, "__func__", None) is _DATACHANGE
                     and type(callback.__self__) is MonitoredItemService
                 ):
                     if packed is None:

@@ -45,6 +45,8 @@ from .model import BUS_DIAGNOSTICS, ModelBuilder, TypeNodes, VarEntry
 from .nodes import Made, NodeFactory
 from .publisher import FeedRows, Publisher
 from .security import ensure_certificate, security_policies
+from .session_guard import SessionGuard, is_loopback
+from .subscription_limits import limit_publishing_interval
 from .users import GridRuleset, UserStore, current_user
 
 _log = logging.getLogger(__name__)
@@ -151,6 +153,11 @@ class OpcUaServer:
         self.arms = ArmRegistry(timeout_s=config.arm_timeout_s)
         self.users = UserStore(config.users, anonymous=config.anonymous == "read-only")
         self.ruleset = GridRuleset()
+        self.session_guard = SessionGuard(
+            allow_plaintext_on_loopback=config.allow_plaintext_password_on_loopback,
+            endpoint_is_loopback=is_loopback(config.host),
+            failures=self.users if hasattr(self.users, "record_failure") else None,
+        )
         self.server: Server | None = None
         self.namespace_index = 0
         self.methods: dict[str, MethodSpec] = {}
@@ -185,6 +192,9 @@ class OpcUaServer:
             history_manager.set_storage(self.history)
             history_manager.store = self.history
         await server.init()
+        # Random session tokens and checked reconnects before any client can connect.
+        self.session_guard.attach(server.iserver)
+        limit_publishing_interval(server.iserver, cfg.min_publishing_interval_ms)
         # Data changes go out written from each value's bytes, packed once for
         # every client watching it (asyncua's encoder packs them per item).
         publish_encoding.install()

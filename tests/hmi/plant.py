@@ -420,6 +420,7 @@ async def start_plant(
         security_policies=["None"],
         anonymous="read-only",
         users=USERS,
+        allow_plaintext_password_on_loopback=True,
         min_publishing_interval_ms=50.0,
     )
     srv = OpcUaServer(

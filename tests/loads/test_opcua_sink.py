@@ -21,7 +21,7 @@ async def served(rig, tmp_path):
         r = await rig(**kw)
         r.executor.mirror()
         srv = OpcUaServer(
-            make_config(security_policies=["None"]),
+            make_config(security_policies=["None"], allow_plaintext_password_on_loopback=True),
             r.image,
             state_dir=tmp_path,
             commands=LoadsCommandSink(r.executor),

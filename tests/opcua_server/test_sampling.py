@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from controller.process_image import ProcessImage
 from opcua_server.channel import FrameDecoder
 from opcua_server.feed import ImageFeed
@@ -84,9 +86,13 @@ async def test_a_sampling_tick_notifies_the_latest_value_and_counts_the_rest(sta
         await sub.delete()
 
 
-async def test_every_change_keeps_asyncua_queue_and_deadband_rules(start_server):
+@pytest.mark.parametrize("fast", [True, False], ids=["synchronous-path", "asyncua-callback"])
+async def test_every_change_keeps_asyncua_queue_and_deadband_rules(start_server, fast):
     image = one_tag()
     srv = await start_server(image, config_overrides={"sampling_interval_ms": 0.0})
+    # The fallback (another asyncua minor) awaits asyncua's own callback: same values.
+    assert srv._publisher.fast_datachange
+    srv._publisher.fast_datachange = fast
     async with client_for(srv) as client:
         ns = await ns_of(client)
         node = client.get_node(nid(ns, TAG))
@@ -117,6 +123,18 @@ async def test_every_change_keeps_asyncua_queue_and_deadband_rules(start_server)
         assert srv.stats()["notified"] >= 5
         for sub in (sub_q, sub_l, sub_d):
             await sub.delete()
+
+
+def test_another_asyncua_minor_keeps_asyncua_data_change_callback(monkeypatch, caplog):
+    import asyncua
+
+    from controller.process_image import ChangeQueue
+    from opcua_server.publisher import Publisher
+
+    monkeypatch.setattr(asyncua, "__version__", "2.2.0")
+    publisher = Publisher(ChangeQueue("t", 10), {})
+    assert publisher.fast_datachange is False
+    assert "synchronous data-change path falls back" in caplog.text
 
 
 async def test_the_server_process_reports_what_reached_its_address_space(tmp_path: Path):
