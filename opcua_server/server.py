@@ -22,8 +22,8 @@ from controller.process_image import ChangeQueue, ProcessImage, Tag
 from controller.task_stop import stop_task
 from drivers.bus_stats import BusSnapshot
 
+from . import connection_limits, publish_encoding
 from . import nodes as N
-from . import publish_encoding
 from .command_view import CommandTracker, build_event_type
 from .conditions import AlarmConditions
 from .config import OpcUaConfig
@@ -45,7 +45,7 @@ from .model import BUS_DIAGNOSTICS, ModelBuilder, TypeNodes, VarEntry
 from .nodes import Made, NodeFactory
 from .publisher import FeedRows, Publisher
 from .security import ensure_certificate, security_policies
-from .users import GridRuleset, UserStore, current_user
+from .users import FailureSink, GridRuleset, UserStore, current_user, install_login_peer
 
 _log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class OpcUaServer:
         recent_commands: int = 32,
         alarm_poll_s: float = 0.25,
         alarm_confirm: bool = False,
+        login_failures: FailureSink | None = None,
     ) -> None:
         """``commands``: a CommandSink (or a controller CommandLog, wrapped);
         ``alarms``: an AlarmSource (or a controller AlarmEngine, wrapped);
@@ -112,7 +113,8 @@ class OpcUaServer:
         ``task_stats``: per cycle task ``latency_p50_s``/``p99``/``max`` and ``overruns``;
         ``history_db``: SQLite file for HistoryRead (None: no history);
         ``alarm_confirm``: acknowledged conditions wait for Confirm (Part 9) before
-        they stop being retained."""
+        they stop being retained;
+        ``login_failures``: called with each refused login (to journal and count it)."""
         self.config = config
         self.image = image
         self.state_dir = Path(state_dir)
@@ -149,7 +151,8 @@ class OpcUaServer:
         self._load_specs: list[MethodSpec] = []
         self._command_specs: dict[str, list[MethodSpec]] = {}
         self.arms = ArmRegistry(timeout_s=config.arm_timeout_s)
-        self.users = UserStore(config.users, anonymous=config.anonymous == "read-only")
+        self.users = UserStore.from_config(config, on_failure=login_failures)
+        self.peer_limit: connection_limits.PeerLimit | None = None
         self.ruleset = GridRuleset()
         self.server: Server | None = None
         self.namespace_index = 0
@@ -185,6 +188,9 @@ class OpcUaServer:
             history_manager.set_storage(self.history)
             history_manager.store = self.history
         await server.init()
+        # Security patches: the peer of each login, and the connection limits.
+        install_login_peer()
+        self.peer_limit = connection_limits.apply(server.iserver, cfg)
         # Data changes go out written from each value's bytes, packed once for
         # every client watching it (asyncua's encoder packs them per item).
         publish_encoding.install()
@@ -284,6 +290,8 @@ class OpcUaServer:
             "model_nodes": self.model_nodes,
             "model_build_s": self.model_build_s,
             "logins_rejected": self.users.rejected,
+            "login_failures": dict(self.users.failures),
+            "connections_refused_per_peer": self.peer_limit.refused if self.peer_limit else 0,
             "requests_denied": self.ruleset.denied,
             "method_calls": {name: spec.calls for name, spec in self.methods.items()},
             "late_tags": self.late_tags,
