@@ -37,6 +37,7 @@ _WRAPPER_MARK = "_gridctl_connection_limits"
 class PeerLimit:
     per_peer: int
     refused: int = 0  # connections closed at once: their host was at per_peer
+    peak: int = 0  # most connections one host held at once
 
 
 # Each server's limit, looked up from the protocol's InternalServer; a server
@@ -81,6 +82,7 @@ def _install() -> None:
                 self.peer_name = transport.get_extra_info("peername")
                 transport.close()
                 return
+            limit.peak = max(limit.peak, held + 1)
         current(self, transport)
 
     setattr(connection_made, _WRAPPER_MARK, True)

@@ -292,6 +292,7 @@ class OpcUaServer:
             "logins_rejected": self.users.rejected,
             "login_failures": dict(self.users.failures),
             "connections_refused_per_peer": self.peer_limit.refused if self.peer_limit else 0,
+            "connections_peak_per_peer": self.peer_limit.peak if self.peer_limit else 0,
             "requests_denied": self.ruleset.denied,
             "method_calls": {name: spec.calls for name, spec in self.methods.items()},
             "late_tags": self.late_tags,
