@@ -8,13 +8,14 @@ import fnmatch
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
@@ -45,7 +46,14 @@ from .model import BUS_DIAGNOSTICS, ModelBuilder, TypeNodes, VarEntry
 from .nodes import Made, NodeFactory
 from .publisher import FeedRows, Publisher
 from .security import ensure_certificate, security_policies
-from .users import FailureSink, GridRuleset, UserStore, current_user, install_login_peer
+from .users import (
+    FailureSink,
+    GridRuleset,
+    UserStore,
+    current_user,
+    install_login_peer,
+    login_peer,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -326,7 +334,20 @@ class OpcUaServer:
                 CertificateValidatorOptions.BASIC_VALIDATION | CertificateValidatorOptions.TRUSTED,
                 store,
             )
-            server.set_certificate_validator(validator)  # type: ignore[arg-type]
+            server.set_certificate_validator(self._reporting(validator))  # type: ignore[arg-type]
+
+    def _reporting(self, validator: CertificateValidator) -> Callable[..., Awaitable[None]]:
+        """``validator``, with each refused client certificate reported as a failed login."""
+
+        async def validate(cert: Any, application: Any) -> None:
+            try:
+                await validator(cert, application)
+            except ServiceError:
+                # no user name yet: the certificate comes with CreateSession
+                self.users.record_failure("", login_peer.get(), "untrusted_certificate")
+                raise
+
+        return validate
 
     # -- model -----------------------------------------------------------------------
     def _build_model(self, server: Server) -> None:

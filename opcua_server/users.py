@@ -23,6 +23,7 @@ import functools
 import getpass
 import hashlib
 import hmac
+import inspect
 import logging
 import secrets
 import sys
@@ -118,26 +119,44 @@ def peer_host(peername: Any) -> str:
 
 
 def install_login_peer() -> None:
-    """Set :data:`login_peer` while asyncua activates a session (idempotent).
+    """Set :data:`login_peer` while asyncua creates (the client certificate is
+    checked there) and activates a session (idempotent).
 
-    A plain wrapper around whatever ``InternalSession.activate_session`` is
-    current, so other patches may wrap it too, before or after this one.
+    Plain wrappers around whatever ``InternalSession.create_session`` and
+    ``activate_session`` are current, so other patches may wrap them too,
+    before or after these.
     """
     require_pinned("per-peer login back-off (InternalSession.activate_session)")
-    current = InternalSession.activate_session
-    if _is_login_peer_wrapper(current):
-        return
+    for name in ("create_session", "activate_session"):
+        current = getattr(InternalSession, name)
+        if not _is_login_peer_wrapper(current):
+            setattr(InternalSession, name, _with_login_peer(current))
 
-    @functools.wraps(current)
-    def activate_session(self: InternalSession, *args: Any, **kwargs: Any) -> Any:
-        token = login_peer.set(peer_host(self.name))
-        try:
-            return current(self, *args, **kwargs)
-        finally:
-            login_peer.reset(token)
 
-    activate_session.__dict__[_WRAPPER_MARK] = True
-    InternalSession.activate_session = activate_session  # type: ignore[method-assign]
+def _with_login_peer(current: Callable[..., Any]) -> Callable[..., Any]:
+    wrapper: Callable[..., Any]
+    if inspect.iscoroutinefunction(current):
+
+        @functools.wraps(current)
+        async def wrapper(self: InternalSession, *args: Any, **kwargs: Any) -> Any:
+            token = login_peer.set(peer_host(self.name))
+            try:
+                return await current(self, *args, **kwargs)
+            finally:
+                login_peer.reset(token)
+
+    else:
+
+        @functools.wraps(current)
+        def wrapper(self: InternalSession, *args: Any, **kwargs: Any) -> Any:
+            token = login_peer.set(peer_host(self.name))
+            try:
+                return current(self, *args, **kwargs)
+            finally:
+                login_peer.reset(token)
+
+    wrapper.__dict__[_WRAPPER_MARK] = True
+    return wrapper
 
 
 _WRAPPER_MARK = "_gridctl_login_peer"

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import inspect
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,7 +24,12 @@ import asyncua
 import pytest
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
+from asyncua.crypto import cert_gen
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.server.internal_session import InternalSession
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controller.journal import Journal
 from controller.metrics import MetricsServer, Sources, make_registry
@@ -255,6 +262,54 @@ def test_config_limits_name_the_field_and_range() -> None:
     )
 
 
+async def test_an_untrusted_client_certificate_is_a_refused_login(
+    start_server: Any, tmp_path: Path
+) -> None:
+    def make_cert(name: str, uri: str) -> tuple[Path, Path]:
+        key = cert_gen.generate_private_key()
+        cert = cert_gen.generate_self_signed_app_certificate(
+            key,
+            name,
+            {"organizationName": "test"},
+            [x509.UniformResourceIdentifier(uri), x509.DNSName(socket.gethostname())],
+            extended=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        )
+        cert_path, key_path = tmp_path / f"{name}.der", tmp_path / f"{name}.pem"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+        key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
+        return cert_path, key_path
+
+    # the server's trust list (<state_dir>/pki/trusted) holds another client's certificate
+    friend, _ = make_cert("friend", "urn:gridctl:friend")
+    trusted = tmp_path / "pki" / "trusted"
+    trusted.mkdir(parents=True)
+    (trusted / "friend.der").write_bytes(friend.read_bytes())
+    uri = "urn:gridctl:stranger"
+    cert_path, key_path = make_cert("stranger", uri)
+    failures: list[LoginFailure] = []
+    srv = await start_server(
+        config_overrides={
+            "security_policies": ["Basic256Sha256"],
+            "client_certificates": "trust-list",
+        },
+        login_failures=failures.append,
+    )
+    client = client_from(srv.endpoint, PEER_A, "otto", PASSWORDS["otto"])
+    client.application_uri = uri
+    await client.set_security(
+        SecurityPolicyBasic256Sha256,
+        str(cert_path),
+        str(key_path),
+        mode=ua.MessageSecurityMode.SignAndEncrypt,
+    )
+    with pytest.raises(ua.UaStatusCodeError) as err:
+        await client.connect()
+    with contextlib.suppress(Exception):
+        await client.disconnect()
+    assert err.value.code == SC.BadCertificateUntrusted
+    assert [(f.user, f.peer, f.reason) for f in failures] == [("", PEER_A, "untrusted_certificate")]
+
+
 # -- journal and metric -------------------------------------------------------------------------
 
 
@@ -456,6 +511,7 @@ def test_the_login_peer_wrapper_is_installed_once_and_under_other_wrappers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(InternalSession, "activate_session", InternalSession.activate_session)
+    monkeypatch.setattr(InternalSession, "create_session", InternalSession.create_session)
     install_login_peer()
     mine = InternalSession.activate_session
     install_login_peer()
@@ -471,6 +527,7 @@ def test_the_login_peer_wrapper_is_installed_once_and_under_other_wrappers(
     InternalSession.activate_session = outer  # type: ignore[method-assign]
     install_login_peer()
     assert InternalSession.activate_session is outer  # not wrapped a second time
+    assert inspect.iscoroutinefunction(InternalSession.create_session)  # still awaitable
 
 
 async def test_security_patches_refuse_another_asyncua_minor(
