@@ -104,7 +104,12 @@ class LoginFailureLog:
                     self.counts[reason] += n
                 else:
                     self.bad_records += 1
-        for row in message.get("records") or ():
+        records = message.get("records")
+        if not isinstance(records, list | tuple):
+            if records is not None:
+                self.bad_records += 1
+            records = ()
+        for row in records:
             try:
                 failure = LoginFailure.from_row(row)
             except ValueError as exc:

@@ -124,7 +124,9 @@ def install_login_peer() -> None:
 
     Plain wrappers around whatever ``InternalSession.create_session`` and
     ``activate_session`` are current, so other patches may wrap them too,
-    before or after these.
+    before or after these. A peer already set by the caller is kept: a session
+    re-activated from a new connection carries its first connection's address
+    in ``InternalSession.name``, and that caller knows the new one.
     """
     require_pinned("per-peer login back-off (InternalSession.activate_session)")
     for name in ("create_session", "activate_session"):
@@ -139,7 +141,7 @@ def _with_login_peer(current: Callable[..., Any]) -> Callable[..., Any]:
 
         @functools.wraps(current)
         async def wrapper(self: InternalSession, *args: Any, **kwargs: Any) -> Any:
-            token = login_peer.set(peer_host(self.name))
+            token = login_peer.set(login_peer.get() or peer_host(self.name))
             try:
                 return await current(self, *args, **kwargs)
             finally:
@@ -149,7 +151,7 @@ def _with_login_peer(current: Callable[..., Any]) -> Callable[..., Any]:
 
         @functools.wraps(current)
         def wrapper(self: InternalSession, *args: Any, **kwargs: Any) -> Any:
-            token = login_peer.set(peer_host(self.name))
+            token = login_peer.set(login_peer.get() or peer_host(self.name))
             try:
                 return current(self, *args, **kwargs)
             finally:

@@ -398,6 +398,9 @@ async def test_malformed_failure_frames_change_nothing(tmp_path: Path) -> None:
         assert set(log.counts.values()) == {0}
         assert log.bad_records == 4 + 5  # four counts, five records
         assert log.not_journaled == 0
+        log.receive({"t": "login_failures", "counts": 7, "records": 7, "lost": "x"})
+        assert set(log.counts.values()) == {0}
+        assert log.bad_records == 9 + 1  # the records field; counts not a map is skipped
     finally:
         journal.close()
 
