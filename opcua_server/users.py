@@ -103,10 +103,11 @@ ANONYMOUS = GridUser(role=UserRole.Anonymous, name="anonymous", grid_role=None)
 current_user: contextvars.ContextVar[GridUser | None] = contextvars.ContextVar(
     "opcua_current_user", default=None
 )
-# The host address of the client whose ActivateSession is being processed (set
-# around asyncua's InternalSession.activate_session by install_login_peer; asyncua
-# does not pass the connection to the user manager).
+# The host address of the client whose CreateSession or ActivateSession is being
+# processed (set around asyncua's InternalSession methods by install_login_peer;
+# asyncua does not pass the connection to the user manager or the validator).
 login_peer: contextvars.ContextVar[str] = contextvars.ContextVar("opcua_login_peer", default="")
+_WRAPPER_MARK = "_gridctl_login_peer"
 
 FailureSink = Callable[[LoginFailure], None]
 
@@ -128,7 +129,7 @@ def install_login_peer() -> None:
     re-activated from a new connection carries its first connection's address
     in ``InternalSession.name``, and that caller knows the new one.
     """
-    require_pinned("per-peer login back-off (InternalSession.activate_session)")
+    require_pinned("per-peer login back-off (InternalSession.create_session, activate_session)")
     for name in ("create_session", "activate_session"):
         current = getattr(InternalSession, name)
         if not _is_login_peer_wrapper(current):
@@ -159,9 +160,6 @@ def _with_login_peer(current: Callable[..., Any]) -> Callable[..., Any]:
 
     wrapper.__dict__[_WRAPPER_MARK] = True
     return wrapper
-
-
-_WRAPPER_MARK = "_gridctl_login_peer"
 
 
 def _is_login_peer_wrapper(func: Any) -> bool:
@@ -333,15 +331,15 @@ class UserStore:
 
 
 def _dummy_hash(users: Iterable[UserConfig]) -> str:
-    n, r, p = SCRYPT_N, SCRYPT_R, SCRYPT_P
+    """A hash of a random password at the first configured user's scrypt cost."""
+    secret = secrets.token_urlsafe(16)
     for user in users:
         try:
-            _scheme, n_text, r_text, p_text, _salt, _digest = user.password_hash.split("$")
-            n, r, p = int(n_text), int(r_text), int(p_text)
+            _scheme, n, r, p, _salt, _digest = user.password_hash.split("$")
+            return hash_password(secret, n=int(n), r=int(r), p=int(p))
         except ValueError:
-            continue
-        break
-    return hash_password(secrets.token_urlsafe(16), n=n, r=r, p=p)
+            continue  # a malformed hash never verifies anyway; try the next user's cost
+    return hash_password(secret)
 
 
 def _ids(*names: str) -> frozenset[ua.NodeId]:
