@@ -122,6 +122,19 @@ MIGRATIONS: list[tuple[str, str]] = [
     ),
     # verification results (controller.verification.results owns the tables)
     *((f"verification results {n}", step) for n, step in enumerate(RESULTS_SCHEMA, start=1)),
+    (
+        "refused OPC UA logins",
+        """
+        CREATE TABLE login_failures (
+            seq     INTEGER PRIMARY KEY,
+            at      REAL NOT NULL,          -- epoch seconds
+            user    TEXT NOT NULL,          -- the name the client gave
+            peer    TEXT NOT NULL,          -- the client's host address
+            reason  TEXT NOT NULL           -- opcua_server.login_failures.REASONS
+        );
+        CREATE INDEX login_failures_by_time ON login_failures(at);
+        """,
+    ),
 ]
 
 
@@ -450,6 +463,18 @@ class Journal:
             self.write_latency.summary(256),  # percentiles over the last 256 (cheap to sort)
             self.commit_time.summary(256),
             self.failure,
+        )
+
+    # -- refused logins ---------------------------------------------------------------------
+    def login_failure(self, at: float, user: str, peer: str, reason: str) -> bool:
+        """Record a refused OPC UA login (fire and forget, like events)."""
+        return self.post(
+            [
+                (
+                    "INSERT INTO login_failures(at, user, peer, reason) VALUES (?, ?, ?, ?)",
+                    (at, user, peer, reason),
+                )
+            ]
         )
 
     # -- events -----------------------------------------------------------------------------

@@ -78,6 +78,8 @@ class Sources:
     gc: Callable[[], Any] = lambda: None  # controller.gc_pacing.QuietGc when running
     # opcua_server.server_process.OpcUaServerProcess when the server runs in its own process
     opcua_process: Callable[[], Any] = lambda: None
+    # refused OPC UA logins per reason (opcua_server.login_failures.LoginFailureLog.counts)
+    login_failures: Callable[[], dict[str, int] | None] = lambda: None
     info: dict[str, str] = field(default_factory=dict)
 
 
@@ -103,6 +105,7 @@ class GridCollector(Collector):
         yield from self._image()
         yield from self._gc()
         yield from self._opcua_process()
+        yield from self._login_failures()
         rt = self.render_time
         g = GaugeMetricFamily(
             "gridctl_metrics_render_max_seconds", "Longest metrics rendering (recent window)"
@@ -230,6 +233,17 @@ class GridCollector(Collector):
             rss = GaugeMetricFamily("gridctl_opcua_server_rss_bytes", "Server process memory")
             rss.add_metric([], server["rss_bytes"])
             yield rss
+
+    def _login_failures(self) -> Iterator[Metric]:
+        counts = self.sources.login_failures()
+        if counts is None:
+            return
+        c = CounterMetricFamily(
+            "gridctl_opcua_login_failures", "Refused OPC UA logins", labels=["reason"]
+        )
+        for reason, n in counts.items():
+            c.add_metric([reason], n)
+        yield c
 
     # -- buses ------------------------------------------------------------------------------
     def _buses(self) -> Iterator[Metric]:

@@ -54,6 +54,7 @@ from drivers.plant import FieldPlant
 from drivers.sim.launch import start_simulator
 from opcua_server import OpcUaServer
 from opcua_server.adapters import EngineAlarmSource
+from opcua_server.login_failures import LoginFailureLog
 from opcua_server.server import task_stats_from
 from opcua_server.server_process import OpcUaProcessError, OpcUaServerProcess
 
@@ -88,6 +89,8 @@ class Service:
         )
         self.commands = CommandLog(self.journal)
         self.alarms = AlarmEngine(self.journal)
+        # refused OPC UA logins (inline, or from the server process): journaled, counted
+        self.login_failures = LoginFailureLog(self.journal)
         t = config.tasks
         self._timers: list[DeadlineTimer] = []
         self.fast = CycleTask(
@@ -230,6 +233,7 @@ class Service:
                     opcua_process=lambda: (
                         self.opcua if isinstance(self.opcua, OpcUaServerProcess) else None
                     ),
+                    login_failures=lambda: self.login_failures.counts,
                     info={"name": cfg.service.name, "version": _version()},
                 )
             )
@@ -418,6 +422,7 @@ class Service:
             alarms=self.alarms,
             task_stats=task_stats_from(lambda: self.tasks, last=OPCUA_TASK_SAMPLES),
             history_db=state_dir / "history.db",
+            login_failures=self.login_failures.record,
         )
         await server.start()
         self.opcua = server
@@ -448,6 +453,7 @@ class Service:
             on_down=down,
             on_up=up,
             cpus=self._other_cpus,
+            login_failures=self.login_failures.receive,
         )
         # The child takes seconds to come up (interpreter, asyncua, model): a
         # stop requested meanwhile must not wait for it.

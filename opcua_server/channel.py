@@ -28,6 +28,9 @@ Server process → controller:
   (rows applied to the mirror), ``published`` (values written into the address
   space), ``notified``, ``sampled_coalesced``, ``coalesced``, ``dropped``,
   ``queue_length``, ``batches``, ``last_batch_latency_s``, ``rss_bytes``;
+- ``login_failures``: after a ``stats`` frame when logins were refused since the
+  last one: ``counts`` (``{reason: n}``), ``records`` (``[at, user, peer,
+  reason]``, at most 256) and ``lost`` (records beyond that, counted only);
 - ``request``: ``id``, ``op`` (``submit``, ``acknowledge``, ``shelve``) and its
   arguments.
 """

@@ -91,6 +91,24 @@ class OpcUaConfig(BaseModel):
     sampling_interval_ms: float = Field(default=SAMPLING_INTERVAL_MS, ge=0.0, le=60_000.0)
     # Select-before-operate: an Arm token must be executed within this time.
     arm_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
+    # Failed logins, per user name and peer address (never per user alone: a
+    # stranger's wrong guesses must not lock the operator out). After
+    # `login_free_attempts` failures that pair waits `login_backoff_s`, doubling
+    # per further failure up to `login_backoff_max_s`, and is refused without
+    # checking the password meanwhile. The table remembers the
+    # `login_table_size` most recent pairs (oldest forgotten first).
+    login_free_attempts: int = Field(default=3, ge=0, le=100)
+    login_backoff_s: float = Field(default=1.0, gt=0.0, le=3600.0)
+    login_backoff_max_s: float = Field(default=60.0, gt=0.0, le=86_400.0)
+    login_table_size: int = Field(default=10_000, ge=16, le=1_000_000)
+    # Connection limits: TCP connections in total and from one peer address
+    # (beyond them a new connection is closed at once), activated sessions in
+    # total, and seconds a connection may take to activate a session before it
+    # is closed (idle sockets cannot hold connection slots).
+    max_connections: int = Field(default=256, ge=1, le=65_536)
+    max_connections_per_peer: int = Field(default=16, ge=1, le=65_536)
+    max_sessions: int = Field(default=100, ge=1, le=65_536)
+    activation_timeout_s: float = Field(default=5.0, gt=0.0, le=600.0)
 
     @field_validator("process", mode="before")
     @classmethod
@@ -131,6 +149,20 @@ class OpcUaConfig(BaseModel):
         if not value:
             raise ValueError("security_modes must name at least one mode (Sign, SignAndEncrypt)")
         return value
+
+    @model_validator(mode="after")
+    def _limits(self) -> OpcUaConfig:
+        if self.login_backoff_max_s < self.login_backoff_s:
+            raise ValueError(
+                f"login_backoff_max_s ({self.login_backoff_max_s} s) must be at least "
+                f"login_backoff_s ({self.login_backoff_s} s)"
+            )
+        if self.max_connections_per_peer > self.max_connections:
+            raise ValueError(
+                f"max_connections_per_peer ({self.max_connections_per_peer}) must be at most "
+                f"max_connections ({self.max_connections})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_users(self) -> OpcUaConfig:

@@ -135,9 +135,11 @@ class ImageFeed:
         flush_interval_s: float = FLUSH_INTERVAL_S,
         status_period_s: float = STATUS_PERIOD_S,
         alarm_period_s: float = ALARM_PERIOD_S,
+        on_login_failures: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """``hello``: what the server process needs besides the image (``config``,
-        ``state_dir``, ``history_db``); the feed adds the first diagnostics."""
+        ``state_dir``, ``history_db``); the feed adds the first diagnostics.
+        ``on_login_failures``: gets each ``login_failures`` frame (to journal it)."""
         self.image = image
         self.socket_path = Path(socket_path)
         self.hello = hello
@@ -152,6 +154,7 @@ class ImageFeed:
         self.flush_interval_s = flush_interval_s
         self.status_period_s = status_period_s
         self.alarm_period_s = alarm_period_s
+        self.on_login_failures = on_login_failures
         self.counters = FeedStats()
         self._server: asyncio.AbstractServer | None = None
         self._conn: _Connection | None = None
@@ -265,6 +268,9 @@ class ImageFeed:
                 self._ready.set_result(message)
         elif kind == "stats":
             self.server_stats = message
+        elif kind == "login_failures":
+            if self.on_login_failures is not None:
+                self.on_login_failures(message)
         else:
             _log.warning("opcua channel: unknown message type %r ignored", kind)
 

@@ -35,6 +35,7 @@ from drivers.bus_stats import BusSnapshot
 
 from .channel import ChannelError, FrameDecoder, encode, raise_error
 from .config import OpcUaConfig
+from .login_failures import FailureOutbox
 from .methods import AlarmInfo, CommandRefused, CommandRequest
 
 _log = logging.getLogger("gridctl.opcua.process")
@@ -305,7 +306,9 @@ def _rss() -> int:
         return 0
 
 
-async def _report(channel: ControllerChannel, server: Any, image: MirrorImage) -> None:
+async def _report(
+    channel: ControllerChannel, server: Any, image: MirrorImage, logins: FailureOutbox
+) -> None:
     """Send the server's counters to the controller every STATS_PERIOD_S.
 
     The controller cannot see the address space; these counters are how it
@@ -324,6 +327,9 @@ async def _report(channel: ControllerChannel, server: Any, image: MirrorImage) -
                     "rss_bytes": _rss(),
                 }
             )
+            failures = logins.frame()
+            if failures is not None:
+                channel.send(failures)
 
 
 async def serve(socket_path: str, parent: int | None = None) -> int:
@@ -345,6 +351,7 @@ async def serve(socket_path: str, parent: int | None = None) -> int:
     sink = ChannelCommandSink(channel)
     alarms = ChannelAlarmSource(channel)
     diag = Diagnostics()
+    logins = FailureOutbox()
     server: OpcUaServer | None = None
     synced = asyncio.Event()
     hello: dict[str, Any] = {}
@@ -407,6 +414,7 @@ async def serve(socket_path: str, parent: int | None = None) -> int:
             alarms=alarms if hello.get("alarms") is not None else None,
             task_stats=diag.task_stats if hello.get("tasks") is not None else None,
             history_db=Path(history) if history else None,
+            login_failures=logins.add,
         )
         gc.collect()
         rss_before = _rss()
@@ -428,7 +436,7 @@ async def serve(socket_path: str, parent: int | None = None) -> int:
             }
         )
         _log.info("serving %s for the controller (pid %s)", config.endpoint, hello.get("pid"))
-        reporter = asyncio.create_task(_report(channel, server, image), name="opcua-stats")
+        reporter = asyncio.create_task(_report(channel, server, image, logins), name="opcua-stats")
         try:
             await stop.wait()
         finally:

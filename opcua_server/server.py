@@ -8,13 +8,14 @@ import fnmatch
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
@@ -22,8 +23,8 @@ from controller.process_image import ChangeQueue, ProcessImage, Tag
 from controller.task_stop import stop_task
 from drivers.bus_stats import BusSnapshot
 
+from . import connection_limits, publish_encoding
 from . import nodes as N
-from . import publish_encoding
 from .command_view import CommandTracker, build_event_type
 from .conditions import AlarmConditions
 from .config import OpcUaConfig
@@ -47,7 +48,14 @@ from .publisher import FeedRows, Publisher
 from .security import ensure_certificate, security_policies
 from .session_guard import SessionGuard, is_loopback
 from .subscription_limits import limit_publishing_interval
-from .users import GridRuleset, UserStore, current_user
+from .users import (
+    FailureSink,
+    GridRuleset,
+    UserStore,
+    current_user,
+    install_login_peer,
+    login_peer,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -107,6 +115,7 @@ class OpcUaServer:
         recent_commands: int = 32,
         alarm_poll_s: float = 0.25,
         alarm_confirm: bool = False,
+        login_failures: FailureSink | None = None,
     ) -> None:
         """``commands``: a CommandSink (or a controller CommandLog, wrapped);
         ``alarms``: an AlarmSource (or a controller AlarmEngine, wrapped);
@@ -114,7 +123,8 @@ class OpcUaServer:
         ``task_stats``: per cycle task ``latency_p50_s``/``p99``/``max`` and ``overruns``;
         ``history_db``: SQLite file for HistoryRead (None: no history);
         ``alarm_confirm``: acknowledged conditions wait for Confirm (Part 9) before
-        they stop being retained."""
+        they stop being retained;
+        ``login_failures``: called with each refused login (to journal and count it)."""
         self.config = config
         self.image = image
         self.state_dir = Path(state_dir)
@@ -151,12 +161,13 @@ class OpcUaServer:
         self._load_specs: list[MethodSpec] = []
         self._command_specs: dict[str, list[MethodSpec]] = {}
         self.arms = ArmRegistry(timeout_s=config.arm_timeout_s)
-        self.users = UserStore(config.users, anonymous=config.anonymous == "read-only")
+        self.users = UserStore.from_config(config, on_failure=login_failures)
+        self.peer_limit: connection_limits.PeerLimit | None = None
         self.ruleset = GridRuleset()
         self.session_guard = SessionGuard(
             allow_plaintext_on_loopback=config.allow_plaintext_password_on_loopback,
             endpoint_is_loopback=is_loopback(config.host),
-            failures=self.users if hasattr(self.users, "record_failure") else None,
+            failures=self.users,
         )
         self.server: Server | None = None
         self.namespace_index = 0
@@ -192,8 +203,12 @@ class OpcUaServer:
             history_manager.set_storage(self.history)
             history_manager.store = self.history
         await server.init()
-        # Random session tokens and checked reconnects before any client can connect.
+        # Security patches, before any client can connect: the peer of each
+        # login, random session tokens and checked reconnects, the connection
+        # limits, the smallest publishing interval.
+        install_login_peer()
         self.session_guard.attach(server.iserver)
+        self.peer_limit = connection_limits.apply(server.iserver, cfg)
         limit_publishing_interval(server.iserver, cfg.min_publishing_interval_ms)
         # Data changes go out written from each value's bytes, packed once for
         # every client watching it (asyncua's encoder packs them per item).
@@ -294,6 +309,9 @@ class OpcUaServer:
             "model_nodes": self.model_nodes,
             "model_build_s": self.model_build_s,
             "logins_rejected": self.users.rejected,
+            "login_failures": dict(self.users.failures),
+            "connections_refused_per_peer": self.peer_limit.refused if self.peer_limit else 0,
+            "connections_peak_per_peer": self.peer_limit.peak if self.peer_limit else 0,
             "requests_denied": self.ruleset.denied,
             "method_calls": {name: spec.calls for name, spec in self.methods.items()},
             "late_tags": self.late_tags,
@@ -327,7 +345,20 @@ class OpcUaServer:
                 CertificateValidatorOptions.BASIC_VALIDATION | CertificateValidatorOptions.TRUSTED,
                 store,
             )
-            server.set_certificate_validator(validator)  # type: ignore[arg-type]
+            server.set_certificate_validator(self._reporting(validator))  # type: ignore[arg-type]
+
+    def _reporting(self, validator: CertificateValidator) -> Callable[..., Awaitable[None]]:
+        """``validator``, with each refused client certificate reported as a failed login."""
+
+        async def validate(cert: Any, application: Any) -> None:
+            try:
+                await validator(cert, application)
+            except ServiceError:
+                # no user name yet: the certificate comes with CreateSession
+                self.users.record_failure("", login_peer.get(), "untrusted_certificate")
+                raise
+
+        return validate
 
     # -- model -----------------------------------------------------------------------
     def _build_model(self, server: Server) -> None:

@@ -80,6 +80,7 @@ class OpcUaServerProcess:
         ready_timeout_s: float = READY_TIMEOUT_S,
         restart_delay_s: float = RESTART_DELAY_S,
         cpus: frozenset[int] | None = None,
+        login_failures: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.config = config
         # CPUs for the child (``[tasks] cpus``): it would inherit the mask of the
@@ -100,6 +101,7 @@ class OpcUaServerProcess:
             bus_snapshots=bus_snapshots,
             task_stats=task_stats,
             quiet_point=quiet_point,
+            on_login_failures=login_failures,
         )
         self.log_level = log_level
         self.on_down = on_down

@@ -50,6 +50,7 @@ from asyncua.ua.ua_binary import struct_from_binary
 from cryptography import x509
 
 from .asyncua_gate import require_pinned
+from .users import login_peer
 
 _log = logging.getLogger(__name__)
 
@@ -262,6 +263,10 @@ async def _reconnect(
 
     def refuse(detail: str, code: int) -> ServiceError:
         return guard.refuse(claimed, peer, "reconnect_refused", detail, code)
+
+    # The session's own peer is the address it was created from: the login
+    # checks (and their back-off) must charge this channel's peer instead.
+    login_peer.set(peer)
 
     existing = proc.iserver.lookup_external_session(requesthdr.AuthenticationToken)
     if existing is None or not existing.is_activated():

@@ -19,28 +19,34 @@ from __future__ import annotations
 import argparse
 import base64
 import contextvars
+import functools
 import getpass
 import hashlib
 import hmac
+import inspect
 import logging
 import secrets
 import sys
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from asyncua import ua
 from asyncua.crypto.permission_rules import PermissionRuleset, User, UserRole
+from asyncua.server.internal_session import InternalSession
 from asyncua.ua.ua_binary import struct_from_binary
 
-from .config import Role, UserConfig
+from .asyncua_gate import require_pinned
+from .config import OpcUaConfig, Role, UserConfig
+from .login_failures import MAX_USER_CHARS, REASONS, LoginFailure
 
 _log = logging.getLogger(__name__)
 
 # scrypt cost: 2**14 × 8 × 128 B = 16 MiB, ~30–60 ms. Verification runs on the
 # event loop, so successful logins are cached (keyed by an HMAC, never the
-# password) and repeated failures for a user are refused without hashing.
+# password) and a user and peer that keep failing are refused without hashing.
 SCRYPT_N = 2**14
 SCRYPT_R = 8
 SCRYPT_P = 1
@@ -97,6 +103,121 @@ ANONYMOUS = GridUser(role=UserRole.Anonymous, name="anonymous", grid_role=None)
 current_user: contextvars.ContextVar[GridUser | None] = contextvars.ContextVar(
     "opcua_current_user", default=None
 )
+# The host address of the client whose CreateSession or ActivateSession is being
+# processed (set around asyncua's InternalSession methods by install_login_peer;
+# asyncua does not pass the connection to the user manager or the validator).
+login_peer: contextvars.ContextVar[str] = contextvars.ContextVar("opcua_login_peer", default="")
+_WRAPPER_MARK = "_gridctl_login_peer"
+
+FailureSink = Callable[[LoginFailure], None]
+
+
+def peer_host(peername: Any) -> str:
+    """The host of a transport's ``peername`` (``(ip, port)``, IPv6 4-tuple, or a path)."""
+    if isinstance(peername, tuple | list) and peername:
+        return str(peername[0])
+    return "" if peername is None else str(peername)
+
+
+def install_login_peer() -> None:
+    """Set :data:`login_peer` while asyncua creates (the client certificate is
+    checked there) and activates a session (idempotent).
+
+    Plain wrappers around whatever ``InternalSession.create_session`` and
+    ``activate_session`` are current, so other patches may wrap them too,
+    before or after these. A peer already set by the caller is kept: a session
+    re-activated from a new connection carries its first connection's address
+    in ``InternalSession.name``, and that caller knows the new one.
+    """
+    require_pinned("per-peer login back-off (InternalSession.create_session, activate_session)")
+    for name in ("create_session", "activate_session"):
+        current = getattr(InternalSession, name)
+        if not _is_login_peer_wrapper(current):
+            setattr(InternalSession, name, _with_login_peer(current))
+
+
+def _with_login_peer(current: Callable[..., Any]) -> Callable[..., Any]:
+    wrapper: Callable[..., Any]
+    if inspect.iscoroutinefunction(current):
+
+        @functools.wraps(current)
+        async def wrapper(self: InternalSession, *args: Any, **kwargs: Any) -> Any:
+            token = login_peer.set(login_peer.get() or peer_host(self.name))
+            try:
+                return await current(self, *args, **kwargs)
+            finally:
+                login_peer.reset(token)
+
+    else:
+
+        @functools.wraps(current)
+        def wrapper(self: InternalSession, *args: Any, **kwargs: Any) -> Any:
+            token = login_peer.set(login_peer.get() or peer_host(self.name))
+            try:
+                return current(self, *args, **kwargs)
+            finally:
+                login_peer.reset(token)
+
+    wrapper.__dict__[_WRAPPER_MARK] = True
+    return wrapper
+
+
+def _is_login_peer_wrapper(func: Any) -> bool:
+    # functools.wraps copies __dict__ and sets __wrapped__: the mark is found
+    # under any wrapper another patch put around this one.
+    seen = 0
+    while func is not None and seen < 32:
+        if getattr(func, _WRAPPER_MARK, False):
+            return True
+        func = getattr(func, "__wrapped__", None)
+        seen += 1
+    return False
+
+
+class LoginBackoff:
+    """Failed logins per (user, peer): free attempts, then an exponential wait.
+
+    A least-recently-used table of at most ``size`` pairs, so made-up user
+    names cannot grow it; a pair that falls out simply starts again.
+    """
+
+    def __init__(
+        self, *, free_attempts: int, delay_s: float, max_delay_s: float, size: int
+    ) -> None:
+        self.free_attempts = free_attempts
+        self.delay_s = delay_s
+        self.max_delay_s = max_delay_s
+        self.size = size
+        # (user, peer) -> (failures, monotonic time until which the pair is refused)
+        self._pairs: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def wait_s(self, key: tuple[str, str], now: float) -> float:
+        """Seconds this pair must still wait (0: it may try)."""
+        entry = self._pairs.get(key)
+        return 0.0 if entry is None else max(0.0, entry[1] - now)
+
+    def failures(self, key: tuple[str, str]) -> int:
+        entry = self._pairs.get(key)
+        return 0 if entry is None else entry[0]
+
+    def failed(self, key: tuple[str, str], now: float) -> float:
+        """Count a failure; returns the wait it starts (s)."""
+        count = self._pairs.pop(key, (0, 0.0))[0] + 1
+        excess = count - self.free_attempts
+        delay = 0.0
+        if excess >= 0:
+            # the exponent is capped so a long siege cannot overflow the float
+            delay = min(self.max_delay_s, self.delay_s * 2.0 ** min(excess, 64))
+        self._pairs[key] = (count, now + delay)
+        while len(self._pairs) > self.size:
+            self._pairs.popitem(last=False)
+        return delay
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        self._pairs.pop(key, None)
 
 
 class UserStore:
@@ -107,17 +228,45 @@ class UserStore:
         users: Iterable[UserConfig],
         *,
         anonymous: bool,
-        lockout_after: int = 5,
-        lockout_s: float = 30.0,
+        free_attempts: int = 3,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        table_size: int = 10_000,
+        on_failure: FailureSink | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._users = {u.name: u for u in users}
         self.anonymous = anonymous
-        self.lockout_after = lockout_after
-        self.lockout_s = lockout_s
+        self.backoff = LoginBackoff(
+            free_attempts=free_attempts,
+            delay_s=backoff_s,
+            max_delay_s=backoff_max_s,
+            size=table_size,
+        )
+        self.on_failure = on_failure
+        self._clock = clock
         self._key = secrets.token_bytes(32)
         self._ok: dict[bytes, float] = {}  # HMAC(name, password) -> time verified
-        self._failures: dict[str, tuple[int, float]] = {}
-        self.rejected = 0
+        # An unknown user name is checked against this hash (same cost as the
+        # configured users'), so the answer takes as long as for a known name.
+        self.dummy_hash = _dummy_hash(self._users.values())
+        self.failures: dict[str, int] = dict.fromkeys(REASONS, 0)
+
+    @classmethod
+    def from_config(cls, config: OpcUaConfig, on_failure: FailureSink | None = None) -> UserStore:
+        return cls(
+            config.users,
+            anonymous=config.anonymous == "read-only",
+            free_attempts=config.login_free_attempts,
+            backoff_s=config.login_backoff_s,
+            backoff_max_s=config.login_backoff_max_s,
+            table_size=config.login_table_size,
+            on_failure=on_failure,
+        )
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.failures.values())
 
     def get_user(
         self,
@@ -130,30 +279,67 @@ class UserStore:
             # Anonymous token (the channel's client certificate identifies the
             # application, not a person, so it does not make a user).
             return ANONYMOUS if self.anonymous else None
-        return self.authenticate(username, password or "")
+        return self.authenticate(username, password or "", login_peer.get())
 
-    def authenticate(self, username: str, password: str) -> GridUser | None:
+    def authenticate(self, username: str, password: str, peer: str = "") -> GridUser | None:
+        key = (username[:MAX_USER_CHARS], peer)
+        now = self._clock()
+        wait = self.backoff.wait_s(key, now)
+        if wait > 0:
+            # refused before any hashing: a backed-off guesser costs no scrypt
+            self.record_failure(username, peer, "backed_off")
+            return None
         cfg = self._users.get(username)
-        now = time.monotonic()
-        count, since = self._failures.get(username, (0, 0.0))
-        if count >= self.lockout_after and now - since < self.lockout_s:
-            self.rejected += 1
-            _log.warning(
-                "OPC UA login for %r refused: locked out after %d failures", username, count
-            )
-            return None
         mac = hmac.digest(self._key, f"{username}\0{password}".encode(), "sha256")
-        ok = cfg is not None and (mac in self._ok or verify_password(password, cfg.password_hash))
+        if cfg is not None and mac in self._ok:
+            ok = True
+        else:
+            ok = verify_password(password, cfg.password_hash if cfg else self.dummy_hash)
+            ok = ok and cfg is not None
         if cfg is None or not ok:
-            self._failures[username] = (count + 1, now)
-            self.rejected += 1
-            _log.warning("OPC UA login for %r refused: unknown user or wrong password", username)
+            delay = self.backoff.failed(key, now)
+            self.record_failure(username, peer, "unknown_user" if cfg is None else "bad_password")
+            if delay > 0:
+                _log.warning(
+                    "OPC UA logins as %r from %s wait %.0f s after %d failures",
+                    username[:MAX_USER_CHARS],
+                    peer or "?",
+                    delay,
+                    self.backoff.failures(key),
+                )
             return None
-        self._failures.pop(username, None)
+        self.backoff.succeeded(key)
         if len(self._ok) > 1024:
             self._ok.clear()
         self._ok[mac] = now
         return GridUser(role=UserRole.User, name=username, grid_role=cfg.role)
+
+    def record_failure(self, user: str, peer: str, reason: str) -> None:
+        """Count, log and report one refused login (every refusal path calls this).
+
+        ``reason``: one of :data:`~opcua_server.login_failures.REASONS`."""
+        failure = LoginFailure.make(user, peer, reason)
+        self.failures[reason] += 1
+        # repeats while backed off would flood the log; they are counted and journaled
+        level = logging.DEBUG if reason == "backed_off" else logging.WARNING
+        _log.log(level, "OPC UA login as %r from %s refused: %s", failure.user, peer or "?", reason)
+        if self.on_failure is not None:
+            try:
+                self.on_failure(failure)
+            except Exception:
+                _log.exception("reporting a refused OPC UA login failed")
+
+
+def _dummy_hash(users: Iterable[UserConfig]) -> str:
+    """A hash of a random password at the first configured user's scrypt cost."""
+    secret = secrets.token_urlsafe(16)
+    for user in users:
+        try:
+            _scheme, n, r, p, _salt, _digest = user.password_hash.split("$")
+            return hash_password(secret, n=int(n), r=int(r), p=int(p))
+        except ValueError:
+            continue  # a malformed hash never verifies anyway; try the next user's cost
+    return hash_password(secret)
 
 
 def _ids(*names: str) -> frozenset[ua.NodeId]:

@@ -57,17 +57,20 @@ def test_user_config_rejects_plain_password():
         UserConfig(name="x", password_hash="plain", role=Role.ADMIN)
 
 
-def test_lockout_after_repeated_failures():
+def test_backoff_after_repeated_failures():
+    now = [0.0]
     store = UserStore(
         [UserConfig(name="u", password_hash=hash_password("pw", n=2**10))],
         anonymous=False,
-        lockout_after=3,
+        free_attempts=3,
+        clock=lambda: now[0],
     )
     for _ in range(3):
-        assert store.authenticate("u", "wrong") is None
-    assert store.authenticate("u", "pw") is None  # locked out, even with the right password
-    store.lockout_s = 0.0
-    user = store.authenticate("u", "pw")
+        assert store.authenticate("u", "wrong", "10.0.0.9") is None
+    # backed off, even with the right password
+    assert store.authenticate("u", "pw", "10.0.0.9") is None
+    now[0] += 1.0  # the first wait: login_backoff_s = 1 s
+    user = store.authenticate("u", "pw", "10.0.0.9")
     assert user is not None and user.grid_role is Role.VIEWER
 
 
