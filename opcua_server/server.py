@@ -22,11 +22,12 @@ from controller.process_image import ChangeQueue, ProcessImage, Tag
 from controller.task_stop import stop_task
 from drivers.bus_stats import BusSnapshot
 
+from . import browse, publish_encoding
 from . import nodes as N
-from . import publish_encoding
+from .access import ItemAccess, Setpoint
 from .command_view import CommandTracker, build_event_type
 from .conditions import AlarmConditions
-from .config import OpcUaConfig
+from .config import OpcUaConfig, Role
 from .events import Emitter, audit_method_event
 from .history import GridHistoryManager, HistoryStore
 from .methods import (
@@ -39,12 +40,14 @@ from .methods import (
     bind,
     command_methods,
     load_methods,
+    setpoint_writer,
     whoami_method,
 )
 from .model import BUS_DIAGNOSTICS, ModelBuilder, TypeNodes, VarEntry
 from .nodes import Made, NodeFactory
 from .publisher import FeedRows, Publisher
 from .security import ensure_certificate, security_policies
+from .units import eu_range
 from .users import GridRuleset, UserStore, current_user
 
 _log = logging.getLogger(__name__)
@@ -105,6 +108,7 @@ class OpcUaServer:
         recent_commands: int = 32,
         alarm_poll_s: float = 0.25,
         alarm_confirm: bool = False,
+        setpoints: Callable[[Tag], Role | None] | None = None,
     ) -> None:
         """``commands``: a CommandSink (or a controller CommandLog, wrapped);
         ``alarms``: an AlarmSource (or a controller AlarmEngine, wrapped);
@@ -112,7 +116,10 @@ class OpcUaServer:
         ``task_stats``: per cycle task ``latency_p50_s``/``p99``/``max`` and ``overruns``;
         ``history_db``: SQLite file for HistoryRead (None: no history);
         ``alarm_confirm``: acknowledged conditions wait for Confirm (Part 9) before
-        they stop being retained."""
+        they stop being retained;
+        ``setpoints``: the role that may write a tag (None: read-only, the
+        default for every tag); a Write becomes a ``write_setpoint`` command
+        to ``commands`` (no sink: every tag is read-only)."""
         self.config = config
         self.image = image
         self.state_dir = Path(state_dir)
@@ -130,6 +137,8 @@ class OpcUaServer:
         self.recent_commands = recent_commands
         self.alarm_poll_s = alarm_poll_s
         self.alarm_confirm = alarm_confirm
+        self.setpoints = setpoints
+        self.access: ItemAccess | None = None
         self.history: HistoryStore | None = None
         self.emitter: Emitter | None = None
         self.conditions: AlarmConditions | None = None
@@ -185,6 +194,11 @@ class OpcUaServer:
             history_manager.set_storage(self.history)
             history_manager.store = self.history
         await server.init()
+        # Call and Write answered per item, UserAccessLevel per session, Browse
+        # paged with continuation points (Part 4 §5.8, §5.10.4, §5.11).
+        self.access = ItemAccess(server.iserver.aspace, self.ruleset)
+        self.access.install(server.iserver)
+        browse.install(server.iserver)
         # Data changes go out written from each value's bytes, packed once for
         # every client watching it (asyncua's encoder packs them per item).
         publish_encoding.install()
@@ -330,6 +344,8 @@ class OpcUaServer:
             max_children=self.config.max_children,
             on_object=self._on_object,
             historize=(lambda tag: _matches(tag, patterns)) if patterns else None,
+            writable=self.setpoints if self.commands is not None else None,
+            on_setpoint=self._on_setpoint,
         )
         self._builder = builder
         if self.history is not None:
@@ -378,6 +394,8 @@ class OpcUaServer:
             resolve=self._source_node,
         )
         self._sink = self.tracker.wrap(self.commands) if self.commands is not None else None
+        if self._sink is not None and self.access is not None:
+            self.access.writer = setpoint_writer(self._sink)
         load_specs = load_methods(self._sink, self.arms)
         for spec in load_specs:
             self.methods[spec.name] = spec
@@ -456,10 +474,24 @@ class OpcUaServer:
         if self.tracker is not None and self.commands is not None:
             self.tracker.add_target(path, made)
 
+    def _on_setpoint(self, tag: Tag, var: Made, role: Role, vtype: ua.VariantType) -> None:
+        if self.access is None:
+            return
+        rng = eu_range(tag.unit, tag.name.rsplit("/", 1)[-1]) if tag.unit else None
+        self.access.setpoints[var.nodeid] = Setpoint(
+            tag.name,
+            role,
+            vtype,
+            minimum=rng.Low if rng is not None else None,
+            maximum=rng.High if rng is not None else None,
+        )
+
     def _add_methods(
         self, factory: NodeFactory, parent: Made, path: str, specs: list[MethodSpec]
     ) -> None:
         for spec in specs:
+            if spec.role is not None and self.access is not None:
+                self.access.method_roles[factory.nid(f"{path}/{spec.name}")] = spec.role
             factory.method(
                 f"{path}/{spec.name}",
                 spec.name,
