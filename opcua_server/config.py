@@ -80,8 +80,10 @@ class OpcUaConfig(BaseModel):
     # each step writes at most `publish_batch` values before yielding the loop.
     queue_size: int = Field(default=100_000, ge=1, le=10_000_000)
     publish_batch: int = Field(default=2_000, ge=1, le=1_000_000)
-    # Browse has no continuation points in asyncua, and adding a sibling is
-    # O(siblings): a collection with more children is split into range folders.
+    # A collection with more children is split into range folders, so a client
+    # that browses without a reference limit (the HMI) never gets thousands of
+    # references in one response; a client that sets requestedMaxReferencesPerNode
+    # pages through any node with BrowseNext (opcua_server/browse.py).
     max_children: int = Field(default=500, ge=10, le=10_000)
     min_publishing_interval_ms: float = Field(default=100.0, ge=10.0, le=60_000.0)
     # Monitored items are fed once per sampling tick with each changed variable's

@@ -673,6 +673,34 @@ def command_methods(
     return specs
 
 
+WRITE_SETPOINT = "write_setpoint"  # CommandRequest.kind of an OPC UA Write to a setpoint
+
+
+def setpoint_writer(
+    sink: CommandSink, clock: Callable[[], float] = time.time
+) -> Callable[[str, Any, GridUser], Awaitable[None]]:
+    """OPC UA Writes to setpoints as command records: ``args = {"value": value}``.
+
+    The address space is not changed: the device's read-back reaches it
+    through the process image. Refusals raise MethodError (status codes as for
+    methods)."""
+
+    async def write(target: str, value: Any, user: GridUser) -> None:
+        request = CommandRequest(
+            target=target,
+            kind=WRITE_SETPOINT,
+            reason="OPC UA Write",
+            user=user.name or "",
+            role=user.grid_role.value if user.grid_role else "",
+            token=secrets.token_urlsafe(16),
+            armed_at=clock(),
+            args={"value": value},
+        )
+        await submit(sink, request)
+
+    return write
+
+
 def whoami_method() -> MethodSpec:
     async def whoami(_target: str, user: GridUser, _values: list[Any]) -> list[ua.Variant]:
         role = user.grid_role.value if user.grid_role else "anonymous"

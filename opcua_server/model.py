@@ -17,9 +17,14 @@ NodeIds are the tag paths themselves (``ns=<urn:gridctl>;s=buses/bus1/...``) so
 SCADA configurations stay readable and stable across restarts and rebuilds.
 
 A collection with more than ``max_children`` members is split into range
-folders ("000000000001…000000000500") because asyncua's Browse has no
-continuation points and a flat folder of thousands of nodes makes every browse
-of it a multi-megabyte response.
+folders ("000000000001…000000000500"): a client that browses without
+``requestedMaxReferencesPerNode`` gets every reference of a node in one
+response, and a flat folder of thousands of nodes would make that a
+multi-megabyte one (the HMI navigates by these folders).
+
+Leaves are read-only (AccessLevel CurrentRead) unless ``writable`` names the
+role a tag's setpoint needs; those get CurrentRead|CurrentWrite, and the
+per-session UserAccessLevel and the writes are decided in opcua_server.access.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from asyncua.server.address_space import AttributeValue
 from controller.process_image import Tag
 
 from . import nodes as N
+from .config import Role
 from .nodes import Made, NodeFactory
 from .quality import data_value
 from .units import eu_information, eu_range
@@ -152,6 +158,8 @@ def _eu_value(unit: str) -> ua.DataValue | None:
 
 
 ObjectHook = Callable[[str, str | None, "Made"], None]
+# (tag, its variable, the role that may write it, the variant type a write must carry)
+SetpointHook = Callable[[Tag, "Made", Role, ua.VariantType], None]
 
 
 class ModelBuilder:
@@ -160,6 +168,8 @@ class ModelBuilder:
     ``on_object(path, type_name, node)`` runs for every object created from the
     tag tree (at start and for tags defined later), so methods and command
     variables attach to instances of a type wherever and whenever they appear.
+    ``writable(tag)`` is the role that may write the tag (None: read-only);
+    ``on_setpoint`` runs for each variable made writable.
     """
 
     def __init__(
@@ -168,8 +178,12 @@ class ModelBuilder:
         max_children: int = 500,
         on_object: ObjectHook | None = None,
         historize: Callable[[Tag], bool] | None = None,
+        writable: Callable[[Tag], Role | None] | None = None,
+        on_setpoint: SetpointHook | None = None,
     ) -> None:
         self.f = factory
+        self.writable = writable
+        self.on_setpoint = on_setpoint
         self.max_children = max_children
         self.on_object = on_object
         self.historize = historize
@@ -205,8 +219,13 @@ class ModelBuilder:
         description: str,
         rule: ua.NodeId | None = None,
         historize: bool = False,
+        writable: bool = False,
     ) -> Made:
-        """A variable; an analog item with its unit properties when it has a unit."""
+        """A variable; an analog item with its unit properties when it has a unit.
+
+        ``writable``: AccessLevel gets CurrentWrite; the stored UserAccessLevel
+        stays read-only (what a session without the role reads)."""
+        access = N.READ_HISTORY if historize else N.READ
         eu = self.eu(unit) if datatype == N.DT_DOUBLE else None
         rng = self.range(unit, name) if eu is not None else None
         if eu is None:
@@ -221,7 +240,8 @@ class ModelBuilder:
             datatype,
             typedef=typedef,
             description=description,
-            access=N.READ_HISTORY if historize else N.READ,
+            access=access | N.WRITE if writable else access,
+            user_access=access,
             historizing=historize,
         )
         if rule is not None:
@@ -422,6 +442,7 @@ class ModelBuilder:
         dtype = N.DT_DOUBLE if tag.unit else datatype_for(tag)
         vtype = N.VARIANT_FOR_DATATYPE.get(dtype)
         hist = self.historize is not None and self.historize(tag)
+        role = self.writable(tag) if self.writable is not None and vtype is not None else None
         var = self.analog(
             tag.name,
             name,
@@ -431,7 +452,10 @@ class ModelBuilder:
             dtype,
             tag.description,
             historize=hist,
+            writable=role is not None,
         )
+        if role is not None and vtype is not None and self.on_setpoint is not None:
+            self.on_setpoint(tag, var, role, vtype)
         if hist:
             self.historized.add(tag.name)
         self.vars[tag.name] = VarEntry(var.data.attributes[ua.AttributeIds.Value], vtype)

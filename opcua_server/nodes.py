@@ -77,6 +77,7 @@ _EMPTY_LT = ua.LocalizedText()
 
 READ = ua.AccessLevel.CurrentRead.mask
 READ_HISTORY = READ | ua.AccessLevel.HistoryRead.mask
+WRITE = ua.AccessLevel.CurrentWrite.mask
 
 
 @dataclass(slots=True)
@@ -283,12 +284,17 @@ class NodeFactory:
         description: str = "",
         value_rank: int = -1,
         access: int = READ,
+        user_access: int | None = None,
         sampling_ms: float = 0.0,
         historizing: bool = False,
         own_property: bool = False,
     ) -> Made:
         # Standard properties (EngineeringUnits, InputArguments…) are named in
         # namespace 0; our own properties (own_property) in ours.
+        # ``user_access``: the stored UserAccessLevel (default ``access``); a
+        # session reads its own (opcua_server.access), this is the viewer's.
+        if user_access is None:
+            user_access = access
         standard = reftype == REF_HAS_PROPERTY and not own_property
         bname = ua.QualifiedName(name, 0) if standard else self.qn(name)
         shape: dict[ua.AttributeIds, tuple[Any, ua.VariantType]] = {
@@ -298,7 +304,7 @@ class NodeFactory:
             A.DataType: (datatype, ua.VariantType.NodeId),
             A.ValueRank: (value_rank, ua.VariantType.Int32),
             A.AccessLevel: (access, ua.VariantType.Byte),
-            A.UserAccessLevel: (access, ua.VariantType.Byte),
+            A.UserAccessLevel: (user_access, ua.VariantType.Byte),
             A.MinimumSamplingInterval: (sampling_ms, ua.VariantType.Double),
             A.Historizing: (historizing, ua.VariantType.Boolean),
         }
@@ -308,6 +314,7 @@ class NodeFactory:
             datatype.NamespaceIndex,
             value_rank,
             access,
+            user_access,
             sampling_ms,
             historizing,
         )

@@ -23,11 +23,12 @@ from controller.process_image import ChangeQueue, ProcessImage, Tag
 from controller.task_stop import stop_task
 from drivers.bus_stats import BusSnapshot
 
-from . import connection_limits, publish_encoding
+from . import browse, connection_limits, publish_encoding
 from . import nodes as N
+from .access import ItemAccess, Setpoint
 from .command_view import CommandTracker, build_event_type
 from .conditions import AlarmConditions
-from .config import OpcUaConfig
+from .config import OpcUaConfig, Role
 from .events import Emitter, audit_method_event
 from .history import GridHistoryManager, HistoryStore
 from .methods import (
@@ -40,6 +41,7 @@ from .methods import (
     bind,
     command_methods,
     load_methods,
+    setpoint_writer,
     whoami_method,
 )
 from .model import BUS_DIAGNOSTICS, ModelBuilder, TypeNodes, VarEntry
@@ -48,6 +50,7 @@ from .publisher import FeedRows, Publisher
 from .security import ensure_certificate, security_policies
 from .session_guard import SessionGuard, is_loopback
 from .subscription_limits import limit_publishing_interval
+from .units import eu_range
 from .users import (
     FailureSink,
     GridRuleset,
@@ -116,6 +119,7 @@ class OpcUaServer:
         alarm_poll_s: float = 0.25,
         alarm_confirm: bool = False,
         login_failures: FailureSink | None = None,
+        setpoints: Callable[[Tag], Role | None] | None = None,
     ) -> None:
         """``commands``: a CommandSink (or a controller CommandLog, wrapped);
         ``alarms``: an AlarmSource (or a controller AlarmEngine, wrapped);
@@ -124,7 +128,10 @@ class OpcUaServer:
         ``history_db``: SQLite file for HistoryRead (None: no history);
         ``alarm_confirm``: acknowledged conditions wait for Confirm (Part 9) before
         they stop being retained;
-        ``login_failures``: called with each refused login (to journal and count it)."""
+        ``login_failures``: called with each refused login (to journal and count it);
+        ``setpoints``: the role that may write a tag (None: read-only, the
+        default for every tag); a Write becomes a ``write_setpoint`` command
+        to ``commands`` (no sink: every tag is read-only)."""
         self.config = config
         self.image = image
         self.state_dir = Path(state_dir)
@@ -142,6 +149,8 @@ class OpcUaServer:
         self.recent_commands = recent_commands
         self.alarm_poll_s = alarm_poll_s
         self.alarm_confirm = alarm_confirm
+        self.setpoints = setpoints
+        self.access: ItemAccess | None = None
         self.history: HistoryStore | None = None
         self.emitter: Emitter | None = None
         self.conditions: AlarmConditions | None = None
@@ -210,6 +219,11 @@ class OpcUaServer:
         self.session_guard.attach(server.iserver)
         self.peer_limit = connection_limits.apply(server.iserver, cfg)
         limit_publishing_interval(server.iserver, cfg.min_publishing_interval_ms)
+        # Call and Write answered per item, UserAccessLevel per session, Browse
+        # paged with continuation points (Part 4 §5.8, §5.10.4, §5.11).
+        self.access = ItemAccess(server.iserver.aspace, self.ruleset)
+        self.access.install(server.iserver)
+        browse.install(server.iserver)
         # Data changes go out written from each value's bytes, packed once for
         # every client watching it (asyncua's encoder packs them per item).
         publish_encoding.install()
@@ -371,6 +385,8 @@ class OpcUaServer:
             max_children=self.config.max_children,
             on_object=self._on_object,
             historize=(lambda tag: _matches(tag, patterns)) if patterns else None,
+            writable=self.setpoints if self.commands is not None else None,
+            on_setpoint=self._on_setpoint,
         )
         self._builder = builder
         if self.history is not None:
@@ -419,6 +435,8 @@ class OpcUaServer:
             resolve=self._source_node,
         )
         self._sink = self.tracker.wrap(self.commands) if self.commands is not None else None
+        if self._sink is not None and self.access is not None:
+            self.access.writer = setpoint_writer(self._sink)
         load_specs = load_methods(self._sink, self.arms)
         for spec in load_specs:
             self.methods[spec.name] = spec
@@ -497,10 +515,24 @@ class OpcUaServer:
         if self.tracker is not None and self.commands is not None:
             self.tracker.add_target(path, made)
 
+    def _on_setpoint(self, tag: Tag, var: Made, role: Role, vtype: ua.VariantType) -> None:
+        if self.access is None:
+            return
+        rng = eu_range(tag.unit, tag.name.rsplit("/", 1)[-1]) if tag.unit else None
+        self.access.setpoints[var.nodeid] = Setpoint(
+            tag.name,
+            role,
+            vtype,
+            minimum=rng.Low if rng is not None else None,
+            maximum=rng.High if rng is not None else None,
+        )
+
     def _add_methods(
         self, factory: NodeFactory, parent: Made, path: str, specs: list[MethodSpec]
     ) -> None:
         for spec in specs:
+            if spec.role is not None and self.access is not None:
+                self.access.method_roles[factory.nid(f"{path}/{spec.name}")] = spec.role
             factory.method(
                 f"{path}/{spec.name}",
                 spec.name,

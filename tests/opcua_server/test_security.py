@@ -97,7 +97,7 @@ async def test_anonymous_can_read_and_subscribe_but_not_write(start_server):
         await sub.subscribe_data_change(node)
         with pytest.raises(ua.UaStatusCodeError) as err:
             await node.write_value(ua.DataValue(ua.Variant(1.0, ua.VariantType.Double)))
-        assert err.value.code == SC.BadUserAccessDenied
+        assert err.value.code == SC.BadNotWritable  # a measured value: read-only for everyone
     assert image.get(VOLT).value == 229.0
 
 
@@ -108,7 +108,7 @@ async def test_operator_cannot_write_measured_values(start_server):
         node = client.get_node(nid(ns, VOLT))
         with pytest.raises(ua.UaStatusCodeError) as err:
             await node.write_value(ua.DataValue(ua.Variant(1.0, ua.VariantType.Double)))
-        assert err.value.code == SC.BadUserAccessDenied
+        assert err.value.code == SC.BadNotWritable
         # nor change the model
         with pytest.raises(ua.UaStatusCodeError):
             await client.nodes.objects.add_folder(ns, "Intruder")
