@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
-from asyncua.crypto.truststore import TrustStore
-from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
 from controller.process_image import ChangeQueue, ProcessImage, Tag
 from controller.task_stop import stop_task
@@ -43,8 +41,9 @@ from .methods import (
 )
 from .model import BUS_DIAGNOSTICS, ModelBuilder, TypeNodes, VarEntry
 from .nodes import Made, NodeFactory
+from .pki import CertificateStore, ClientCertificateValidator
 from .publisher import FeedRows, Publisher
-from .security import ensure_certificate, security_policies
+from .security import ensure_certificate, install_client_certificate_checks, security_policies
 from .users import GridRuleset, UserStore, current_user
 
 _log = logging.getLogger(__name__)
@@ -309,15 +308,12 @@ class OpcUaServer:
             tokens.insert(0, ua.AnonymousIdentityToken)
         server.set_identity_tokens(tokens)
         if cfg.client_certificates == "trust-list":
-            trusted = self.state_dir / "pki" / "trusted"
-            trusted.mkdir(parents=True, exist_ok=True)
-            store = TrustStore([trusted], [])
-            await store.load()
-            validator = CertificateValidator(
-                CertificateValidatorOptions.BASIC_VALIDATION | CertificateValidatorOptions.TRUSTED,
-                store,
-            )
-            server.set_certificate_validator(validator)  # type: ignore[arg-type]
+            install_client_certificate_checks()
+            # Refuses untrusted, expired and not-yet-valid certificates at the
+            # channel open and a wrong application URI at CreateSession; rereads
+            # pki/trusted when it changes (`gridctl certs trust`).
+            validator = ClientCertificateValidator(CertificateStore(self.state_dir / "pki"))
+            server.set_certificate_validator(validator)
 
     # -- model -----------------------------------------------------------------------
     def _build_model(self, server: Server) -> None:

@@ -43,6 +43,16 @@ def client_cert(tmp_path_factory) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+@pytest.fixture
+def trusted_client_cert(client_cert, tmp_path) -> tuple[Path, Path]:
+    """The client certificate in the server's trust list (``start_server`` uses tmp_path)."""
+    cert, key = client_cert
+    trusted = tmp_path / "pki" / "trusted"
+    trusted.mkdir(parents=True, exist_ok=True)
+    (trusted / "test-client.der").write_bytes(cert.read_bytes())
+    return cert, key
+
+
 def test_password_hash_roundtrip():
     h = hash_password("s3cret", n=2**10)
     assert h.startswith("scrypt$1024$") and "s3cret" not in h
@@ -142,7 +152,9 @@ async def test_anonymous_off(start_server):
         (SecurityPolicyAes256Sha256RsaPss, ua.MessageSecurityMode.Sign),
     ],
 )
-async def test_secure_session_with_client_certificate(start_server, client_cert, policy, mode):
+async def test_secure_session_with_client_certificate(
+    start_server, trusted_client_cert, policy, mode
+):
     image = demo_image()
     srv = await start_server(
         image,
@@ -152,7 +164,7 @@ async def test_secure_session_with_client_certificate(start_server, client_cert,
         },
     )
     image.write(VOLT, 231.0)
-    cert, key = client_cert
+    cert, key = trusted_client_cert
     client = client_for(srv, "otto")
     client.application_uri = CLIENT_URI
     await client.set_security(policy, str(cert), str(key), mode=mode)
