@@ -101,13 +101,16 @@ def read_der(path: Path) -> bytes:
 
 
 _CERT_SUFFIXES = (".der", ".pem", ".crt", ".cer")
+# Refused certificates kept for `gridctl certs trust`; older ones are dropped.
+MAX_REJECTED = 200
 
 
 class CertificateStore:
     """The ``trusted/`` and ``rejected/`` directories: list, trust, reject, record."""
 
-    def __init__(self, pki_dir: Path) -> None:
+    def __init__(self, pki_dir: Path, *, max_rejected: int = MAX_REJECTED) -> None:
         self.root = Path(pki_dir)
+        self.max_rejected = max_rejected
         self.trusted_dir = self.root / "trusted"
         self.rejected_dir = self.root / "rejected"
 
@@ -148,7 +151,24 @@ class CertificateStore:
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(der)
             os.replace(tmp, path)
+            self._prune_rejected(keep=path)
         return path
+
+    def _prune_rejected(self, keep: Path) -> None:
+        # Anyone who can reach the port can make a new certificate per attempt:
+        # keep the newest max_rejected, so the directory cannot fill the disk.
+        files = [p for p in self.rejected_dir.iterdir() if p.suffix.lower() in _CERT_SUFFIXES]
+        if len(files) <= self.max_rejected:
+            return
+        files.sort(key=lambda p: (p == keep, _mtime_ns(p)), reverse=True)  # newest first
+        for old in files[self.max_rejected :]:
+            old.unlink(missing_ok=True)
+        _log.warning(
+            "%s holds more than %d certificates: dropped the %d oldest",
+            self.rejected_dir,
+            self.max_rejected,
+            len(files) - self.max_rejected,
+        )
 
     def _move(self, thumb: str, src: Path, dst: Path, src_name: str) -> CertificateInfo:
         want = _normalise(thumb)
@@ -168,6 +188,13 @@ class CertificateStore:
         for info in matches:
             info.path.unlink(missing_ok=True)
         return CertificateInfo.load(target)
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:  # moved by `gridctl certs trust` meanwhile
+        return -1
 
 
 def _normalise(thumb: str) -> str:

@@ -228,6 +228,21 @@ async def test_untrusted_certificate_refused_by_validator_with_untrusted(tmp_pat
     assert err.value.code == SC.BadCertificateInvalid
 
 
+def test_rejected_list_is_bounded_against_a_flood_of_new_certificates(tmp_path):
+    store = CertificateStore(tmp_path / "pki", max_rejected=3)
+    validator = ClientCertificateValidator(store)
+    certs = [make_cert(tmp_path / "client", f"flood-{i}") for i in range(5)]
+    for cert in certs:
+        # age those already kept by 1 s, so the new one is the newest without waiting
+        for old in (tmp_path / "pki" / "rejected").iterdir():
+            os.utime(old, ns=(old.stat().st_atime_ns, old.stat().st_mtime_ns - 10**9))
+        with pytest.raises(asyncua.common.utils.ServiceError):
+            validator.check(cert.der.read_bytes(), CLIENT_URI)
+    kept = sorted(p.name for p in (tmp_path / "pki" / "rejected").iterdir())
+    # 5 refused, 3 kept: the newest three (flood-2, flood-3, flood-4)
+    assert kept == sorted(f"{c.thumbprint}.der" for c in certs[2:])
+
+
 # -- CreateSession must carry the channel's certificate ---------------------------------------
 
 
@@ -305,6 +320,16 @@ def gridctl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in this process (no interpreter start-up): same parser, same exit codes."""
+    from controller.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
 async def test_refused_client_connects_after_certs_trust(tmp_path):
     image = demo_image()
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}/gridctl"
@@ -335,7 +360,7 @@ async def test_refused_client_connects_after_certs_trust(tmp_path):
         await srv.stop()
 
 
-def test_certs_cli_show_and_unknown_thumbprints(tmp_path):
+def test_certs_cli_show_and_unknown_thumbprints(tmp_path, capsys):
     cfg_path = site_config(tmp_path, "opc.tcp://127.0.0.1:4840/gridctl")
     pki = tmp_path / "svc" / "opcua" / "pki"
     # valid 2030-01-02 03:04:05 .. 2031-06-07 08:09:10 UTC
@@ -349,7 +374,7 @@ def test_certs_cli_show_and_unknown_thumbprints(tmp_path):
     (pki / "rejected").mkdir(parents=True)
     (pki / "rejected" / f"{cert.thumbprint}.der").write_bytes(cert.der.read_bytes())
 
-    shown = gridctl("certs", "show", cert.thumbprint.upper(), "--config", str(cfg_path))
+    shown = run_cli(capsys, "certs", "show", cert.thumbprint.upper(), "--config", str(cfg_path))
     assert shown.returncode == 0, shown.stderr
     assert f"thumbprint:      {cert.thumbprint}" in shown.stdout
     assert "state:           rejected" in shown.stdout
@@ -358,19 +383,19 @@ def test_certs_cli_show_and_unknown_thumbprints(tmp_path):
     assert "not before:      2030-01-02 03:04:05Z" in shown.stdout
     assert "not after:       2031-06-07 08:09:10Z" in shown.stdout
 
-    listed = gridctl("certs", "list", "--config", str(cfg_path))
+    listed = run_cli(capsys, "certs", "list", "--config", str(cfg_path))
     assert "valid 2030-01-02 03:04:05Z .. 2031-06-07 08:09:10Z" in listed.stdout
 
     unknown = "0" * 40
     for action in ("show", "trust", "reject"):
-        proc = gridctl("certs", action, unknown, "--config", str(cfg_path))
+        proc = run_cli(capsys, "certs", action, unknown, "--config", str(cfg_path))
         assert proc.returncode == 2, (action, proc.stdout)
         assert unknown in proc.stderr and "Traceback" not in proc.stderr
     # reject what is not trusted: says where it is, moves nothing
-    proc = gridctl("certs", "reject", cert.thumbprint, "--config", str(cfg_path))
+    proc = run_cli(capsys, "certs", "reject", cert.thumbprint, "--config", str(cfg_path))
     assert proc.returncode == 2 and "is not trusted" in proc.stderr
     assert (pki / "rejected" / f"{cert.thumbprint}.der").exists()
-    bad = gridctl("certs", "trust", "../../etc/passwd", "--config", str(cfg_path))
+    bad = run_cli(capsys, "certs", "trust", "../../etc/passwd", "--config", str(cfg_path))
     assert bad.returncode == 2 and "40 hex digits" in bad.stderr
     assert not (pki / "trusted").exists() or list((pki / "trusted").iterdir()) == []
 
