@@ -172,7 +172,10 @@ def _wrap_process(asyncua_process: Callable[..., Awaitable[Any]]) -> Callable[..
             return await asyncua_process(self, typeid, requesthdr, seqhdr, body)
         params = struct_from_binary(ua.CreateSessionParameters, body.copy())
         channel_cert = self._connection.security_policy.peer_certificate
-        client_cert = _leaf_der(params.ClientCertificate)
+        try:
+            client_cert = _leaf_der(params.ClientCertificate)
+        except ValueError:
+            raise ServiceError(ua.StatusCodes.BadCertificateInvalid) from None
         if channel_cert and client_cert != channel_cert:
             _log.warning("CreateSession refused: its client certificate is not the channel's")
             raise ServiceError(ua.StatusCodes.BadSecurityChecksFailed)

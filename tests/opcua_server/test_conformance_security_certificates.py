@@ -276,6 +276,28 @@ async def test_create_session_with_a_certificate_other_than_the_channels(
         client.disconnect_socket()
 
 
+async def test_create_session_with_a_malformed_certificate(start_server):
+    srv = await start_server(config_overrides={"security_policies": ["None"]})
+    client = Client(srv.endpoint, timeout=10)
+    send_create_session = client.uaclient.create_session
+
+    async def malformed(params: ua.CreateSessionParameters) -> ua.CreateSessionResult:
+        params.ClientCertificate = b"\x30\x82\x01"  # a DER header and nothing after it
+        return await send_create_session(params)
+
+    client.uaclient.create_session = malformed  # type: ignore[method-assign]
+    await client.connect_socket()
+    try:
+        await client.send_hello()
+        await client.open_secure_channel()
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await client.create_session()
+        assert err.value.code == SC.BadCertificateInvalid
+        assert sessions(srv) == 0
+    finally:
+        client.disconnect_socket()
+
+
 async def test_activate_after_refused_create_session_finds_no_session(start_server, tmp_path):
     cert = make_cert(tmp_path / "client", "other-app", uri="urn:someone:else")
     trust(tmp_path, cert)
