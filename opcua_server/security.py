@@ -118,14 +118,19 @@ def _write_private(path: Path, data: bytes) -> None:
 # certificate the client puts into CreateSession, which may be missing or
 # another application's (certificates are public). So with a
 # ClientCertificateValidator installed, two asyncua 2.1 internals are wrapped:
-# OpenSecureChannel refuses a certificate the validator refuses (Part 4: the
-# answer is Bad_SecurityChecksFailed, the specific reason goes to the log), and
+# OpenSecureChannel refuses a certificate the validator refuses (the reason in
+# the log; the client learns only what _TOLD_AT_OPEN allows), and
 # CreateSession on a secure channel must carry the channel's own certificate,
 # checked against the declared application URI before any session exists.
 
 _NONE_URI = SecurityPolicyNone.URI
 _CREATE_SESSION = ua.NodeId(ua.ObjectIds.CreateSessionRequest_Encoding_DefaultBinary)  # type: ignore[arg-type]
 _MARK = "_gridctl_client_certificates"
+# What a refused OpenSecureChannel may tell the client (Part 4, OpenSecureChannel
+# result codes): a validity period it can act on. Anything else, above all
+# "untrusted", is Bad_SecurityChecksFailed, so the answer does not reveal what
+# the trust list holds (Part 6: check trust first, answer SecurityChecksFailed).
+_TOLD_AT_OPEN = frozenset({ua.StatusCodes.BadCertificateTimeInvalid})
 
 
 def _validator_of(proc: UaProcessor) -> ClientCertificateValidator | None:
@@ -147,9 +152,12 @@ def _wrap_open(asyncua_open: Callable[..., None]) -> Callable[..., None]:
         if validator is not None and fresh and algohdr.SecurityPolicyURI != _NONE_URI:
             try:
                 validator.check(_leaf_der(algohdr.SenderCertificate), None)
-            except (ServiceError, ValueError):
+            except (ServiceError, ValueError) as exc:
+                code = getattr(exc, "code", None)
+                if code not in _TOLD_AT_OPEN:
+                    code = ua.StatusCodes.BadSecurityChecksFailed
                 err = ua.ErrorMessage(
-                    ua.StatusCode(ua.StatusCodes.BadSecurityChecksFailed),  # type: ignore[arg-type]
+                    ua.StatusCode(code),  # type: ignore[arg-type]
                     "client certificate refused",  # type: ignore[arg-type]
                 )
                 # asyncua's MessageType constants are bytes, annotated as the class
