@@ -195,8 +195,8 @@ def _wrap_process(asyncua_process: Callable[..., Awaitable[Any]]) -> Callable[..
             return await asyncua_process(self, typeid, requesthdr, seqhdr, body)
         except BaseException:
             # asyncua registers the new session before its own checks and keeps
-            # it on the connection when they fail; an ActivateSession on this
-            # channel would then activate a refused session. Drop it.
+            # it on the connection when they fail, so a later ActivateSession on
+            # this channel would reach a refused session. Drop it.
             if self.session is not None and self.session is not previous:
                 await self.session.close_session()
                 self.session = previous
