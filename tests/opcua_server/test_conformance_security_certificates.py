@@ -174,6 +174,16 @@ async def test_trusted_certificate_connects(start_server, tmp_path):
     assert not (tmp_path / "pki" / "rejected" / f"{cert.thumbprint}.der").exists()
 
 
+async def test_trust_all_accepts_an_unknown_certificate(start_server, tmp_path):
+    # the demo's loopback setting: no trust list, nothing kept
+    image = demo_image()
+    srv = await start_server(image, config_overrides={**SECURE, "client_certificates": "trust-all"})
+    image.write(VOLT, 230.75)
+    cert = make_cert(tmp_path / "client", "anyone")
+    await assert_reads(await secure_client(srv, cert), srv, 230.75)
+    assert not (tmp_path / "pki" / "rejected").exists()
+
+
 # -- validity period and application URI, on a trusted certificate ---------------------------
 
 
