@@ -379,5 +379,9 @@ def _check_config(args: Any) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    problems = [f"opcua.{p}" for p in cfg.opcua.deployment_problems()]
+    if problems:
+        print(ConfigError(args.file, problems), file=sys.stderr)
+        return 2
     print(f"{args.file}: ok: {summary(cfg)}")
     return 0

@@ -6,11 +6,19 @@ root ``GridConfig`` embeds :class:`OpcUaConfig` as its ``opcua`` table.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class Role(StrEnum):
@@ -43,6 +51,17 @@ SecurityPolicyName = Literal["None", "Basic256Sha256", "Aes256_Sha256_RsaPss"]
 SecurityModeName = Literal["Sign", "SignAndEncrypt"]
 
 
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """True when an opc.tcp endpoint listens on loopback only (0.0.0.0 listens everywhere)."""
+    host = (urlparse(endpoint).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class UserConfig(BaseModel):
     """One OPC UA user. ``password_hash`` comes from ``python -m opcua_server.users hash``."""
 
@@ -68,13 +87,14 @@ class OpcUaConfig(BaseModel):
     # Anonymous sessions are read-only at most; off by default outside the demo.
     anonymous: Literal["off", "read-only"] = "off"
     users: list[UserConfig] = []
-    # A user name and password that would cross the wire readable (no token
-    # encryption, channel not SignAndEncrypt) is refused; only a loopback
-    # endpoint may allow it, and only when this says so (the demo).
+    # Client application certificates: "trust-list" accepts only those in
+    # <state_dir>/pki/trusted (valid now, SubjectAltName URI = the client's
+    # application URI); refused ones land in pki/rejected for `gridctl certs
+    # trust`. "trust-all" accepts any certificate: for a loopback demo only.
+    client_certificates: Literal["trust-all", "trust-list"] = "trust-list"
+    # A user name and password over a channel without encryption (policy
+    # "None") is refused unless this is true; allowed only on a loopback endpoint.
     allow_plaintext_password_on_loopback: bool = False
-    # Client application certificates: "trust-all" accepts any (self-signed)
-    # client certificate; "trust-list" only those in <state_dir>/pki/trusted.
-    client_certificates: Literal["trust-all", "trust-list"] = "trust-all"
     certificate_days: int = Field(default=3650, ge=1, le=36500)
     # Publisher limits: the change queue is bounded (drop-oldest, counted) and
     # each step writes at most `publish_batch` values before yielding the loop.
@@ -152,6 +172,42 @@ class OpcUaConfig(BaseModel):
             raise ValueError("security_modes must name at least one mode (Sign, SignAndEncrypt)")
         return value
 
+    # Exposure rules: what is tolerable on 127.0.0.1 is not on a network. Field
+    # validators (endpoint is validated first) so the error names the field.
+    @field_validator("security_policies")
+    @classmethod
+    def _no_plaintext_on_network(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        endpoint = info.data.get("endpoint")
+        if "None" in value and endpoint is not None and not is_loopback_endpoint(endpoint):
+            raise ValueError(
+                f'"None" (no signing, no encryption) is allowed only on a loopback endpoint '
+                f"(127.0.0.1, ::1, localhost), not on {endpoint}; list only "
+                '"Basic256Sha256" and/or "Aes256_Sha256_RsaPss"'
+            )
+        return value
+
+    @field_validator("anonymous")
+    @classmethod
+    def _no_anonymous_on_network(cls, value: str, info: ValidationInfo) -> str:
+        endpoint = info.data.get("endpoint")
+        if value != "off" and endpoint is not None and not is_loopback_endpoint(endpoint):
+            raise ValueError(
+                f'"{value}" is allowed only on a loopback endpoint (127.0.0.1, ::1, '
+                f'localhost), not on {endpoint}; use "off" and give users'
+            )
+        return value
+
+    @field_validator("allow_plaintext_password_on_loopback")
+    @classmethod
+    def _plaintext_only_on_loopback(cls, value: bool, info: ValidationInfo) -> bool:
+        endpoint = info.data.get("endpoint")
+        if value and endpoint is not None and not is_loopback_endpoint(endpoint):
+            raise ValueError(
+                "true is allowed only on a loopback endpoint (127.0.0.1, ::1, localhost), "
+                f"not on {endpoint}: passwords would cross the network in clear text"
+            )
+        return value
+
     @model_validator(mode="after")
     def _limits(self) -> OpcUaConfig:
         if self.login_backoff_max_s < self.login_backoff_s:
@@ -173,6 +229,23 @@ class OpcUaConfig(BaseModel):
         if dupes:
             raise ValueError(f"users: duplicate user names {dupes}")
         return self
+
+    def deployment_problems(self) -> list[str]:
+        """Settings that load but leave the server unusable; ``gridctl check-config`` refuses them.
+
+        Not refused at load time: a config without an ``[opcua]`` table (tests,
+        a bare field config) still runs, with a server nobody can log on to.
+        """
+        if not self.enabled:
+            return []
+        problems = []
+        if "None" not in self.security_policies and not self.users:
+            problems.append(
+                'users: a secure endpoint (no "None" policy) needs at least one user '
+                "(name, role, password_hash from `python -m opcua_server.users hash`), "
+                "or set enabled = false"
+            )
+        return problems
 
     @property
     def host(self) -> str:

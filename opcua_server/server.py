@@ -8,16 +8,13 @@ import fnmatch
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
-from asyncua.common.utils import ServiceError
-from asyncua.crypto.truststore import TrustStore
-from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 
 from controller.process_image import ChangeQueue, ProcessImage, Tag
 from controller.task_stop import stop_task
@@ -46,8 +43,9 @@ from .methods import (
 )
 from .model import BUS_DIAGNOSTICS, ModelBuilder, TypeNodes, VarEntry
 from .nodes import Made, NodeFactory
+from .pki import CertificateStore, ClientCertificateValidator
 from .publisher import FeedRows, Publisher
-from .security import ensure_certificate, security_policies
+from .security import ensure_certificate, install_client_certificate_checks, security_policies
 from .session_guard import SessionGuard, is_loopback
 from .subscription_limits import limit_publishing_interval
 from .units import eu_range
@@ -351,28 +349,16 @@ class OpcUaServer:
             tokens.insert(0, ua.AnonymousIdentityToken)
         server.set_identity_tokens(tokens)
         if cfg.client_certificates == "trust-list":
-            trusted = self.state_dir / "pki" / "trusted"
-            trusted.mkdir(parents=True, exist_ok=True)
-            store = TrustStore([trusted], [])
-            await store.load()
-            validator = CertificateValidator(
-                CertificateValidatorOptions.BASIC_VALIDATION | CertificateValidatorOptions.TRUSTED,
-                store,
+            install_client_certificate_checks()
+            # Refuses untrusted, expired and not-yet-valid certificates at the
+            # channel open and a wrong application URI at CreateSession; rereads
+            # pki/trusted when it changes (`gridctl certs trust`).
+            validator = ClientCertificateValidator(CertificateStore(self.state_dir / "pki"))
+            # A refused certificate is a refused login too (journaled, counted).
+            validator.on_refused = lambda: self.users.record_failure(
+                "", login_peer.get(), "untrusted_certificate"
             )
-            server.set_certificate_validator(self._reporting(validator))  # type: ignore[arg-type]
-
-    def _reporting(self, validator: CertificateValidator) -> Callable[..., Awaitable[None]]:
-        """``validator``, with each refused client certificate reported as a failed login."""
-
-        async def validate(cert: Any, application: Any) -> None:
-            try:
-                await validator(cert, application)
-            except ServiceError:
-                # no user name yet: the certificate comes with CreateSession
-                self.users.record_failure("", login_peer.get(), "untrusted_certificate")
-                raise
-
-        return validate
+            server.set_certificate_validator(validator)
 
     # -- model -----------------------------------------------------------------------
     def _build_model(self, server: Server) -> None:

@@ -50,6 +50,7 @@ from asyncua.ua.ua_binary import struct_from_binary
 from cryptography import x509
 
 from .asyncua_gate import require_pinned
+from .pki import ClientCertificateValidator
 from .users import login_peer
 
 _log = logging.getLogger(__name__)
@@ -278,17 +279,22 @@ async def _reconnect(
             "security policy or mode differs from the channel that created the session",
             ua.StatusCodes.BadSecurityChecksFailed,
         )
-    if origin[2] != here[2]:
+    if (origin[2] or None) != (here[2] or None):
         raise refuse(
             "client certificate differs from the one that created the session",
             ua.StatusCodes.BadSecurityChecksFailed,
         )
     policy = proc._connection.security_policy
-    if here[2] is not None:
+    if here[2]:
         validator = proc.iserver.certificate_validator
         if validator is not None:
             try:
-                await validator(x509.load_der_x509_certificate(here[2]), getattr(existing, _CLIENT))
+                if isinstance(validator, ClientCertificateValidator):
+                    # Trust list and validity now; the URI was checked at CreateSession.
+                    validator.check(here[2], None)
+                else:
+                    cert = x509.load_der_x509_certificate(here[2])
+                    await validator(cert, getattr(existing, _CLIENT))
             except Exception as exc:
                 raise refuse(
                     f"client certificate no longer valid: {exc}",
@@ -371,7 +377,9 @@ def _same_user(user: Any, current: Any) -> bool:
 
 
 def installed() -> bool:
-    return UaProcessor._process_message is _process_message  # type: ignore[comparison-overlap]
+    # Other checks may wrap the guard afterwards (and it wraps what came
+    # before): installed once per process, never again on top of them.
+    return bool(_previous)
 
 
 def install() -> None:

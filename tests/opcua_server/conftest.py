@@ -7,6 +7,10 @@ from typing import Any
 
 import pytest
 from asyncua import Client, ua
+from asyncua.crypto import cert_gen
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controller.process_image import ProcessImage
 from opcua_server import OpcUaConfig, OpcUaServer, UserConfig
@@ -19,6 +23,26 @@ USERS = [
     UserConfig(name=n, password_hash=hash_password(p, n=2**10), role=ROLES[n])
     for n, p in PASSWORDS.items()
 ]
+
+
+CLIENT_URI = "urn:gridctl:test-client"
+
+
+@pytest.fixture(scope="module")
+def client_cert(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("client-pki")
+    key = cert_gen.generate_private_key()
+    cert = cert_gen.generate_self_signed_app_certificate(
+        key,
+        "gridctl test client",
+        {"organizationName": "test"},
+        [x509.UniformResourceIdentifier(CLIENT_URI), x509.DNSName(socket.gethostname())],
+        extended=[ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    cert_path, key_path = d / "cert.der", d / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
+    return cert_path, key_path
 
 
 def free_port() -> int:

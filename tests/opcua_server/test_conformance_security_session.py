@@ -226,38 +226,53 @@ async def plaintext_login(srv: OpcUaServer, user: str) -> None:
         await close_quietly(client)
 
 
-@pytest.mark.parametrize(
-    ("host", "allow"),
-    [
-        # 0.0.0.0 listens on every interface: a non-loopback endpoint, reached here
-        # over loopback. Even a config that asked for it gets no plaintext there.
-        ("0.0.0.0", False),
-        ("127.0.0.1", False),
-    ],
-)
-async def test_plaintext_password_over_none_is_refused(start_server, host, allow):
-    from .conftest import free_port
-
-    srv = await start_server(
-        config_overrides={
-            "endpoint": f"opc.tcp://{host}:{free_port()}/gridctl",
-            "allow_plaintext_password_on_loopback": allow,
-        }
-    )
-    if host == "0.0.0.0":
-        srv = _via_loopback(srv)
+async def test_plaintext_password_over_none_is_refused(start_server):
+    # Loopback, and the config does not allow it: refused like anywhere else.
+    srv = await start_server()
     await expect_status(SC.BadIdentityTokenRejected, plaintext_login(srv, "otto"))
     assert [(r.user, r.reason) for r in srv.session_guard.refused] == [
         ("otto", "plaintext_refused")
     ]
 
 
-def _via_loopback(srv: OpcUaServer) -> Any:
-    class Loopback:
-        endpoint = srv.endpoint.replace("0.0.0.0", "127.0.0.1")
-        session_guard = srv.session_guard
+async def test_plaintext_password_over_a_sign_only_channel_is_refused(start_server, client_cert):
+    """A non-loopback endpoint (0.0.0.0, every interface), a signed but unencrypted
+    channel, and a client that sends its password without token encryption: the
+    password would cross the network readable. Even asking for it in the config
+    cannot allow it there (the config refuses that on a network endpoint)."""
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
-    return Loopback()
+    from .conftest import free_port
+
+    cert, key = client_cert
+    port = free_port()
+    srv = await start_server(
+        config_overrides={
+            "endpoint": f"opc.tcp://0.0.0.0:{port}/gridctl",
+            "security_policies": ["Basic256Sha256"],
+            "security_modes": ["Sign"],
+            "anonymous": "off",
+            "client_certificates": "trust-all",
+        }
+    )
+    client = Client(f"opc.tcp://127.0.0.1:{port}/gridctl", timeout=5)
+    client.application_uri = "urn:gridctl:test-client"
+    await client.set_security(
+        SecurityPolicyBasic256Sha256, str(cert), str(key), mode=ua.MessageSecurityMode.Sign
+    )
+    await client.connect_socket()
+    try:
+        await client.send_hello()
+        await client.open_secure_channel()
+        await client.create_session()
+        activate = ua.ActivateSessionParameters()
+        activate.UserIdentityToken = username_token("otto", PASSWORDS["otto"])
+        await expect_status(SC.BadIdentityTokenRejected, client.uaclient.activate_session(activate))
+    finally:
+        await close_quietly(client)
+    assert [(r.user, r.reason) for r in srv.session_guard.refused] == [
+        ("otto", "plaintext_refused")
+    ]
 
 
 async def test_plaintext_password_on_loopback_when_the_config_allows_it(start_server):

@@ -1,46 +1,33 @@
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from asyncua import Client, ua
-from asyncua.crypto import cert_gen
 from asyncua.crypto.security_policies import (
     SecurityPolicyAes256Sha256RsaPss,
     SecurityPolicyBasic256Sha256,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from opcua_server import Role, UserConfig
 from opcua_server.users import UserStore, hash_password, verify_password
 
-from .conftest import PASSWORDS, client_for, demo_image, make_config, nid, ns_of
+from .conftest import CLIENT_URI, PASSWORDS, client_for, demo_image, make_config, nid, ns_of
 
 SC = ua.StatusCodes
-CLIENT_URI = "urn:gridctl:test-client"
 VOLT = "buses/bus1/meters/000000000001/voltage_a"
 
 
-@pytest.fixture(scope="module")
-def client_cert(tmp_path_factory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("client-pki")
-    key = cert_gen.generate_private_key()
-    cert = cert_gen.generate_self_signed_app_certificate(
-        key,
-        "gridctl test client",
-        {"organizationName": "test"},
-        [x509.UniformResourceIdentifier(CLIENT_URI), x509.DNSName(socket.gethostname())],
-        extended=[ExtendedKeyUsageOID.CLIENT_AUTH],
-    )
-    cert_path, key_path = d / "cert.der", d / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
-    key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
-    return cert_path, key_path
+@pytest.fixture
+def trusted_client_cert(client_cert, tmp_path) -> tuple[Path, Path]:
+    """The client certificate in the server's trust list (``start_server`` uses tmp_path)."""
+    cert, key = client_cert
+    trusted = tmp_path / "pki" / "trusted"
+    trusted.mkdir(parents=True, exist_ok=True)
+    (trusted / "test-client.der").write_bytes(cert.read_bytes())
+    return cert, key
 
 
 def test_password_hash_roundtrip():
@@ -145,7 +132,9 @@ async def test_anonymous_off(start_server):
         (SecurityPolicyAes256Sha256RsaPss, ua.MessageSecurityMode.Sign),
     ],
 )
-async def test_secure_session_with_client_certificate(start_server, client_cert, policy, mode):
+async def test_secure_session_with_client_certificate(
+    start_server, trusted_client_cert, policy, mode
+):
     image = demo_image()
     srv = await start_server(
         image,
@@ -155,7 +144,7 @@ async def test_secure_session_with_client_certificate(start_server, client_cert,
         },
     )
     image.write(VOLT, 231.0)
-    cert, key = client_cert
+    cert, key = trusted_client_cert
     client = client_for(srv, "otto")
     client.application_uri = CLIENT_URI
     await client.set_security(policy, str(cert), str(key), mode=mode)
