@@ -85,7 +85,8 @@ def private_dir(path: Path) -> Path:
 
 
 def runtime_dir() -> Path | None:
-    """``$XDG_RUNTIME_DIR/gridctl`` (0700) when XDG_RUNTIME_DIR is set and ours, else None."""
+    """``$XDG_RUNTIME_DIR/gridctl`` (0700) when XDG_RUNTIME_DIR is set, absolute, ours
+    and closed to others (0700, as the XDG spec has it), else None."""
     base = os.environ.get("XDG_RUNTIME_DIR", "")
     if not base or not os.path.isabs(base):
         return None
@@ -93,7 +94,7 @@ def runtime_dir() -> Path | None:
         st = os.stat(base)
     except OSError:
         return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         return None
     return private_dir(Path(base) / "gridctl")
 
