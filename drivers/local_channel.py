@@ -55,13 +55,12 @@ class ControlServer:
 
     async def start(self) -> None:
         """Listen; raises SocketPathError naming the path or the group when it cannot."""
-        gid = group_id(self.group) if self.group else None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            gid = group_id(self.group) if self.group else None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             sock = bind_listening_socket(self.path, self.mode, gid)
         except SocketPathError as exc:
-            group = f" (group {self.group!r})" if self.group else ""
-            raise SocketPathError(f"{self.what}{group}: {exc}") from None
+            raise SocketPathError(f"{self.what}: {exc}") from None
         try:
             self._server = await asyncio.start_unix_server(self._client, sock=sock)
         except BaseException:

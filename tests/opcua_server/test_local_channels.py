@@ -153,7 +153,8 @@ async def test_a_same_user_process_on_the_feed_socket_gets_nothing_and_submits_n
 
         async def arrived() -> bool:
             dv = await read(client, VOLTAGE)
-            return dv.StatusCode.is_good() and dv.Value.Value == 228.5
+            good = dv.StatusCode is not None and dv.StatusCode.is_good()
+            return good and dv.Value is not None and dv.Value.Value == 228.5
 
         await until(arrived)
     # And commands from its real clients still arrive, with their real user.
