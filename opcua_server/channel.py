@@ -8,7 +8,7 @@ only the server process it spawned, the server process talks only to its parent.
 Controller → server process (``opcua_server.feed.ImageFeed``):
 
 - ``hello``: ``buses`` and ``tasks`` (first diagnostics, the model needs them
-  to build), ``alarms``, ``pid``. Nothing the server process can read itself:
+  to build) and ``alarms``. Nothing the server process can read itself:
   its ``[opcua]`` table (users, password hashes) comes from the config file,
   its state directory and history file from its command line;
 - ``tags``: ``defs`` — ``[id, name, unit, description, value, quality, reason,

@@ -334,7 +334,6 @@ class ImageFeed:
                     "buses": self._buses(),
                     "tasks": self.task_stats() if self.task_stats is not None else None,
                     "alarms": self._alarm_rows(),
-                    "pid": os.getpid(),
                 }
             )
             chunk: list[list[Any]] = []

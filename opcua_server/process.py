@@ -494,7 +494,7 @@ async def serve(
                 "model_rss_bytes": rss_model,
             }
         )
-        _log.info("serving %s for the controller (pid %s)", config.endpoint, hello.get("pid"))
+        _log.info("serving %s for the controller (pid %d)", config.endpoint, parent)
         reporter = asyncio.create_task(_report(channel, server, image), name="opcua-stats")
         try:
             await stop.wait()

@@ -69,7 +69,7 @@ print("listening", flush=True)
 srv.settimeout(30)
 conn, _ = srv.accept()
 conn.settimeout(10)
-for m in ({"t": "hello", "buses": None, "tasks": None, "alarms": None, "pid": 1},
+for m in ({"t": "hello", "buses": None, "tasks": None, "alarms": None},
           {"t": "synced"}):
     body = msgpack.packb(m)
     try:
@@ -255,7 +255,7 @@ async def test_the_hello_carries_no_users_config_or_paths(tmp_path: Path):
     finally:
         writer.close()
         await feed.stop()
-    assert set(messages[0]) == {"t", "buses", "tasks", "alarms", "pid"}
+    assert set(messages[0]) == {"t", "buses", "tasks", "alarms"}
     assert b"scrypt$" not in raw and b"password_hash" not in raw and b"otto" not in raw
     assert str(tmp_path).encode() not in raw  # no paths either: they come on the command line
 

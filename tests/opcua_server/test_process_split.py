@@ -344,6 +344,7 @@ def test_service_survives_a_killed_server_process_and_its_child_follows_it(servi
     assert metric(text, "gridctl_opcua_server_restarts_total") == 1
     assert metric(text, "gridctl_opcua_server_up") == 1
     assert metric(text, "gridctl_opcua_feed_changes_sent_total") > 0
+    assert metric(text, "gridctl_opcua_feed_peers_refused_total") == 0
     assert metric(text, "gridctl_opcua_values_written_total") > 0
 
     # The controller dies without a chance to stop anything: its server process follows.
