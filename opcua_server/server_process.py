@@ -89,7 +89,8 @@ def _toml_value(value: Any) -> str:
 def write_opcua_table(config: OpcUaConfig, path: Path) -> None:
     """Write ``config`` as the ``[opcua]`` table of a config file, readable by its owner only."""
     lines = ["[opcua]"]
-    for key, value in config.model_dump(mode="json").items():
+    # Defaults stay out: TOML has no null, and the model restores them.
+    for key, value in config.model_dump(mode="json", exclude_defaults=True).items():
         lines.append(f"{key} = {_toml_value(value)}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, CONFIG_FILE_MODE)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
