@@ -60,6 +60,12 @@ class ServiceConfig(_Strict):
     stop_timeout_s: float = Field(default=5.0, ge=0.5, le=30.0)
     # Local control channel (Unix socket, msgpack); empty string disables it.
     control_socket: str = "var/gridctl.sock"
+    # Group whose members may use the control socket too (`gridctl status` by
+    # operators): the socket is then 0660 with that group; empty: 0600, this
+    # user only. The service's user must be a member of the group.
+    control_socket_group: str = Field(
+        default="", pattern=r"^([a-z_][a-z0-9_-]*[$]?)?$", max_length=32
+    )
 
 
 class TasksConfig(_Strict):

@@ -200,6 +200,7 @@ class GridCollector(Collector):
             ("dropped_changes", c.dropped, "Changes lost at the full image subscription"),
             ("coalesced_changes", c.coalesced, "Older changes superseded while the server lagged"),
             ("resyncs", c.resyncs, "Full re-syncs of the server's mirror after drops"),
+            ("peers_refused", c.peers_refused, "Feed connections refused: not the server process"),
         ):
             m = CounterMetricFamily(f"gridctl_opcua_feed_{name}", doc)
             m.add_metric([], value)

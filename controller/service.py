@@ -209,7 +209,9 @@ class Service:
         )
 
         if cfg.service.control_socket:
-            self.status = ServiceStatus(self, Path(cfg.service.control_socket))
+            self.status = ServiceStatus(
+                self, Path(cfg.service.control_socket), cfg.service.control_socket_group
+            )
             await self.status.start()
             log.info("control socket ready: %s (gridctl status)", self.status.path)
 
@@ -443,6 +445,7 @@ class Service:
             cfg,
             self.image,
             state_dir=state_dir,
+            config_path=self.config_path,
             commands=self.router,
             alarms=EngineAlarmSource(self.alarms),
             bus_snapshots=self.bus_snapshots,

@@ -25,11 +25,12 @@ STATUS_TIMEOUT_S = 3.0
 class ServiceStatus:
     """Serves the status of one `controller.service.Service` on its control socket."""
 
-    def __init__(self, service: Any, path: Path) -> None:
+    def __init__(self, service: Any, path: Path, group: str = "") -> None:
+        """``group``: ``[service] control_socket_group`` (socket 0660 with it; empty: 0600)."""
         self.service = service
         self.path = path
         self.started_at = time.time()
-        self._server = ControlServer(path, self._handle)
+        self._server = ControlServer(path, self._handle, group=group, what="service.control_socket")
 
     async def start(self) -> None:
         await self._server.start()

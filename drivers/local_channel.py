@@ -4,6 +4,9 @@ Every ``gridctl`` process that takes requests from another on the same machine
 (the service for ``gridctl status``, the simulators for ``gridctl sim fault``)
 serves one of these. Each message is one msgpack map; the reply is one map with
 ``ok`` and either the result fields or ``error``.
+
+The socket's mode is set before it listens, never left to the umask: 0600 (this
+user only), or 0660 with a ``group`` so an operator group can ask too.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 
 import msgpack
 
+from controller.unix_socket import SocketPathError, bind_listening_socket, group_id
+
 _log = logging.getLogger("gridctl.local_channel")
 
 # A control message is small; anything bigger is a mistake or an attack.
@@ -25,25 +30,49 @@ MAX_MESSAGE_BYTES = 65536
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 CLIENT_TIMEOUT_S = 5.0
 
+OWNER_ONLY = 0o600
+OWNER_AND_GROUP = 0o660
+
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class ControlServer:
-    def __init__(self, path: Path, handler: Handler) -> None:
+    """``group``: a group name whose members may connect too (mode 0660); empty:
+    this user only (mode 0600). ``what`` names the setting in error messages."""
+
+    def __init__(
+        self, path: Path, handler: Handler, *, group: str = "", what: str = "control socket"
+    ) -> None:
         self.path = path
+        self.group = group
+        self.what = what
         self._handler = handler
         self._server: asyncio.Server | None = None
 
+    @property
+    def mode(self) -> int:
+        return OWNER_AND_GROUP if self.group else OWNER_ONLY
+
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
+        """Listen; raises SocketPathError naming the path or the group when it cannot."""
+        try:
+            gid = group_id(self.group) if self.group else None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            sock = bind_listening_socket(self.path, self.mode, gid)
+        except SocketPathError as exc:
+            raise SocketPathError(f"{self.what}: {exc}") from None
+        try:
+            self._server = await asyncio.start_unix_server(self._client, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._server is None:
+            return  # never listened: the path may belong to another process
+        self._server.close()
+        await self._server.wait_closed()
+        self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 

@@ -1,12 +1,16 @@
 """The local channel between the controller and the OPC UA server process.
 
 A Unix socket carrying length-prefixed msgpack frames: a 4-byte big-endian
-length, then one msgpack map with a ``t`` (message type) key.
+length, then one msgpack map with a ``t`` (message type) key. Each end checks
+the other's pid (SO_PEERCRED) before the first frame: the controller serves
+only the server process it spawned, the server process talks only to its parent.
 
 Controller → server process (``opcua_server.feed.ImageFeed``):
 
-- ``hello``: ``config`` (the ``[opcua]`` table), ``state_dir``, ``history_db``,
-  ``buses`` and ``tasks`` (first diagnostics, the model needs them to build);
+- ``hello``: ``buses`` and ``tasks`` (first diagnostics, the model needs them
+  to build) and ``alarms``. Nothing the server process can read itself:
+  its ``[opcua]`` table (users, password hashes) comes from the config file,
+  its state directory and history file from its command line;
 - ``tags``: ``defs`` — ``[id, name, unit, description, value, quality, reason,
   source_time, server_time]`` rows, the tag's definition and current value; ids
   are per connection and name the tag in every later ``changes`` frame;

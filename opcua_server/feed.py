@@ -18,6 +18,12 @@ cyclic task:
 - the image subscription is bounded (``queue_size``, drop-oldest, counted);
   after a drop the feed re-sends every tag's current value, so the mirror is
   never left on a stale value.
+
+Only the server process the controller spawned is served: the socket is 0600
+in a 0700 directory, and a peer whose pid (SO_PEERCRED) is not
+``expected_pid`` is closed before it gets a byte, counted in
+``peers_refused``. A same-user process could otherwise take the server's place:
+read every tag and submit commands under any user name it likes.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from controller.process_image import ChangeQueue, ProcessImage, Tag, TagValue
+from controller.unix_socket import bind_listening_socket, peer_credentials, private_dir
 
 from .channel import FrameDecoder, encode, error_message, error_name
 from .command_view import TERMINAL
@@ -53,6 +60,10 @@ ALARM_PERIOD_S = 0.25
 MAX_REQUESTS_IN_FLIGHT = 64
 WATCHED_COMMANDS = 1024  # commands whose state changes are pushed to the server process
 QUIET_WAIT_S = 0.1  # a stopped or stuck fast task must not stall the feed
+SOCKET_MODE = 0o600
+# ``expected_pid`` before a server process is spawned: pid 0 is refused anyway
+# (a peer in another pid namespace reads as 0), so nothing is accepted.
+NO_PEER = 0
 
 QuietPoint = Callable[[], Awaitable[Any]]
 
@@ -68,6 +79,7 @@ class FeedStats:
     skipped_status: int = 0  # diagnostics frames not sent while the buffer was full
     requests: int = 0
     requests_refused: int = 0  # over MAX_REQUESTS_IN_FLIGHT
+    peers_refused: int = 0  # connections from a process other than the expected server
 
 
 class _Connection(asyncio.Protocol):
@@ -80,15 +92,22 @@ class _Connection(asyncio.Protocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.closed = asyncio.Event()
+        self.accepted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its API
         self.transport = cast(asyncio.Transport, transport)
+        if not self.feed._accepts(self.transport):
+            self.transport.close()
+            return
+        self.accepted = True
         limit = self.feed.write_buffer_limit
         self.transport.set_write_buffer_limits(high=limit, low=limit // 4)
         self.feed._connected(self)
 
     def data_received(self, data: bytes) -> None:
+        if not self.accepted:
+            return
         try:
             for message in self.decoder.feed(data):
                 self.feed._received(self, message)
@@ -105,7 +124,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.writable.set()
         self.closed.set()
-        self.feed._lost(self)
+        if self.accepted:
+            self.feed._lost(self)
 
     def send(self, message: dict[str, Any]) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -124,6 +144,7 @@ class ImageFeed:
         socket_path: Path,
         *,
         hello: dict[str, Any],
+        expected_pid: int | None,
         commands: CommandSink | None = None,
         alarms: AlarmSource | None = None,
         bus_snapshots: Callable[[], Iterable[Any]] | None = None,
@@ -137,12 +158,22 @@ class ImageFeed:
         alarm_period_s: float = ALARM_PERIOD_S,
         on_login_failures: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        """``hello``: what the server process needs besides the image (``config``,
-        ``state_dir``, ``history_db``); the feed adds the first diagnostics.
-        ``on_login_failures``: gets each ``login_failures`` frame (to journal it)."""
+        """``hello``: what the server process cannot read itself besides the image;
+        the feed adds the first diagnostics. The server process reads its
+        ``[opcua]`` table (with the users' password hashes) from the config file:
+        none of it crosses the channel.
+
+        ``expected_pid``: the only process served (the spawned server process;
+        update it for each spawn); :data:`NO_PEER` until there is one. ``None``
+        serves any process of this user: only for tests that connect a channel
+        by hand, never for a running controller.
+
+        ``on_login_failures``: gets each ``login_failures`` frame (to journal it).
+        """
         self.image = image
         self.socket_path = Path(socket_path)
         self.hello = hello
+        self.expected_pid = expected_pid
         self.commands = commands
         self.alarms = alarms
         self.bus_snapshots = bus_snapshots
@@ -173,13 +204,14 @@ class ImageFeed:
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         path = self.socket_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        private_dir(path.parent)
+        sock = bind_listening_socket(path, SOCKET_MODE)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: _Connection(self), path=str(path))
-        # the hello carries the user table (password hashes): owner only
-        os.chmod(path, 0o600)
+        try:
+            self._server = await loop.create_unix_server(lambda: _Connection(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -214,6 +246,27 @@ class ImageFeed:
         }
 
     # -- connection events (called by _Connection) -------------------------------------
+    def _accepts(self, transport: asyncio.Transport) -> bool:
+        """Is the peer the server process this feed serves? Logs and counts a refusal."""
+        try:
+            peer = peer_credentials(transport.get_extra_info("socket"))
+        except (OSError, AttributeError) as exc:
+            self.counters.peers_refused += 1
+            _log.warning("opcua channel: peer credentials unreadable (%s); refused", exc)
+            return False
+        expected = self.expected_pid
+        if peer.uid == os.getuid() and peer.pid > 0 and (expected is None or peer.pid == expected):
+            return True
+        self.counters.peers_refused += 1
+        _log.warning(
+            "opcua channel: refused a connection from pid %d (uid %d): not the OPC UA "
+            "server process (pid %s)",
+            peer.pid,
+            peer.uid,
+            expected if expected != NO_PEER else "none running",
+        )
+        return False
+
     def _connected(self, conn: _Connection) -> None:
         if self._conn is not None:
             # one server process at a time: a new one replaces a stale connection
@@ -288,7 +341,6 @@ class ImageFeed:
                     "buses": self._buses(),
                     "tasks": self.task_stats() if self.task_stats is not None else None,
                     "alarms": self._alarm_rows(),
-                    "pid": os.getpid(),
                 }
             )
             chunk: list[list[Any]] = []

@@ -1,4 +1,4 @@
-"""The OPC UA server process: ``python -m opcua_server.process --socket PATH``.
+"""The OPC UA server process: ``python -m opcua_server.process --socket PATH --config FILE``.
 
 It connects to the controller's :class:`~opcua_server.feed.ImageFeed`, builds a
 mirror :class:`~controller.process_image.ProcessImage` from the tag snapshot,
@@ -6,6 +6,12 @@ applies the change batches into it, and runs the unchanged
 :class:`~opcua_server.server.OpcUaServer` on that mirror, with a command sink
 and an alarm source that forward over the channel. asyncua's publish work thus
 runs on this process's event loop, never on the one carrying the cyclic tasks.
+
+It reads its ``[opcua]`` table (users with their password hashes included)
+from ``--config`` itself; the channel carries only what it cannot read: tags,
+values, diagnostics, alarms. It talks only to the controller that started it:
+the socket's listener (SO_PEERCRED) must be its parent, the pid given as
+``--exit-with-parent``, or it closes the channel unread.
 
 It exits when the channel closes, when SIGTERM/SIGINT arrives, and when the
 process named by ``--exit-with-parent`` is gone (a SIGKILLed controller cannot
@@ -24,13 +30,17 @@ import os
 import signal
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from controller.process_image import ChangeQueue, ProcessImage, Quality, TagValue
 from controller.task_stop import stop_task
+from controller.unix_socket import peer_credentials
 from drivers.bus_stats import BusSnapshot
 
 from .channel import ChannelError, FrameDecoder, encode, raise_error
@@ -277,6 +287,50 @@ class Diagnostics:
         return self.tasks
 
 
+class OpcUaConfigError(ValueError):
+    """The ``[opcua]`` table of the config file cannot be used (the message names the file)."""
+
+
+def load_opcua_table(path: Path) -> OpcUaConfig:
+    """The ``[opcua]`` table of a gridctl config file, validated by the same model
+    the service's config loader uses for it (the other tables are not the
+    server's business and are not read)."""
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise OpcUaConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise OpcUaConfigError(f"{path}: not a TOML config: {exc}") from None
+    table = data.get("opcua", {})
+    if not isinstance(table, dict):
+        raise OpcUaConfigError(f"{path}: opcua must be a table")
+    try:
+        return OpcUaConfig.model_validate(table)
+    except ValidationError as exc:
+        problems = [
+            f"{path}: opcua.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise OpcUaConfigError("\n".join(problems)) from None
+
+
+def controller_refusal(writer: asyncio.StreamWriter, parent: int) -> str | None:
+    """Why the other end of the channel is not the controller that started us (None: it is)."""
+    try:
+        peer = peer_credentials(writer.get_extra_info("socket"))
+    except (OSError, AttributeError) as exc:
+        return f"its credentials are unreadable ({exc})"
+    ppid = os.getppid()
+    if peer.pid != parent or peer.pid != ppid:
+        return (
+            f"it is served by pid {peer.pid}, not by the controller that started this "
+            f"process (pid {parent}, parent pid {ppid})"
+        )
+    if peer.uid != os.getuid():
+        return f"it is served by uid {peer.uid}, not by this user (uid {os.getuid()})"
+    return None
+
+
 async def _connect(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     end = time.monotonic() + CONNECT_TIMEOUT_S
     while True:
@@ -332,20 +386,36 @@ async def _report(
                 channel.send(failures)
 
 
-async def serve(socket_path: str, parent: int | None = None) -> int:
-    """Connect, mirror, serve; returns the exit code."""
+async def serve(
+    socket_path: str,
+    parent: int,
+    config: OpcUaConfig,
+    state_dir: Path,
+    history_db: Path | None = None,
+) -> int:
+    """Connect, mirror, serve; returns the exit code.
+
+    ``parent``: the controller's pid, the only process the channel is taken from.
+    """
     from .server import OpcUaServer
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watchdog = asyncio.create_task(_watch_parent(parent, stop)) if parent else None
+    watchdog = asyncio.create_task(_watch_parent(parent, stop))
     try:
         reader, writer = await _connect(socket_path)
     except OSError as exc:
         _log.error("cannot connect to the controller at %s: %s", socket_path, exc)
+        watchdog.cancel()
         return 1
+    refusal = controller_refusal(writer, parent)
+    if refusal is not None:
+        _log.error("refusing the channel at %s: %s", socket_path, refusal)
+        writer.close()
+        watchdog.cancel()
+        return 2
     channel = ControllerChannel(reader, writer)
     image = MirrorImage()
     sink = ChannelCommandSink(channel)
@@ -402,9 +472,6 @@ async def serve(socket_path: str, parent: int | None = None) -> int:
             task.cancel()
         if not synced.is_set():
             return 1 if failure else 0
-        config = OpcUaConfig(**hello["config"])
-        state_dir = Path(hello["state_dir"])
-        history = hello.get("history_db")
         server = OpcUaServer(
             config,
             image,
@@ -413,7 +480,7 @@ async def serve(socket_path: str, parent: int | None = None) -> int:
             commands=sink,
             alarms=alarms if hello.get("alarms") is not None else None,
             task_stats=diag.task_stats if hello.get("tasks") is not None else None,
-            history_db=Path(history) if history else None,
+            history_db=history_db,
             login_failures=logins.add,
         )
         gc.collect()
@@ -435,7 +502,7 @@ async def serve(socket_path: str, parent: int | None = None) -> int:
                 "model_rss_bytes": rss_model,
             }
         )
-        _log.info("serving %s for the controller (pid %s)", config.endpoint, hello.get("pid"))
+        _log.info("serving %s for the controller (pid %d)", config.endpoint, parent)
         reporter = asyncio.create_task(_report(channel, server, image, logins), name="opcua-stats")
         try:
             await stop.wait()
@@ -452,8 +519,7 @@ async def serve(socket_path: str, parent: int | None = None) -> int:
             except Exception:
                 _log.exception("OPC UA server stop failed")
         await stop_task(receiver)
-        if watchdog is not None:
-            watchdog.cancel()
+        watchdog.cancel()
         channel.close()
     return code
 
@@ -465,10 +531,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--socket", required=True, help="the controller's feed socket")
     p.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="gridctl config file; only its [opcua] table is read",
+    )
+    p.add_argument(
+        "--state-dir", type=Path, required=True, help="the server's state (certificates, ...)"
+    )
+    p.add_argument("--history-db", type=Path, help="SQLite file for historical values")
+    p.add_argument(
         "--exit-with-parent",
         type=int,
+        required=True,
         metavar="PID",
-        help="stop when process PID (the controller that started us) is gone",
+        help="the controller that started us: the only process the channel is taken "
+        "from; stop when it is gone",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
@@ -481,9 +559,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # asyncua logs every standard node it cannot place at INFO (a thousand
         # lines at start-up); the service log keeps gridctl's own lines.
         logging.getLogger("asyncua").setLevel(logging.WARNING)
+    try:
+        config = load_opcua_table(args.config)
+    except OpcUaConfigError as exc:
+        _log.error("%s", exc)
+        return 1
     import uvloop
 
-    return uvloop.run(serve(args.socket, args.exit_with_parent))
+    return uvloop.run(
+        serve(args.socket, args.exit_with_parent, config, args.state_dir, args.history_db)
+    )
 
 
 if __name__ == "__main__":

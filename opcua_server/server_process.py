@@ -5,17 +5,23 @@ the child ``python -m opcua_server.process``: it starts the child, waits until
 the child's endpoint is up (its ``ready`` message), restarts it when it dies
 (with a growing delay, reporting down/up so the service can raise an alarm)
 and stops it within a budget.
+
+The child gets its ``[opcua]`` table from a config file (the service's own, or
+one written 0600 next to the feed socket when the config was built in memory),
+so the users' password hashes never cross the channel; the feed serves only
+the pid of the child spawned last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,9 +30,10 @@ from typing import Any
 from controller.cpu_affinity import pin_process
 from controller.process_image import ProcessImage
 from controller.task_stop import stop_task
+from controller.unix_socket import SUN_PATH_MAX, short_socket_path
 
 from .config import OpcUaConfig
-from .feed import ImageFeed, QuietPoint
+from .feed import NO_PEER, ImageFeed, QuietPoint
 from .methods import AlarmSource, CommandSink
 
 _log = logging.getLogger("gridctl.opcua")
@@ -36,7 +43,7 @@ STOP_GRACE_S = 2.5  # SIGTERM → exit; then SIGKILL
 RESTART_DELAY_S = 1.0  # first restart delay, doubled per failed attempt
 RESTART_DELAY_MAX_S = 30.0
 STABLE_AFTER_S = 60.0  # a child that ran this long resets the restart delay
-SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux
+CONFIG_FILE_MODE = 0o600  # the [opcua] table written for the child holds password hashes
 
 
 class OpcUaProcessError(RuntimeError):
@@ -44,13 +51,51 @@ class OpcUaProcessError(RuntimeError):
 
 
 def socket_path_for(path: Path) -> Path:
-    """``path`` if a Unix socket can bind it, else a shorter equivalent."""
-    if len(str(path)) < SOCKET_PATH_MAX:
+    """``path`` if a Unix socket can bind it, else a shorter equivalent: relative to
+    the working directory (the child's too), or in the per-user runtime directory.
+
+    Raises :class:`~controller.unix_socket.SocketPathError` naming the path and
+    its length when none fits; never a name in the shared temporary directory.
+    """
+    if len(os.fsencode(str(path))) <= SUN_PATH_MAX:
         return path
     relative = Path(os.path.relpath(path))
-    if len(str(relative)) < SOCKET_PATH_MAX:
+    if len(os.fsencode(str(relative))) <= SUN_PATH_MAX:
         return relative
-    return Path(tempfile.gettempdir()) / f"gridctl-opcua-{os.getpid()}.sock"
+    return short_socket_path(path, "OPC UA feed socket")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        # JSON string escapes are TOML basic-string escapes; TOML also wants DEL escaped.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {type(value).__name__} {value!r}")
+
+
+def write_opcua_table(config: OpcUaConfig, path: Path) -> None:
+    """Write ``config`` as the ``[opcua]`` table of a config file, readable by its owner only."""
+    lines = ["[opcua]"]
+    # Defaults stay out: TOML has no null, and the model restores them.
+    for key, value in config.model_dump(mode="json", exclude_defaults=True).items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, CONFIG_FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fd, CONFIG_FILE_MODE)  # an existing file keeps its old mode otherwise
+        fh.write("\n".join(lines) + "\n")
 
 
 def _exit_text(code: int) -> str:
@@ -68,6 +113,7 @@ class OpcUaServerProcess:
         image: ProcessImage,
         *,
         state_dir: Path,
+        config_path: Path | None = None,
         commands: CommandSink | None = None,
         alarms: AlarmSource | None = None,
         bus_snapshots: Callable[[], Iterable[Any]] | None = None,
@@ -87,15 +133,21 @@ class OpcUaServerProcess:
         # loop thread that spawns it, the control CPUs it must stay off.
         self.cpus = cpus
         self.state_dir = Path(state_dir)
+        self.history_db = history_db
         self.socket_path = socket_path_for(self.state_dir / "feed.sock")
+        # The child reads its [opcua] table from here; a config built in memory
+        # is written next to the feed socket when the feed starts.
+        self._config_written = config_path is None
+        self.config_path = (
+            Path(config_path)
+            if config_path is not None
+            else self.socket_path.with_name(f"{self.socket_path.stem}-opcua.toml")
+        )
         self.feed = ImageFeed(
             image,
             self.socket_path,
-            hello={
-                "config": config.model_dump(mode="json"),
-                "state_dir": str(self.state_dir.resolve()),
-                "history_db": str(history_db.resolve()) if history_db is not None else None,
-            },
+            hello={},
+            expected_pid=NO_PEER,
             commands=commands,
             alarms=alarms,
             bus_snapshots=bus_snapshots,
@@ -139,9 +191,12 @@ class OpcUaServerProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         await self.feed.start()
         try:
+            if self._config_written:
+                write_opcua_table(self.config, self.config_path)
             info = await self._spawn()
         except BaseException:
             await self.feed.stop()
+            self._remove_written_config()
             raise
         self._watch = asyncio.get_running_loop().create_task(
             self._supervise(), name="opcua-process"
@@ -155,6 +210,12 @@ class OpcUaServerProcess:
             self._watch = None
         await self._terminate(grace_s)
         await self.feed.stop()
+        self._remove_written_config()
+
+    def _remove_written_config(self) -> None:
+        if self._config_written:
+            with contextlib.suppress(FileNotFoundError):
+                self.config_path.unlink()
 
     async def _terminate(self, grace_s: float) -> None:
         proc = self._proc
@@ -176,17 +237,14 @@ class OpcUaServerProcess:
             sys.executable,
             "-m",
             "opcua_server.process",
-            "--socket",
-            str(self.socket_path),
-            "--exit-with-parent",
-            str(os.getpid()),
-            "--log-level",
-            self.log_level,
+            *self._arguments(),
             stdin=asyncio.subprocess.DEVNULL,
             # Its own session: a Ctrl-C at the terminal reaches the controller,
             # which stops the child in order (it is not restarted meanwhile).
             start_new_session=True,
         )
+        # Before the loop runs again: the child connects only after its imports.
+        self.feed.expected_pid = proc.pid
         self._proc = proc
         self._started_at = time.monotonic()
         if self.cpus:
@@ -219,9 +277,27 @@ class OpcUaServerProcess:
         else:
             ready.exception()  # retrieved: no "never retrieved" warning
         await self._terminate(0.5)
+        self.feed.expected_pid = NO_PEER
         raise OpcUaProcessError(
             f"OPC UA server process (pid {proc.pid}) {failure}; its log lines are above"
         )
+
+    def _arguments(self) -> list[str]:
+        args = [
+            "--socket",
+            str(self.socket_path),
+            "--config",
+            str(self.config_path.resolve()),
+            "--state-dir",
+            str(self.state_dir.resolve()),
+            "--exit-with-parent",
+            str(os.getpid()),
+            "--log-level",
+            self.log_level,
+        ]
+        if self.history_db is not None:
+            args += ["--history-db", str(self.history_db.resolve())]
+        return args
 
     async def _supervise(self) -> None:
         delay = self.restart_delay_s
@@ -229,6 +305,7 @@ class OpcUaServerProcess:
             proc = self._proc
             assert proc is not None
             code = await proc.wait()
+            self.feed.expected_pid = NO_PEER
             if self._stopping:
                 return
             if time.monotonic() - self._started_at >= STABLE_AFTER_S:

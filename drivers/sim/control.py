@@ -6,6 +6,9 @@
   without a command (what was commanded stays as it was)
 - ``{"op": "state", "meter": ADDR, "bus": NAME|None}`` → the meter's simulated state
 - ``{"op": "buses"}`` → names, wires and meter counts
+
+Fault injection changes what the controller sees, so the socket is 0600: this
+user's processes only (``ControlServer`` without a group).
 """
 
 from drivers.local_channel import ControlServer, request

@@ -167,7 +167,8 @@ async def test_a_backlog_goes_out_frame_after_frame_not_one_per_flush_interval(t
         image.define(name, "kW")
     path = tmp_path / "feed.sock"
     # One frame of 10 changes per flush of 1 s would take 100 s for this backlog.
-    feed = ImageFeed(image, path, hello={}, batch_limit=10, flush_interval_s=1.0)
+    # expected_pid=None: this test reads the channel itself, not through a spawned child.
+    feed = ImageFeed(image, path, hello={}, expected_pid=None, batch_limit=10, flush_interval_s=1.0)
     await feed.start()
     reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
     try:
