@@ -555,6 +555,11 @@ class MetricsServer:
         self._auth_lock = asyncio.Lock()
         self._verify_after = -math.inf
 
+    @property
+    def connections(self) -> int:
+        """Connections being served now (not counting those refused with 503)."""
+        return self._connections
+
     async def start(self) -> int:
         """Listen; returns the bound port."""
         self._server = await asyncio.start_server(

@@ -185,7 +185,7 @@ async def test_concurrent_scrapers_wait_for_one_shared_render():
     try:
         scrapes = [asyncio.create_task(request(port)) for _ in range(5)]
         await asyncio.wait_for(started.wait(), 10.0)
-        await until(lambda: server._connections == 5)
+        await until(lambda: server.connections == 5)
         release.set_result(None)
         results = await asyncio.gather(*scrapes)
     finally:
@@ -231,7 +231,7 @@ async def test_connections_beyond_the_limit_get_503_at_once_and_slow_headers_408
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
             slow.append((reader, writer))
-        await until(lambda: server._connections == 2)
+        await until(lambda: server.connections == 2)
         status, headers, body = await request(port)
         assert (status, headers["Retry-After"], body) == (503, "1", b"too many scrapes at once\n")
         assert server.collector.scrapes == 0
@@ -257,6 +257,23 @@ async def test_oversized_headers_get_431_and_no_render():
         await server.stop()
     assert (status, body) == (431, b"request headers longer than 1024 bytes\n")
     assert server.collector.scrapes == 0
+
+
+async def test_head_answers_the_headers_of_the_exposition_without_its_body():
+    server = endpoint()
+    port = await server.start()
+    try:
+        _, _, body = await request(port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10.0)
+        writer.close()
+    finally:
+        await server.stop()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head.split(b"\r\n")
+    assert rest == b""
 
 
 @pytest.mark.parametrize(
