@@ -7,19 +7,22 @@ engine, the journal and the queues for a snapshot and formats it. Names follow
 command kind × outcome, severity — never a meter).
 
 Serving
-    A minimal HTTP server on the service's own loop (``MetricsServer``), built
-    so that scrapers cannot make the fast task late: a render costs 1–2 ms of
-    CPU, and one per request let 100 concurrent scrapes skip ~100 fast cycles.
-    Now the exposition is rendered at most once per ``min_render_interval_s``
-    and shared by every scraper of that interval; the render starts at the
-    fast task's quiet point (right after a cycle) and runs in a worker thread.
-    What it reads from the loop's objects is counters and C-level copies
-    (array slices, ``list(dict.values())``), consistent enough for metrics; a
-    render that still trips over a container the loop changed is dropped and
-    the previous exposition served. Connections are bounded
-    (``max_connections``, then 503 at once), request headers are bounded in
-    size and time, and basic authentication and TLS are available for an
-    endpoint reachable from the network.
+    ``MetricsServer`` is built so that scrapers cannot make the fast task
+    late. A render costs 1–2 ms of CPU; one per request, on the control loop,
+    let 100 concurrent scrapes skip ~100 fast cycles. Now the HTTP server has
+    a thread and an event loop of its own (accepts, TLS handshakes, request
+    parsing, password checks never run on the control loop); the exposition
+    is rendered at most once per ``min_render_interval_s`` and shared by every
+    scraper of that interval. A render asks one thing of the control loop: a
+    wake-up at the fast task's quiet point (right after a cycle), so that the
+    render thread's turns at the GIL fall in the task's idle time. What it
+    reads from the loop's objects is counters and C-level copies (array
+    slices, ``list(dict.values())``), consistent enough for metrics; a render
+    that still trips over a container the loop changed is dropped and the
+    previous exposition served. Connections are bounded (``max_connections``,
+    then 503 at once), request headers are bounded in size and time, and basic
+    authentication and TLS are there for an endpoint reachable from the
+    network.
 
     prometheus_client's threaded server (formerly ``[metrics] server =
     "thread"``) is gone: a thread and a full render per connection.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import hmac
 import ipaddress
@@ -37,6 +41,7 @@ import logging
 import math
 import secrets
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -56,7 +61,6 @@ from prometheus_client.registry import Collector
 from controller.cycle import BUCKETS, CycleTask, Series, Summary
 from controller.exposition import TextExposition
 from controller.password_hash import verify_password
-from controller.task_stop import stop_task
 
 log = logging.getLogger("gridctl.metrics")
 
@@ -497,14 +501,15 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 class MetricsServer:
-    """Serves ``GET /metrics`` on the running loop, bounded so that scrapers cannot stall it.
+    """Serves ``GET /metrics`` from its own thread, bounded so that scrapers cannot stall the loop.
 
-    Per request the loop does a fixed amount of work (read at most
+    Per request the server does a fixed amount of work (read at most
     ``max_header_bytes`` of headers within ``header_timeout_s``, look up the
     cached exposition, write it). The exposition is rendered at most once per
     ``min_render_interval_s``, by one render that every waiting scraper shares,
-    in a worker thread started at the fast task's quiet point. Beyond
-    ``max_connections`` open connections a new one gets 503 at once.
+    started at the fast task's quiet point (``quiet_point``, called on the loop
+    that called ``start``). Beyond ``max_connections`` open connections a new
+    one gets 503 at once.
     """
 
     def __init__(
@@ -543,7 +548,10 @@ class MetricsServer:
         self.tls = tls
         self._quiet_point = quiet_point  # e.g. fast_task.after_cycle
         self._clock = clock
-        self._server: asyncio.Server | None = None
+        self._control_loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the server's, in its thread
+        self._thread: threading.Thread | None = None
+        self._quiet_wait: concurrent.futures.Future[None] | None = None
         self._exposition = TextExposition()
         self._body: bytes | None = None
         self._rendered_at = -math.inf
@@ -561,27 +569,32 @@ class MetricsServer:
         return self._connections
 
     async def start(self) -> int:
-        """Listen; returns the bound port."""
-        self._server = await asyncio.start_server(
-            self._handle,
-            self.host,
-            self.port,
-            limit=self.max_header_bytes,
-            ssl=self.tls,
-            ssl_handshake_timeout=self.header_timeout_s if self.tls is not None else None,
+        """Listen (in the server's own thread); returns the bound port."""
+        if self._thread is not None:
+            raise RuntimeError("metrics server already started")
+        self._control_loop = asyncio.get_running_loop()
+        listening: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._serve, args=(listening,), name="metrics-http", daemon=True
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._thread.start()
+        try:
+            self.port = await asyncio.wrap_future(listening)
+        except BaseException:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+            raise
         return self.port
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        if self._rendering is not None:
-            await stop_task(self._rendering)
-            self._rendering = None
+        loop, thread, self._thread = self._loop, self._thread, None
+        if self._quiet_wait is not None:
+            self._quiet_wait.cancel()
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(RuntimeError):  # already stopped
+            loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join)
 
     def render(self) -> bytes:
         """Collect and format now (in whatever thread calls it)."""
@@ -590,10 +603,46 @@ class MetricsServer:
         self.collector.render_time.add(time.perf_counter() - t)
         return body
 
+    # -- the server's thread ------------------------------------------------------------------
+    def _serve(self, listening: concurrent.futures.Future[int]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            server = loop.run_until_complete(
+                asyncio.start_server(
+                    self._handle,
+                    self.host,
+                    self.port,
+                    limit=self.max_header_bytes,
+                    ssl=self.tls,
+                    ssl_handshake_timeout=self.header_timeout_s if self.tls is not None else None,
+                )
+            )
+        except BaseException as exc:
+            loop.close()
+            listening.set_exception(exc)
+            return
+        self._loop = loop
+        listening.set_result(server.sockets[0].getsockname()[1])
+        try:
+            loop.run_forever()
+        finally:
+            server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.wait(tasks))
+            loop.run_until_complete(loop.shutdown_default_executor())
+            self._loop = None
+            loop.close()
+
     async def exposition(self) -> bytes | None:
         """The cached exposition, rendered again once it is older than the interval.
 
-        None only when no render has succeeded yet.
+        Runs on the server's loop. None only when no render has succeeded yet.
         """
         if (
             self._body is not None
@@ -607,15 +656,21 @@ class MetricsServer:
 
     async def _render_when_quiet(self) -> bytes | None:
         started = self._clock()
-        if self._quiet_point is not None:
-            # a stuck or slow task must not block the scrape: render anyway
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._quiet_point(), 1.0)
-        # The collector reads counters and copies ring buffers (atomic under the GIL);
-        # sorting for percentiles and formatting, the long part, is then off the loop.
-        # Started right after a cycle, the thread's GIL turns fall in the idle time.
+        if self._quiet_point is not None and self._control_loop is not None:
+            # the only work a render asks of the control loop: one wake-up after a cycle
+            try:
+                self._quiet_wait = asyncio.run_coroutine_threadsafe(
+                    self._quiet(), self._control_loop
+                )
+                await asyncio.wrap_future(self._quiet_wait)
+            except RuntimeError:
+                pass  # the control loop is closed: render anyway
+        # Started right after a cycle, this thread's GIL turns fall in the fast task's
+        # idle time. What the collector reads from the control loop's objects is
+        # counters and C-level copies (array slices, list(dict.values())), atomic
+        # under the GIL; sorting for percentiles and formatting is the long part.
         try:
-            body = await asyncio.to_thread(self.render)
+            body = self.render()
         except Exception as exc:
             # e.g. a dict the loop grew during the read: keep serving the last exposition
             log.warning(
@@ -624,6 +679,13 @@ class MetricsServer:
             return self._body
         self._body, self._rendered_at = body, started
         return body
+
+    async def _quiet(self) -> None:
+        """On the control loop: until the fast task's next quiet point (1 s at most)."""
+        assert self._quiet_point is not None
+        # a stuck or slow task must not block the scrape
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._quiet_point(), 1.0)
 
     # -- HTTP -------------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

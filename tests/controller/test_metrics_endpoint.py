@@ -11,6 +11,8 @@ import logging
 import ssl
 import subprocess
 import sys
+import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -192,6 +194,28 @@ async def test_concurrent_scrapers_wait_for_one_shared_render():
         await server.stop()
     assert {(status, body) for status, _, body in results} == {(200, results[0][2])}
     assert server.collector.scrapes == 1
+
+
+async def test_a_cached_scrape_is_answered_while_the_control_loop_is_blocked():
+    server = endpoint(min_render_interval_s=60.0)
+    port = await server.start()
+    try:
+        _, _, cached = await request(port)
+        answers: list[bytes] = []
+        done = threading.Event()
+
+        def scrape() -> None:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                answers.append(resp.read())
+            done.set()
+
+        threading.Thread(target=scrape).start()
+        # Blocks this (the control) loop: a server on this loop could not answer.
+        assert done.wait(10.0)
+    finally:
+        await server.stop()
+    assert answers == [cached]
 
 
 async def test_a_failed_render_serves_the_previous_exposition(caplog):
