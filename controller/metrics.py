@@ -784,8 +784,10 @@ class MetricsServer:
         """Send the response, let the client close first (bounded), then close."""
         writer.write(response)
         await asyncio.wait_for(writer.drain(), self.header_timeout_s)
-        if writer.can_write_eof():
-            writer.write_eof()
+        if not writer.can_write_eof():  # TLS: its close_notify ends the response
+            writer.close()
+            return
+        writer.write_eof()
         with contextlib.suppress(TimeoutError, asyncio.LimitOverrunError):
             async with asyncio.timeout(LINGER_S):
                 drained = 0
