@@ -165,7 +165,8 @@ class MetricsConfig(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)  # 0: pick a free port (tests)
-    # Served on the service loop; the only server there is (the threaded one is gone).
+    # One server (asyncio, in a thread of its own; controller/metrics.py); the key
+    # stays so that existing configs load.
     server: Literal["asyncio"] = "asyncio"
     # Seconds an exposition is served from cache: scrapes within it share one render.
     min_render_interval_s: float = Field(default=1.0, ge=0.0, le=60.0)
