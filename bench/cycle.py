@@ -13,7 +13,7 @@ fed over the local channel; ``inline`` on the service's loop; ``both`` runs
 the two one after the other and prints the ratios between them.
 
     python bench/cycle.py [--cycles 60000] [--opcua separate|inline|both]
-                          [--opcua-clients 1] [--metrics-server asyncio|thread] [--spin-us N]
+                          [--opcua-clients 1] [--spin-us N]
                           [--hold-us N] [--gc quiet|automatic] [--timer timerfd|loop]
                           [--realtime-priority N]
 """
@@ -139,7 +139,7 @@ async def run_mode(args: argparse.Namespace, mode: str) -> Result:
         update={
             "tasks": cfg.tasks.model_copy(update=tasks),
             "journal": cfg.journal.model_copy(update={"path": tmp / "journal.sqlite"}),
-            "metrics": cfg.metrics.model_copy(update={"port": 0, "server": args.metrics_server}),
+            "metrics": cfg.metrics.model_copy(update={"port": 0}),
             "service": cfg.service.model_copy(
                 update={"state_dir": tmp, "control_socket": "", "log_level": "WARNING"}
             ),
@@ -183,7 +183,6 @@ async def run_mode(args: argparse.Namespace, mode: str) -> Result:
         f"(~{args.cycles * period:.0f} s), spin {service.fast.spin * 1e6:.0f} µs, "
         f"hold {service.fast.hold * 1e6:.0f} µs, timer {cfg.tasks.timer}, gc {cfg.tasks.gc}, "
         f"OPC UA {mode} with {len(clients)} subscribed client(s) on {len(json.loads(names.read_text()))} tags, "
-        f"metrics server {args.metrics_server}, "
         f"SCHED_FIFO {cfg.tasks.realtime_priority or 'off'}, field plant "
         f"{'present' if service.plant is not None else 'ABSENT'}",
         flush=True,
@@ -272,7 +271,6 @@ def main() -> int:
     p.add_argument(
         "--opcua-clients", type=int, default=1, help="subscribed OPC UA client processes"
     )
-    p.add_argument("--metrics-server", choices=("asyncio", "thread"), default="asyncio")
     p.add_argument("--spin-us", type=int, default=None)
     p.add_argument("--hold-us", type=int, default=None, help="busy-wait before each deadline")
     p.add_argument("--gc", choices=("quiet", "automatic"), default=None)

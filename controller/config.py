@@ -19,11 +19,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from controller.cpu_affinity import available_cpus, check_cpus
 from controller.loads.config import LoadsConfig
+from controller.metrics import is_loopback
+from controller.password_hash import is_password_hash
 from controller.verification.config import LineConfig
 from controller.warehouse.config import WarehouseConfig
 from drivers.config import LOCATION_TAGS, FieldConfig
@@ -104,9 +114,9 @@ class TasksConfig(_Strict):
     # the spin by milliseconds; a real-time policy is what removes that tail.
     # Needs CAP_SYS_NICE (or an rtprio limit); refused -> warning, normal scheduling.
     realtime_priority: int = Field(default=0, ge=0, le=99)
-    # How long another thread (the journal writer, a metrics render in thread
-    # mode) may hold the GIL once the loop thread wants it. CPython's default is
-    # 5000 µs, half the fast period; 0 keeps the interpreter's setting.
+    # How long another thread (the journal writer, the metrics render) may hold
+    # the GIL once the loop thread wants it. CPython's default is 5000 µs, half
+    # the fast period; 0 keeps the interpreter's setting.
     gil_switch_interval_us: int = Field(default=500, ge=0, le=100_000)
     # CPU ids for the loop thread that runs the cyclic tasks; every other thread
     # and child process (journal writer, workers, OPC UA server, simulators) goes
@@ -161,8 +171,63 @@ class MetricsConfig(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)  # 0: pick a free port (tests)
-    # "asyncio": served on the service loop; "thread": prometheus_client's own server.
-    server: Literal["asyncio", "thread"] = "asyncio"
+    # One server (asyncio, in a thread of its own; controller/metrics.py); the key
+    # stays so that existing configs load.
+    server: Literal["asyncio"] = "asyncio"
+    # Seconds an exposition is served from cache: scrapes within it share one render.
+    min_render_interval_s: float = Field(default=1.0, ge=0.0, le=60.0)
+    # Open connections served at once; one more is answered 503 at once.
+    max_connections: int = Field(default=8, ge=1, le=256)
+    # A request's headers must arrive within this time (s) and size (bytes).
+    header_timeout_s: float = Field(default=5.0, ge=0.1, le=60.0)
+    max_header_bytes: int = Field(default=8192, ge=1024, le=65536)
+    # HTTP basic authentication; empty user = none. The hash is the OPC UA users'
+    # scrypt format: python -m opcua_server.users hash
+    auth_user: str = Field(default="", max_length=64, pattern=r"^[^:\s]*$")
+    auth_password_hash: str = ""
+    # TLS: PEM certificate (chain) and key; both or neither.
+    tls_cert: PathStr | None = None
+    tls_key: PathStr | None = None
+    # A host other than loopback needs auth_user, unless this says the network
+    # itself keeps strangers out (a firewalled scrape network).
+    allow_unauthenticated: bool = False
+
+    @field_validator("auth_password_hash")
+    @classmethod
+    def _hash_format(cls, v: str) -> str:
+        if v and not is_password_hash(v):
+            raise ValueError(
+                "must be scrypt$N$r$p$salt$hash (python -m opcua_server.users hash), "
+                "got something else"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _secure_enough(self) -> MetricsConfig:
+        if bool(self.auth_user) != bool(self.auth_password_hash):
+            raise ValueError("auth_user and auth_password_hash: set both or neither")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key: set both or neither")
+        if (
+            self.enabled
+            and not is_loopback(self.host)
+            and not self.auth_user
+            and not self.allow_unauthenticated
+        ):
+            raise ValueError(
+                f"host {self.host!r} is reachable from the network: set auth_user and "
+                "auth_password_hash, or allow_unauthenticated = true on a closed scrape network"
+            )
+        return self
+
+    def warnings(self) -> list[str]:
+        """Accepted but weak settings, one line each."""
+        if self.enabled and self.auth_user and self.tls_cert is None and not is_loopback(self.host):
+            return [
+                f"metrics: basic auth on {self.host} without tls_cert/tls_key sends the "
+                "password in clear text"
+            ]
+        return []
 
 
 class GridConfig(FieldConfig):
@@ -385,6 +450,8 @@ def _check_config(args: Any) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    for warning in cfg.metrics.warnings():
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     problems = [f"opcua.{p}" for p in cfg.opcua.deployment_problems()]
     if problems:
         print(ConfigError(args.file, problems), file=sys.stderr)

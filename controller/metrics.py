@@ -1,41 +1,51 @@
 """Prometheus metrics: a collector that reads snapshots at scrape time.
 
 Publishers never own state: nothing here is updated by the control path.
-Each scrape asks the cycle tasks, the field plant, the command log, the alarm
-engine, the journal and the queues for a snapshot and renders it. Names follow
+Each render asks the cycle tasks, the field plant, the command log, the alarm
+engine, the journal and the queues for a snapshot and formats it. Names follow
 ``gridctl_<subsystem>_<name>_<unit>``; labels are bounded (task, bus, queue,
 command kind × outcome, severity — never a meter).
 
 Serving
-    ``asyncio`` (default): a minimal HTTP handler on the service's own loop.
-    Rendering is one loop step; the handler first waits for the fast task's
-    idle time (right after a cycle ends), so the step lands where it has the
-    most room before the next deadline, and it sees consistent state (no
-    other thread mutates what it reads).
+    ``MetricsServer`` is built so that scrapers cannot make the fast task
+    late. A render costs 1–2 ms of CPU; one per request, on the control loop,
+    let 100 concurrent scrapes skip ~100 fast cycles. Now the HTTP server has
+    a thread and an event loop of its own (accepts, TLS handshakes, request
+    parsing, password checks never run on the control loop); the exposition
+    is rendered at most once per ``min_render_interval_s`` and shared by every
+    scraper of that interval. A render asks one thing of the control loop: a
+    wake-up at the fast task's quiet point (right after a cycle), so that the
+    render thread's turns at the GIL fall in the task's idle time. What it
+    reads from the loop's objects is counters and C-level copies (array
+    slices, ``list(dict.values())``), consistent enough for metrics; a render
+    that still trips over a container the loop changed is dropped and the
+    previous exposition served. Connections are bounded (``max_connections``,
+    then 503 at once), request headers are bounded in size and time, and basic
+    authentication and TLS are there for an endpoint reachable from the
+    network.
 
-    ``thread``: prometheus_client's own HTTP server in a thread. Rendering
-    there competes for the GIL (CPython hands it over every
-    ``sys.getswitchinterval()``, 5 ms) and reads state another thread mutates.
-
-    Measured with ``bench/cycle.py`` (3000 cycles each, SCHED_FIFO, 2 shared
-    cores, one scrape per second): fast-task wake-up p99 / p99.9 were
-    64 / 330 µs (asyncio, before the control task got its phase offset) and
-    26 / 188 µs (thread); after the phase offset, asyncio gave 12.5 / 87 µs.
-    Thirty scrapes per run is too few to rank the two; the asyncio server
-    stays the default for the consistent reads and can be switched per site
-    with ``[metrics] server``. Compare both again with the plant polling
-    before changing it.
+    prometheus_client's threaded server (formerly ``[metrics] server =
+    "thread"``) is gone: a thread and a full render per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import concurrent.futures
 import contextlib
+import hmac
+import ipaddress
 import logging
 import math
+import secrets
+import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -50,6 +60,7 @@ from prometheus_client.registry import Collector
 
 from controller.cycle import BUCKETS, CycleTask, Series, Summary
 from controller.exposition import TextExposition
+from controller.password_hash import verify_password
 
 log = logging.getLogger("gridctl.metrics")
 
@@ -90,6 +101,8 @@ class GridCollector(Collector):
         self._prev_busy: dict[str, tuple[float, float]] = {}  # bus -> (clock, busy_s)
         self.scrapes = 0
         self.render_time = Series(1024)
+        self.refused = 0  # connections answered 503 (over max_connections)
+        self.unauthorized = 0  # requests answered 401
 
     def describe(self) -> list[Metric]:
         return []  # unchecked collector: families depend on what is running
@@ -112,6 +125,13 @@ class GridCollector(Collector):
         )
         g.add_metric([], rt.max if rt.count else 0.0)
         yield g
+        for name, value, doc in (
+            ("refused_connections", self.refused, "Connections over max_connections, answered 503"),
+            ("unauthorized_requests", self.unauthorized, "Requests answered 401"),
+        ):
+            m = CounterMetricFamily(f"gridctl_metrics_{name}", doc)
+            m.add_metric([], value)
+            yield m
         if self.sources.info:
             info = GaugeMetricFamily(
                 "gridctl_service_info", "Service identity", labels=list(self.sources.info)
@@ -433,8 +453,79 @@ def make_registry(sources: Sources) -> tuple[CollectorRegistry, GridCollector]:
     return registry, collector
 
 
+# Status lines; every response closes the connection (one request per connection).
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+# After a wrong password, other unknown credentials get 401 without hashing for this
+# long: a client guessing passwords costs one scrypt per second, not one per request.
+AUTH_BACKOFF_S = 1.0
+# After the response, wait this long for the client to close before closing (a close
+# with unread request bytes sends a reset, which can destroy the response in flight).
+LINGER_S = 1.0
+_LINGER_BYTES = 65_536
+_AUTH_CACHE = 16  # verified credentials remembered (HMAC of the header, not the password)
+
+
+def _response(status: int, body: bytes, ctype: bytes = b"text/plain", extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%sConnection: close\r\n\r\n"
+        % (status, _REASONS[status].encode(), ctype, len(body), extra)
+    ) + body
+
+
+_BUSY = _response(503, b"too many scrapes at once\n", extra=b"Retry-After: 1\r\n")
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    """HTTP basic authentication: one user, a ``controller.password_hash`` scrypt hash."""
+
+    user: str
+    password_hash: str
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server context from PEM files; raises ValueError naming the file that failed."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"metrics TLS: cannot load tls_cert {cert} / tls_key {key}: {exc}"
+        ) from None
+    return ctx
+
+
 class MetricsServer:
-    """Serves ``GET /metrics``; ``asyncio`` mode on the running loop, ``thread`` mode in a thread."""
+    """Serves ``GET /metrics`` from its own thread, bounded so that scrapers cannot stall the loop.
+
+    Per request the server does a fixed amount of work (read at most
+    ``max_header_bytes`` of headers within ``header_timeout_s``, look up the
+    cached exposition, write it). The exposition is rendered at most once per
+    ``min_render_interval_s``, by one render that every waiting scraper shares,
+    started at the fast task's quiet point (``quiet_point``, called on the loop
+    that called ``start``). Beyond ``max_connections`` open connections a new
+    one gets 503 at once.
+    """
 
     def __init__(
         self,
@@ -443,87 +534,304 @@ class MetricsServer:
         *,
         host: str = "127.0.0.1",
         port: int = 9108,
-        mode: str = "asyncio",
         quiet_point: Callable[[], Any] | None = None,
+        min_render_interval_s: float = 1.0,
+        max_connections: int = 8,
+        header_timeout_s: float = 5.0,
+        max_header_bytes: int = 8192,
+        auth: BasicAuth | None = None,
+        tls: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if min_render_interval_s < 0:
+            raise ValueError(f"min_render_interval_s must be >= 0 s (got {min_render_interval_s})")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1 (got {max_connections})")
+        if not header_timeout_s > 0:
+            raise ValueError(f"header_timeout_s must be > 0 s (got {header_timeout_s})")
+        if max_header_bytes < 256:
+            raise ValueError(f"max_header_bytes must be >= 256 B (got {max_header_bytes})")
         self.registry = registry
         self.collector = collector
         self.host = host
         self.port = port
-        self.mode = mode
+        self.min_render_interval_s = min_render_interval_s
+        self.max_connections = max_connections
+        self.header_timeout_s = header_timeout_s
+        self.max_header_bytes = max_header_bytes
+        self.auth = auth
+        self.tls = tls
         self._quiet_point = quiet_point  # e.g. fast_task.after_cycle
-        self._server: asyncio.Server | None = None
-        self._http: Any = None
-        self._thread: Any = None
+        self._clock = clock
+        self._control_loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the server's, in its thread
+        self._thread: threading.Thread | None = None
+        self._quiet_wait: concurrent.futures.Future[None] | None = None
         self._exposition = TextExposition()
+        self._body: bytes | None = None
+        self._rendered_at = -math.inf
+        self._rendering: asyncio.Task[bytes | None] | None = None
+        self._connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._auth_key = secrets.token_bytes(32)
+        self._auth_ok: set[bytes] = set()
+        self._auth_lock = asyncio.Lock()
+        self._verify_after = -math.inf
+
+    @property
+    def connections(self) -> int:
+        """Connections being served now (not counting those refused with 503)."""
+        return self._connections
 
     async def start(self) -> int:
-        """Listen; returns the bound port."""
-        if self.mode == "thread":
-            from prometheus_client import start_http_server
-
-            self._http, self._thread = start_http_server(self.port, self.host, self.registry)
-            self.port = self._http.server_address[1]
-            return self.port
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        """Listen (in the server's own thread); returns the bound port."""
+        if self._thread is not None:
+            raise RuntimeError("metrics server already started")
+        self._control_loop = asyncio.get_running_loop()
+        listening: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._serve, args=(listening,), name="metrics-http", daemon=True
+        )
+        self._thread.start()
+        try:
+            self.port = await asyncio.wrap_future(listening)
+        except BaseException:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+            raise
         return self.port
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
+        loop, thread, self._thread = self._loop, self._thread, None
+        if self._quiet_wait is not None:
+            self._quiet_wait.cancel()
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(RuntimeError):  # already stopped
+            loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join)
 
     def render(self) -> bytes:
+        """Collect and format now (in whatever thread calls it)."""
         t = time.perf_counter()
         body = self._exposition.render(self.registry.collect())
         self.collector.render_time.add(time.perf_counter() - t)
         return body
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # -- the server's thread ------------------------------------------------------------------
+    def _serve(self, listening: concurrent.futures.Future[int]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
-            parts = head.split(b"\r\n", 1)[0].split()
-            method, target = (parts[0], parts[1]) if len(parts) >= 2 else (b"", b"")
-            path = target.split(b"?", 1)[0]
-            if method not in (b"GET", b"HEAD"):
-                status, ctype, body = b"405 Method Not Allowed", b"text/plain", b"GET only\n"
-            elif path != b"/metrics":
-                status, ctype, body = b"404 Not Found", b"text/plain", b"try /metrics\n"
-            else:
-                if self._quiet_point is not None:
-                    # a stuck or slow task must not block the scrape: serve anyway
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._quiet_point(), 1.0)
-                status, ctype, body = b"200 OK", CONTENT_TYPE_LATEST.encode(), self.render()
-                if method == b"HEAD":
-                    body = b""
-            writer.write(
-                b"HTTP/1.1 "
-                + status
-                + b"\r\nContent-Type: "
-                + ctype
-                + b"\r\nContent-Length: "
-                + str(len(body)).encode()
-                + b"\r\nConnection: close\r\n\r\n"
-                + body
+            server = loop.run_until_complete(
+                asyncio.start_server(
+                    self._handle,
+                    self.host,
+                    self.port,
+                    limit=self.max_header_bytes,
+                    ssl=self.tls,
+                    ssl_handshake_timeout=self.header_timeout_s if self.tls is not None else None,
+                )
             )
-            await writer.drain()
-        except (
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            TimeoutError,
-            ConnectionError,
+        except BaseException as exc:
+            loop.close()
+            listening.set_exception(exc)
+            return
+        self._loop = loop
+        listening.set_result(server.sockets[0].getsockname()[1])
+        try:
+            loop.run_forever()
+        finally:
+            server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.wait(tasks))
+            loop.run_until_complete(loop.shutdown_default_executor())
+            self._loop = None
+            loop.close()
+
+    async def exposition(self) -> bytes | None:
+        """The cached exposition, rendered again once it is older than the interval.
+
+        Runs on the server's loop. None only when no render has succeeded yet.
+        """
+        if (
+            self._body is not None
+            and self._clock() - self._rendered_at < self.min_render_interval_s
         ):
+            return self._body
+        if self._rendering is None or self._rendering.done():
+            self._rendering = asyncio.get_running_loop().create_task(self._render_when_quiet())
+        # shielded: a scraper that goes away must not cancel the render the others wait for
+        return await asyncio.shield(self._rendering)
+
+    async def _render_when_quiet(self) -> bytes | None:
+        started = self._clock()
+        if self._quiet_point is not None and self._control_loop is not None:
+            # the only work a render asks of the control loop: one wake-up after a cycle
+            try:
+                self._quiet_wait = asyncio.run_coroutine_threadsafe(
+                    self._quiet(), self._control_loop
+                )
+                await asyncio.wrap_future(self._quiet_wait)
+            except RuntimeError:
+                pass  # the control loop is closed: render anyway
+        # Started right after a cycle, this thread's GIL turns fall in the fast task's
+        # idle time. What the collector reads from the control loop's objects is
+        # counters and C-level copies (array slices, list(dict.values())), atomic
+        # under the GIL; sorting for percentiles and formatting is the long part.
+        try:
+            body = self.render()
+        except Exception as exc:
+            # e.g. a dict the loop grew during the read: keep serving the last exposition
+            log.warning(
+                "metrics: render failed (%s: %s); serving the previous one", type(exc).__name__, exc
+            )
+            return self._body
+        self._body, self._rendered_at = body, started
+        return body
+
+    async def _quiet(self) -> None:
+        """On the control loop: until the fast task's next quiet point (1 s at most)."""
+        assert self._quiet_point is not None
+        # a stuck or slow task must not block the scrape
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._quiet_point(), 1.0)
+
+    # -- HTTP -------------------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            if self._connections >= self.max_connections:
+                self.collector.refused += 1
+                await self._finish(reader, writer, _BUSY)
+                return
+            self._connections += 1
+            try:
+                await self._finish(reader, writer, await self._answer(reader))
+            finally:
+                self._connections -= 1
+        except (ConnectionError, ssl.SSLError, TimeoutError):
             pass
         except Exception:
             log.exception("metrics: request failed")
         finally:
+            self._writers.discard(writer)
+            if not writer.transport.is_closing():
+                writer.transport.abort()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> bytes:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.header_timeout_s)
+        except TimeoutError:
+            return _response(
+                408, b"request headers not complete within %.1f s\n" % self.header_timeout_s
+            )
+        except asyncio.LimitOverrunError:
+            return _response(431, b"request headers longer than %d bytes\n" % self.max_header_bytes)
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionResetError("client closed before the end of the headers") from exc
+        lines = head[:-4].split(b"\r\n")
+        parts = lines[0].split()
+        if len(parts) != 3:
+            return _response(400, b"request line must be: METHOD TARGET VERSION\n")
+        method, target = parts[0], parts[1]
+        if method not in (b"GET", b"HEAD"):
+            return _response(405, b"GET or HEAD only\n", extra=b"Allow: GET, HEAD\r\n")
+        if target.split(b"?", 1)[0] != b"/metrics":
+            return _response(404, b"try /metrics\n")
+        if self.auth is not None and not await self._authorized(_header(lines, b"authorization")):
+            self.collector.unauthorized += 1
+            return _response(
+                401,
+                b"credentials required\n",
+                extra=b'WWW-Authenticate: Basic realm="gridctl metrics", charset="UTF-8"\r\n',
+            )
+        body = await self.exposition()
+        if body is None:
+            return _BUSY
+        out = _response(200, body, CONTENT_TYPE_LATEST.encode())
+        return out[: len(out) - len(body)] if method == b"HEAD" else out
+
+    async def _authorized(self, header: bytes | None) -> bool:
+        if header is None or self.auth is None:
+            return False
+        scheme, _, credentials = header.partition(b" ")
+        credentials = credentials.strip()
+        if scheme.lower() != b"basic" or not credentials:
+            return False
+        mac = hmac.digest(self._auth_key, credentials, "sha256")
+        if mac in self._auth_ok:
+            return True
+        try:
+            user, sep, password = (
+                base64.b64decode(credentials, validate=True).decode().partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        if not sep:
+            return False
+        async with self._auth_lock:  # one scrypt at a time (16 MiB, tens of ms of a core)
+            if mac in self._auth_ok:
+                return True
+            if self._clock() < self._verify_after:
+                return False
+            right_user = hmac.compare_digest(user.encode(), self.auth.user.encode())
+            # hashed even for a wrong user name, so the answer time does not tell names apart
+            right_password = await asyncio.to_thread(
+                verify_password, password, self.auth.password_hash
+            )
+            if not (right_user and right_password):
+                self._verify_after = self._clock() + AUTH_BACKOFF_S
+                return False
+            if len(self._auth_ok) >= _AUTH_CACHE:
+                self._auth_ok.clear()
+            self._auth_ok.add(mac)
+            return True
+
+    async def _finish(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response: bytes
+    ) -> None:
+        """Send the response, let the client close first (bounded), then close."""
+        writer.write(response)
+        await asyncio.wait_for(writer.drain(), self.header_timeout_s)
+        if not writer.can_write_eof():  # TLS: its close_notify ends the response
+            writer.close()
+            return
+        writer.write_eof()
+        with contextlib.suppress(TimeoutError, asyncio.LimitOverrunError):
+            async with asyncio.timeout(LINGER_S):
+                drained = 0
+                while drained < _LINGER_BYTES:
+                    chunk = await reader.read(4096)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
+        if writer.transport.get_write_buffer_size():
+            writer.transport.abort()  # a client that does not read keeps nothing of ours
+        else:
             writer.close()
 
 
-__all__ = ["BUCKETS", "GridCollector", "MetricsServer", "Sources", "make_registry"]
+def _header(lines: list[bytes], name: bytes) -> bytes | None:
+    for line in lines[1:]:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            return value.strip()
+    return None
+
+
+__all__ = [
+    "BUCKETS",
+    "BasicAuth",
+    "GridCollector",
+    "MetricsServer",
+    "Sources",
+    "is_loopback",
+    "make_registry",
+    "tls_context",
+]

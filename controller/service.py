@@ -46,7 +46,7 @@ from controller.cycle import CycleTask
 from controller.deadline_timer import DeadlineTimer
 from controller.gc_pacing import QuietGc
 from controller.journal import Journal
-from controller.metrics import MetricsServer, Sources, make_registry
+from controller.metrics import BasicAuth, MetricsServer, Sources, make_registry, tls_context
 from controller.process_image import ProcessImage
 from controller.status import ServiceStatus
 from controller.warehouse.subsystem import WarehouseSubsystem
@@ -239,21 +239,30 @@ class Service:
                     info={"name": cfg.service.name, "version": _version()},
                 )
             )
+            m = cfg.metrics
             self.metrics = MetricsServer(
                 registry,
                 collector,
-                host=cfg.metrics.host,
-                port=cfg.metrics.port,
-                mode=cfg.metrics.server,
+                host=m.host,
+                port=m.port,
                 quiet_point=self.fast.after_cycle,
+                min_render_interval_s=m.min_render_interval_s,
+                max_connections=m.max_connections,
+                header_timeout_s=m.header_timeout_s,
+                max_header_bytes=m.max_header_bytes,
+                auth=BasicAuth(m.auth_user, m.auth_password_hash) if m.auth_user else None,
+                tls=tls_context(m.tls_cert, m.tls_key) if m.tls_cert and m.tls_key else None,
             )
             port = await self.metrics.start()
             log.info(
-                "metrics ready: http://%s:%d/metrics (%s server)",
-                cfg.metrics.host,
+                "metrics ready: %s://%s:%d/metrics (%s)",
+                "https" if m.tls_cert else "http",
+                m.host,
                 port,
-                cfg.metrics.server,
+                "basic auth" if m.auth_user else "no auth",
             )
+            for warning in m.warnings():
+                log.warning("%s", warning)
         else:
             log.info("metrics: disabled in config")
 

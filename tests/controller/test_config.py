@@ -57,7 +57,7 @@ BAD_CONFIGS = [
     ("[metrics]\nport = 70000\n", ["metrics.port: must be between 0 and 65535 (got 70000)"]),
     (
         '[metrics]\nserver = "nginx"\n',
-        ["metrics.server: must be one of 'asyncio' or 'thread' (got 'nginx')"],
+        ["metrics.server: must be one of 'asyncio' (got 'nginx')"],
     ),
     (
         '[opcua]\nendpoint = "http://localhost:4840"\n',
