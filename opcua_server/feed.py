@@ -378,8 +378,8 @@ class ImageFeed:
             if ident is None:  # a tag defined after the snapshot
                 defs.append(self._define(tag))
                 ident = ids[tag.name]
-            # [id, value, quality, reason, source_time, server_time]: a TagValue's
-            # fields in order (msgpack writes the Quality as its int).
+            # [id, value, quality, reason, source_time, server_time, code]: a
+            # TagValue's fields in order (msgpack writes Quality and Reason as ints).
             rows.append((ident, *v))
         if defs:
             conn.send({"t": "tags", "defs": defs})
@@ -415,6 +415,7 @@ class ImageFeed:
             v.reason,
             v.source_time,
             v.server_time,
+            int(v.code),
         ]
 
     # -- diagnostics ---------------------------------------------------------------------

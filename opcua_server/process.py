@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.process_image import ChangeQueue, ProcessImage, Quality, TagValue
+from controller.quality_reason import reason_from_wire
 from controller.task_stop import stop_task
 from drivers.bus_stats import BusSnapshot
 
@@ -94,10 +95,10 @@ class MirrorImage(ProcessImage):
         self._rows = None
 
     def define_row(self, row: Sequence[Any]) -> None:
-        ident, name, unit, description, value, quality, reason, source, server = row
+        ident, name, unit, description, value, quality, reason, source, server, code = row
         self.define(name, unit, description)
         self.names[ident] = name
-        change = (ident, value, quality, reason, source, server)
+        change = (ident, value, quality, reason, source, server, code)
         if self._rows is None:
             self.keep(change)
         else:
@@ -110,12 +111,12 @@ class MirrorImage(ProcessImage):
         """Apply one ``changes`` frame, in order."""
         names = self.names
         for row in rows:
-            if len(row) != 6 or row[0] not in names:
+            if len(row) != 7 or row[0] not in names:
                 raise ChannelError(
                     f"change for tag id {row[0]}, which was never defined"
-                    if len(row) == 6
-                    else f"change row of {len(row)} fields (expected 6: id, value, "
-                    "quality, reason, source_time, server_time)"
+                    if len(row) == 7
+                    else f"change row of {len(row)} fields (expected 7: id, value, "
+                    "quality, reason, source_time, server_time, code)"
                 )
         queue = self._rows
         if queue is not None:
@@ -127,9 +128,11 @@ class MirrorImage(ProcessImage):
 
     def keep(self, row: Sequence[Any]) -> None:
         """Make a row its tag's current value."""
-        ident, value, quality, reason, source, server = row
+        ident, value, quality, reason, source, server, code = row
         tag = self._tags[self.names[ident]]
-        tag.current = TagValue(value, _QUALITIES[quality], reason, source, server)
+        tag.current = TagValue(
+            value, _QUALITIES[quality], reason, source, server, reason_from_wire(code)
+        )
 
     def backlog(self) -> int:
         """Changes waiting for the publisher."""

@@ -55,6 +55,7 @@ from asyncua import ua
 from asyncua.server.monitored_item_service import MonitoredItemService
 
 from controller.process_image import ChangeQueue, Quality, TagValue
+from controller.quality_reason import Reason, reason_from_wire
 from controller.task_stop import stop_task
 
 from .model import VarEntry
@@ -131,7 +132,7 @@ def _enqueue_datachange(
 class FeedRows(Protocol):
     """A queue source whose changes are the controller feed's rows.
 
-    Rows are ``[id, value, quality, reason, source_time, server_time]``; ``names``
+    Rows are ``[id, value, quality, reason, source_time, server_time, code]``; ``names``
     maps a row's id to its tag name, and ``keep`` takes a row for a tag the
     model does not have yet (its current value when the model adds it).
     """
@@ -209,6 +210,7 @@ class Publisher:
                     tv.reason,
                     tv.source_time,
                     tv.server_time,
+                    tv.code,
                 )
                 for tag, tv in batch
             }
@@ -225,7 +227,7 @@ class Publisher:
         sampled = self.sampling_interval_s > 0
         dirty = self._dirty
         written = 0
-        for key, (_, value, quality, reason, source_time, server_time) in latest.items():
+        for key, (_, value, quality, reason, source_time, server_time, code) in latest.items():
             entry = entries.get(key)
             if entry is None:
                 entry = self._resolve(key, latest[key])
@@ -253,7 +255,14 @@ class Publisher:
             else:
                 try:
                     dv = data_value(
-                        TagValue(value, Quality(quality), reason, source_time, server_time),
+                        TagValue(
+                            value,
+                            Quality(quality),
+                            reason,
+                            source_time,
+                            server_time,
+                            reason_from_wire(code) if quality else Reason.NONE,
+                        ),
                         entry.vtype,
                     )
                 except (TypeError, ValueError, OverflowError):

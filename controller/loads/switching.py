@@ -51,6 +51,7 @@ from controller.cycle import Series
 from controller.loads.config import LoadConfig, LoadsConfig
 from controller.loads.interlocks import LoadFacts, Lockout, RateLimiter, check
 from controller.process_image import ProcessImage, Quality
+from controller.quality_reason import Reason
 
 if TYPE_CHECKING:
     from drivers.dlt645_bus import RelayStatus
@@ -392,9 +393,18 @@ class SwitchingExecutor:
                 ("pre_trip_alarm", s.alarm),
             ):
                 if value is None:
+                    # The device's state is not Good now: the last one read stays
+                    # visible as such, and logic (image.value) no longer trusts it.
                     cur = self.image.get(p + tag)
                     if cur.quality is Quality.GOOD:
-                        self.image.write(p + tag, cur.value, Quality.BAD, "not read")
+                        self.image.write(
+                            p + tag,
+                            cur.value,
+                            Quality.UNCERTAIN,
+                            "last value read; the device's state is not Good now",
+                            cur.source_time,
+                            Reason.STALE,
+                        )
                 else:
                     self.image.write(p + tag, value)
 
