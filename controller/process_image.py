@@ -75,6 +75,10 @@ class ChangeQueue(Generic[Change]):
 
     The image queues ``(Tag, TagValue)`` pairs; the OPC UA server process's
     mirror queues the feed's rows as they arrive (see opcua_server.process).
+
+    A consumer may also :meth:`mark` a point in the stream: something that must
+    reach its readers after every change queued so far (a command confirmed
+    after the relay state that confirms it), never before.
     """
 
     def __init__(self, name: str, maxsize: int) -> None:
@@ -83,7 +87,10 @@ class ChangeQueue(Generic[Change]):
         self.name = name
         self.maxsize = maxsize
         self.dropped = 0
+        self.taken = 0  # changes handed out by drain
         self._items: deque[Change] = deque()
+        # (changes queued before it, counted since the start; payload), oldest first
+        self._marks: deque[tuple[int, Any]] = deque()
         self._event = asyncio.Event()
 
     def put(self, tag: Tag, value: TagValue) -> None:
@@ -109,6 +116,22 @@ class ChangeQueue(Generic[Change]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def mark(self, payload: Any) -> None:
+        """Queue ``payload`` behind every change queued so far (see :meth:`due_marks`)."""
+        self._marks.append((self.taken + self.dropped + len(self._items), payload))
+        self._event.set()
+
+    def due_marks(self) -> list[Any]:
+        """The marks whose earlier changes have all been drained (or dropped), in order."""
+        marks = self._marks
+        if not marks:
+            return []
+        done = self.taken + self.dropped
+        out = []
+        while marks and marks[0][0] <= done:
+            out.append(marks.popleft()[1])
+        return out
+
     def drain(self, limit: int | None = None) -> list[Change]:
         """Take up to ``limit`` queued changes (all when None) without waiting."""
         items = self._items
@@ -117,13 +140,14 @@ class ChangeQueue(Generic[Change]):
             items.clear()
         else:
             out = [items.popleft() for _ in range(limit)]
+        self.taken += len(out)
         if not items:
             self._event.clear()
         return out
 
     async def get_batch(self, limit: int | None = None) -> list[Change]:
-        """Wait until something is queued, then drain."""
-        while not self._items:
+        """Wait until something is queued (or marked), then drain; [] for a mark alone."""
+        while not self._items and not self._marks:
             self._event.clear()
             await self._event.wait()
         return self.drain(limit)

@@ -26,7 +26,7 @@ class Reason(IntEnum):
     CONFIG = 9  # the configuration (or the device's wiring) does not provide this value
 
 
-def reason_from_wire(code: object) -> Reason:
+def reason_from_wire(code: int) -> Reason:
     """A code received from another process; an unknown one is NONE (plain Bad)."""
     try:
         return Reason(code)

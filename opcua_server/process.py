@@ -369,7 +369,14 @@ async def serve(socket_path: str, parent: int | None = None) -> int:
                         image.define_row(row)
                 elif kind == "status":
                     diag.update(message.get("buses"), message.get("tasks"))
-                    sink.update(message.get("commands") or {})
+                elif kind == "commands":
+                    # behind the changes frames before it: the publisher applies
+                    # them once it has written those
+                    states = message.get("states") or {}
+                    if server is not None:
+                        server.command_states_changed(states)
+                    else:
+                        sink.update(states)
                 elif kind == "alarms":
                     alarms.update(message.get("list"))
                     if server is not None:

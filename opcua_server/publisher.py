@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -154,8 +154,11 @@ class Publisher:
         on_unknown: Callable[[], None] | None = None,
         sampling_interval_s: float = 0.0,
         rows: FeedRows | None = None,
+        on_mark: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
-        """``queue`` holds ``(Tag, TagValue)`` pairs, or feed rows when ``rows`` is given."""
+        """``queue`` holds ``(Tag, TagValue)`` pairs, or feed rows when ``rows`` is given;
+        ``on_mark`` runs for each mark of the queue once the changes before it are
+        written and handed to monitored items."""
         self.queue = queue
         self.variables = variables
         self.batch_limit = batch_limit
@@ -164,6 +167,7 @@ class Publisher:
         self.on_unknown = on_unknown
         self.sampling_interval_s = sampling_interval_s
         self.rows = rows
+        self.on_mark = on_mark
         self.stats = PublisherStats()
         self._task: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
@@ -190,11 +194,28 @@ class Publisher:
             await stop_task(task)
 
     async def run(self) -> None:
+        queue = self.queue
         while True:
-            batch = await self.queue.get_batch(self.batch_limit)
-            await self.publish(batch)
+            batch = await queue.get_batch(self.batch_limit)
+            if batch:
+                await self.publish(batch)
+            marks = queue.due_marks()
+            if marks:
+                await self._run_marks(marks)
             # Let the control loop (and client I/O) run between batches.
             await asyncio.sleep(0)
+
+    async def _run_marks(self, marks: list[Any]) -> None:
+        if self.sampling_interval_s > 0:
+            # What a mark follows must be notified before it, not at the next tick.
+            await self.sample()
+        for payload in marks:
+            if self.on_mark is None:
+                continue
+            try:
+                await self.on_mark(payload)
+            except Exception:
+                _log.exception("queue mark failed")
 
     async def publish(self, batch: list[Any]) -> int:
         """Write one batch; returns how many values were written."""
