@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,29 @@ class MirrorImage(ProcessImage):
         return len(self._rows) if self._rows is not None else 0
 
 
+def command_states(raw: Any) -> dict[str, tuple[str, str]]:
+    """A ``commands`` frame's states, checked: ``{command id: [state, reason]}``."""
+    if not isinstance(raw, dict):
+        raise ChannelError(
+            f"commands: 'states' must be a map of command id to [state, reason], "
+            f"not {type(raw).__name__}"
+        )
+    out: dict[str, tuple[str, str]] = {}
+    for command_id, entry in raw.items():
+        if (
+            not isinstance(command_id, str)
+            or not isinstance(entry, list | tuple)
+            or len(entry) != 2
+            or not all(isinstance(part, str) for part in entry)
+        ):
+            raise ChannelError(
+                f"commands: the state of {command_id!r} must be [state, reason] "
+                f"(two strings), not {entry!r}"
+            )
+        out[command_id] = (entry[0], entry[1])
+    return out
+
+
 class ControllerChannel:
     """The server process's end of the channel: messages in, requests out."""
 
@@ -225,7 +248,7 @@ class ChannelCommandSink:
     def command_state(self, command_id: str) -> tuple[str, str] | None:
         return self.states.get(command_id)
 
-    def update(self, states: dict[str, Sequence[str]]) -> None:
+    def update(self, states: Mapping[str, Sequence[str]]) -> None:
         for command_id, (state, reason) in states.items():
             self.states[command_id] = (state, reason)
         if len(self.states) > 4096:  # only recent commands are tracked by the server
@@ -372,7 +395,7 @@ async def serve(socket_path: str, parent: int | None = None) -> int:
                 elif kind == "commands":
                     # behind the changes frames before it: the publisher applies
                     # them once it has written those
-                    states = message.get("states") or {}
+                    states = command_states(message.get("states"))
                     if server is not None:
                         server.command_states_changed(states)
                     else:

@@ -78,3 +78,17 @@ def test_one_subscriber_and_malformed_rows_are_refused_by_name():
     image.unsubscribe(queue)
     image.apply_rows([[0, 240.0, 0, "", 2.0, 2.0, 0]])
     assert image.get(NAME).value == 240.0
+
+
+def test_command_states_from_the_channel_are_checked_by_name():
+    from opcua_server.process import command_states
+
+    assert command_states({"c-1": ["confirmed", "read back open"]}) == {
+        "c-1": ("confirmed", "read back open")
+    }
+    with pytest.raises(ChannelError, match="'states' must be a map"):
+        command_states([["c-1", "confirmed", ""]])
+    with pytest.raises(ChannelError, match=r"state of 'c-1' must be \[state, reason\]"):
+        command_states({"c-1": ["confirmed"]})
+    with pytest.raises(ChannelError, match="state of 7 must be"):
+        command_states({7: ["confirmed", ""]})
