@@ -22,7 +22,13 @@ from drivers.plant import FieldPlant
 from drivers.sim.control import request
 from opcua_server.quality import STATUS_OF_REASON, status_code
 from opcua_server.server_process import OpcUaServerProcess
-from tests.drivers.conftest import dlt645_config, running, wait_for  # noqa: F401
+from tests.drivers.conftest import (  # noqa: F401 (running: a fixture)
+    dlt645_config,
+    free_port,
+    lct_config,
+    running,
+    wait_for,
+)
 from tests.loads.conftest import ADDR1, rig  # noqa: F401
 
 from .conftest import client_for, make_config, nid, ns_of
@@ -97,6 +103,22 @@ async def test_dlt645_bus_sets_the_code_of_each_fault(tmp_path: Path, running: A
     for address in ("000000000002", "000000000003", "000000000004"):
         assert image.get(f"{METER}/{address}/voltage_a").quality is Quality.BAD
     assert plant.bus("bus1").quarantined("000000000002")
+
+
+async def test_a_modbus_exception_reply_is_a_device_failure(tmp_path: Path, running: Any):  # noqa: F811
+    # the simulated terminal has input registers 0..3: register 500 is refused
+    tags = """[
+      { name = "power_total", table = "input", address = 0, type = "u32", scale = 0.001 },
+      { name = "ghost_power", table = "input", address = 500, type = "u16", scale = 0.1 },
+    ]"""
+    _sim, _plant, image = await running(lct_config(tmp_path, free_port(), tags))
+    prefix = "buses/lct/devices/t1/"
+    assert await wait_for(
+        lambda: image.get(prefix + "ghost_power").code is Reason.DEVICE_REFUSED, 10
+    )
+    assert image.get(prefix + "ghost_power").quality is Quality.BAD
+    assert await wait_for(lambda: image.get(prefix + "power_total").quality is Quality.GOOD, 10)
+    assert image.get(prefix + "power_total").code is Reason.NONE
 
 
 async def test_tags_are_not_yet_polled_until_the_first_read(tmp_path: Path):
