@@ -8,7 +8,8 @@ Controller → server process (``opcua_server.feed.ImageFeed``):
 - ``hello``: ``config`` (the ``[opcua]`` table), ``state_dir``, ``history_db``,
   ``buses`` and ``tasks`` (first diagnostics, the model needs them to build);
 - ``tags``: ``defs`` — ``[id, name, unit, description, value, quality, reason,
-  source_time, server_time, code]`` rows (``code``: the ``Reason`` as an int), the tag's definition and current value; ids
+  source_time, server_time, code]`` rows (``code``: the ``Reason`` as an int),
+  the tag's definition and current value; ids
   are per connection and name the tag in every later ``changes`` frame;
 - ``synced``: every tag defined at connect time has been sent;
 - ``changes``: ``c`` — ``[id, value, quality, reason, source_time, server_time,
