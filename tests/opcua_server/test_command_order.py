@@ -23,6 +23,7 @@ from controller.journal import Journal
 from controller.process_image import ProcessImage
 from opcua_server.adapters import CommandLogSink
 from opcua_server.server_process import OpcUaServerProcess
+from tests.loads.conftest import rig  # noqa: F401 (a fixture)
 
 from .conftest import client_for, demo_image, make_config, nid, ns_of
 
@@ -265,3 +266,25 @@ async def test_the_feed_sends_a_command_state_behind_the_changes_before_it(
     finally:
         writer.close()
         await feed.stop()
+
+
+async def test_the_executor_writes_the_load_relay_before_it_confirms(rig: Any):  # noqa: F811
+    """Against simulated meters: the load's relay tag shows the read-back in the
+    image before the command is confirmed (its last_outcome written after that),
+    not only at the next control cycle."""
+    from controller.commands import CommandState
+
+    r = await rig()
+    r.executor.mirror()
+    assert r.image.value("loads/l1/relay_open") is False
+    changes = r.image.subscribe("order")
+    cmd = await r.executor.run("trip", "l1", who="otto", why="order test")
+    assert cmd.state is CommandState.CONFIRMED, cmd.reason
+    seen = [(tag.name, tv.value) for tag, tv in changes.drain()]
+    relay = seen.index(("loads/l1/relay_open", True))
+    outcome = next(
+        i
+        for i, (name, value) in enumerate(seen)
+        if name == "loads/l1/last_outcome" and str(value).startswith("confirmed")
+    )
+    assert relay < outcome, seen
