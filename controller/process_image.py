@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from controller.quality_reason import Reason
+
 
 class Quality(IntEnum):
-    """OPC UA-style quality; the reason string says why a value is not Good."""
+    """OPC UA-style quality; the reason code (and text) say why a value is not Good."""
 
     GOOD = 0
     UNCERTAIN = 1
@@ -40,6 +42,9 @@ class TagValue(NamedTuple):
     reason: str
     source_time: float  # epoch seconds at the device (or when the driver saw it)
     server_time: float  # epoch seconds when the image was written
+    # Last, with a default, so a feed row is the fields in order and old
+    # positional constructions stay valid; clients get their StatusCode from it.
+    code: Reason = Reason.NONE
 
 
 @dataclass(slots=True)
@@ -70,6 +75,10 @@ class ChangeQueue(Generic[Change]):
 
     The image queues ``(Tag, TagValue)`` pairs; the OPC UA server process's
     mirror queues the feed's rows as they arrive (see opcua_server.process).
+
+    A consumer may also :meth:`mark` a point in the stream: something that must
+    reach its readers after every change queued so far (a command confirmed
+    after the relay state that confirms it), never before.
     """
 
     def __init__(self, name: str, maxsize: int) -> None:
@@ -78,7 +87,10 @@ class ChangeQueue(Generic[Change]):
         self.name = name
         self.maxsize = maxsize
         self.dropped = 0
+        self.taken = 0  # changes handed out by drain
         self._items: deque[Change] = deque()
+        # (changes queued before it, counted since the start; payload), oldest first
+        self._marks: deque[tuple[int, Any]] = deque()
         self._event = asyncio.Event()
 
     def put(self, tag: Tag, value: TagValue) -> None:
@@ -104,6 +116,22 @@ class ChangeQueue(Generic[Change]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def mark(self, payload: Any) -> None:
+        """Queue ``payload`` behind every change queued so far (see :meth:`due_marks`)."""
+        self._marks.append((self.taken + self.dropped + len(self._items), payload))
+        self._event.set()
+
+    def due_marks(self) -> list[Any]:
+        """The marks whose earlier changes have all been drained (or dropped), in order."""
+        marks = self._marks
+        if not marks:
+            return []
+        done = self.taken + self.dropped
+        out = []
+        while marks and marks[0][0] <= done:
+            out.append(marks.popleft()[1])
+        return out
+
     def drain(self, limit: int | None = None) -> list[Change]:
         """Take up to ``limit`` queued changes (all when None) without waiting."""
         items = self._items
@@ -112,13 +140,14 @@ class ChangeQueue(Generic[Change]):
             items.clear()
         else:
             out = [items.popleft() for _ in range(limit)]
+        self.taken += len(out)
         if not items:
             self._event.clear()
         return out
 
     async def get_batch(self, limit: int | None = None) -> list[Change]:
-        """Wait until something is queued, then drain."""
-        while not self._items:
+        """Wait until something is queued (or marked), then drain; [] for a mark alone."""
+        while not self._items and not self._marks:
             self._event.clear()
             await self._event.wait()
         return self.drain(limit)
@@ -133,14 +162,19 @@ class ProcessImage:
 
     # -- definition ---------------------------------------------------------
     def define(self, name: str, unit: str = "", description: str = "", initial: Any = None) -> Tag:
-        """Create a tag (Bad "not yet read" until its first write); idempotent for equal units."""
+        """Create a tag (Bad, not yet polled, until its first write); idempotent for equal units."""
         tag = self._tags.get(name)
         if tag is not None:
             if tag.unit != unit:
                 raise TagError(f"tag {name!r} already defined with unit {tag.unit!r}, not {unit!r}")
             return tag
         now = self._clock()
-        tag = Tag(name, unit, description, TagValue(initial, Quality.BAD, "not yet read", now, now))
+        tag = Tag(
+            name,
+            unit,
+            description,
+            TagValue(initial, Quality.BAD, "not yet read", now, now, Reason.NOT_YET_POLLED),
+        )
         self._tags[name] = tag
         return tag
 
@@ -180,29 +214,41 @@ class ProcessImage:
         quality: Quality = Quality.GOOD,
         reason: str = "",
         source_time: float | None = None,
+        code: Reason = Reason.NONE,
     ) -> bool:
-        """Write a value; returns True when value or quality changed (and notifies)."""
+        """Write a value; returns True when value or quality changed (and notifies).
+
+        ``code`` says why a non-Good value is not Good (``reason`` says it to people)."""
         tag = self._tags.get(name)
         if tag is None:
             raise TagError(f"unknown tag {name!r}")
         old = tag.current
         now = self._clock()
-        new = TagValue(value, quality, reason, now if source_time is None else source_time, now)
+        new = TagValue(
+            value, quality, reason, now if source_time is None else source_time, now, code
+        )
         tag.current = new
         self.writes += 1
-        if old.value == value and old.quality is quality and old.reason == reason:
+        if (
+            old.value == value
+            and old.quality is quality
+            and old.reason == reason
+            and old.code == code
+        ):
             return False
         for queue in self._subscribers:
             queue.put(tag, new)
         return True
 
-    def invalidate(self, prefix: str, reason: str, quality: Quality = Quality.BAD) -> int:
+    def invalidate(
+        self, prefix: str, reason: str, quality: Quality = Quality.BAD, code: Reason = Reason.NONE
+    ) -> int:
         """Mark every tag under ``prefix`` Bad (keeping the last value); returns how many changed."""
         changed = 0
         for tag in list(self.tags(prefix)):
             cur = tag.current
-            if cur.quality is not quality or cur.reason != reason:
-                changed += self.write(tag.name, cur.value, quality, reason, cur.source_time)
+            if cur.quality is not quality or cur.reason != reason or cur.code != code:
+                changed += self.write(tag.name, cur.value, quality, reason, cur.source_time, code)
         return changed
 
     # -- publishers -----------------------------------------------------------

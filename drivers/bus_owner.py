@@ -31,10 +31,17 @@ from typing import Any, TypeVar
 
 from controller import _core_rs as core
 from controller.process_image import ProcessImage, Quality
+from controller.quality_reason import Reason
 from controller.task_stop import stop_task
 from drivers.bus_stats import BusSnapshot
 from drivers.config import LinkConfig, Quarantine
-from drivers.errors import CommandRejected, TransactionError, TransportClosed
+from drivers.errors import (
+    BusTimeout,
+    CommandRejected,
+    FrameCorrupt,
+    TransactionError,
+    TransportClosed,
+)
 from drivers.quarantine import QuarantineState
 
 T = TypeVar("T")
@@ -218,8 +225,19 @@ class BusOwner(ABC):
         q = self._quarantine.get(device)
         return q is not None and q.suspect
 
-    def _enter_quarantine(self, device: str, now: float, reason: str) -> None:
+    def _enter_quarantine(self, device: str, now: float, exc: TransactionError) -> None:
         q = self._quarantine[device]
+        # The first failure says what went wrong on the wire; a device still
+        # silent after its back-off probe is out of service until it answers.
+        if q.suspect:
+            code = Reason.QUARANTINED
+        elif isinstance(exc, FrameCorrupt):
+            code = Reason.UNDECODABLE
+        elif isinstance(exc, BusTimeout):
+            code = Reason.NO_ANSWER
+        else:
+            code = Reason.NONE
+        reason = str(exc)
         until = q.fail(now, reason)
         # While quarantined the device really is polled once per back-off, so
         # its jobs are re-registered with that period: the scheduler's demand
@@ -231,7 +249,9 @@ class BusOwner(ABC):
             self.scheduler.remove_job(job_id)
             self.scheduler.add_job(job_id, max(job.period_s, q.backoff_s), job.lane, until, probe_s)
         self.image.invalidate(
-            self._device_prefix(device), f"no answer ({reason}); retrying in {q.backoff_s:.0f} s"
+            self._device_prefix(device),
+            f"no answer ({reason}); retrying in {q.backoff_s:.0f} s",
+            code=code,
         )
         online = self._device_prefix(device) + "online"
         if online in self.image:
@@ -313,7 +333,7 @@ class BusOwner(ABC):
     def _link_down(self, reason: str) -> None:
         self.connected = False
         self.last_error = reason
-        self.image.invalidate(f"buses/{self.name}/", f"bus down: {reason}")
+        self.image.invalidate(f"buses/{self.name}/", f"bus down: {reason}", code=Reason.LINK_DOWN)
         for item in self._controls:
             if not item.future.done():
                 item.future.set_exception(TransportClosed(reason))
@@ -356,7 +376,7 @@ class BusOwner(ABC):
         except TransactionError as exc:
             end = self.clock()
             self.scheduler.complete(job_id, end, end - t0, False)
-            self._enter_quarantine(job.device, end, str(exc))
+            self._enter_quarantine(job.device, end, exc)
             return
         except TransportClosed:
             end = self.clock()

@@ -12,6 +12,7 @@ from typing import Any
 
 from controller import _core_rs as core
 from controller.process_image import ProcessImage, Quality
+from controller.quality_reason import Reason
 from drivers.bus_owner import LANES, BusOwner, PeriodicJob, WireRecord
 from drivers.config import Dlt645BusConfig, MeterConfig, PollGroup, PollItem
 from drivers.dlt645_client import Dlt645Client
@@ -368,7 +369,11 @@ class Dlt645Bus(BusOwner):
                 prefix = self._device_prefix(address)
                 for n in plan.names:
                     self.image.write(
-                        prefix + n, self.image.get(prefix + n).value, Quality.BAD, str(exc)
+                        prefix + n,
+                        self.image.get(prefix + n).value,
+                        Quality.BAD,
+                        str(exc),
+                        code=Reason.DEVICE_REFUSED,
                     )
                 retries = None
                 continue
@@ -385,11 +390,20 @@ class Dlt645Bus(BusOwner):
                 values = list(decoded) if isinstance(decoded, list) else [decoded]
         except ValueError as exc:
             for n in plan.names:
-                self.image.write(prefix + n, None, Quality.BAD, f"undecodable reply: {exc}", when)
+                self.image.write(
+                    prefix + n,
+                    None,
+                    Quality.BAD,
+                    f"undecodable reply: {exc}",
+                    when,
+                    Reason.UNDECODABLE,
+                )
             return
         for n, v in zip(plan.names, values, strict=False):
             if v is None:
-                self.image.write(prefix + n, None, Quality.BAD, "not present on this meter", when)
+                self.image.write(
+                    prefix + n, None, Quality.BAD, "not present on this meter", when, Reason.CONFIG
+                )
             else:
                 self.image.write(prefix + n, v, Quality.GOOD, "", when)
         if plan.item.di == "04000503" and isinstance(values[0], int):
@@ -414,6 +428,7 @@ class Dlt645Bus(BusOwner):
                 None,
                 Quality.BAD,
                 f"bad clock {date} {clock}",
+                code=Reason.UNDECODABLE,
             )
             return
         drift = round(meter_time - now, 1)

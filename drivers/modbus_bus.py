@@ -19,6 +19,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from controller.process_image import ProcessImage, Quality
+from controller.quality_reason import Reason
 from drivers.bus_owner import LANES, BusOwner, PeriodicJob, WireRecord
 from drivers.config import ModbusBusConfig, ModbusDeviceConfig, ModbusTag
 from drivers.errors import BusTimeout, ModbusDeviceError, TransportClosed
@@ -186,7 +187,13 @@ class ModbusBus(BusOwner):
             except ModbusDeviceError as exc:
                 for tag in block.tags:
                     cur = self.image.get(prefix + tag.name)
-                    self.image.write(prefix + tag.name, cur.value, Quality.BAD, str(exc))
+                    self.image.write(
+                        prefix + tag.name,
+                        cur.value,
+                        Quality.BAD,
+                        str(exc),
+                        code=Reason.DEVICE_REFUSED,
+                    )
                 continue
             retries = self.config.retries
             values = (

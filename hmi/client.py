@@ -56,6 +56,8 @@ _AUTH_ERRORS = frozenset(
 # Short words for the status codes gridctl uses, so they fit a table cell.
 SHORT_STATUS = {
     "BadNoCommunication": "NoComm",
+    "BadTimeout": "Timeout",
+    "BadOutOfService": "OutSvc",
     "BadWaitingForInitialData": "NoData",
     "BadCommunicationError": "CommErr",
     "BadOutOfRange": "Range",

@@ -12,14 +12,17 @@ Controller → server process (``opcua_server.feed.ImageFeed``):
   its ``[opcua]`` table (users, password hashes) comes from the config file,
   its state directory and history file from its command line;
 - ``tags``: ``defs`` — ``[id, name, unit, description, value, quality, reason,
-  source_time, server_time]`` rows, the tag's definition and current value; ids
+  source_time, server_time, code]`` rows (``code``: the ``Reason`` as an int),
+  the tag's definition and current value; ids
   are per connection and name the tag in every later ``changes`` frame;
 - ``synced``: every tag defined at connect time has been sent;
-- ``changes``: ``c`` — ``[id, value, quality, reason, source_time, server_time]``
-  rows, in image order; ``dropped``/``coalesced``: the feed's counters;
-- ``status``: ``buses`` (bus snapshots as maps), ``tasks`` (cycle task stats),
-  ``commands`` (``{id: [state, reason]}`` of commands submitted over the channel
-  whose state changed);
+- ``changes``: ``c`` — ``[id, value, quality, reason, source_time, server_time,
+  code]`` rows, in image order; ``dropped``/``coalesced``: the feed's counters;
+- ``status``: ``buses`` (bus snapshots as maps), ``tasks`` (cycle task stats);
+- ``commands``: ``states`` — ``{id: [state, reason]}`` of commands submitted
+  over the channel whose state changed, sent after every ``changes`` frame
+  holding a tag change made before the state was seen (a relay's read-back
+  comes before the ``confirmed`` it led to);
 - ``alarms``: ``list`` — every alarm an operator must see, sent when it changes;
 - ``reply``: ``id`` of the request, ``ok``, then ``result`` or ``error``
   (an exception name from :data:`ERRORS`) and ``message``.

@@ -6,16 +6,20 @@ The ring is ``@commands/Recent/00`` … ``NN`` (fixed nodes, reused oldest
 first), each with CommandId, Kind, Target, User, State, Reason, Updated: no
 node is ever added per command, so the address space cannot grow with use.
 States come from the sink (``CommandStatus.command_state``) and are polled
-for commands not yet in a terminal state.
+for commands not yet in a terminal state. A state found by polling (or pushed
+by the controller over the channel) is applied only when the publisher has
+written every tag change queued before it was seen (a queue mark, see
+``ChangeQueue.mark``): a client never sees ``confirmed`` ahead of the relay
+state that confirmed it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from asyncua import ua
 
@@ -46,6 +50,16 @@ EVENT_FIELDS: tuple[tuple[str, ua.NodeId, str], ...] = (
     ("Reason", N.DT_STRING, "reason of the state"),
 )
 Setter = Callable[[VarEntry, Any], Awaitable[None]]
+# command id → (state, reason)
+CommandStates = Mapping[str, Sequence[str]]
+
+
+@runtime_checkable
+class CommandStatePush(Protocol):
+    """A sink whose command states are pushed to it (the server process's channel
+    sink); it takes them when the tracker applies them, in order with the tags."""
+
+    def update(self, states: CommandStates) -> None: ...
 
 
 @dataclass(slots=True)
@@ -103,6 +117,9 @@ class CommandTracker:
         self.status: CommandStatus | None = None
         self._slots: list[dict[str, VarEntry]] = []
         self._by_id: dict[str, Tracked] = {}
+        # the last state poll() handed out per command, so a slow publisher is not
+        # given the same state again every poll
+        self._polled: dict[str, tuple[str, str]] = {}
         self._targets: dict[str, tuple[VarEntry, VarEntry]] = {}
         self._next = 0
         self.accepted_count = 0
@@ -173,6 +190,7 @@ class CommandTracker:
             self._next = (self._next + 1) % self.size
             for cid in [c for c, t in self._by_id.items() if t.slot == slot]:
                 del self._by_id[cid]
+                self._polled.pop(cid, None)
         t = Tracked(command_id, request.kind, request.target, request.user, state, reason, slot)
         self._by_id[command_id] = t
         entries = self._slots[slot]
@@ -219,20 +237,39 @@ class CommandTracker:
             )
         )
 
-    async def refresh(self) -> int:
-        """Poll the sink for commands not yet terminal; returns how many changed."""
+    def poll(self) -> dict[str, tuple[str, str]]:
+        """States of commands not yet terminal that changed and were not polled before;
+        the caller applies them (:meth:`apply`) behind the tag changes queued by now."""
         if self.status is None:
-            return 0
-        changed = 0
+            return {}
+        found_states: dict[str, tuple[str, str]] = {}
         for t in list(self._by_id.values()):
             if t.state in TERMINAL:
                 continue
             found = self.status.command_state(t.command_id)
-            if found is None or (found[0], found[1]) == (t.state, t.reason):
+            if found is None:
                 continue
-            await self._state(t, found[0], found[1])
+            found = (found[0], found[1])
+            if found in ((t.state, t.reason), self._polled.get(t.command_id)):
+                continue
+            self._polled[t.command_id] = found
+            found_states[t.command_id] = found
+        return found_states
+
+    async def apply(self, states: CommandStates) -> int:
+        """Publish these states of tracked commands; returns how many changed."""
+        changed = 0
+        for command_id, (state, reason) in states.items():
+            t = self._by_id.get(command_id)
+            if t is None or (state, reason) == (t.state, t.reason):
+                continue
+            await self._state(t, state, reason)
             changed += 1
         return changed
+
+    async def refresh(self) -> int:
+        """Poll and apply at once (nothing else to keep order with); returns how many changed."""
+        return await self.apply(self.poll())
 
     def state_of(self, command_id: str) -> str | None:
         t = self._by_id.get(command_id)

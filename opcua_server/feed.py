@@ -197,6 +197,9 @@ class ImageFeed:
         self._pending: dict[str, tuple[Tag, TagValue]] = {}
         self._seen_dropped = 0
         self._watched: dict[str, tuple[str, str] | None] = {}
+        # Command states drained from the queue, each waiting for the pending
+        # changes queued before it: [pending entries still ahead of it, states].
+        self._marks: list[list[Any]] = []
         self._last_alarms: list[dict[str, Any]] | None = None
         # The server process's latest ``stats`` frame (values in its address space, …).
         self.server_stats: dict[str, Any] = {}
@@ -293,6 +296,7 @@ class ImageFeed:
                 self.image.unsubscribe(self._queue)
             self._queue = None
         self._pending.clear()
+        self._marks.clear()
         self._ids.clear()
         self._watched.clear()
         self._last_alarms = None
@@ -384,8 +388,14 @@ class ImageFeed:
             await self._quiet()
             if conn.closed.is_set():
                 return
-            self._flush(conn)
             now = time.monotonic()
+            if now >= next_status and self._queue is not None:
+                # Seen now, so any tag change that led to it (a relay read back)
+                # is already queued: the states go behind it (see _flush).
+                states = self._command_changes()
+                if states:
+                    self._queue.mark(states)
+            self._flush(conn)
             if now >= next_status:
                 next_status = now + self.status_period_s
                 if conn.writable.is_set():
@@ -405,6 +415,8 @@ class ImageFeed:
         if queue is None:
             return
         items = queue.drain()
+        marks = queue.due_marks()
+        popped = 0
         pending = self._pending
         if queue.dropped > self._seen_dropped:
             # Intermediate values are gone; the current ones are in the image.
@@ -417,16 +429,23 @@ class ImageFeed:
         if pending or not writable:
             # Slow reader (or a backlog): keep only each tag's latest change.
             self._hold(items)
+            self._wait(marks)
             if not writable or not pending:
+                self._send_marks(conn, 0)
                 return
             # Oldest first; one pass over the dict's head (next(iter()) per item
             # would rescan the slots already popped).
             names = list(itertools.islice(pending, self.batch_limit))
             items = [pending.pop(name) for name in names]
+            popped = len(names)
         elif len(items) > self.batch_limit:
             self._hold(items[self.batch_limit :])
             items = items[: self.batch_limit]
+            self._wait(marks)
+        else:
+            self._wait(marks)
         if not items:
+            self._send_marks(conn, popped)
             return
         ids = self._ids
         defs: list[list[Any]] = []
@@ -436,8 +455,8 @@ class ImageFeed:
             if ident is None:  # a tag defined after the snapshot
                 defs.append(self._define(tag))
                 ident = ids[tag.name]
-            # [id, value, quality, reason, source_time, server_time]: a TagValue's
-            # fields in order (msgpack writes the Quality as its int).
+            # [id, value, quality, reason, source_time, server_time, code]: a
+            # TagValue's fields in order (msgpack writes Quality and Reason as ints).
             rows.append((ident, *v))
         if defs:
             conn.send({"t": "tags", "defs": defs})
@@ -450,6 +469,26 @@ class ImageFeed:
             }
         )
         self.counters.changes_sent += len(rows)
+        self._send_marks(conn, popped)
+
+    def _wait(self, marks: list[Any]) -> None:
+        """Marks just drained wait for every change held back so far (the head of
+        ``_pending``: a newer value of a held tag keeps its place, new tags go last)."""
+        for states in marks:
+            self._marks.append([len(self._pending), states])
+
+    def _send_marks(self, conn: _Connection, popped: int) -> None:
+        """After ``popped`` held changes went out: send the command states now due."""
+        waiting = self._marks
+        if not waiting:
+            return
+        for mark in waiting:
+            mark[0] -= popped
+        due: dict[str, list[str]] = {}
+        while waiting and waiting[0][0] <= 0 and conn.writable.is_set():
+            due.update(waiting.pop(0)[1])
+        if due:
+            conn.send({"t": "commands", "states": due})
 
     def _hold(self, items: list[tuple[Tag, TagValue]]) -> None:
         """Keep changes for a later frame, one per tag: a newer change replaces an
@@ -473,6 +512,7 @@ class ImageFeed:
             v.reason,
             v.source_time,
             v.server_time,
+            int(v.code),
         ]
 
     # -- diagnostics ---------------------------------------------------------------------
@@ -486,7 +526,6 @@ class ImageFeed:
             "t": "status",
             "buses": self._buses(),
             "tasks": self.task_stats() if self.task_stats is not None else None,
-            "commands": self._command_changes(),
         }
 
     def _command_changes(self) -> dict[str, list[str]]:

@@ -31,7 +31,7 @@ import signal
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from controller.process_image import ChangeQueue, ProcessImage, Quality, TagValue
+from controller.quality_reason import reason_from_wire
 from controller.task_stop import stop_task
 from controller.unix_socket import peer_credentials
 from drivers.bus_stats import BusSnapshot
@@ -105,10 +106,10 @@ class MirrorImage(ProcessImage):
         self._rows = None
 
     def define_row(self, row: Sequence[Any]) -> None:
-        ident, name, unit, description, value, quality, reason, source, server = row
+        ident, name, unit, description, value, quality, reason, source, server, code = row
         self.define(name, unit, description)
         self.names[ident] = name
-        change = (ident, value, quality, reason, source, server)
+        change = (ident, value, quality, reason, source, server, code)
         if self._rows is None:
             self.keep(change)
         else:
@@ -121,12 +122,12 @@ class MirrorImage(ProcessImage):
         """Apply one ``changes`` frame, in order."""
         names = self.names
         for row in rows:
-            if len(row) != 6 or row[0] not in names:
+            if len(row) != 7 or row[0] not in names:
                 raise ChannelError(
                     f"change for tag id {row[0]}, which was never defined"
-                    if len(row) == 6
-                    else f"change row of {len(row)} fields (expected 6: id, value, "
-                    "quality, reason, source_time, server_time)"
+                    if len(row) == 7
+                    else f"change row of {len(row)} fields (expected 7: id, value, "
+                    "quality, reason, source_time, server_time, code)"
                 )
         queue = self._rows
         if queue is not None:
@@ -138,13 +139,38 @@ class MirrorImage(ProcessImage):
 
     def keep(self, row: Sequence[Any]) -> None:
         """Make a row its tag's current value."""
-        ident, value, quality, reason, source, server = row
+        ident, value, quality, reason, source, server, code = row
         tag = self._tags[self.names[ident]]
-        tag.current = TagValue(value, _QUALITIES[quality], reason, source, server)
+        tag.current = TagValue(
+            value, _QUALITIES[quality], reason, source, server, reason_from_wire(code)
+        )
 
     def backlog(self) -> int:
         """Changes waiting for the publisher."""
         return len(self._rows) if self._rows is not None else 0
+
+
+def command_states(raw: Any) -> dict[str, tuple[str, str]]:
+    """A ``commands`` frame's states, checked: ``{command id: [state, reason]}``."""
+    if not isinstance(raw, dict):
+        raise ChannelError(
+            f"commands: 'states' must be a map of command id to [state, reason], "
+            f"not {type(raw).__name__}"
+        )
+    out: dict[str, tuple[str, str]] = {}
+    for command_id, entry in raw.items():
+        if (
+            not isinstance(command_id, str)
+            or not isinstance(entry, list | tuple)
+            or len(entry) != 2
+            or not all(isinstance(part, str) for part in entry)
+        ):
+            raise ChannelError(
+                f"commands: the state of {command_id!r} must be [state, reason] "
+                f"(two strings), not {entry!r}"
+            )
+        out[command_id] = (entry[0], entry[1])
+    return out
 
 
 class ControllerChannel:
@@ -233,7 +259,7 @@ class ChannelCommandSink:
     def command_state(self, command_id: str) -> tuple[str, str] | None:
         return self.states.get(command_id)
 
-    def update(self, states: dict[str, Sequence[str]]) -> None:
+    def update(self, states: Mapping[str, Sequence[str]]) -> None:
         for command_id, (state, reason) in states.items():
             self.states[command_id] = (state, reason)
         if len(self.states) > 4096:  # only recent commands are tracked by the server
@@ -443,7 +469,14 @@ async def serve(
                         image.define_row(row)
                 elif kind == "status":
                     diag.update(message.get("buses"), message.get("tasks"))
-                    sink.update(message.get("commands") or {})
+                elif kind == "commands":
+                    # behind the changes frames before it: the publisher applies
+                    # them once it has written those
+                    states = command_states(message.get("states"))
+                    if server is not None:
+                        server.command_states_changed(states)
+                    else:
+                        sink.update(states)
                 elif kind == "alarms":
                     alarms.update(message.get("list"))
                     if server is not None:

@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -56,6 +56,7 @@ from asyncua import ua
 from asyncua.server.monitored_item_service import MonitoredItemService
 
 from controller.process_image import ChangeQueue, Quality, TagValue
+from controller.quality_reason import Reason, reason_from_wire
 from controller.task_stop import stop_task
 
 from .asyncua_gate import allow_fallback
@@ -135,7 +136,7 @@ def _enqueue_datachange(
 class FeedRows(Protocol):
     """A queue source whose changes are the controller feed's rows.
 
-    Rows are ``[id, value, quality, reason, source_time, server_time]``; ``names``
+    Rows are ``[id, value, quality, reason, source_time, server_time, code]``; ``names``
     maps a row's id to its tag name, and ``keep`` takes a row for a tag the
     model does not have yet (its current value when the model adds it).
     """
@@ -157,8 +158,11 @@ class Publisher:
         on_unknown: Callable[[], None] | None = None,
         sampling_interval_s: float = 0.0,
         rows: FeedRows | None = None,
+        on_mark: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
-        """``queue`` holds ``(Tag, TagValue)`` pairs, or feed rows when ``rows`` is given."""
+        """``queue`` holds ``(Tag, TagValue)`` pairs, or feed rows when ``rows`` is given;
+        ``on_mark`` runs for each mark of the queue once the changes before it are
+        written and handed to monitored items."""
         self.queue = queue
         self.variables = variables
         self.batch_limit = batch_limit
@@ -167,6 +171,7 @@ class Publisher:
         self.on_unknown = on_unknown
         self.sampling_interval_s = sampling_interval_s
         self.rows = rows
+        self.on_mark = on_mark
         self.stats = PublisherStats()
         # asyncua's private monitored-item structures, only on the version they were read from.
         self.fast_datachange = _is_data_changed is not None and allow_fallback(
@@ -197,11 +202,28 @@ class Publisher:
             await stop_task(task)
 
     async def run(self) -> None:
+        queue = self.queue
         while True:
-            batch = await self.queue.get_batch(self.batch_limit)
-            await self.publish(batch)
+            batch = await queue.get_batch(self.batch_limit)
+            if batch:
+                await self.publish(batch)
+            marks = queue.due_marks()
+            if marks:
+                await self._run_marks(marks)
             # Let the control loop (and client I/O) run between batches.
             await asyncio.sleep(0)
+
+    async def _run_marks(self, marks: list[Any]) -> None:
+        if self.sampling_interval_s > 0:
+            # What a mark follows must be notified before it, not at the next tick.
+            await self.sample()
+        for payload in marks:
+            if self.on_mark is None:
+                continue
+            try:
+                await self.on_mark(payload)
+            except Exception:
+                _log.exception("queue mark failed")
 
     async def publish(self, batch: list[Any]) -> int:
         """Write one batch; returns how many values were written."""
@@ -217,6 +239,7 @@ class Publisher:
                     tv.reason,
                     tv.source_time,
                     tv.server_time,
+                    tv.code,
                 )
                 for tag, tv in batch
             }
@@ -233,7 +256,7 @@ class Publisher:
         sampled = self.sampling_interval_s > 0
         dirty = self._dirty
         written = 0
-        for key, (_, value, quality, reason, source_time, server_time) in latest.items():
+        for key, (_, value, quality, reason, source_time, server_time, code) in latest.items():
             entry = entries.get(key)
             if entry is None:
                 entry = self._resolve(key, latest[key])
@@ -261,7 +284,14 @@ class Publisher:
             else:
                 try:
                     dv = data_value(
-                        TagValue(value, Quality(quality), reason, source_time, server_time),
+                        TagValue(
+                            value,
+                            Quality(quality),
+                            reason,
+                            source_time,
+                            server_time,
+                            reason_from_wire(code) if quality else Reason.NONE,
+                        ),
                         entry.vtype,
                     )
                 except (TypeError, ValueError, OverflowError):

@@ -1,4 +1,4 @@
-"""Process-image quality → OPC UA StatusCode, and TagValue → DataValue."""
+"""Process-image quality and reason code → OPC UA StatusCode, and TagValue → DataValue."""
 
 from __future__ import annotations
 
@@ -7,60 +7,42 @@ from datetime import UTC, datetime
 from asyncua import ua
 
 from controller.process_image import Quality, TagValue
+from controller.quality_reason import Reason
 
 SC = ua.StatusCodes
 
-# Reason keywords, checked in order; the first match decides. Drivers write
-# reasons such as "not yet read", "timeout", "meter quarantined", "bus offline".
-_BAD_REASONS: tuple[tuple[tuple[str, ...], int], ...] = (
-    (("not yet read", "waiting", "initial"), SC.BadWaitingForInitialData),
-    (
-        ("offline", "quarantine", "disconnected", "no communication", "not connected"),
-        SC.BadNoCommunication,
-    ),
-    (
-        ("timeout", "timed out", "checksum", "io error", "i/o", "exception"),
-        SC.BadCommunicationError,
-    ),
-    (("out of range", "range"), SC.BadOutOfRange),
-    (("config", "not configured"), SC.BadConfigurationError),
-    (("sensor",), SC.BadSensorFailure),
-    (("device", "failure"), SC.BadDeviceFailure),
-)
-_UNCERTAIN_REASONS: tuple[tuple[tuple[str, ...], int], ...] = (
-    (("substitute", "manual"), SC.UncertainSubstituteValue),
-    (("initial",), SC.UncertainInitialValue),
-    (("sensor", "inaccurate"), SC.UncertainSensorNotAccurate),
-    (("range",), SC.UncertainEngineeringUnitsExceeded),
-)
-
+# One StatusCode per cause (Part 8 Data Access codes). A code whose severity
+# disagrees with the tag's quality is not used: the quality decides Good, Bad or
+# Uncertain (and whether the value travels), the code only which one.
+STATUS_OF_REASON: dict[Reason, int] = {
+    Reason.NOT_YET_POLLED: SC.BadWaitingForInitialData,
+    Reason.NO_ANSWER: SC.BadTimeout,
+    Reason.LINK_DOWN: SC.BadNoCommunication,
+    Reason.QUARANTINED: SC.BadOutOfService,
+    Reason.DEVICE_REFUSED: SC.BadDeviceFailure,
+    Reason.UNDECODABLE: SC.BadCommunicationError,
+    Reason.STALE: SC.UncertainLastUsableValue,
+    Reason.OUT_OF_RANGE: SC.BadOutOfRange,
+    Reason.CONFIG: SC.BadConfigurationError,
+}
+_SEVERITY_MASK = 0xC0000000
+_SEVERITY = {Quality.BAD: 0x80000000, Quality.UNCERTAIN: 0x40000000}
+_PLAIN = {Quality.BAD: ua.StatusCode(SC.Bad), Quality.UNCERTAIN: ua.StatusCode(SC.Uncertain)}
 _GOOD = ua.StatusCode(SC.Good)
-_cache: dict[tuple[Quality, str], ua.StatusCode] = {}
+_TABLE: dict[tuple[Quality, int], ua.StatusCode] = {
+    (quality, int(reason)): ua.StatusCode(value)
+    for reason, value in STATUS_OF_REASON.items()
+    for quality, severity in _SEVERITY.items()
+    if value & _SEVERITY_MASK == severity
+}
 
 
-def _lookup(table: tuple[tuple[tuple[str, ...], int], ...], reason: str, default: int) -> int:
-    low = reason.lower()
-    for words, code in table:
-        if any(word in low for word in words):
-            return code
-    return default
-
-
-def status_code(quality: Quality, reason: str) -> ua.StatusCode:
-    """The StatusCode for a quality and reason; cached since reasons are a small set."""
+def status_code(quality: Quality, code: int) -> ua.StatusCode:
+    """The StatusCode for a quality and reason code; an unknown code is plain Bad/Uncertain."""
     if quality is Quality.GOOD:
         return _GOOD
-    key = (quality, reason)
-    code = _cache.get(key)
-    if code is None:
-        if quality is Quality.UNCERTAIN:
-            value = _lookup(_UNCERTAIN_REASONS, reason, SC.UncertainLastUsableValue)
-        else:
-            value = _lookup(_BAD_REASONS, reason, SC.Bad)
-        code = ua.StatusCode(value)
-        if len(_cache) < 4096:  # reasons are few; never let odd ones grow this unbounded
-            _cache[key] = code
-    return code
+    found = _TABLE.get((quality, code))
+    return found if found is not None else _PLAIN[quality]
 
 
 _NULL = ua.Variant(None, ua.VariantType.Null)
@@ -82,7 +64,7 @@ def to_variant(value: object, vtype: ua.VariantType | None) -> ua.Variant:
 
 def data_value(tv: TagValue, vtype: ua.VariantType | None) -> ua.DataValue:
     """A DataValue for a tag value. Bad values carry a null Variant (Part 4, 7.7.1)."""
-    status = status_code(tv.quality, tv.reason)
+    status = status_code(tv.quality, tv.code)
     variant = _NULL if tv.quality is Quality.BAD else to_variant(tv.value, vtype)
     source = datetime.fromtimestamp(tv.source_time, UTC)
     # Drivers without a device clock stamp both times alike: convert once.

@@ -23,7 +23,7 @@ from drivers.bus_stats import BusSnapshot
 from . import browse, connection_limits, publish_encoding
 from . import nodes as N
 from .access import ItemAccess, Setpoint
-from .command_view import CommandTracker, build_event_type
+from .command_view import CommandStatePush, CommandStates, CommandTracker, build_event_type
 from .conditions import AlarmConditions
 from .config import OpcUaConfig, Role
 from .events import Emitter, audit_method_event
@@ -278,6 +278,7 @@ class OpcUaServer:
             sampling_interval_s=cfg.sampling_interval_ms / 1000,
             # The server process's mirror queues the feed's rows as they came.
             rows=self.image if isinstance(self.image, FeedRows) else None,
+            on_mark=self._apply_command_states,
         )
         self._publisher.start()
         if self.history is not None:
@@ -607,6 +608,24 @@ class OpcUaServer:
     async def _set_now(self, entry: VarEntry, value: Any) -> None:
         await _set(entry, value, datetime.now(UTC))
 
+    def command_states_changed(self, states: CommandStates) -> None:
+        """Publish these command states behind every tag change queued by now: the
+        image was written (a relay read back) before a command could be confirmed."""
+        if not states:
+            return
+        if self._queue is None or self._publisher is None:
+            # no publisher yet: nothing queued to keep order with
+            if isinstance(self.commands, CommandStatePush):
+                self.commands.update(states)
+            return
+        self._queue.mark(states)
+
+    async def _apply_command_states(self, states: CommandStates) -> None:
+        if isinstance(self.commands, CommandStatePush):
+            self.commands.update(states)
+        if self.tracker is not None:
+            await self.tracker.apply(states)
+
     def alarms_changed(self) -> None:
         """Tell the server the alarm source changed (it also polls every alarm_poll_s)."""
         self._alarm_kick.set()
@@ -719,7 +738,7 @@ class OpcUaServer:
         for name, value in values.items():
             await _set(self._diag[name], value, now)
         if self.tracker is not None:
-            await self.tracker.refresh()
+            self.command_states_changed(self.tracker.poll())
         if self.task_stats is not None:
             await self._update_tasks(now)
         if self.bus_snapshots is None or not self._bus_diag:

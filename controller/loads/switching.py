@@ -51,6 +51,7 @@ from controller.cycle import Series
 from controller.loads.config import LoadConfig, LoadsConfig
 from controller.loads.interlocks import LoadFacts, Lockout, RateLimiter, check
 from controller.process_image import ProcessImage, Quality
+from controller.quality_reason import Reason
 
 if TYPE_CHECKING:
     from drivers.dlt645_bus import RelayStatus
@@ -382,21 +383,36 @@ class SwitchingExecutor:
         """Copy each load's device state into ``loads/<name>/…`` (control cycle)."""
         if self.image is None:
             return
-        for name, act in self.actuators.items():
-            s = act.known()
-            p = f"loads/{name}/"
-            for tag, value in (
-                ("relay_open", s.relay_open),
-                ("relay_commanded_open", s.commanded_open),
-                ("keep_power", s.keep_power),
-                ("pre_trip_alarm", s.alarm),
-            ):
-                if value is None:
-                    cur = self.image.get(p + tag)
-                    if cur.quality is Quality.GOOD:
-                        self.image.write(p + tag, cur.value, Quality.BAD, "not read")
-                else:
-                    self.image.write(p + tag, value)
+        for name in self.actuators:
+            self._mirror_load(name)
+
+    def _mirror_load(self, name: str) -> None:
+        act = self.actuators.get(name)
+        p = f"loads/{name}/"
+        if self.image is None or act is None or p + "relay_open" not in self.image:
+            return
+        s = act.known()
+        for tag, value in (
+            ("relay_open", s.relay_open),
+            ("relay_commanded_open", s.commanded_open),
+            ("keep_power", s.keep_power),
+            ("pre_trip_alarm", s.alarm),
+        ):
+            if value is None:
+                # The device's state is not Good now: the last one read stays
+                # visible as such, and logic (image.value) no longer trusts it.
+                cur = self.image.get(p + tag)
+                if cur.quality is Quality.GOOD:
+                    self.image.write(
+                        p + tag,
+                        cur.value,
+                        Quality.UNCERTAIN,
+                        "last value read; the device's state is not Good now",
+                        cur.source_time,
+                        Reason.STALE,
+                    )
+            else:
+                self.image.write(p + tag, value)
 
     def _note(self, cmd: Command) -> None:
         if self.image is None:
@@ -547,6 +563,9 @@ class SwitchingExecutor:
     async def _end(
         self, cmd: Command, state: CommandState, reason: str, who: str = "system"
     ) -> Command:
+        # The load's relay tags show the read-back before the command is confirmed
+        # by it (the control cycle would mirror it only later).
+        self._mirror_load(cmd.args.get("load", ""))
         cmd = await self.commands.transition(cmd.id, state, reason=reason, who=who)
         self.outcomes[(cmd.kind, state.value)] += 1
         if state is CommandState.CONFIRMED:

@@ -3,6 +3,7 @@ import asyncio
 import pytest
 
 from controller.process_image import ProcessImage, Quality, TagError
+from controller.quality_reason import Reason
 
 
 class FakeClock:
@@ -83,3 +84,42 @@ async def test_get_batch_waits_for_a_change():
     batch = await asyncio.wait_for(q.get_batch(), 1)
     await task
     assert [(t.name, v.value) for t, v in batch] == [("x", 42)]
+
+
+def test_a_code_change_alone_is_a_change_and_the_new_tag_is_not_yet_polled():
+    image = ProcessImage()
+    image.define("m/u", "V")
+    assert image.get("m/u").code is Reason.NOT_YET_POLLED
+    q = image.subscribe("test")
+    assert image.write("m/u", 230.0, Quality.BAD, "no reply", code=Reason.NO_ANSWER)
+    # same value, quality and text; only the cause differs: clients must see it
+    assert image.write("m/u", 230.0, Quality.BAD, "no reply", code=Reason.QUARANTINED)
+    assert not image.write("m/u", 230.0, Quality.BAD, "no reply", code=Reason.QUARANTINED)
+    assert [v.code for _, v in q.drain()] == [Reason.NO_ANSWER, Reason.QUARANTINED]
+    assert image.invalidate("m/", "bus down", code=Reason.LINK_DOWN) == 1
+    assert image.get("m/u").code is Reason.LINK_DOWN
+
+
+async def test_a_mark_is_due_only_after_every_change_queued_before_it():
+    image = ProcessImage()
+    image.define("x")
+    q = image.subscribe("test", maxsize=3)
+    image.write("x", 1)
+    image.write("x", 2)
+    q.mark("after 2")
+    image.write("x", 3)
+    assert q.due_marks() == []
+    assert [v.value for _, v in q.drain(1)] == [1]
+    assert q.due_marks() == []  # 2 still queued
+    assert [v.value for _, v in q.drain(1)] == [2]
+    assert q.due_marks() == ["after 2"]
+    # a dropped change counts as gone: [3] queued, 4 and 5 fill it (maxsize 3), 6 drops 3
+    q.mark("after 3")
+    for v in (4, 5, 6):
+        image.write("x", v)
+    assert q.dropped == 1 and q.due_marks() == ["after 3"]
+    # a mark alone wakes a waiting consumer, with no changes to hand out
+    q.drain()
+    q.mark("alone")
+    assert await asyncio.wait_for(q.get_batch(), 1) == []
+    assert q.due_marks() == ["alone"]

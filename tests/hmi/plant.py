@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.process_image import ProcessImage, Quality
+from controller.quality_reason import Reason
 from drivers.bus_stats import BusSnapshot
 from opcua_server import (
     AlarmInfo,
@@ -86,7 +87,9 @@ def demo_image(
     for b_m in [(1, meters)]:
         base = f"buses/bus{b_m[0]}/meters/{meter_addr(*b_m)}"
         for q, _unit in quantities:
-            image.write(f"{base}/{q}", None, Quality.BAD, "meter quarantined")
+            image.write(
+                f"{base}/{q}", None, Quality.BAD, "meter quarantined", code=Reason.QUARANTINED
+            )
     for load in LOADS:
         for name in ("relay_open", "relay_commanded_open", "keep_power", "locked_out"):
             image.define(f"loads/{load}/{name}", "", initial=False)

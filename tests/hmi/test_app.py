@@ -50,7 +50,7 @@ async def test_meters_filter_sort_and_bad_quality(plant):
         await wait_for(pilot, lambda: "4.100" in screen_text(app))
         # A Bad value is never shown as a number.
         bad_row = next(line for line in screen_text(app).splitlines() if "010000000004" in line)
-        assert "✖ NoComm" in bad_row and "." not in bad_row.split("bus1", 1)[1]
+        assert "✖ OutSvc" in bad_row and "." not in bad_row.split("bus1", 1)[1]
         await pilot.press("slash")
         await pilot.press(*"bus2")
         await wait_for(pilot, lambda: table.row_count == 4)

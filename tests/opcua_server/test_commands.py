@@ -42,6 +42,10 @@ class FakeSink:
         return self.states.get(command_id)
 
 
+async def _reads(node, expected) -> bool:
+    return await node.read_value() == expected
+
+
 def plant_image():
     image = demo_image(buses=1, meters=2)
     image.define("groups/g1/demand_avg", "kW")
@@ -248,7 +252,8 @@ async def test_command_state_variables_ring_and_events(env):
         # The runtime moves the command on; the server follows it.
         sink.states[command_id] = ("confirmed", "read back open")
         await srv.update_diagnostics()
-        assert await state.read_value() == "confirmed"
+        # applied by the publisher, behind the tag changes queued before it
+        await wait_for(lambda: _reads(state, "confirmed"))
         assert (
             await client.get_node(nid(ns, f"@commands/Recent/{slot:02d}/Reason")).read_value()
             == "read back open"
@@ -321,6 +326,6 @@ async def test_command_log_journals_with_user(start_server, tmp_path):
         async with client_for(srv) as client:
             ns = await ns_of(client)
             node = client.get_node(nid(ns, "groups/g1/LastCommandState"))
-            assert await node.read_value() == "sent"
+            await wait_for(lambda: _reads(node, "sent"))
     finally:
         journal.close()

@@ -9,6 +9,7 @@ from asyncua import ua
 
 from controller.alarms import AlarmEngine
 from controller.process_image import Quality
+from controller.quality_reason import Reason
 
 from .conftest import client_for, demo_image, nid, ns_of
 
@@ -208,7 +209,9 @@ async def test_late_tags_appear_with_line_and_warehouse_types(start_server):
         image.write("line/batch/state", "running")
         state = client.get_node(nid(ns, "line/batch/state"))
         await wait_for(lambda: _equals(state, "running"))
-        image.write("line/batch/state", "bad", Quality.BAD, "not yet read")
+        image.write(
+            "line/batch/state", "bad", Quality.BAD, "not yet read", code=Reason.NOT_YET_POLLED
+        )
         await wait_for(lambda: _status(state, SC.BadWaitingForInitialData))
         # Methods of the new objects appear with them.
         await line.get_child(f"{ns}:StartBatch")

@@ -6,6 +6,7 @@ import pytest
 from asyncua import ua
 
 from controller.process_image import ProcessImage, Quality
+from controller.quality_reason import Reason
 from opcua_server.model import ModelError
 from opcua_server.quality import status_code
 from opcua_server.units import eu_information, unece_unit_id
@@ -30,13 +31,13 @@ def test_unece_codes():
 @pytest.mark.parametrize(
     ("quality", "reason", "code"),
     [
-        (Quality.GOOD, "", SC.Good),
-        (Quality.UNCERTAIN, "stale", SC.UncertainLastUsableValue),
-        (Quality.BAD, "not yet read", SC.BadWaitingForInitialData),
-        (Quality.BAD, "meter quarantined", SC.BadNoCommunication),
-        (Quality.BAD, "bus offline", SC.BadNoCommunication),
-        (Quality.BAD, "timeout", SC.BadCommunicationError),
-        (Quality.BAD, "something odd", SC.Bad),
+        (Quality.GOOD, Reason.NONE, SC.Good),
+        (Quality.UNCERTAIN, Reason.STALE, SC.UncertainLastUsableValue),
+        (Quality.BAD, Reason.NOT_YET_POLLED, SC.BadWaitingForInitialData),
+        (Quality.BAD, Reason.QUARANTINED, SC.BadOutOfService),
+        (Quality.BAD, Reason.LINK_DOWN, SC.BadNoCommunication),
+        (Quality.BAD, Reason.NO_ANSWER, SC.BadTimeout),
+        (Quality.BAD, Reason.NONE, SC.Bad),
     ],
 )
 def test_status_mapping(quality, reason, code):
@@ -115,9 +116,11 @@ async def test_values_with_status_and_timestamps(start_server):
     image = demo_image()
     srv = await start_server(image)
     image.write(f"{METER}/voltage_a", 231.4, source_time=1_700_000_000.5)
-    image.write(f"{METER}/current_a", 5.0, Quality.BAD, "meter quarantined")
-    image.write(f"{METER}/power_factor", 0.93, Quality.UNCERTAIN, "stale")
-    image.write(f"{METER}/energy_forward_active", 10, Quality.BAD, "timeout")
+    image.write(f"{METER}/current_a", 5.0, Quality.BAD, "bus down", code=Reason.LINK_DOWN)
+    image.write(f"{METER}/power_factor", 0.93, Quality.UNCERTAIN, "stale", code=Reason.STALE)
+    image.write(
+        f"{METER}/energy_forward_active", 10, Quality.BAD, "checksum", code=Reason.UNDECODABLE
+    )
     await asyncio.sleep(0.05)
     async with client_for(srv) as client:
         ns = await ns_of(client)

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.process_image import Quality
+from controller.quality_reason import Reason
 from opcua_server import publish_encoding
 from opcua_server.publish_encoding import (
     PackedNotification,
@@ -167,7 +168,7 @@ async def test_clients_watching_one_variable_each_get_every_value(start_server):
         assert seen[2].values[-1] == 3.0 and len(seen[2].values) < 4  # queue size 1
 
         # A Bad value goes out as a Bad StatusCode, never as a number.
-        image.write(TAG, None, Quality.BAD, "meter offline")
+        image.write(TAG, None, Quality.BAD, "meter offline", code=Reason.LINK_DOWN)
         ns = await ns_of(first)
         errors: list[ua.StatusCode] = []
 

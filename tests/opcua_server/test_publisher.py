@@ -7,6 +7,7 @@ from asyncua import ua
 from asyncua.server.address_space import AttributeValue
 
 from controller.process_image import ChangeQueue, ProcessImage, Quality
+from controller.quality_reason import Reason
 from opcua_server.model import VarEntry
 from opcua_server.publisher import Publisher
 from opcua_server.quality import data_value
@@ -79,7 +80,7 @@ async def test_quality_change_reaches_subscriber(start_server):
         await sub.subscribe_data_change(node)
         first = await asyncio.wait_for(got.get(), 5)
         assert first.Value.Value == 230.0
-        image.invalidate("buses/b", "bus offline")
+        image.invalidate("buses/b", "bus offline", code=Reason.LINK_DOWN)
         bad = await asyncio.wait_for(got.get(), 5)
         assert bad.StatusCode.value == ua.StatusCodes.BadNoCommunication
         await sub.delete()
