@@ -46,7 +46,7 @@ from .nodes import Made, NodeFactory
 from .pki import CertificateStore, ClientCertificateValidator
 from .publisher import FeedRows, Publisher
 from .security import ensure_certificate, install_client_certificate_checks, security_policies
-from .session_guard import SessionGuard, is_loopback
+from .session_guard import SessionGuard, close_sessions, is_loopback
 from .subscription_limits import limit_publishing_interval
 from .units import eu_range
 from .users import (
@@ -300,6 +300,7 @@ class OpcUaServer:
             with contextlib.suppress(ValueError):
                 self.image.unsubscribe(self._queue)
         if self.server is not None:
+            await close_sessions(self.server.iserver)
             await self.server.stop()
             self.server = None
         if self.history is not None:

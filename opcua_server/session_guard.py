@@ -376,6 +376,22 @@ def _same_user(user: Any, current: Any) -> bool:
     )
 
 
+async def close_sessions(iserver: Any) -> int:
+    """Close every client session of ``iserver`` (at stop); returns how many.
+
+    asyncua counts activated sessions in a class attribute for the whole
+    process (its ``max_sessions`` limit) and its server stop leaves sessions
+    of vanished clients open: closed here, a stopped server frees its places.
+    """
+    sessions = list(iserver._external_sessions.values())
+    for session in sessions:
+        try:
+            await session.close_session(True)
+        except Exception:
+            _log.exception("closing OPC UA session %s at stop", session.name)
+    return len(sessions)
+
+
 def installed() -> bool:
     # Other checks may wrap the guard afterwards (and it wraps what came
     # before): installed once per process, never again on top of them.

@@ -103,7 +103,8 @@ async def test_subscriber_that_never_reads_does_not_stall_anyone(start_server) -
 
 async def test_many_sessions_half_dropped_without_closing(start_server) -> None:  # noqa: F811
     image, names = plant_image()
-    srv = await start_server(image)
+    # 40 clients from one address: above the per-address default (16) on purpose.
+    srv = await start_server(image, config_overrides={"max_connections_per_peer": 64})
     clients = [Client(srv.endpoint, timeout=10) for _ in range(40)]
     await asyncio.gather(*(c.connect() for c in clients))
     ns = await ns_of(clients[0])
@@ -131,8 +132,11 @@ def hello(receive: int = 65536, send: int = 65536, max_msg: int = 0, chunks: int
 
 
 async def poke(port: int, payload: bytes, hold: asyncio.Event) -> bytes:
-    """Send raw bytes, keep the connection until ``hold`` is set; return what came back."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """Send raw bytes, keep the connection until ``hold`` is set; return what came back.
+
+    From 127.0.0.2: another host than the real client, whose connections the
+    per-address limit keeps apart from the junk's."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
     writer.write(payload)
     await writer.drain()
     got = b""
@@ -145,7 +149,8 @@ async def poke(port: int, payload: bytes, hold: asyncio.Event) -> bytes:
 
 async def test_malformed_requests_leave_the_server_up(start_server) -> None:  # noqa: F811
     image, names = plant_image()
-    srv = await start_server(image)
+    # Room for every payload below from one address, so each reaches the protocol.
+    srv = await start_server(image, config_overrides={"max_connections_per_peer": 128})
     port = int(srv.endpoint.rsplit(":", 1)[1].split("/")[0])
     rng = random.Random(62541)
     payloads = [
