@@ -32,7 +32,7 @@ from pydantic.fields import FieldInfo
 
 from controller.cpu_affinity import available_cpus, check_cpus
 from controller.loads.config import LoadsConfig
-from controller.metrics import is_loopback
+from controller.loopback import is_loopback
 from controller.password_hash import is_password_hash
 from controller.verification.config import LineConfig
 from controller.warehouse.config import WarehouseConfig

@@ -36,7 +36,6 @@ import binascii
 import concurrent.futures
 import contextlib
 import hmac
-import ipaddress
 import logging
 import math
 import secrets
@@ -484,16 +483,6 @@ def _response(status: int, body: bytes, ctype: bytes = b"text/plain", extra: byt
 _BUSY = _response(503, b"too many scrapes at once\n", extra=b"Retry-After: 1\r\n")
 
 
-def is_loopback(host: str) -> bool:
-    """True when ``host`` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to any interface
-
-
 @dataclass(frozen=True, slots=True)
 class BasicAuth:
     """HTTP basic authentication: one user, a ``controller.password_hash`` scrypt hash."""
@@ -831,7 +820,6 @@ __all__ = [
     "GridCollector",
     "MetricsServer",
     "Sources",
-    "is_loopback",
     "make_registry",
     "tls_context",
 ]

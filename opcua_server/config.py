@@ -6,7 +6,6 @@ root ``GridConfig`` embeds :class:`OpcUaConfig` as its ``opcua`` table.
 
 from __future__ import annotations
 
-import ipaddress
 from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -19,6 +18,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from controller.loopback import is_loopback
 
 
 class Role(StrEnum):
@@ -53,13 +54,7 @@ SecurityModeName = Literal["Sign", "SignAndEncrypt"]
 
 def is_loopback_endpoint(endpoint: str) -> bool:
     """True when an opc.tcp endpoint listens on loopback only (0.0.0.0 listens everywhere)."""
-    host = (urlparse(endpoint).hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlparse(endpoint).hostname or "")
 
 
 class UserConfig(BaseModel):

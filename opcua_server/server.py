@@ -25,7 +25,7 @@ from . import nodes as N
 from .access import ItemAccess, Setpoint
 from .command_view import CommandStatePush, CommandStates, CommandTracker, build_event_type
 from .conditions import AlarmConditions
-from .config import OpcUaConfig, Role
+from .config import OpcUaConfig, Role, is_loopback_endpoint
 from .events import Emitter, audit_method_event
 from .history import GridHistoryManager, HistoryStore
 from .methods import (
@@ -46,7 +46,7 @@ from .nodes import Made, NodeFactory
 from .pki import CertificateStore, ClientCertificateValidator
 from .publisher import FeedRows, Publisher
 from .security import ensure_certificate, install_client_certificate_checks, security_policies
-from .session_guard import SessionGuard, close_sessions, is_loopback
+from .session_guard import SessionGuard, close_sessions
 from .subscription_limits import limit_publishing_interval
 from .units import eu_range
 from .users import (
@@ -173,7 +173,7 @@ class OpcUaServer:
         self.ruleset = GridRuleset()
         self.session_guard = SessionGuard(
             allow_plaintext_on_loopback=config.allow_plaintext_password_on_loopback,
-            endpoint_is_loopback=is_loopback(config.host),
+            endpoint_is_loopback=is_loopback_endpoint(config.endpoint),
             failures=self.users,
         )
         self.server: Server | None = None

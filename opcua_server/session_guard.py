@@ -33,7 +33,6 @@ The patches replace ``InternalSession.__init__`` and wrap
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import secrets
 import time
@@ -48,6 +47,8 @@ from asyncua.server.internal_session import InternalSession
 from asyncua.server.uaprocessor import UaProcessor
 from asyncua.ua.ua_binary import struct_from_binary
 from cryptography import x509
+
+from controller.loopback import is_loopback
 
 from .asyncua_gate import require_pinned
 from .pki import ClientCertificateValidator
@@ -134,15 +135,6 @@ class SessionGuard:
             except Exception:
                 _log.exception("could not record the refused activation")
         return ServiceError(code)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- the patches -----------------------------------------------------------------

@@ -17,11 +17,9 @@ the ruleset is the caller's while its Call runs).
 from __future__ import annotations
 
 import argparse
-import base64
 import contextvars
 import functools
 import getpass
-import hashlib
 import hmac
 import inspect
 import logging
@@ -37,48 +35,18 @@ from asyncua import ua
 from asyncua.crypto.permission_rules import PermissionRuleset, User, UserRole
 from asyncua.server.internal_session import InternalSession
 
+from controller.password_hash import hash_password, verify_password
+
 from .asyncua_gate import require_pinned
 from .config import OpcUaConfig, Role, UserConfig
 from .login_failures import MAX_USER_CHARS, REASONS, LoginFailure
 
 _log = logging.getLogger(__name__)
 
-# scrypt cost: 2**14 × 8 × 128 B = 16 MiB, ~30–60 ms. Verification runs on the
-# event loop, so successful logins are cached (keyed by an HMAC, never the
-# password) and a user and peer that keep failing are refused without hashing.
-SCRYPT_N = 2**14
-SCRYPT_R = 8
-SCRYPT_P = 1
-_MAXMEM = 64 * 1024 * 1024
-
-
-def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
-    if not password:
-        raise ValueError("password must not be empty")
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=32)
-    b64 = base64.b64encode
-    return f"scrypt${n}${r}${p}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def verify_password(password: str, encoded: str) -> bool:
-    try:
-        scheme, n, r, p, salt, digest = encoded.split("$")
-        if scheme != "scrypt":
-            return False
-        expected = base64.b64decode(digest)
-        actual = hashlib.scrypt(
-            password.encode(),
-            salt=base64.b64decode(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            maxmem=_MAXMEM,
-            dklen=len(expected),
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(actual, expected)
+# scrypt cost: 2**14 × 8 × 128 B = 16 MiB, ~30–60 ms (controller.password_hash).
+# Verification runs on the event loop, so successful logins are cached (keyed
+# by an HMAC, never the password) and a user and peer that keep failing are
+# refused without hashing.
 
 
 @dataclass
