@@ -47,14 +47,18 @@ from controller.deadline_timer import DeadlineTimer
 from controller.gc_pacing import QuietGc
 from controller.journal import Journal
 from controller.metrics import BasicAuth, MetricsServer, Sources, make_registry, tls_context
-from controller.process_image import ProcessImage
+from controller.process_image import ProcessImage, Tag
+from controller.setpoints import PREFIX as SETPOINT_PREFIX
+from controller.setpoints import ModbusSetpoints
 from controller.status import ServiceStatus
 from controller.warehouse.subsystem import WarehouseSubsystem
 from drivers.plant import FieldPlant
 from drivers.sim.launch import start_simulator
 from opcua_server import OpcUaServer
 from opcua_server.adapters import EngineAlarmSource
+from opcua_server.config import SetpointRule
 from opcua_server.login_failures import LoginFailureLog
+from opcua_server.methods import WRITE_SETPOINT
 from opcua_server.server import task_stats_from
 from opcua_server.server_process import OpcUaProcessError, OpcUaServerProcess
 
@@ -112,6 +116,7 @@ class Service:
         self.gc: QuietGc | None = None
         self.tasks = (self.fast, self.control)
         self.plant: Any = None
+        self.setpoints: ModbusSetpoints | None = None
         self.simulator: Any = None
         self.metrics: MetricsServer | None = None
         self.status: ServiceStatus | None = None
@@ -394,6 +399,10 @@ class Service:
     async def _start_plant(self) -> None:
         self.plant = FieldPlant(self.config, self.image)
         await self.plant.start()
+        # Writable Modbus holding registers, written over OPC UA by their role.
+        self.setpoints = ModbusSetpoints(self.commands, self.plant.buses)
+        if self.setpoints.points:
+            self.router.register(SETPOINT_PREFIX, self.setpoints)
         snaps = self.plant.snapshot()
         log.info(
             "field ready: %d buses (%s), %d meters",
@@ -405,7 +414,15 @@ class Service:
     async def _reconcile(self) -> None:
         if not self.commands.pending():
             return
-        reread = self.reread or _no_reread
+        other = self.reread or _no_reread
+        setpoints = self.setpoints
+
+        async def reread(cmd: Command) -> Resolution | None:
+            if cmd.kind == WRITE_SETPOINT and setpoints is not None:
+                return await setpoints.reread(cmd)
+            result: Resolution | None = await other(cmd)
+            return result
+
         report = await self.commands.reconcile(reread)
         log.info("commands reconciled: %d examined, outcomes %s", report.examined, report.outcomes)
 
@@ -434,6 +451,7 @@ class Service:
             task_stats=task_stats_from(lambda: self.tasks, last=OPCUA_TASK_SAMPLES),
             history_db=state_dir / "history.db",
             login_failures=self.login_failures.record,
+            setpoints=self._setpoint_rule,
         )
         await server.start()
         self.opcua = server
@@ -466,6 +484,7 @@ class Service:
             on_up=up,
             cpus=self._other_cpus,
             login_failures=self.login_failures.receive,
+            setpoints=self._setpoint_rule,
         )
         # The child takes seconds to come up (interpreter, asyncua, model): a
         # stop requested meanwhile must not wait for it.
@@ -493,6 +512,9 @@ class Service:
             "opcua: separate process (pid %d), fed over %s", server.pid or 0, server.socket_path
         )
         self._log_opcua_ready(info)
+
+    def _setpoint_rule(self, tag: Tag) -> SetpointRule | None:
+        return self.setpoints.rule(tag) if self.setpoints is not None else None
 
     def _log_opcua_ready(self, stats: dict[str, Any]) -> None:
         if self.router.prefixes:
@@ -545,6 +567,8 @@ class Service:
         for subsystem in reversed(self.subsystems):
             await step(subsystem.name, subsystem.stop())
         if self.plant is not None:
+            if self.setpoints is not None:
+                await step("setpoints", self.setpoints.stop())
             await step("field plant", self.plant.stop())
         if self.simulator is not None:
             await step("simulators", asyncio.to_thread(self.simulator.stop))

@@ -381,11 +381,20 @@ class ModbusTag(_Model):
     scale: float = 1.0
     unit: str = ""
     writable: bool = False
+    # The least OPC UA role that may write a writable holding register (a
+    # setpoint). Writable coils are not setpoints: they are load outputs behind
+    # the loads' select-before-operate, never written directly by a client.
+    write_role: Literal["operator", "engineer", "admin"] = "operator"
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_name(v, "name")
+
+    @property
+    def setpoint(self) -> bool:
+        """Writable over OPC UA (by ``write_role``): a writable holding register."""
+        return self.writable and self.table == "holding"
 
     @model_validator(mode="after")
     def _type(self) -> ModbusTag:
@@ -397,6 +406,11 @@ class ModbusTag(_Model):
             )
         if self.writable and self.table not in ("coil", "holding"):
             raise ValueError(f"writable needs table 'coil' or 'holding', got {self.table!r}")
+        if "write_role" in self.model_fields_set and not self.setpoint:
+            # a role on anything else would read as a permission that is never granted
+            raise ValueError(
+                "write_role is for setpoints: needs writable = true and table 'holding'"
+            )
         return self
 
 

@@ -10,6 +10,7 @@ quarantine, and tags in the process image under
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -49,22 +50,43 @@ def decode_tag(tag: ModbusTag, block: BlockRead, values: list[int] | list[bool])
     return round(value, 6) if isinstance(value, float) else value
 
 
-def encode_tag(tag: ModbusTag, value: float) -> list[int]:
+# Raw integer range of each register type (f32 is bounded by the float itself).
+RAW_RANGES: dict[str, tuple[float, float]] = {
+    "u16": (0, 0xFFFF),
+    "i16": (-0x8000, 0x7FFF),
+    "u32": (0, 0xFFFF_FFFF),
+    "i32": (-0x8000_0000, 0x7FFF_FFFF),
+    "f32": (-3.4028234663852886e38, 3.4028234663852886e38),
+}
+
+
+def value_range(tag: ModbusTag) -> tuple[float, float]:
+    """The engineering values a register tag can hold: its raw range times the scale."""
+    lo, hi = RAW_RANGES[tag.type]
+    a, b = lo * tag.scale, hi * tag.scale
+    # round like decode_tag, so 65535 * 0.1 reads 6553.5, not 6553.500000000001
+    return (round(min(a, b), 6), round(max(a, b), 6))
+
+
+def encode_tag(tag: ModbusTag, value: object) -> list[int]:
+    """A register tag's registers for an engineering value; ValueError (naming the tag and
+    its range) when the value does not fit."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"value: {tag.name} takes a finite number (got {value!r})")
     raw = value / tag.scale
+    lo, hi = RAW_RANGES[tag.type]
+    n: float = raw if tag.type == "f32" else round(raw)
+    if not lo <= n <= hi:
+        vlo, vhi = value_range(tag)
+        unit = f" {tag.unit}" if tag.unit else ""
+        raise ValueError(
+            f"value: {value:g}{unit} is outside {tag.name}'s range {vlo:g}..{vhi:g}{unit} "
+            f"({tag.type} raw {lo:g}..{hi:g}, scale {tag.scale:g})"
+        )
     if tag.type in ("u16", "i16"):
-        n = round(raw)
-        lo, hi = (0, 0xFFFF) if tag.type == "u16" else (-0x8000, 0x7FFF)
-        if not lo <= n <= hi:
-            raise ValueError(
-                f"value: {value} does not fit {tag.name} ({tag.type}, scale {tag.scale})"
-            )
-        return [n & 0xFFFF]
+        return [int(n) & 0xFFFF]
     fmt = {"u32": ">I", "i32": ">i", "f32": ">f"}[tag.type]
-    try:
-        packed = struct.pack(fmt, raw if tag.type == "f32" else round(raw))
-    except struct.error as exc:
-        raise ValueError(f"value: {value} does not fit {tag.name} ({tag.type})") from exc
-    return list(struct.unpack(">HH", packed))
+    return list(struct.unpack(">HH", struct.pack(fmt, n)))
 
 
 class ModbusBus(BusOwner):
@@ -301,14 +323,49 @@ class ModbusBus(BusOwner):
         self._coil(device, tag)
         return self._device_prefix(device) + tag
 
-    async def write_register(self, device: str, tag: str, value: float) -> None:
-        """Write a holding register tag (scaled, u16/i16 or two registers), control lane."""
+    def holding_tag(self, device: str, tag: str) -> ModbusTag:
+        """A writable holding register's config (KeyError / ValueError say why not)."""
+        _dev, t = self._tag(device, tag)
+        if t.table != "holding":
+            raise ValueError(f"tag: {device}/{tag} is a {t.table}, not a holding register")
+        return t
+
+    async def _read_holding_now(self, dev: ModbusDeviceConfig, t: ModbusTag) -> list[int]:
+        client = self._client
+        if client is None:
+            raise TransportClosed(f"{self.config.port}: not connected")
+        count = 2 if t.type in ("u32", "i32", "f32") else 1
+        reply = await self._call(
+            dev,
+            3,
+            lambda: client.read_holding_registers(t.address, count=count, device_id=dev.unit_id),
+            self.config.retries,
+        )
+        regs = [int(r) for r in reply.registers[:count]]
+        block = BlockRead("holding", t.address, count, (t,))
+        self.image.write(
+            self._device_prefix(dev.name) + t.name,
+            decode_tag(t, block, regs),
+            Quality.GOOD,
+            "",
+            self.wall(),
+        )
+        return regs
+
+    async def write_register(self, device: str, tag: str, value: float) -> list[int]:
+        """Write a holding register tag (scaled, u16/i16 or two registers) and read it back.
+
+        Write (FC 6 or 16) and read-back (FC 3) go out back to back in one
+        control slot; the registers as read land in the image and are returned.
+        A write acknowledgement alone does not prove the device took the value
+        (it may clamp it, or ignore writes in local mode): the caller compares
+        the returned registers with :func:`encode_tag`'s."""
         dev, t = self._tag(device, tag)
         if t.table != "holding":
             raise ValueError(f"tag: {device}/{tag} is a {t.table}, not a holding register")
         regs = encode_tag(t, value)
 
-        async def action() -> None:
+        async def action() -> list[int]:
             client = self._client
             if client is None:
                 raise TransportClosed(f"{self.config.port}: not connected")
@@ -326,8 +383,17 @@ class ModbusBus(BusOwner):
                     lambda: client.write_registers(t.address, regs, device_id=dev.unit_id),
                     self.config.retries,
                 )
-            self.image.write(
-                self._device_prefix(dev.name) + t.name, value, Quality.GOOD, "", self.wall()
-            )
+            return await self._read_holding_now(dev, t)
 
-        await self._submit_control(action)
+        return await self._submit_control(action)
+
+    async def read_register(self, device: str, tag: str) -> list[int]:
+        """Read one holding register tag now on the control lane (a reconcile read-back)."""
+        dev, t = self._tag(device, tag)
+        if t.table != "holding":
+            raise ValueError(f"tag: {device}/{tag} is a {t.table}, not a holding register")
+
+        async def action() -> list[int]:
+            return await self._read_holding_now(dev, t)
+
+        return await self._submit_control(action)

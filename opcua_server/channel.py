@@ -12,9 +12,12 @@ Controller → server process (``opcua_server.feed.ImageFeed``):
   its ``[opcua]`` table (users, password hashes) comes from the config file,
   its state directory and history file from its command line;
 - ``tags``: ``defs`` — ``[id, name, unit, description, value, quality, reason,
-  source_time, server_time, code]`` rows (``code``: the ``Reason`` as an int),
+  source_time, server_time, code, setpoint]`` rows (``code``: the ``Reason`` as an int),
   the tag's definition and current value; ids
   are per connection and name the tag in every later ``changes`` frame;
+  ``setpoint`` is ``[role, minimum, maximum]`` for a tag clients may write
+  (the least role, the values the device can hold, nil for no bound), nil for
+  a read-only one; a row of 10 fields (without it) is a read-only tag;
 - ``synced``: every tag defined at connect time has been sent;
 - ``changes``: ``c`` — ``[id, value, quality, reason, source_time, server_time,
   code]`` rows, in image order; ``dropped``/``coalesced``: the feed's counters;

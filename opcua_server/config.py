@@ -6,6 +6,7 @@ root ``GridConfig`` embeds :class:`OpcUaConfig` as its ``opcua`` table.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -39,6 +40,22 @@ class Role(StrEnum):
 
 
 _ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ENGINEER: 2, Role.ADMIN: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class SetpointRule:
+    """A tag clients may write: the least role that may, and the values the device can
+    hold (inclusive, in the tag's unit; None: no bound). A Write outside them is
+    BadOutOfRange before anything is journaled or sent."""
+
+    role: Role
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @classmethod
+    def of(cls, rule: Role | SetpointRule) -> SetpointRule:
+        return rule if isinstance(rule, SetpointRule) else cls(rule)
+
 
 # Where the server runs: "separate" = its own process fed over a Unix socket
 # (opcua_server.feed / opcua_server.process), so asyncua's publish work never

@@ -44,6 +44,7 @@ from controller.unix_socket import bind_listening_socket, peer_credentials, priv
 
 from .channel import FrameDecoder, encode, error_message, error_name
 from .command_view import TERMINAL
+from .config import SetpointRule
 from .methods import AlarmShelving, AlarmSource, CommandRequest, CommandSink, CommandStatus
 
 _log = logging.getLogger("gridctl.opcua.feed")
@@ -157,6 +158,7 @@ class ImageFeed:
         status_period_s: float = STATUS_PERIOD_S,
         alarm_period_s: float = ALARM_PERIOD_S,
         on_login_failures: Callable[[dict[str, Any]], None] | None = None,
+        setpoints: Callable[[Tag], SetpointRule | None] | None = None,
     ) -> None:
         """``hello``: what the server process cannot read itself besides the image;
         the feed adds the first diagnostics. The server process reads its
@@ -169,6 +171,9 @@ class ImageFeed:
         by hand, never for a running controller.
 
         ``on_login_failures``: gets each ``login_failures`` frame (to journal it).
+
+        ``setpoints``: who may write a tag and its range (None: read-only); sent
+        with the tag's definition, since the server process has no field config.
         """
         self.image = image
         self.socket_path = Path(socket_path)
@@ -186,6 +191,7 @@ class ImageFeed:
         self.status_period_s = status_period_s
         self.alarm_period_s = alarm_period_s
         self.on_login_failures = on_login_failures
+        self.setpoints = setpoints
         self.counters = FeedStats()
         self._server: asyncio.AbstractServer | None = None
         self._conn: _Connection | None = None
@@ -502,6 +508,7 @@ class ImageFeed:
     def _define(self, tag: Tag) -> list[Any]:
         ident = self._ids.setdefault(tag.name, len(self._ids))
         v = tag.current
+        rule = self.setpoints(tag) if self.setpoints is not None else None
         return [
             ident,
             tag.name,
@@ -513,6 +520,7 @@ class ImageFeed:
             v.source_time,
             v.server_time,
             int(v.code),
+            None if rule is None else [rule.role.value, rule.minimum, rule.maximum],
         ]
 
     # -- diagnostics ---------------------------------------------------------------------

@@ -38,7 +38,7 @@ from asyncua.server.address_space import AttributeValue
 from controller.process_image import Tag
 
 from . import nodes as N
-from .config import Role
+from .config import Role, SetpointRule
 from .nodes import Made, NodeFactory
 from .quality import data_value
 from .units import eu_information, eu_range
@@ -158,8 +158,8 @@ def _eu_value(unit: str) -> ua.DataValue | None:
 
 
 ObjectHook = Callable[[str, str | None, "Made"], None]
-# (tag, its variable, the role that may write it, the variant type a write must carry)
-SetpointHook = Callable[[Tag, "Made", Role, ua.VariantType], None]
+# (tag, its variable, who may write it and its range, the variant type a write must carry)
+SetpointHook = Callable[[Tag, "Made", SetpointRule, ua.VariantType], None]
 
 
 class ModelBuilder:
@@ -168,7 +168,8 @@ class ModelBuilder:
     ``on_object(path, type_name, node)`` runs for every object created from the
     tag tree (at start and for tags defined later), so methods and command
     variables attach to instances of a type wherever and whenever they appear.
-    ``writable(tag)`` is the role that may write the tag (None: read-only);
+    ``writable(tag)`` is the role that may write the tag, or a ``SetpointRule``
+    with its range too (None: read-only);
     ``on_setpoint`` runs for each variable made writable.
     """
 
@@ -178,7 +179,7 @@ class ModelBuilder:
         max_children: int = 500,
         on_object: ObjectHook | None = None,
         historize: Callable[[Tag], bool] | None = None,
-        writable: Callable[[Tag], Role | None] | None = None,
+        writable: Callable[[Tag], Role | SetpointRule | None] | None = None,
         on_setpoint: SetpointHook | None = None,
     ) -> None:
         self.f = factory
@@ -455,7 +456,7 @@ class ModelBuilder:
             writable=role is not None,
         )
         if role is not None and vtype is not None and self.on_setpoint is not None:
-            self.on_setpoint(tag, var, role, vtype)
+            self.on_setpoint(tag, var, SetpointRule.of(role), vtype)
         if hist:
             self.historized.add(tag.name)
         self.vars[tag.name] = VarEntry(var.data.attributes[ua.AttributeIds.Value], vtype)

@@ -45,7 +45,7 @@ from controller.unix_socket import peer_credentials
 from drivers.bus_stats import BusSnapshot
 
 from .channel import ChannelError, FrameDecoder, encode, raise_error
-from .config import OpcUaConfig
+from .config import OpcUaConfig, Role, SetpointRule
 from .login_failures import FailureOutbox
 from .methods import AlarmInfo, CommandRefused, CommandRequest
 
@@ -92,6 +92,7 @@ class MirrorImage(ProcessImage):
     def __init__(self) -> None:
         super().__init__()
         self.names: dict[int, str] = {}
+        self.setpoint_rules: dict[str, SetpointRule] = {}  # tag name -> rule
         self._rows: ChangeQueue[Sequence[Any]] | None = None
 
     def subscribe(self, name: str, maxsize: int = 10_000) -> ChangeQueue[Any]:
@@ -106,8 +107,15 @@ class MirrorImage(ProcessImage):
         self._rows = None
 
     def define_row(self, row: Sequence[Any]) -> None:
-        ident, name, unit, description, value, quality, reason, source, server, code = row
+        ident, name, unit, description, value, quality, reason, source, server, code = row[:10]
         self.define(name, unit, description)
+        # 11th field: who may write the tag (rows without it are read-only tags)
+        spec = row[10] if len(row) > 10 else None
+        if spec is not None:
+            role, low, high = spec
+            self.setpoint_rules[name] = SetpointRule(Role(role), low, high)
+        else:
+            self.setpoint_rules.pop(name, None)
         self.names[ident] = name
         change = (ident, value, quality, reason, source, server, code)
         if self._rows is None:
@@ -515,6 +523,7 @@ async def serve(
             task_stats=diag.task_stats if hello.get("tasks") is not None else None,
             history_db=history_db,
             login_failures=logins.add,
+            setpoints=lambda tag: image.setpoint_rules.get(tag.name),
         )
         gc.collect()
         rss_before = _rss()

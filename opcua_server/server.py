@@ -25,7 +25,7 @@ from . import nodes as N
 from .access import ItemAccess, Setpoint
 from .command_view import CommandStatePush, CommandStates, CommandTracker, build_event_type
 from .conditions import AlarmConditions
-from .config import OpcUaConfig, Role, is_loopback_endpoint
+from .config import OpcUaConfig, Role, SetpointRule, is_loopback_endpoint
 from .events import Emitter, audit_method_event
 from .history import GridHistoryManager, HistoryStore
 from .methods import (
@@ -117,7 +117,7 @@ class OpcUaServer:
         alarm_poll_s: float = 0.25,
         alarm_confirm: bool = False,
         login_failures: FailureSink | None = None,
-        setpoints: Callable[[Tag], Role | None] | None = None,
+        setpoints: Callable[[Tag], Role | SetpointRule | None] | None = None,
     ) -> None:
         """``commands``: a CommandSink (or a controller CommandLog, wrapped);
         ``alarms``: an AlarmSource (or a controller AlarmEngine, wrapped);
@@ -127,8 +127,9 @@ class OpcUaServer:
         ``alarm_confirm``: acknowledged conditions wait for Confirm (Part 9) before
         they stop being retained;
         ``login_failures``: called with each refused login (to journal and count it);
-        ``setpoints``: the role that may write a tag (None: read-only, the
-        default for every tag); a Write becomes a ``write_setpoint`` command
+        ``setpoints``: the role that may write a tag, or a ``SetpointRule`` with
+        the values the device can hold (None: read-only, the default for every
+        tag); a Write becomes a ``write_setpoint`` command
         to ``commands`` (no sink: every tag is read-only)."""
         self.config = config
         self.image = image
@@ -503,16 +504,19 @@ class OpcUaServer:
         if self.tracker is not None and self.commands is not None:
             self.tracker.add_target(path, made)
 
-    def _on_setpoint(self, tag: Tag, var: Made, role: Role, vtype: ua.VariantType) -> None:
+    def _on_setpoint(self, tag: Tag, var: Made, rule: SetpointRule, vtype: ua.VariantType) -> None:
         if self.access is None:
             return
+        # A write must fit both the unit's physical range and the device's register.
         rng = eu_range(tag.unit, tag.name.rsplit("/", 1)[-1]) if tag.unit else None
+        lows = [b for b in (rng.Low if rng else None, rule.minimum) if b is not None]
+        highs = [b for b in (rng.High if rng else None, rule.maximum) if b is not None]
         self.access.setpoints[var.nodeid] = Setpoint(
             tag.name,
-            role,
+            rule.role,
             vtype,
-            minimum=rng.Low if rng is not None else None,
-            maximum=rng.High if rng is not None else None,
+            minimum=max(lows) if lows else None,
+            maximum=min(highs) if highs else None,
         )
 
     def _add_methods(

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from controller.cpu_affinity import pin_process
-from controller.process_image import ProcessImage
+from controller.process_image import ProcessImage, Tag
 from controller.task_stop import stop_task
 from controller.unix_socket import SUN_PATH_MAX, short_socket_path
 
-from .config import OpcUaConfig
+from .config import OpcUaConfig, SetpointRule
 from .feed import NO_PEER, ImageFeed, QuietPoint
 from .methods import AlarmSource, CommandSink
 
@@ -127,7 +127,10 @@ class OpcUaServerProcess:
         restart_delay_s: float = RESTART_DELAY_S,
         cpus: frozenset[int] | None = None,
         login_failures: Callable[[dict[str, Any]], None] | None = None,
+        setpoints: Callable[[Tag], SetpointRule | None] | None = None,
     ) -> None:
+        """``setpoints``: who may write a tag and its range (None: read-only); sent to
+        the server process with the tag definitions."""
         self.config = config
         # CPUs for the child (``[tasks] cpus``): it would inherit the mask of the
         # loop thread that spawns it, the control CPUs it must stay off.
@@ -154,6 +157,7 @@ class OpcUaServerProcess:
             task_stats=task_stats,
             quiet_point=quiet_point,
             on_login_failures=login_failures,
+            setpoints=setpoints,
         )
         self.log_level = log_level
         self.on_down = on_down

@@ -5,6 +5,10 @@ Register map (device side, 0-based):
 - input registers 0-1: total active power in W, u32 big-endian word order
 - input registers 2..2+n-1: output i active power in 0.1 kW, u16
 - holding register 0: power limit in 0.1 kW (set by the master, informational)
+
+Fault: ``local_mode`` — the terminal is switched to local control: it
+acknowledges writes to its holding registers and keeps their values, as a real
+one does, so only a read-back shows that a write did not take.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ FC_READ_COILS = 1
 FC_READ_INPUT = 4
 FC_WRITE_COIL = 5
 FC_WRITE_COILS = 15
+FC_WRITE_REGISTER = 6
+FC_WRITE_REGISTERS = 16
+POWER_LIMIT_ADDRESS = 0
 
 
 class LoadControlTerminal:
@@ -33,6 +40,8 @@ class LoadControlTerminal:
         self.power_kw = power_kw
         self._rng = random.Random(f"{seed}:{name}")
         self.coil_word = (1 << outputs) - 1  # all outputs closed at start
+        self.power_limit_raw = 0  # holding register 0 as the terminal holds it
+        self.local_mode = False  # fault: writes acknowledged, values kept
         self.device = SimDevice(
             unit_id,
             simdata=(
@@ -61,7 +70,14 @@ class LoadControlTerminal:
         registers: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
-        if function_code in (FC_READ_COILS, FC_WRITE_COIL, FC_WRITE_COILS) and set_values is None:
+        if function_code in (FC_WRITE_REGISTER, FC_WRITE_REGISTERS) and set_values:
+            offset = address - start_address
+            if self.local_mode:
+                # pymodbus applies set_values after this hook: keep what is there
+                set_values[:] = registers[offset : offset + len(set_values)]  # type: ignore[assignment]
+            if address <= POWER_LIMIT_ADDRESS < address + len(set_values):
+                self.power_limit_raw = int(set_values[POWER_LIMIT_ADDRESS - address])
+        elif function_code in (FC_READ_COILS, FC_WRITE_COIL, FC_WRITE_COILS) and set_values is None:
             self.coil_word = registers[0]
         elif function_code == FC_READ_INPUT:
             import datetime as dt
@@ -77,7 +93,12 @@ class LoadControlTerminal:
         return None
 
     def state(self) -> dict[str, object]:
-        return {"name": self.name, "outputs": [self.closed(i) for i in range(self.outputs)]}
+        return {
+            "name": self.name,
+            "outputs": [self.closed(i) for i in range(self.outputs)],
+            "power_limit_raw": self.power_limit_raw,
+            "local_mode": self.local_mode,
+        }
 
 
 class ModbusDeviceServer:
