@@ -103,7 +103,6 @@ DEFAULT_KINDS: frozenset[str] = frozenset(
         "outbound_order",
         "inbound_order",
         "test",
-        "write_setpoint",  # opcua_server.methods.WRITE_SETPOINT (controller/setpoints.py)
     }
 )
 

@@ -39,7 +39,7 @@ from typing import Any
 from controller import deadline_timer
 from controller.alarms import AlarmEngine
 from controller.command_router import CommandRouter
-from controller.commands import Command, CommandLog, Resolution
+from controller.commands import DEFAULT_KINDS, Command, CommandLog, Resolution
 from controller.config import DEFAULT_CONFIG, ConfigError, GridConfig, load_config
 from controller.cpu_affinity import CpuLayout, format_cpu_list
 from controller.cycle import CycleTask
@@ -91,7 +91,8 @@ class Service:
             batch_max=j.batch_max,
             writer_cpus=self._other_cpus,
         )
-        self.commands = CommandLog(self.journal)
+        # write_setpoint: OPC UA Writes to Modbus setpoints (controller/setpoints.py)
+        self.commands = CommandLog(self.journal, kinds=DEFAULT_KINDS | {WRITE_SETPOINT})
         self.alarms = AlarmEngine(self.journal)
         # refused OPC UA logins (inline, or from the server process): journaled, counted
         self.login_failures = LoginFailureLog(self.journal)

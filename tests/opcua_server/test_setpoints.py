@@ -21,7 +21,7 @@ import pytest
 from asyncua import Client, ua
 
 from controller.command_router import CommandRouter
-from controller.commands import CommandLog
+from controller.commands import DEFAULT_KINDS, CommandLog
 from controller.journal import Journal
 from controller.process_image import ProcessImage
 from controller.setpoints import PREFIX, ModbusSetpoints
@@ -99,7 +99,7 @@ class Field:
         self.plant = FieldPlant(self.config, self.image)
         self.journal = Journal(tmp / "journal.sqlite")
         self.journal.open()
-        self.log = CommandLog(self.journal)
+        self.log = CommandLog(self.journal, kinds=DEFAULT_KINDS | {WRITE_SETPOINT})
         self.setpoints = ModbusSetpoints(self.log, self.plant.buses, confirm_timeout_s=5.0)
         self.router = CommandRouter(self.log)
         self.router.register(PREFIX, self.setpoints)
