@@ -348,3 +348,43 @@ async def test_setpoint_write_through_the_server_process(tmp_path, field):
             assert await reads(client, LIMIT, 12.5, 20.0)
     finally:
         await server.stop()
+
+
+# -- the service: `gridctl run` on the demo config -------------------------------------------
+async def _demo_session(endpoint: str, user: str, password: str) -> Client:
+    client = Client(endpoint, timeout=10)
+    client.set_user(user)
+    client.set_password(password)
+    return client
+
+
+async def test_the_demo_service_takes_an_operators_power_limit(tmp_path: Path):
+    from ..controller.test_service import Running
+
+    service = Running(tmp_path)
+    try:
+        endpoint = service.wait_for_line(r"opcua ready: (opc\.tcp://\S+)", timeout=60).group(1)
+        assert "opcua: commands accepted for " in service.text()
+        assert PREFIX in service.wait_for_line(r"opcua: commands accepted for (.*)").group(1)
+        # demo passwords (config/demo.toml): demo-viewer, demo-operator
+        async with await _demo_session(endpoint, "viewer", "demo-viewer") as client:
+            ns = await ns_of(client)
+            await until(lambda: reads_good(client, LIMIT), 30.0)
+            # the demo historizes power tags: HistoryRead (bit 2, 4) is in both levels
+            assert await access_levels(client, LIMIT) == [READ_WRITE | 4, READ | 4]  # 7, 5
+            assert await write(client, item(ns, LIMIT, 12.5)) == [SC.BadUserAccessDenied]
+        async with await _demo_session(endpoint, "operator", "demo-operator") as client:
+            ns = await ns_of(client)
+            assert await access_levels(client, LIMIT) == [READ_WRITE | 4, READ_WRITE | 4]
+            assert await write(client, item(ns, OUTPUT, False, VT.Boolean)) == [SC.BadNotWritable]
+            assert await write(client, item(ns, LIMIT, 12.5)) == [SC.Good]
+            # the simulated terminal holds 125 counts, read back as 12.5 kW
+            assert await reads(client, LIMIT, 12.5, 20.0)
+    finally:
+        service.close()
+
+
+async def reads_good(client: Client, path: str) -> bool:
+    ns = await ns_of(client)
+    dv = await client.get_node(nid(ns, path)).read_data_value(raise_on_bad_status=False)
+    return bool(dv.StatusCode.is_good())
