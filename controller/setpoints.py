@@ -39,7 +39,7 @@ from drivers.modbus_bus import ModbusBus, encode_tag, value_range
 from opcua_server.config import Role, SetpointRule
 from opcua_server.methods import WRITE_SETPOINT, CommandRefused, CommandRequest
 
-log = logging.getLogger("gridctl.setpoints")
+_log = logging.getLogger("gridctl.setpoints")
 
 PREFIX = "buses/"  # the command router's branch: setpoints live under buses/<bus>/devices/
 # Write and read-back take two exchanges; a bus in retries or quarantine may take
@@ -60,12 +60,12 @@ class ModbusSetpoints:
 
     def __init__(
         self,
-        log_: CommandLog,
+        commands: CommandLog,
         buses: Mapping[str, Any],
         *,
         confirm_timeout_s: float = CONFIRM_TIMEOUT_S,
     ) -> None:
-        self.commands = log_
+        self.commands = commands
         self.confirm_timeout_s = confirm_timeout_s
         self.points: dict[str, _Point] = {}
         for bus in buses.values():
@@ -133,10 +133,10 @@ class ModbusSetpoints:
         # Shielded: a late read-back still lands in the image (it is the device's
         # value), while the command has already failed for lack of it.
         exchange = asyncio.ensure_future(point.bus.write_register(point.device, tag.name, value))
+        exchange.add_done_callback(_consume)
         try:
             read = await asyncio.wait_for(asyncio.shield(exchange), self.confirm_timeout_s)
         except TimeoutError:
-            exchange.add_done_callback(_consume)
             state, reason = (
                 CommandState.FAILED,
                 f"no read-back within {self.confirm_timeout_s:g} s",
@@ -149,10 +149,10 @@ class ModbusSetpoints:
             await self.commands.transition(command_id, state, reason=reason)
         except Exception:
             # the record keeps its `sent` state; the restart reconciles it by read-back
-            log.exception("setpoint %s: outcome %s not journaled", command_id, state.value)
+            _log.exception("setpoint %s: outcome %s not journaled", command_id, state.value)
             return
         level = logging.INFO if state is CommandState.CONFIRMED else logging.WARNING
-        log.log(level, "setpoint %s on %s: %s (%s)", command_id, tag.name, state.value, reason)
+        _log.log(level, "setpoint %s on %s: %s (%s)", command_id, tag.name, state.value, reason)
 
     async def reread(self, cmd: Command) -> Resolution | None:
         """Reconcile a write left pending by a previous run: read back, never re-send."""
@@ -188,6 +188,7 @@ def _compare(tag: ModbusTag, written: list[int], read: list[int]) -> tuple[Comma
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
-    # a late exchange's error has been reported as the command's failure already
+    # an exchange that ends after its command has (timed out, service stopping): its
+    # error is the command's failure or the restart's reconcile, not an unhandled one
     if not future.cancelled():
         future.exception()

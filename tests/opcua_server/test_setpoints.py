@@ -165,7 +165,7 @@ async def access_levels(client: Client, path: str) -> list[int]:
         for a in (A.AccessLevel, A.UserAccessLevel)
     ]
     values = await client.uaclient.read(ua.ReadParameters(NodesToRead=reads))
-    return [v.Value.Value for v in values]
+    return [int(v.Value.Value) if v.Value is not None else -1 for v in values]
 
 
 async def value_of(client: Client, path: str) -> Any:
@@ -387,4 +387,4 @@ async def test_the_demo_service_takes_an_operators_power_limit(tmp_path: Path):
 async def reads_good(client: Client, path: str) -> bool:
     ns = await ns_of(client)
     dv = await client.get_node(nid(ns, path)).read_data_value(raise_on_bad_status=False)
-    return bool(dv.StatusCode.is_good())
+    return dv.StatusCode is not None and bool(dv.StatusCode.is_good())
