@@ -305,6 +305,29 @@ async def test_a_device_that_keeps_its_value_fails_the_command(start_server, fie
     assert field.register_writes() == 1
 
 
+async def test_a_write_that_gets_no_read_back_fails(field):
+    from controller.process_image import Quality
+
+    await field.sim.modbus["lct1"].stop()  # the terminal is gone from the network
+    await until(lambda: field.image.get(LIMIT).quality is Quality.BAD)
+    request = CommandRequest(
+        target=LIMIT,
+        kind=WRITE_SETPOINT,
+        reason="test",
+        user="otto",
+        role="operator",
+        token="t-gone",
+        armed_at=0.0,
+        args={"value": 12.5},
+    )
+    await field.router.submit(request)  # accepted: journaled and sent
+    await until(lambda: field.commands()[-1][3] == "failed")
+    assert field.history() == ["queued", "sent", "failed"]
+    assert field.reason().startswith("write or read-back failed: ")
+    assert field.terminal.power_limit_raw == 0
+    assert field.image.get(LIMIT).quality is Quality.BAD  # no read-back, no new value
+
+
 async def test_a_pending_write_is_reconciled_by_read_back(field):
     await field.bus.write_register("lct1", "power_limit", 12.5)  # the device holds 125
     # left `sent` by a previous run: 12.5 kW was written, 20.0 kW was not
