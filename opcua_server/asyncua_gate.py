@@ -1,9 +1,14 @@
 """The asyncua version whose internals this server reaches into, and the gate around them.
 
-gridctl replaces or wraps a few of asyncua's private structures: the
-session tokens and the reconnect path (``session_guard``), the packed publish
-encoder (``publish_encoding``), the synchronous data-change path
-(``publisher``), the connection limits. Each was written and tested against
+gridctl replaces or wraps a few of asyncua's private structures. Security:
+the session tokens and the reconnect path (``session_guard``), the client
+certificate checks at channel open and CreateSession (``security``), the
+login peer and back-off (``users``), the connection limits
+(``connection_limits``), per-item Call/Write and per-session access levels
+(``access``), Browse continuation points (``browse``), the smallest publishing
+interval (``subscription_limits``). Speed: the packed publish encoder
+(``publish_encoding``) and the synchronous data-change path (``publisher``).
+Each was written and tested against
 one minor version (pinned in pyproject.toml and constraints.txt). On another
 version a *security* patch refuses to start the server
 (:class:`AsyncuaVersionError`: silently losing it would reopen the hole it
