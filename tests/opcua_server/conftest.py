@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,22 @@ def client_cert(tmp_path_factory) -> tuple[Path, Path]:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
     key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
     return cert_path, key_path
+
+
+async def until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll ``check`` (sync, or returning an awaitable) until it is truthy; return that value.
+
+    A bounded wait on a condition, never a timing gate."""
+    end = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < end:
+        last = check()
+        if isinstance(last, Awaitable):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
 
 
 def free_port() -> int:

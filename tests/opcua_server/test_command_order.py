@@ -25,7 +25,7 @@ from opcua_server.adapters import CommandLogSink
 from opcua_server.server_process import OpcUaServerProcess
 from tests.loads.conftest import rig  # noqa: F401 (a fixture)
 
-from .conftest import client_for, demo_image, make_config, nid, ns_of
+from .conftest import client_for, demo_image, make_config, nid, ns_of, until
 
 LOAD = "loads/feeder1_l1"
 # Changes queued ahead of the relay's: the publisher needs well over one
@@ -78,15 +78,6 @@ class Quiet:
         pass
 
 
-async def until(check: Callable[[], bool], timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not check():
-        if loop.time() > end:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def log(tmp_path: Path) -> AsyncIterator[CommandLog]:
     journal = Journal(tmp_path / "journal.sqlite")
@@ -118,7 +109,7 @@ async def trip_and_confirm(client: Client, image: ProcessImage, log: CommandLog)
         ]
     )
     await log.transition(command_id, "sent", reason="feeder f1")
-    await until(lambda: seen.first(seen.state, "sent") is not None)
+    await until(lambda: seen.first(seen.state, "sent") is not None, timeout=60.0)
     assert seen.first(seen.relay, True) is None
 
     # The executor's order: the read-back lands in the image, then the command
@@ -133,7 +124,8 @@ async def trip_and_confirm(client: Client, image: ProcessImage, log: CommandLog)
         lambda: (
             seen.first(seen.state, "confirmed") is not None
             and seen.first(seen.relay, True) is not None
-        )
+        ),
+        timeout=60.0,
     )
     await sub.delete()
     return seen

@@ -31,7 +31,7 @@ from tests.drivers.conftest import (  # noqa: F401 (running: a fixture)
 )
 from tests.loads.conftest import ADDR1, rig  # noqa: F401
 
-from .conftest import client_for, make_config, nid, ns_of
+from .conftest import client_for, make_config, nid, ns_of, until
 
 # The codes of Part 4 / Part 8, typed from the specification, not from asyncua.
 BAD = 0x80000000
@@ -278,12 +278,3 @@ async def test_each_code_crosses_the_feed_channel(tmp_path: Path):
         check_causes(await read_causes(server.endpoint))
     finally:
         await server.stop()
-
-
-async def until(check: Any, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not await check():
-        if loop.time() > end:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.1)

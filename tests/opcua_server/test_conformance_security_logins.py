@@ -15,8 +15,6 @@ import hashlib
 import inspect
 import re
 import socket
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,26 +39,12 @@ from opcua_server.server import OpcUaServer
 from opcua_server.server_process import OpcUaServerProcess
 from opcua_server.users import UserStore, hash_password, install_login_peer
 
-from .conftest import PASSWORDS, USERS, demo_image, make_config, nid, ns_of
+from .conftest import PASSWORDS, USERS, demo_image, make_config, nid, ns_of, until
 
 SC = ua.StatusCodes
 VOLT = "buses/bus1/meters/000000000001/voltage_a"
 PEER_A = "127.0.0.2"
 PEER_B = "127.0.0.1"
-
-
-async def until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll ``check`` until it is truthy (a bounded wait on a condition, not a timing gate)."""
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        last = check()
-        if isinstance(last, Awaitable):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
 
 
 def client_from(endpoint: str, source: str, user: str, password: str) -> Client:

@@ -15,7 +15,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,24 +34,12 @@ from opcua_server.methods import CommandNotSupported, CommandRefused
 from opcua_server.server_process import OpcUaServerProcess, socket_path_for
 
 from ..controller.test_service import Running, metric, scrape
-from .conftest import client_for, demo_image, make_config, nid, ns_of
+from .conftest import client_for, demo_image, make_config, nid, ns_of, until
 
 SC = ua.StatusCodes
 VOLTAGE = "buses/bus1/meters/000000000001/voltage_a"
 LOAD = "loads/feeder1_l1"
 DOWN = "publisher_down:opcua"  # the alarm while the server process is down
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
-    """Poll ``check`` until it returns something truthy (a bounded wait, not a timing gate)."""
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
 
 
 async def read(client: Client, path: str) -> ua.DataValue:

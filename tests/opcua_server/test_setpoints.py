@@ -10,10 +10,8 @@ Arm/Execute.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from opcua_server.methods import WRITE_SETPOINT, CommandRefused, CommandRequest
 from opcua_server.process import MirrorImage
 from opcua_server.server_process import OpcUaServerProcess
 
-from .conftest import client_for, free_port, make_config, nid, ns_of
+from .conftest import client_for, free_port, make_config, nid, ns_of, until
 
 SC = ua.StatusCodes
 A = ua.AttributeIds
@@ -73,20 +71,6 @@ outputs = 1
 power_kw = 10.0
 """
     return FieldConfig.model_validate(tomllib.loads(text))
-
-
-async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``check`` (sync or async) until truthy: a bounded wait on a condition."""
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        last = check()
-        if isinstance(last, Awaitable):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
 
 
 class Field:
@@ -138,7 +122,7 @@ async def field(tmp_path: Path) -> AsyncIterator[Field]:
     await f.plant.start()
     try:
         # the first poll has read the register (0 at start): the variable starts Good
-        await until(lambda: f.image.value(LIMIT) == 0.0)
+        await until(lambda: f.image.value(LIMIT) == 0.0, timeout=10.0)
         yield f
     finally:
         await f.setpoints.stop()
@@ -217,7 +201,7 @@ async def test_operator_write_is_journaled_sent_and_confirmed_by_read_back(start
         ns = await ns_of(client)
         assert await value_of(client, LIMIT) == 0.0
         assert await write(client, item(ns, LIMIT, 12.5)) == [SC.Good]
-        await until(lambda: field.commands()[-1][3] == "confirmed")
+        await until(lambda: field.commands()[-1][3] == "confirmed", timeout=10.0)
         assert field.commands() == [(WRITE_SETPOINT, LIMIT, "otto", "confirmed")]
         assert field.history() == ["queued", "sent", "confirmed"]
         # 12.5 kW / 0.1 kW per count = 125 counts in holding register 0
@@ -292,7 +276,7 @@ async def test_a_device_that_keeps_its_value_fails_the_command(start_server, fie
     async with client_for(srv, "otto") as client:
         ns = await ns_of(client)
         assert await write(client, item(ns, LIMIT, 30.0)) == [SC.Good]
-        await until(lambda: field.commands()[-1][3] == "failed")
+        await until(lambda: field.commands()[-1][3] == "failed", timeout=10.0)
         assert field.history() == ["queued", "sent", "failed"]
         # 30.0 kW = 300 counts written; the device still holds 0
         assert field.reason() == (
@@ -309,7 +293,7 @@ async def test_a_write_that_gets_no_read_back_fails(field):
     from controller.process_image import Quality
 
     await field.sim.modbus["lct1"].stop()  # the terminal is gone from the network
-    await until(lambda: field.image.get(LIMIT).quality is Quality.BAD)
+    await until(lambda: field.image.get(LIMIT).quality is Quality.BAD, timeout=10.0)
     request = CommandRequest(
         target=LIMIT,
         kind=WRITE_SETPOINT,
@@ -321,7 +305,7 @@ async def test_a_write_that_gets_no_read_back_fails(field):
         args={"value": 12.5},
     )
     await field.router.submit(request)  # accepted: journaled and sent
-    await until(lambda: field.commands()[-1][3] == "failed")
+    await until(lambda: field.commands()[-1][3] == "failed", timeout=10.0)
     assert field.history() == ["queued", "sent", "failed"]
     assert field.reason().startswith("write or read-back failed: ")
     assert field.terminal.power_limit_raw == 0
@@ -365,7 +349,9 @@ async def test_setpoint_write_through_the_server_process(tmp_path, field):
             assert await access_levels(client, LIMIT) == [READ_WRITE, READ_WRITE]
             assert await write(client, item(ns, LIMIT, 6553.6)) == [SC.BadOutOfRange]
             assert await write(client, item(ns, LIMIT, 12.5)) == [SC.Good]
-            await until(lambda: field.commands() and field.commands()[-1][3] == "confirmed")
+            await until(
+                lambda: field.commands() and field.commands()[-1][3] == "confirmed", timeout=10.0
+            )
             assert field.commands() == [(WRITE_SETPOINT, LIMIT, "otto", "confirmed")]
             assert field.terminal.power_limit_raw == 125  # 12.5 / 0.1
             assert await reads(client, LIMIT, 12.5, 20.0)
