@@ -46,13 +46,12 @@ from asyncua.common.utils import ServiceError
 from asyncua.server.internal_session import InternalSession
 from asyncua.server.uaprocessor import UaProcessor
 from asyncua.ua.ua_binary import struct_from_binary
-from cryptography import x509
 
 from controller.loopback import is_loopback
 
 from .asyncua_gate import require_pinned
 from .pki import ClientCertificateValidator
-from .users import login_peer
+from .users import login_peer, peer_host
 
 _log = logging.getLogger(__name__)
 
@@ -82,7 +81,6 @@ _NULL = ua.NodeId(ua.ObjectIds.Null)  # an empty identity token: anonymous (Part
 # asyncua's InternalSession; prefixed so they cannot clash with asyncua's own).
 _CHANNEL = "_gridctl_channel"  # weakref to the UaProcessor the session is attached to
 _ORIGIN = "_gridctl_origin"  # (policy URI, mode, client certificate DER) at CreateSession
-_CLIENT = "_gridctl_client"  # the ApplicationDescription sent in CreateSession
 
 
 def random_node_id() -> ua.NodeId:
@@ -173,7 +171,7 @@ async def _process_message(
         raise ServiceError(ua.StatusCodes.BadSessionIdInvalid)
     result = await _previous["process_message"](self, typeid, requesthdr, seqhdr, body)
     if typeid == _CREATE and self.session is not None and self.session is not session:
-        _remember_origin(self, self.session, body)
+        _remember_origin(self, self.session)
     return result
 
 
@@ -182,28 +180,14 @@ def _activate_params(body: Any) -> ua.ActivateSessionParameters:
     return struct_from_binary(ua.ActivateSessionParameters, body.copy())
 
 
-def _peer(proc: UaProcessor) -> str:
-    name = proc.name
-    if isinstance(name, tuple) and name:
-        return str(name[0])
-    return str(name)
-
-
 def _channel_origin(proc: UaProcessor) -> tuple[str, Any, bytes | None]:
     policy = proc._connection.security_policy
     return (policy.URI, policy.Mode, policy.peer_certificate)
 
 
-def _remember_origin(proc: UaProcessor, session: InternalSession, body: Any) -> None:
+def _remember_origin(proc: UaProcessor, session: InternalSession) -> None:
     setattr(session, _CHANNEL, weakref.ref(proc))
     setattr(session, _ORIGIN, _channel_origin(proc))
-    try:
-        # CreateSession's body was consumed by asyncua; the description is only
-        # needed to re-validate the certificate, so a parse failure is not fatal.
-        params = struct_from_binary(ua.CreateSessionParameters, body.copy())
-        setattr(session, _CLIENT, params.ClientDescription)
-    except Exception:
-        setattr(session, _CLIENT, None)
 
 
 def _identity(params: ua.ActivateSessionParameters) -> Any:
@@ -233,7 +217,7 @@ def _check_identity_transport(
         return
     if token.EncryptionAlgorithm or proc._connection.security_policy.Mode == _ENCRYPTED:
         return
-    peer = _peer(proc)
+    peer = peer_host(proc.name)
     if guard.allow_plaintext and is_loopback(peer):
         return
     raise guard.refuse(
@@ -252,7 +236,7 @@ async def _reconnect(
     params = _activate_params(body)
     token = _identity(params)
     claimed = _claimed_user(token)
-    peer = _peer(proc)
+    peer = peer_host(proc.name)
 
     def refuse(detail: str, code: int) -> ServiceError:
         return guard.refuse(claimed, peer, "reconnect_refused", detail, code)
@@ -277,21 +261,17 @@ async def _reconnect(
             ua.StatusCodes.BadSecurityChecksFailed,
         )
     policy = proc._connection.security_policy
-    if here[2]:
-        validator = proc.iserver.certificate_validator
-        if validator is not None:
-            try:
-                if isinstance(validator, ClientCertificateValidator):
-                    # Trust list and validity now; the URI was checked at CreateSession.
-                    validator.check(here[2], None)
-                else:
-                    cert = x509.load_der_x509_certificate(here[2])
-                    await validator(cert, getattr(existing, _CLIENT))
-            except Exception as exc:
-                raise refuse(
-                    f"client certificate no longer valid: {exc}",
-                    ua.StatusCodes.BadSecurityChecksFailed,
-                ) from None
+    validator = proc.iserver.certificate_validator
+    if here[2] and isinstance(validator, ClientCertificateValidator):
+        # Trust list and validity now (the channel may be older than a change
+        # of either); the URI was checked at CreateSession.
+        try:
+            validator.check(here[2], None)
+        except Exception as exc:
+            raise refuse(
+                f"client certificate no longer valid: {exc}",
+                ua.StatusCodes.BadSecurityChecksFailed,
+            ) from None
     nonce = existing.nonce or b""
     data = nonce if policy.host_certificate is None else policy.host_certificate + nonce
     try:
