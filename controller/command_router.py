@@ -7,8 +7,32 @@ verification line, warehouse) owns a top-level branch of the plant (``loads/``,
 
 from __future__ import annotations
 
-from controller.commands import CommandError, CommandLog
+from typing import Any
+
+from controller.commands import Command, CommandError, CommandLog
 from opcua_server.methods import CommandRefused, CommandRequest, CommandSink
+
+
+async def journal_request(
+    log: CommandLog, kind: str, request: CommandRequest, args: dict[str, Any]
+) -> Command:
+    """The command record of a request, journaled before anything acts on it.
+
+    The request's token is the command id, so a repeated call (a client retrying
+    after a lost answer) gets the first record back: act only while it is QUEUED.
+    A record the log refuses is the request's refusal.
+    """
+    try:
+        return await log.submit(
+            kind,
+            request.target,
+            args,
+            who=request.user or "anonymous",
+            why=request.reason,
+            command_id=f"opcua-{request.token[:48]}",
+        )
+    except CommandError as exc:
+        raise CommandRefused(str(exc)) from None
 
 
 class CommandRouter:

@@ -32,7 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.commands import Command, CommandError, CommandLog, CommandState, Resolution
+from controller.command_router import journal_request
+from controller.commands import Command, CommandLog, CommandState, Resolution
 from controller.process_image import Tag
 from drivers.config import ModbusTag
 from drivers.modbus_bus import ModbusBus, encode_tag, value_range
@@ -96,17 +97,7 @@ class ModbusSetpoints:
                 f"target: {request.target!r} is not a setpoint (a writable holding register)"
             )
         value: Any = (request.args or {}).get("value")
-        try:
-            cmd = await self.commands.submit(
-                WRITE_SETPOINT,
-                request.target,
-                {"value": value},
-                who=request.user or "anonymous",
-                why=request.reason,
-                command_id=f"opcua-{request.token[:48]}",
-            )
-        except CommandError as exc:
-            raise CommandRefused(str(exc)) from None
+        cmd = await journal_request(self.commands, WRITE_SETPOINT, request, {"value": value})
         if cmd.state is not CommandState.QUEUED:
             return cmd.id  # a repeated request: the first one acts, this one does not
         try:

@@ -215,9 +215,7 @@ def _install_browse_next() -> None:
             results = await session.browse_next(params)
         except NotImplementedError:  # a session of a server without install()
             return fault(SC.BadServiceUnsupported)
-        except ServiceError as exc:
-            return fault(exc.code)
-        except ua.UaStatusCodeError as exc:
+        except (ServiceError, ua.UaStatusCodeError) as exc:
             return fault(exc.code)
         except Exception:
             _log.exception("BrowseNext failed")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from controller.command_router import journal_request
 from controller.commands import CommandError, CommandLog, CommandState
 from controller.commands import CommandRefused as LogRefused
 from controller.loads.prepaid import PrepaidError
@@ -150,17 +151,7 @@ async def run_audited(
     its user, reason and outcome are in the command log and its state reaches the
     client. The request token is the command id: a repeated call returns the first
     record and does not act again."""
-    try:
-        cmd = await log.submit(
-            kind,
-            request.target,
-            args,
-            who=request.user or "anonymous",
-            why=request.reason,
-            command_id=f"opcua-{request.token[:48]}",
-        )
-    except CommandError as exc:
-        raise CommandRefused(str(exc)) from None
+    cmd = await journal_request(log, kind, request, args)
     if cmd.state is not CommandState.QUEUED:
         return cmd.id
     try:
