@@ -27,7 +27,14 @@ BOXES = 6  # demo stock: 6 boxes x 4 meters; 2 boxes (8 meters, 8 stations) per 
 def config(tmp_path):
     return validate_config(
         {
-            "service": {"state_dir": str(tmp_path / "var"), "control_socket": ""},
+            "service": {
+                "state_dir": str(tmp_path / "var"),
+                "control_socket": "",
+                # the restart tests stop and start the service in one process: a stop cut
+                # short by a loaded machine would leave its tasks driving the plant beside
+                # the next instance's (a real restart ends the process)
+                "stop_timeout_s": 30.0,
+            },
             "tasks": {"gc_freeze": False},
             "journal": {"path": str(tmp_path / "var" / "journal.sqlite")},
             "metrics": {"enabled": False},
@@ -253,7 +260,8 @@ async def test_restarts_mid_flow_resume_without_losing_or_duplicating_boxes(tmp_
                 )
                 books.check()
             finally:
-                await svc.stop()
+                stopped = await svc.stop()
+            assert stopped, f"the service stopped at {state!r} with errors (see the log)"
         svc = Service(cfg)
         await svc.start()
         try:
