@@ -54,6 +54,7 @@ KNOWN: dict[str, Bench] = {
         Bench("bus.py", quick=("--seconds", "3")),
         Bench("control.py", quick=("--samples", "5", "--fifo-samples", "3")),
         Bench("cycle.py", quick=("--cycles", "3000")),
+        Bench("deadline_timer.py", quick=("--samples", "300", "--cycles", "200")),
         Bench("line.py"),
         Bench("warehouse.py"),
         Bench("opcua.py", quick=("--quick", "--meters", "1000", "--naive-meters", "200")),
