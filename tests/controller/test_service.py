@@ -103,14 +103,15 @@ def test_run_comes_up_serves_metrics_and_stops_on_sigterm(service, tmp_path):
     service.wait_for_line(r"service ready")
     for subsystem in ("journal ready", "alarms ready", "tasks ready", "metrics ready", "gc:"):
         assert subsystem in service.text()
-    time.sleep(0.5)
-    text = scrape(port)
-    assert metric(text, "gridctl_cycle_cycles_total", task="fast") > 10
+    deadline = time.monotonic() + 30
+    while metric(text := scrape(port), "gridctl_cycle_cycles_total", task="fast") <= 10:
+        assert time.monotonic() < deadline, "the fast task did not run 10 cycles in 30 s"
+        time.sleep(0.05)
     # overruns are counted (a figure for bench/cycle.py, not a pass/fail here: CI shares 2 cores)
-    assert metric(text, "gridctl_cycle_overruns_total", task="fast") >= 0
+    assert metric(text, "gridctl_cycle_overruns_total", task="fast").is_integer()
     assert metric(text, "gridctl_cycle_period_seconds", task="control") == 1.0
-    assert metric(text, "gridctl_journal_queue_depth") >= 0
-    assert metric(text, "gridctl_alarms_active", severity="high") >= 0
+    assert metric(text, "gridctl_journal_queue_depth").is_integer()
+    assert metric(text, "gridctl_alarms_active", severity="high").is_integer()
     assert "gridctl_commands_pending" in text
     # every name follows gridctl_<subsystem>_<name>_<unit>
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
