@@ -62,7 +62,8 @@ class ConnectionBar(Static):
 class HmiApp(App[None]):
     TITLE = "gridctl HMI"
     CSS_PATH = "hmi.tcss"
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [
+    # textual declares this one without ClassVar (its annotation nests it in a union)
+    HORIZONTAL_BREAKPOINTS = [  # noqa: RUF012
         (0, "-narrow"),
         (120, "-wide"),
     ]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
@@ -71,6 +71,11 @@ SHORT_STATUS = {
     "UncertainSensorNotAccurate": "Inaccurate",
     "UncertainEngineeringUnitsExceeded": "Range",
 }
+
+
+def _string_node(path: str, namespace: int) -> ua.NodeId:
+    # asyncua annotates NodeId with its own str/int subclasses; plain values are what it sends
+    return ua.NodeId(cast(ua.String, path), cast(ua.Int16, namespace))
 
 
 class Conn(StrEnum):
@@ -500,12 +505,12 @@ class GridClient:
 
     # -- discovery ----------------------------------------------------------------
     def nid(self, path: str) -> ua.NodeId:
-        return ua.NodeId(path, self.plant.namespace)
+        return _string_node(path, self.plant.namespace)
 
     async def _children(self, client: Client, path: str, ns: int) -> list[tuple[str, str, int]]:
         """(browse name, identifier, node class) of the hierarchical children of ``path``."""
         try:
-            refs = await client.get_node(ua.NodeId(path, ns)).get_children_descriptions()
+            refs = await client.get_node(_string_node(path, ns)).get_children_descriptions()
         except ua.UaStatusCodeError:
             return []
         out: list[tuple[str, str, int]] = []
@@ -530,7 +535,7 @@ class GridClient:
 
     async def _exists(self, client: Client, paths: Sequence[str], ns: int) -> list[bool]:
         results = await client.uaclient.read(_read_params(paths, ns, ua.AttributeIds.NodeClass))
-        return [r.StatusCode.is_good() for r in results]
+        return [r.StatusCode is not None and r.StatusCode.is_good() for r in results]
 
     async def _discover(self, client: Client, ns: int) -> Plant:
         plant = Plant(namespace=ns)
@@ -642,7 +647,7 @@ class GridClient:
                     handle = self._next_handle
                     self._handles[handle] = path
                     self._by_path[path] = handle
-                    requests.append(_item_request(ua.NodeId(path, ns), handle))
+                    requests.append(_item_request(_string_node(path, ns), handle))
                 results = await sub.create_monitored_items(requests)
                 for path, res in zip(part, results, strict=True):
                     if isinstance(res, ua.StatusCode):
@@ -743,8 +748,8 @@ class GridClient:
     ) -> list[Any]:
         ns = self.plant.namespace
         req = ua.CallMethodRequest()
-        req.ObjectId = ua.NodeId(object_path, ns)
-        req.MethodId = ua.NodeId(f"{object_path}/{method}", ns)
+        req.ObjectId = _string_node(object_path, ns)
+        req.MethodId = _string_node(f"{object_path}/{method}", ns)
         # Everything goes as String (or String[]): the server parses numbers given as text.
         req.InputArguments = [ua.Variant(a, ua.VariantType.String) for a in args]
         try:
@@ -803,7 +808,7 @@ def _read_params(paths: Sequence[str], ns: int, attribute: int) -> ua.ReadParame
     params = ua.ReadParameters()
     for path in paths:
         rv = ua.ReadValueId()
-        rv.NodeId = ua.NodeId(path, ns)
+        rv.NodeId = _string_node(path, ns)
         rv.AttributeId = attribute
         params.NodesToRead.append(rv)
     return params

@@ -39,6 +39,8 @@ from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AddressSpace
 
+from opcua_server.ua_values import node_id, status_code
+
 from . import asyncua_gate
 from .config import Role
 from .methods import MethodError
@@ -50,10 +52,10 @@ A = ua.AttributeIds
 
 CURRENT_WRITE = ua.AccessLevel.CurrentWrite.mask
 _COMPONENT_REFS = frozenset(
-    {ua.NodeId(ua.ObjectIds.HasComponent), ua.NodeId(ua.ObjectIds.HasOrderedComponent)}
+    {node_id(ua.ObjectIds.HasComponent), node_id(ua.ObjectIds.HasOrderedComponent)}
 )
-_HAS_SUBTYPE = ua.NodeId(ua.ObjectIds.HasSubtype)
-_HAS_TYPEDEF = ua.NodeId(ua.ObjectIds.HasTypeDefinition)
+_HAS_SUBTYPE = node_id(ua.ObjectIds.HasSubtype)
+_HAS_TYPEDEF = node_id(ua.ObjectIds.HasTypeDefinition)
 _MAX_TYPE_DEPTH = 32  # supertype hops when looking for a type's method
 
 _SERVER_USER = User(role=UserRole.Admin)  # asyncua's default for its own session
@@ -114,7 +116,7 @@ class ItemAccess:
             assert self._asyncua_write is not None
             return await self._asyncua_write(params, user=user)
         grid_user = user if isinstance(user, GridUser) else None
-        return [ua.StatusCode(await self._write_item(w, grid_user)) for w in params.NodesToWrite]
+        return [status_code(await self._write_item(w, grid_user)) for w in params.NodesToWrite]
 
     async def _write_item(self, item: ua.WriteValue, user: GridUser | None) -> int:
         node = self.aspace.get(item.NodeId)
@@ -178,7 +180,7 @@ class ItemAccess:
             if code is None:
                 (result,) = await asyncua_call([request])
             else:
-                result = ua.CallMethodResult(StatusCode=ua.StatusCode(code))
+                result = ua.CallMethodResult(StatusCode=status_code(code))
             results.append(result)
         return results
 

@@ -38,13 +38,15 @@ from asyncua.common.utils import ServiceError
 from asyncua.server.uaprocessor import UaProcessor
 from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary
 
+from opcua_server.ua_values import node_id, status_code
+
 from . import asyncua_gate
 
 _log = logging.getLogger(__name__)
 SC = ua.StatusCodes
 
 MAX_CONTINUATION_POINTS = 10  # per session
-_BROWSE_NEXT = ua.NodeId(ua.ObjectIds.BrowseNextRequest_Encoding_DefaultBinary)
+_BROWSE_NEXT = node_id(ua.ObjectIds.BrowseNextRequest_Encoding_DefaultBinary)
 
 
 @dataclass(slots=True)
@@ -99,7 +101,7 @@ def page(
         return result
     point = points.hold(references[max_references:], max_references)
     if point is None:
-        result.StatusCode = ua.StatusCode(SC.BadNoContinuationPoints)
+        result.StatusCode = status_code(SC.BadNoContinuationPoints)
         return result
     result.References = references[:max_references]
     result.ContinuationPoint = point
@@ -121,7 +123,7 @@ class SessionBrowse:
         results = []
         for desc in params.NodesToBrowse:
             if desc.NodeId not in aspace:
-                results.append(ua.BrowseResult(StatusCode=ua.StatusCode(SC.BadNodeIdUnknown)))
+                results.append(ua.BrowseResult(StatusCode=status_code(SC.BadNodeIdUnknown)))
                 continue
             one = ua.BrowseParameters(NodesToBrowse=[desc])
             (found,) = self.iserver.view_service.browse(one)
@@ -142,12 +144,12 @@ class SessionBrowse:
             if params.ReleaseContinuationPoints:
                 ok = point is not None and self.points.release(point)
                 code = SC.Good if ok else SC.BadContinuationPointInvalid
-                results.append(ua.BrowseResult(StatusCode=ua.StatusCode(code)))
+                results.append(ua.BrowseResult(StatusCode=status_code(code)))
                 continue
             pending = self.points.take(point) if point is not None else None
             if pending is None:
                 results.append(
-                    ua.BrowseResult(StatusCode=ua.StatusCode(SC.BadContinuationPointInvalid))
+                    ua.BrowseResult(StatusCode=status_code(SC.BadContinuationPointInvalid))
                 )
                 continue
             results.append(page(self.points, pending.references, pending.max_references))
@@ -159,7 +161,7 @@ def install(iserver: Any, limit: int = MAX_CONTINUATION_POINTS) -> None:
     asyncua_gate.require_pinned("Browse continuation points (opcua_server.browse)")
     _install_browse_next()
     capability = iserver.aspace.get(
-        ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_MaxBrowseContinuationPoints)
+        node_id(ua.ObjectIds.Server_ServerCapabilities_MaxBrowseContinuationPoints)
     )
     if capability is not None:
         capability.attributes[ua.AttributeIds.Value].value = ua.DataValue(
@@ -191,7 +193,7 @@ def _install_browse_next() -> None:
 
         def fault(code: int) -> bool:
             response = ua.ServiceFault()
-            response.ResponseHeader.ServiceResult = ua.StatusCode(code)
+            response.ResponseHeader.ServiceResult = status_code(code)
             self.send_response(requesthdr.RequestHandle, seqhdr, response)
             return True
 

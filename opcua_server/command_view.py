@@ -23,6 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from asyncua import ua
 
+from opcua_server.ua_values import status_code
+
 from . import nodes as N
 from .events import VT, Emitter, make_event
 from .methods import CommandRequest, CommandSink, CommandStatus
@@ -144,7 +146,7 @@ class CommandTracker:
             )
 
     def _var(self, ident: str, name: str, parent: Made, dtype: ua.NodeId, desc: str) -> VarEntry:
-        initial = ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData))
+        initial = ua.DataValue(StatusCode=status_code(ua.StatusCodes.BadWaitingForInitialData))
         var = self.f.variable(ident, name, parent, initial, dtype, description=desc)
         return VarEntry(var.data.attributes[ua.AttributeIds.Value], N.VARIANT_FOR_DATATYPE[dtype])
 

@@ -40,6 +40,8 @@ from typing import Any
 from asyncua import ua
 from asyncua.common.events import Event
 
+from opcua_server.ua_values import node_id, status_code
+
 from .config import Role
 from .events import VT, Emitter, make_event
 from .methods import AlarmInfo, AlarmSource
@@ -170,7 +172,7 @@ class AlarmConditions:
                 f"@alarms/{info.alarm_id}",
                 info.alarm_id,
                 self.folder,
-                typedef=ua.NodeId(etype),
+                typedef=node_id(etype),
                 description=f"condition {condition_of(info)} on {info.source}",
             )
         self._nodes[nodeid] = info.alarm_id
@@ -234,7 +236,7 @@ class AlarmConditions:
         cond_id = self._ensure_node(info)
         last_severity = prev.info.severity if prev is not None else info.severity
         fields: dict[str, tuple[Any, ua.VariantType]] = {
-            "ConditionClassId": (ua.NodeId(cls), VT.NodeId),
+            "ConditionClassId": (node_id(cls), VT.NodeId),
             "ConditionClassName": (
                 ua.LocalizedText(CLASS_NAMES.get(cls, "Base")),
                 VT.LocalizedText,
@@ -244,7 +246,7 @@ class AlarmConditions:
             "Retain": (retain, VT.Boolean),
             "EnabledState": (ua.LocalizedText("Enabled"), VT.LocalizedText),
             "EnabledState/Id": (True, VT.Boolean),
-            "Quality": (ua.StatusCode(SC.Good), VT.StatusCode),
+            "Quality": (status_code(SC.Good), VT.StatusCode),
             "LastSeverity": (last_severity, VT.UInt16),
             "Comment": (ua.LocalizedText(comment or info.comment), VT.LocalizedText),
             "ClientUserId": (info.acked_by, VT.String),
@@ -274,7 +276,7 @@ class AlarmConditions:
                 VT.LocalizedText,
             ),
             "ShelvingState/CurrentState/Id": (
-                ua.NodeId(
+                node_id(
                     O.ShelvedStateMachineType_TimedShelved
                     if info.shelved
                     else O.ShelvedStateMachineType_Unshelved
@@ -290,7 +292,7 @@ class AlarmConditions:
                 VT.LocalizedText,
             )
             fields["LimitState/CurrentState/Id"] = (
-                ua.NodeId(O.ExclusiveLimitStateMachineType_High) if info.active else ua.NodeId(),
+                node_id(O.ExclusiveLimitStateMachineType_High) if info.active else ua.NodeId(),
                 VT.NodeId,
             )
             m = _LIMIT.search(info.message)
@@ -334,7 +336,7 @@ class AlarmConditions:
             await self.audit(
                 "Acknowledge", alarm_id or str(parent.Identifier), code, _text(comment)
             )
-        return ua.StatusCode(code)
+        return status_code(code)
 
     async def _acknowledge(
         self, parent: ua.NodeId, event_id: Any, comment: Any, who: str, denied: int | None
@@ -365,7 +367,7 @@ class AlarmConditions:
         code, alarm_id = await self._confirm(parent, event_id, comment, who, denied)
         if self.audit is not None:
             await self.audit("Confirm", alarm_id or str(parent.Identifier), code, _text(comment))
-        return ua.StatusCode(code)
+        return status_code(code)
 
     async def _confirm(
         self, parent: ua.NodeId, event_id: Any, comment: Any, who: str, denied: int | None
@@ -391,8 +393,8 @@ class AlarmConditions:
 
     def bind(self, aspace: Any) -> None:
         """Attach Acknowledge/Confirm to the standard method nodes."""
-        aspace[ua.NodeId(O.AcknowledgeableConditionType_Acknowledge)].call = self.acknowledge_method
-        aspace[ua.NodeId(O.AcknowledgeableConditionType_Confirm)].call = self.confirm_method
+        aspace[node_id(O.AcknowledgeableConditionType_Acknowledge)].call = self.acknowledge_method
+        aspace[node_id(O.AcknowledgeableConditionType_Confirm)].call = self.confirm_method
 
 
 def _value(v: Any) -> Any:

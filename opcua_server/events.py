@@ -22,10 +22,12 @@ from typing import Any, Protocol
 from asyncua import ua
 from asyncua.common.events import Event
 
+from opcua_server.ua_values import node_id, status_code
+
 _log = logging.getLogger(__name__)
 
 VT = ua.VariantType
-SERVER_NODE = ua.NodeId(ua.ObjectIds.Server)
+SERVER_NODE = node_id(ua.ObjectIds.Server)
 
 # Base fields every event carries, with their types.
 BASE_FIELDS: dict[str, ua.VariantType] = {
@@ -58,7 +60,7 @@ def make_event(
     now = datetime.now(UTC)
     when = now if at is None else datetime.fromtimestamp(at, UTC)
     ev = Event(emitting_node)
-    etype = event_type if isinstance(event_type, ua.NodeId) else ua.NodeId(event_type)
+    etype = event_type if isinstance(event_type, ua.NodeId) else node_id(event_type)
     ev.add_property("EventId", new_event_id(), VT.ByteString)
     ev.add_property("EventType", etype, VT.NodeId)
     ev.add_property("SourceNode", source_node, VT.NodeId)
@@ -122,9 +124,9 @@ def audit_method_event(
     server_id: str,
 ) -> Event:
     """AuditUpdateMethodEventType for one method call (Part 5, 6.4.27)."""
-    ok = ua.StatusCode(status).is_good()
+    ok = status_code(status).is_good()
     text = f"{user} called {method} on {target or 'server'}: " + (
-        "accepted" if ok else f"{ua.StatusCode(status).name} {message}".rstrip()
+        "accepted" if ok else f"{status_code(status).name} {message}".rstrip()
     )
     return make_event(
         ua.ObjectIds.AuditUpdateMethodEventType,
@@ -141,7 +143,7 @@ def audit_method_event(
             "MethodId": (method_id, VT.NodeId),
             "InputArguments": ([_variant(v) for v in inputs], VT.Variant),
             "OutputArguments": ([_variant(v) for v in outputs], VT.Variant),
-            "StatusCodeId": (ua.StatusCode(status), VT.StatusCode),
+            "StatusCodeId": (status_code(status), VT.StatusCode),
         },
     )
 

@@ -44,6 +44,7 @@ from asyncua.server.history import HistoryManager, HistoryStorageInterface
 from asyncua.ua.ua_binary import variant_from_binary, variant_to_binary
 
 from controller.task_stop import stop_task
+from opcua_server.ua_values import node_id, status_code, ua_time
 
 _log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class HistoryStore(HistoryStorageInterface):
         self.max_read = max_read
         self.clock = clock
         self.historized: set[str] = set()
-        self.event_sources: set[ua.NodeId] = {ua.NodeId(ua.ObjectIds.Server)}
+        self.event_sources: set[ua.NodeId] = {node_id(ua.ObjectIds.Server)}
         self._samples: deque[tuple[str, float, float, int, bytes | None]] = deque()
         self._events: deque[tuple[float, str, bytes]] = deque()
         self.dropped = 0
@@ -316,8 +317,8 @@ class HistoryStore(HistoryStorageInterface):
                 ua.DataValue(
                     variant,
                     ua.StatusCode(status),
-                    SourceTimestamp=_dt(t),
-                    ServerTimestamp=_dt(st),
+                    SourceTimestamp=ua_time(_dt(t)),
+                    ServerTimestamp=ua_time(_dt(st)),
                 )
             )
         return out, cont
@@ -391,7 +392,7 @@ class GridHistoryManager(HistoryManager):
 
     async def _read_history(self, details: Any, rv: ua.HistoryReadValueId) -> ua.HistoryReadResult:
         store = self.store
-        bad = ua.StatusCode(ua.StatusCodes.BadHistoryOperationUnsupported)
+        bad = status_code(ua.StatusCodes.BadHistoryOperationUnsupported)
         if store is None:
             return ua.HistoryReadResult(StatusCode=bad)
         if isinstance(details, ua.ReadRawModifiedDetails):
@@ -409,5 +410,5 @@ class GridHistoryManager(HistoryManager):
         except ValueError as exc:  # both times unspecified
             _log.info("HistoryRead refused: %s", exc)
             return ua.HistoryReadResult(
-                StatusCode=ua.StatusCode(ua.StatusCodes.BadInvalidTimestampArgument)
+                StatusCode=status_code(ua.StatusCodes.BadInvalidTimestampArgument)
             )

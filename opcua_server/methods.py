@@ -25,9 +25,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from asyncua import ua
+
+from opcua_server.ua_values import status_code
 
 from .config import Role
 from .nodes import DT_DATETIME, DT_DOUBLE, DT_STRING, DT_UINT32, argument
@@ -284,12 +286,12 @@ class MethodSpec:
 
 def _result(code: int, n_args: int, err: MethodError | None = None) -> ua.CallMethodResult:
     res = ua.CallMethodResult()
-    res.StatusCode = ua.StatusCode(code)
+    res.StatusCode = status_code(code)
     res.InputArgumentResults = [ua.StatusCode() for _ in range(n_args)]
     if err is not None and err.arg_index is not None and err.arg_index < n_args:
-        res.InputArgumentResults[err.arg_index] = ua.StatusCode(err.code)
+        res.InputArgumentResults[err.arg_index] = status_code(err.code)
         infos = [ua.DiagnosticInfo() for _ in range(n_args)]
-        infos[err.arg_index] = ua.DiagnosticInfo(AdditionalInfo=err.message)
+        infos[err.arg_index] = ua.DiagnosticInfo(AdditionalInfo=cast(ua.String, err.message))
         res.InputArgumentDiagnosticInfos = infos
     return res
 

@@ -36,6 +36,7 @@ from asyncua import ua
 from asyncua.server.address_space import AttributeValue
 
 from controller.process_image import Tag
+from opcua_server.ua_values import status_code
 
 from . import nodes as N
 from .config import Role, SetpointRule
@@ -262,7 +263,7 @@ class ModelBuilder:
         f = self.f
         base = f.existing(N.BASE_OBJECT_TYPE)
         types = TypeNodes(folder=base)
-        empty = ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData))
+        empty = ua.DataValue(StatusCode=status_code(ua.StatusCodes.BadWaitingForInitialData))
 
         bus = f.object_type(
             "@types/BusType", "BusType", "a field bus: one RS-485 port or TCP link", base

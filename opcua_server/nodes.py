@@ -27,37 +27,39 @@ from typing import Any
 from asyncua import ua
 from asyncua.server.address_space import AddressSpace, AttributeValue, NodeData
 
+from opcua_server.ua_values import node_id
+
 A = ua.AttributeIds
 OBJ = ua.ObjectIds
 
-REF_ORGANIZES = ua.NodeId(OBJ.Organizes)
-REF_HAS_COMPONENT = ua.NodeId(OBJ.HasComponent)
-REF_HAS_PROPERTY = ua.NodeId(OBJ.HasProperty)
-REF_HAS_SUBTYPE = ua.NodeId(OBJ.HasSubtype)
-REF_HAS_TYPEDEF = ua.NodeId(OBJ.HasTypeDefinition)
-REF_HAS_MODELLING_RULE = ua.NodeId(OBJ.HasModellingRule)
+REF_ORGANIZES = node_id(OBJ.Organizes)
+REF_HAS_COMPONENT = node_id(OBJ.HasComponent)
+REF_HAS_PROPERTY = node_id(OBJ.HasProperty)
+REF_HAS_SUBTYPE = node_id(OBJ.HasSubtype)
+REF_HAS_TYPEDEF = node_id(OBJ.HasTypeDefinition)
+REF_HAS_MODELLING_RULE = node_id(OBJ.HasModellingRule)
 
-FOLDER_TYPE = ua.NodeId(OBJ.FolderType)
-BASE_OBJECT_TYPE = ua.NodeId(OBJ.BaseObjectType)
-BASE_DATA_VARIABLE_TYPE = ua.NodeId(OBJ.BaseDataVariableType)
-PROPERTY_TYPE = ua.NodeId(OBJ.PropertyType)
-ANALOG_ITEM_TYPE = ua.NodeId(OBJ.AnalogItemType)  # EURange mandatory
-BASE_ANALOG_TYPE = ua.NodeId(OBJ.BaseAnalogType)  # EURange optional (range not known)
-MODELLING_MANDATORY = ua.NodeId(OBJ.ModellingRule_Mandatory)
-MODELLING_OPTIONAL = ua.NodeId(OBJ.ModellingRule_Optional)
+FOLDER_TYPE = node_id(OBJ.FolderType)
+BASE_OBJECT_TYPE = node_id(OBJ.BaseObjectType)
+BASE_DATA_VARIABLE_TYPE = node_id(OBJ.BaseDataVariableType)
+PROPERTY_TYPE = node_id(OBJ.PropertyType)
+ANALOG_ITEM_TYPE = node_id(OBJ.AnalogItemType)  # EURange mandatory
+BASE_ANALOG_TYPE = node_id(OBJ.BaseAnalogType)  # EURange optional (range not known)
+MODELLING_MANDATORY = node_id(OBJ.ModellingRule_Mandatory)
+MODELLING_OPTIONAL = node_id(OBJ.ModellingRule_Optional)
 
-DT_BOOLEAN = ua.NodeId(OBJ.Boolean)
-DT_INT64 = ua.NodeId(OBJ.Int64)
-DT_UINT64 = ua.NodeId(OBJ.UInt64)
-DT_UINT32 = ua.NodeId(OBJ.UInt32)
-DT_DOUBLE = ua.NodeId(OBJ.Double)
-DT_STRING = ua.NodeId(OBJ.String)
-DT_DATETIME = ua.NodeId(OBJ.DateTime)
-DT_BASE = ua.NodeId(OBJ.BaseDataType)
-DT_EUINFO = ua.NodeId(OBJ.EUInformation)
-DT_RANGE = ua.NodeId(OBJ.Range)
-DT_ARGUMENT = ua.NodeId(OBJ.Argument)
-DT_BUILD_INFO = ua.NodeId(OBJ.BuildInfo)
+DT_BOOLEAN = node_id(OBJ.Boolean)
+DT_INT64 = node_id(OBJ.Int64)
+DT_UINT64 = node_id(OBJ.UInt64)
+DT_UINT32 = node_id(OBJ.UInt32)
+DT_DOUBLE = node_id(OBJ.Double)
+DT_STRING = node_id(OBJ.String)
+DT_DATETIME = node_id(OBJ.DateTime)
+DT_BASE = node_id(OBJ.BaseDataType)
+DT_EUINFO = node_id(OBJ.EUInformation)
+DT_RANGE = node_id(OBJ.Range)
+DT_ARGUMENT = node_id(OBJ.Argument)
+DT_BUILD_INFO = node_id(OBJ.BuildInfo)
 
 VARIANT_FOR_DATATYPE: dict[ua.NodeId, ua.VariantType | None] = {
     DT_BOOLEAN: ua.VariantType.Boolean,
@@ -119,7 +121,7 @@ class NodeFactory:
         return av
 
     def nid(self, identifier: str) -> ua.NodeId:
-        return ua.NodeId(identifier, self.ns)
+        return node_id(identifier, self.ns)
 
     def qn(self, name: str) -> ua.QualifiedName:
         qn = self._qnames.get(name)

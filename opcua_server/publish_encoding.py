@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Any
+from typing import Any, cast
 
 import asyncua
 from asyncua import ua
@@ -152,7 +152,8 @@ async def _forward_publish_response(
     response.ResponseHeader.RequestHandle = requestdata.requesthdr.RequestHandle
     data = self._connection.message_to_binary(
         encode_publish_response(response),
-        message_type=ua.MessageType.SecureMessage,
+        # asyncua declares the parameter as its MessageType class; it passes the bytes constant
+        message_type=cast(ua.MessageType, ua.MessageType.SecureMessage),
         request_id=requestdata.seqhdr.RequestId,
     )
     self._transport.write(data)

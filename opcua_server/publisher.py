@@ -50,7 +50,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from asyncua import ua
 from asyncua.server.monitored_item_service import MonitoredItemService
@@ -58,6 +58,7 @@ from asyncua.server.monitored_item_service import MonitoredItemService
 from controller.process_image import ChangeQueue, Quality, TagValue
 from controller.quality_reason import Reason, reason_from_wire
 from controller.task_stop import stop_task
+from opcua_server.ua_values import status_code
 
 from .asyncua_gate import allow_fallback
 from .model import VarEntry
@@ -72,7 +73,7 @@ _DATACHANGE = MonitoredItemService.datachange_callback
 _is_data_changed = getattr(MonitoredItemService, "_is_data_changed", None)
 _DISABLED = ua.MonitoringMode.Disabled
 _STATUS_VALUE = ua.DataChangeTrigger.StatusValue
-_GOOD_STATUS = ua.StatusCode(ua.StatusCodes.Good)
+_GOOD_STATUS = status_code(ua.StatusCodes.Good)
 _DOUBLE = ua.VariantType.Double
 _DATA_VALUE = ua.DataValue
 _new = object.__new__
@@ -114,12 +115,13 @@ def _enqueue_datachange(
     mvalue.old_dvalue = mvalue.current_dvalue
     mvalue.current_dvalue = dv
     flt = mdata.filter
+    assert _is_data_changed is not None  # fast_datachange is off without it
     if flt:
         passed = _is_data_changed(mvalue, flt.Trigger) and mis._is_deadband_exceeded(mvalue, flt)
     else:
         passed = _is_data_changed(mvalue, _STATUS_VALUE)
     if passed:
-        event = PackedNotification(mdata.client_handle, dv, packed)
+        event = PackedNotification(cast(int, mdata.client_handle), dv, packed)
         queue = isub._triggered_datachanges
         items = queue.get(mid)
         if items is None:
@@ -273,7 +275,7 @@ class Publisher:
                 source = _fromtimestamp(source_time, UTC)
                 server = source if server_time == source_time else _fromtimestamp(server_time, UTC)
                 # DataValue's own __init__ re-checks the Variant: 2.5x the cost.
-                dv = _new(_DATA_VALUE)
+                dv: Any = _new(_DATA_VALUE)  # filled field by field below
                 dv.Encoding = 0
                 dv.Value = variant
                 dv.StatusCode = _GOOD_STATUS
@@ -296,7 +298,7 @@ class Publisher:
                     )
                 except (TypeError, ValueError, OverflowError):
                     stats.errors += 1
-                    dv = ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadTypeMismatch))
+                    dv = ua.DataValue(StatusCode=status_code(ua.StatusCodes.BadTypeMismatch))
             attr = entry.attr
             attr.value = dv
             if history is not None and key in historized:

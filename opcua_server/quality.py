@@ -8,6 +8,8 @@ from asyncua import ua
 
 from controller.process_image import Quality, TagValue
 from controller.quality_reason import Reason
+from opcua_server.ua_values import status_code as from_value
+from opcua_server.ua_values import ua_time
 
 SC = ua.StatusCodes
 
@@ -27,10 +29,10 @@ STATUS_OF_REASON: dict[Reason, int] = {
 }
 _SEVERITY_MASK = 0xC0000000
 _SEVERITY = {Quality.BAD: 0x80000000, Quality.UNCERTAIN: 0x40000000}
-_PLAIN = {Quality.BAD: ua.StatusCode(SC.Bad), Quality.UNCERTAIN: ua.StatusCode(SC.Uncertain)}
-_GOOD = ua.StatusCode(SC.Good)
+_PLAIN = {Quality.BAD: from_value(SC.Bad), Quality.UNCERTAIN: from_value(SC.Uncertain)}
+_GOOD = from_value(SC.Good)
 _TABLE: dict[tuple[Quality, int], ua.StatusCode] = {
-    (quality, int(reason)): ua.StatusCode(value)
+    (quality, int(reason)): from_value(value)
     for reason, value in STATUS_OF_REASON.items()
     for quality, severity in _SEVERITY.items()
     if value & _SEVERITY_MASK == severity
@@ -59,7 +61,7 @@ def to_variant(value: object, vtype: ua.VariantType | None) -> ua.Variant:
         return ua.Variant(int(value), vtype)  # type: ignore[call-overload]
     if vtype is ua.VariantType.String:
         return ua.Variant(str(value), vtype)
-    return ua.Variant(value, vtype)
+    return ua.Variant(value, vtype) if vtype is not None else ua.Variant(value)
 
 
 def data_value(tv: TagValue, vtype: ua.VariantType | None) -> ua.DataValue:
@@ -71,4 +73,6 @@ def data_value(tv: TagValue, vtype: ua.VariantType | None) -> ua.DataValue:
     server = (
         source if tv.server_time == tv.source_time else datetime.fromtimestamp(tv.server_time, UTC)
     )
-    return ua.DataValue(variant, status, SourceTimestamp=source, ServerTimestamp=server)
+    return ua.DataValue(
+        variant, status, SourceTimestamp=ua_time(source), ServerTimestamp=ua_time(server)
+    )

@@ -19,6 +19,7 @@ from asyncua import Server, ua
 from controller.process_image import ChangeQueue, ProcessImage, Tag
 from controller.task_stop import stop_task
 from drivers.bus_stats import BusSnapshot
+from opcua_server.ua_values import node_id, status_code, ua_time
 
 from . import browse, connection_limits, publish_encoding
 from . import nodes as N
@@ -382,7 +383,7 @@ class OpcUaServer:
             self.history.historized = builder.historized  # shared: late tags join it
         types = builder.build_types()
         self._types = types
-        objects = factory.existing(ua.NodeId(ua.ObjectIds.ObjectsFolder))
+        objects = factory.existing(node_id(ua.ObjectIds.ObjectsFolder))
         root = factory.obj(
             "@gridctl", "gridctl", objects, reftype=N.REF_ORGANIZES, description="gridctl plant"
         )
@@ -390,14 +391,14 @@ class OpcUaServer:
 
         # Events: sent from the Server object (its EventNotifier), kept in history.
         self.emitter = Emitter(self._trigger, self.history)
-        server_node = aspace[ua.NodeId(ua.ObjectIds.Server)]
+        server_node = aspace[node_id(ua.ObjectIds.Server)]
         notifier = ua.EventNotifier.SubscribeToEvents.mask
         if self.history is not None:
             notifier |= ua.EventNotifier.HistoryRead.mask
         server_node.attributes[ua.AttributeIds.EventNotifier].value = ua.DataValue(
             ua.Variant(notifier, ua.VariantType.Byte)
         )
-        base_event = factory.existing(ua.NodeId(ua.ObjectIds.BaseEventType))
+        base_event = factory.existing(node_id(ua.ObjectIds.BaseEventType))
         command_event = build_event_type(factory, base_event)
 
         # WhoAmI on the root object (read-only: anonymous may call it too).
@@ -407,8 +408,8 @@ class OpcUaServer:
         self.ruleset.public_methods.update(
             {
                 factory.nid("@gridctl/WhoAmI"),
-                ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
-                ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh2),
+                node_id(ua.ObjectIds.ConditionType_ConditionRefresh),
+                node_id(ua.ObjectIds.ConditionType_ConditionRefresh2),
             }
         )
 
@@ -541,10 +542,10 @@ class OpcUaServer:
             await self.server.iserver.subscription_service.trigger_event(event)
 
     def _source_node(self, path: str) -> ua.NodeId:
-        nodeid = ua.NodeId(path, self.namespace_index)
+        nodeid = node_id(path, self.namespace_index)
         if self.server is not None and nodeid in self.server.iserver.aspace:
             return nodeid
-        return ua.NodeId(ua.ObjectIds.Server)
+        return node_id(ua.ObjectIds.Server)
 
     def _alarm_source_node(self, source: str) -> ua.NodeId:
         """Alarm sources (``bus/bus1/meter/0001``) → the plant object when it exists."""
@@ -560,7 +561,7 @@ class OpcUaServer:
             node = self._source_node(candidate)
             if node.NamespaceIndex == self.namespace_index:
                 return node
-        return ua.NodeId(ua.ObjectIds.Server)
+        return node_id(ua.ObjectIds.Server)
 
     async def _audit(
         self,
@@ -578,7 +579,7 @@ class OpcUaServer:
             return
         ev = audit_method_event(
             method=method,
-            method_id=method_id or ua.NodeId(f"{target}/{method}", self.namespace_index),
+            method_id=method_id or node_id(f"{target}/{method}", self.namespace_index),
             source_node=self._source_node(target),
             target=target,
             user=(user.name if user is not None else None) or "anonymous",
@@ -603,7 +604,7 @@ class OpcUaServer:
             status,
             "",
             [],
-            ua.NodeId(standard[method]) if method in standard else None,
+            node_id(standard[method]) if method in standard else None,
         )
 
     async def _set_alarm_list(self, text: str) -> None:
@@ -683,7 +684,7 @@ class OpcUaServer:
         unit: str,
         desc: str,
     ) -> VarEntry:
-        initial = ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData))
+        initial = ua.DataValue(StatusCode=status_code(ua.StatusCodes.BadWaitingForInitialData))
         var = builder.analog(ident, name, parent, unit, initial, dtype, desc)
         return VarEntry(var.data.attributes[ua.AttributeIds.Value], N.VARIANT_FOR_DATATYPE[dtype])
 
@@ -826,12 +827,17 @@ async def _set(entry: VarEntry, value: Any, now: datetime) -> None:
     old = entry.attr.value
     if value is None:
         dv = ua.DataValue(
-            StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData),
-            SourceTimestamp=now,
-            ServerTimestamp=now,
+            StatusCode=status_code(ua.StatusCodes.BadWaitingForInitialData),
+            SourceTimestamp=ua_time(now),
+            ServerTimestamp=ua_time(now),
         )
     else:
-        dv = ua.DataValue(ua.Variant(value, entry.vtype), SourceTimestamp=now, ServerTimestamp=now)
+        variant = ua.Variant(value, entry.vtype) if entry.vtype else ua.Variant(value)
+        dv = ua.DataValue(
+            variant,
+            SourceTimestamp=ua_time(now),
+            ServerTimestamp=ua_time(now),
+        )
     if old is not None and old.Value == dv.Value and old.StatusCode == dv.StatusCode:
         return
     entry.attr.value = dv

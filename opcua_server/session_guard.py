@@ -48,6 +48,7 @@ from asyncua.server.uaprocessor import UaProcessor
 from asyncua.ua.ua_binary import struct_from_binary
 
 from controller.loopback import is_loopback
+from opcua_server.ua_values import node_id
 
 from .asyncua_gate import require_pinned
 from .pki import ClientCertificateValidator
@@ -58,8 +59,8 @@ _log = logging.getLogger(__name__)
 TOKEN_BYTES = 32
 REFUSED_KEPT = 256
 
-_ACTIVATE = ua.NodeId(ua.ObjectIds.ActivateSessionRequest_Encoding_DefaultBinary)
-_CREATE = ua.NodeId(ua.ObjectIds.CreateSessionRequest_Encoding_DefaultBinary)
+_ACTIVATE = node_id(ua.ObjectIds.ActivateSessionRequest_Encoding_DefaultBinary)
+_CREATE = node_id(ua.ObjectIds.CreateSessionRequest_Encoding_DefaultBinary)
 # Requests asyncua serves without a session on the channel.
 _SESSIONLESS = frozenset(
     ua.NodeId(getattr(ua.ObjectIds, f"{name}Request_Encoding_DefaultBinary"))
@@ -75,7 +76,7 @@ _SESSIONLESS = frozenset(
     )
 )
 _ENCRYPTED = ua.MessageSecurityMode.SignAndEncrypt
-_NULL = ua.NodeId(ua.ObjectIds.Null)  # an empty identity token: anonymous (Part 4 §5.6.3)
+_NULL = node_id(ua.ObjectIds.Null)  # an empty identity token: anonymous (Part 4 §5.6.3)
 
 # What a session remembers of the channel that created it (attribute names on
 # asyncua's InternalSession; prefixed so they cannot clash with asyncua's own).
