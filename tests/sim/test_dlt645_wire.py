@@ -391,3 +391,19 @@ def test_the_controller_core_reads_what_the_simulator_writes_and_back(di: str) -
         if ours != "refused":
             # not always `data` again: a date's weekday byte is recomputed, -0 loses its sign
             assert wire.encode_value(di, ours) == core.encode_value(di, theirs)  # type: ignore[arg-type]
+
+
+def test_sim_meter_write_checks_the_password_and_serves_the_written_value() -> None:
+    meter = SimMeter(address=METER, password="123456")
+    value = wire.encode_value("00900200", 88.5)  # 00008850 -> LE 50 88 00 00
+    assert value == bytes.fromhex("50 88 00 00")
+    wrong = wire.dlt645_write(METER, "00900200", 2, "654321", "00000000", value)
+    (raw,) = meter.handle(wire.dlt645_decode(wrong), now=0.0, wall=0.0)
+    # C = 14 | C0 = D4, ERR 04 (password error / unauthorised)
+    assert wire.dlt645_decode(raw).control == 0xD4
+    assert wire.dlt645_decode(raw).error_code == wire.ERR_UNAUTHORISED
+    right = wire.dlt645_write(METER, "00900200", 2, "123456", "00000000", value)
+    (raw,) = meter.handle(wire.dlt645_decode(right), now=0.0, wall=0.0)
+    assert wire.dlt645_decode(raw).control == 0x94
+    (raw,) = meter.handle(wire.dlt645_decode(wire.dlt645_read(METER, "00900200")), 0.0, 0.0)
+    assert wire.decode_value("00900200", wire.dlt645_decode(raw).data[4:]) == 88.5
