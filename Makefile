@@ -15,7 +15,7 @@ $(VENV)/.deps: pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt maturin \
 		asyncua pymodbus textual pydantic pyserial pyserial-asyncio-fast uvloop msgpack prometheus-client \
-		pytest pytest-asyncio hypothesis ruff mypy
+		pytest pytest-asyncio hypothesis ruff mypy import-linter
 	touch $@
 
 # The extension is rebuilt whenever any Rust source changes.
@@ -31,6 +31,7 @@ run: build
 lint: build
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	cargo fmt --all -- --check
 	cargo clippy --quiet --all-targets -- -D warnings
 	$(PY) -m mypy.stubtest controller._core_rs --ignore-disjoint-bases --allowlist .stubtest-allowlist

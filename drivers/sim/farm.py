@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
-from controller import _core_rs as core
+from drivers.sim import dlt645_wire as wire
 from drivers.sim.meter import SimMeter
 
 # Extra response delay of a meter with the "slow" fault: beyond a normal
@@ -61,8 +61,8 @@ class MeterFarm:
         self.max_frame_data = max_frame_data
         self._wall = wall
         self._rng = random.Random(f"{seed}:{name}")
-        self._deframer = core.Dlt645Deframer()
-        self._pending: asyncio.Queue[tuple[core.Dlt645Frame, float]] = asyncio.Queue(
+        self._deframer = wire.Dlt645Deframer()
+        self._pending: asyncio.Queue[tuple[wire.Dlt645Frame, float]] = asyncio.Queue(
             MAX_PENDING_REQUESTS
         )
         self._rx_bytes_since_frame = 0
@@ -107,22 +107,22 @@ class MeterFarm:
                 await self._transmit(loop, reply)
                 self.replies += 1
 
-    def _answer(self, frame: core.Dlt645Frame, now: float) -> tuple[float, list[bytes]]:
+    def _answer(self, frame: wire.Dlt645Frame, now: float) -> tuple[float, list[bytes]]:
         """(response delay, reply byte strings) for one request."""
         wall = self._wall()
         address = frame.address
         if frame.from_meter:
             return 0.0, []  # another master's reply or our own echo: not a request
-        if address == core.BROADCAST_ADDRESS:
+        if address == wire.BROADCAST_ADDRESS:
             for meter in self.meters.values():
                 if "dead" in meter.faults:
                     continue
-                if frame.function == core.FN_BROADCAST_TIME:
+                if frame.function == wire.FN_BROADCAST_TIME:
                     meter.broadcast_time(frame.data, wall)
-                elif frame.function == core.FN_FREEZE:
+                elif frame.function == wire.FN_FREEZE:
                     meter.handle(frame, now, wall)
             return 0.0, []
-        if address == core.WILDCARD_ADDRESS:
+        if address == wire.WILDCARD_ADDRESS:
             live = [m for m in self.meters.values() if "dead" not in m.faults]
             if not live:
                 return 0.0, []

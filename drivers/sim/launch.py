@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,7 +14,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from controller.cpu_affinity import pin_process
 from drivers.sim.cli import READY_PREFIX
 
 log = logging.getLogger("gridctl.sim")
@@ -115,6 +115,24 @@ def start_simulator(
     # keep draining stdout so the child never blocks on a full pipe
     threading.Thread(target=_drain, args=(process,), daemon=True).start()
     return SimulatorProcess(process, result["info"])
+
+
+def pin_process(pid: int, cpus: frozenset[int]) -> None:
+    """Every thread of process ``pid`` onto ``cpus``; OSError when the kernel refuses.
+
+    ``sched_setaffinity(pid)`` moves only the thread whose id is ``pid``; a
+    child that has already started threads of its own needs each one moved.
+    """
+    os.sched_setaffinity(pid, cpus)
+    try:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return  # the child has already gone
+    for tid in threads:
+        if tid != pid:
+            # a thread that has just ended needs no moving
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, cpus)
 
 
 def _drain(process: subprocess.Popen[str]) -> None:

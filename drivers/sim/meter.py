@@ -20,7 +20,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from controller import _core_rs as core
 from drivers.config import SimMeterConfig
 from drivers.errors import ERR_NO_DATA, ERR_OTHER, ERR_PASSWORD
 from drivers.quantities import (
@@ -29,6 +28,7 @@ from drivers.quantities import (
     SW3_RELAY_COMMANDED_OPEN,
     SW3_RELAY_OPEN,
 )
+from drivers.sim import dlt645_wire as wire
 
 # Seconds after a "close allowed" (1B) before the simulated customer presses the button.
 CUSTOMER_CLOSE_DELAY_S = 3.0
@@ -158,7 +158,7 @@ class SimMeter:
     def value_of(self, di: str, wall: float) -> object | None:
         """The decoded value for a DI, or None when this meter does not have it."""
         if di in self.written:
-            return core.decode_value(di, self.written[di])
+            return wire.decode_value(di, self.written[di])
         p = 0.0 if self.relay_open else self._power_kw
         n = self.phases
         volts = [round(NOMINAL_VOLTAGE_V * self.rng.uniform(0.98, 1.03), 1) for _ in range(3)]
@@ -213,29 +213,29 @@ class SimMeter:
 
     # -- protocol -------------------------------------------------------------
     def handle(
-        self, frame: core.Dlt645Frame, now: float, wall: float, max_frame_data: int = 200
+        self, frame: wire.Dlt645Frame, now: float, wall: float, max_frame_data: int = 200
     ) -> list[bytes]:
         """Reply frames for a request addressed to this meter (empty: no reply)."""
         self.advance(now, wall)
         fn = frame.function
-        if "exception" in self.faults and fn in (core.FN_READ, core.FN_READ_FOLLOWUP):
-            return [core.dlt645_exception(self.address, fn, ERR_NO_DATA)]
-        if fn == core.FN_READ:
+        if "exception" in self.faults and fn in (wire.FN_READ, wire.FN_READ_FOLLOWUP):
+            return [wire.dlt645_exception(self.address, fn, ERR_NO_DATA)]
+        if fn == wire.FN_READ:
             return self._read(frame, wall, max_frame_data)
-        if fn == core.FN_READ_FOLLOWUP:
+        if fn == wire.FN_READ_FOLLOWUP:
             return self._followup(frame)
-        if fn == core.FN_READ_ADDRESS:
-            return [core.dlt645_reply(self.address, fn, _address_bytes(self.address))]
-        if fn == core.FN_WRITE:
+        if fn == wire.FN_READ_ADDRESS:
+            return [wire.dlt645_reply(self.address, fn, _address_bytes(self.address))]
+        if fn == wire.FN_WRITE:
             return self._write(frame)
-        if fn == core.FN_FREEZE:
+        if fn == wire.FN_FREEZE:
             self.frozen_energy_kwh = self.energy_kwh
-            return [core.dlt645_reply(self.address, fn)]
-        if fn == core.FN_CONTROL:
+            return [wire.dlt645_reply(self.address, fn)]
+        if fn == wire.FN_CONTROL:
             if "drop_control" in self.faults:
                 return []
             return self._control(frame, now, wall)
-        return [core.dlt645_exception(self.address, fn, ERR_OTHER)]
+        return [wire.dlt645_exception(self.address, fn, ERR_OTHER)]
 
     def broadcast_time(self, data: bytes, wall: float) -> None:
         """0x08: set the clock (ss mm hh DD MM YY); no reply (broadcast)."""
@@ -243,95 +243,95 @@ class SimMeter:
         if when is not None:
             self.clock_offset_s = when.timestamp() - wall
 
-    def _read(self, frame: core.Dlt645Frame, wall: float, max_frame_data: int) -> list[bytes]:
+    def _read(self, frame: wire.Dlt645Frame, wall: float, max_frame_data: int) -> list[bytes]:
         di_raw = frame.data[:4]
         di = di_raw[::-1].hex().upper()
         value = self.value_of(di, wall)
         if value is None:
-            return [core.dlt645_exception(self.address, core.FN_READ, ERR_NO_DATA)]
-        payload = core.encode_value(di, value)  # type: ignore[arg-type]
+            return [wire.dlt645_exception(self.address, wire.FN_READ, ERR_NO_DATA)]
+        payload = wire.encode_value(di, value)  # type: ignore[arg-type]
         room = max_frame_data - 4
         if len(payload) <= room:
-            return [core.dlt645_reply(self.address, core.FN_READ, di_raw + payload)]
+            return [wire.dlt645_reply(self.address, wire.FN_READ, di_raw + payload)]
         # too long for one frame: the rest goes in follow-up frames (0x12 with SEQ)
         chunks = [payload[i : i + room - 1] for i in range(room, len(payload), room - 1)]
         self._followups[di] = chunks
         return [
-            core.dlt645_reply(self.address, core.FN_READ, di_raw + payload[:room], followup=True)
+            wire.dlt645_reply(self.address, wire.FN_READ, di_raw + payload[:room], followup=True)
         ]
 
-    def _followup(self, frame: core.Dlt645Frame) -> list[bytes]:
+    def _followup(self, frame: wire.Dlt645Frame) -> list[bytes]:
         di_raw = frame.data[:4]
         di = di_raw[::-1].hex().upper()
         seq = frame.data[4] if len(frame.data) > 4 else 1
         chunks = self._followups.get(di)
         if not chunks or not 1 <= seq <= len(chunks):
-            return [core.dlt645_exception(self.address, core.FN_READ_FOLLOWUP, ERR_NO_DATA)]
+            return [wire.dlt645_exception(self.address, wire.FN_READ_FOLLOWUP, ERR_NO_DATA)]
         more = seq < len(chunks)
         if not more:
             self._followups.pop(di, None)
         data = di_raw + chunks[seq - 1] + bytes([seq])
-        return [core.dlt645_reply(self.address, core.FN_READ_FOLLOWUP, data, followup=more)]
+        return [wire.dlt645_reply(self.address, wire.FN_READ_FOLLOWUP, data, followup=more)]
 
     def _check_password(self, pa_p: bytes) -> bool:
         return _hex_le(pa_p[1:4]) == self.password.upper()
 
-    def _write(self, frame: core.Dlt645Frame) -> list[bytes]:
+    def _write(self, frame: wire.Dlt645Frame) -> list[bytes]:
         data = frame.data
         if len(data) < 12:
-            return [core.dlt645_exception(self.address, core.FN_WRITE, ERR_OTHER)]
+            return [wire.dlt645_exception(self.address, wire.FN_WRITE, ERR_OTHER)]
         if not self._check_password(data[4:8]):
-            return [core.dlt645_exception(self.address, core.FN_WRITE, ERR_PASSWORD)]
+            return [wire.dlt645_exception(self.address, wire.FN_WRITE, ERR_PASSWORD)]
         di = data[:4][::-1].hex().upper()
         value = data[12:]
         try:
-            core.decode_value(di, value)
+            wire.decode_value(di, value)
         except ValueError:
-            return [core.dlt645_exception(self.address, core.FN_WRITE, ERR_OTHER)]
+            return [wire.dlt645_exception(self.address, wire.FN_WRITE, ERR_OTHER)]
         self.written[di] = value
-        return [core.dlt645_reply(self.address, core.FN_WRITE)]
+        return [wire.dlt645_reply(self.address, wire.FN_WRITE)]
 
-    def _control(self, frame: core.Dlt645Frame, now: float, wall: float) -> list[bytes]:
+    def _control(self, frame: wire.Dlt645Frame, now: float, wall: float) -> list[bytes]:
         data = frame.data
         if len(data) != 16:
-            return [core.dlt645_exception(self.address, core.FN_CONTROL, ERR_OTHER)]
+            return [wire.dlt645_exception(self.address, wire.FN_CONTROL, ERR_OTHER)]
         if not self._check_password(data[0:4]):
-            return [core.dlt645_exception(self.address, core.FN_CONTROL, ERR_PASSWORD)]
+            return [wire.dlt645_exception(self.address, wire.FN_CONTROL, ERR_PASSWORD)]
         n1 = data[8]
         expiry = _parse_time6(data[10:16])
         meter_now = wall + self.clock_offset_s
         if expiry is None or expiry.timestamp() < meter_now:
             # an expired command must never act (its validity time has passed)
-            return [core.dlt645_exception(self.address, core.FN_CONTROL, ERR_OTHER)]
-        if n1 == core.N1_TRIP:
+            return [wire.dlt645_exception(self.address, wire.FN_CONTROL, ERR_OTHER)]
+        if n1 == wire.N1_TRIP:
             if self.keep_power:
-                return [core.dlt645_exception(self.address, core.FN_CONTROL, ERR_OTHER)]
+                return [wire.dlt645_exception(self.address, wire.FN_CONTROL, ERR_OTHER)]
             self.relay_commanded_open = True
             self.relay_open = True
             self._close_at = None
-        elif n1 == core.N1_CLOSE_ALLOWED:
+        elif n1 == wire.N1_CLOSE_ALLOWED:
             self.relay_commanded_open = False
             if self.relay_open:
                 self._close_at = now + CUSTOMER_CLOSE_DELAY_S
-        elif n1 == core.N1_DIRECT_CLOSE:
+        elif n1 == wire.N1_DIRECT_CLOSE:
             self.relay_commanded_open = False
             self.relay_open = False
             self._close_at = None
-        elif n1 == core.N1_ALARM_ON:
+        elif n1 == wire.N1_ALARM_ON:
             self.pre_trip_alarm = True
-        elif n1 == core.N1_ALARM_OFF:
+        elif n1 == wire.N1_ALARM_OFF:
             self.pre_trip_alarm = False
-        elif n1 == core.N1_KEEP_POWER_ON:
+        elif n1 == wire.N1_KEEP_POWER_ON:
             self.keep_power = True
             self.relay_commanded_open = False
             self.relay_open = False
-        elif n1 == core.N1_KEEP_POWER_OFF:
+        elif n1 == wire.N1_KEEP_POWER_OFF:
             self.keep_power = False
         else:
-            return [core.dlt645_exception(self.address, core.FN_CONTROL, ERR_OTHER)]
+            return [wire.dlt645_exception(self.address, wire.FN_CONTROL, ERR_OTHER)]
         self.controls_honoured += 1
         self.advance(now, wall)
-        return [core.dlt645_reply(self.address, core.FN_CONTROL)]
+        return [wire.dlt645_reply(self.address, wire.FN_CONTROL)]
 
     def state(self) -> dict[str, object]:
         return {

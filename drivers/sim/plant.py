@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from controller.task_stop import stop_task
 from drivers.config import (
     FAULT_KINDS,
     Dlt645BusConfig,
@@ -204,3 +203,20 @@ class SimulatedPlant:
             meter.advance(asyncio.get_running_loop().time(), time.time())
             return {"ok": True, "bus": farm.name, **meter.state()}
         raise ValueError(f"op: unknown operation {op!r} (ping, buses, fault, relay, state)")
+
+
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait until it has finished.
+
+    The wait matters: a wire closed while its farm task still runs would be
+    written to after close. The task's own CancelledError ends here; the
+    caller's (a shutdown giving up on this stop) goes on, and an error the
+    task had already failed with is raised.
+    """
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        me = asyncio.current_task()
+        if me is not None and me.cancelling():
+            raise
