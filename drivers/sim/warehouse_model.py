@@ -152,10 +152,7 @@ class WarehouseModel:
         ...) are ignored; a missing key takes the demo plant's value. A bad value
         raises ValueError naming the key and its allowed range.
         """
-        cranes_raw = table.get("cranes")
-        rows = _int(table, "warehouse.rows", "rows", 2, 2)
-        if cranes_raw is None:
-            cranes_raw = [{}] * max(1, rows // 2)
+        cranes_raw = table.get("cranes", [{}])  # the demo plant's one crane
         if not isinstance(cranes_raw, list):
             raise ValueError(f"warehouse.cranes: must be a list of tables, got {cranes_raw!r}")
         cranes = tuple(
@@ -163,7 +160,7 @@ class WarehouseModel:
             for i, c in enumerate(cranes_raw)
         )
         return cls(
-            rows=rows,
+            rows=_int(table, "warehouse.rows", "rows", 2, 2),
             bays=_int(table, "warehouse.bays", "bays", 20, 1),
             levels=_int(table, "warehouse.levels", "levels", 8, 1),
             bay_width_m=_float(table, "warehouse.bay_width_m", "bay_width_m", 1.2),
