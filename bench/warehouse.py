@@ -33,6 +33,7 @@ from controller.warehouse.plant_io import LocalPlantIO
 from controller.warehouse.rack import BoxClass, Location, position, travel_time
 from controller.warehouse.service import Warehouse
 from drivers.sim.warehouse import WarehousePlant
+from drivers.sim.warehouse_model import Spot, WarehouseModel
 
 
 def bozer_white(cfg: WarehouseConfig) -> tuple[float, float]:
@@ -80,7 +81,7 @@ def run(cfg: WarehouseConfig, dual: bool, cycles: int, seed: int) -> dict[str, f
     rng = random.Random(seed)
 
     async def scenario() -> dict[str, float]:
-        plant = WarehousePlant(cfg)
+        plant = WarehousePlant(WarehouseModel.from_table(cfg.model_dump()))
         wh = Warehouse(
             cfg, open_db(":memory:"), LocalPlantIO(plant), clock=asyncio.get_running_loop().time
         )
@@ -95,7 +96,7 @@ def run(cfg: WarehouseConfig, dual: bool, cycles: int, seed: int) -> dict[str, f
                 wh.inv.add_box(
                     code, BoxClass.UNVERIFIED, loc.code, rng.random(), [(f"{i:012d}", "t", "new")]
                 )
-                plant.slots[loc] = code
+                plant.slots[Spot(loc.row, loc.bay, loc.level)] = code
 
         def random_empty(aisle: int, exclude: set[Location] | None = None) -> Location:
             free = [s.loc for s in wh.rack.slots.values() if s.free and s.loc.aisle == aisle]

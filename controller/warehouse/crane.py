@@ -24,8 +24,18 @@ from typing import TYPE_CHECKING
 
 from controller.warehouse.inventory import TaskRow
 from controller.warehouse.plant_io import (
+    C_ACK_SEQ,
     C_CMD,
     C_CODE,
+    C_DONE_RESULT,
+    C_DONE_SEQ,
+    C_DOOR,
+    C_FAULT,
+    C_FORK,
+    C_STATE,
+    C_STATUS_REGS,
+    C_X,
+    C_Y,
     CODE_REGS,
     CraneState,
     Op,
@@ -33,6 +43,7 @@ from controller.warehouse.plant_io import (
     Result,
     crane_base,
     decode_code,
+    decode_position,
 )
 from controller.warehouse.rack import (
     STATION_IN,
@@ -64,7 +75,7 @@ class CraneStatus:
 class CraneDriver:
     """One crane's status and command registers."""
 
-    STATUS_REGS = 17
+    STATUS_REGS = C_STATUS_REGS
 
     def __init__(self, io: PlantIO, aisle: int) -> None:
         self.io = io
@@ -75,16 +86,16 @@ class CraneDriver:
     async def status(self) -> CraneStatus:
         r = await self.io.read(self.base, self.STATUS_REGS)
         return CraneStatus(
-            state=CraneState(r[0]),
-            x=r[1] / 100.0,
-            y=r[2] / 100.0,
-            fork_loaded=bool(r[3]),
+            state=CraneState(r[C_STATE]),
+            x=decode_position(r[C_X]),
+            y=decode_position(r[C_Y]),
+            fork_loaded=bool(r[C_FORK]),
             fork_code=decode_code(r[C_CODE : C_CODE + CODE_REGS]),
-            fault=r[12],
-            done_seq=r[13],
-            done_result=Result(r[14]),
-            door_open=bool(r[15]),
-            ack_seq=r[16],
+            fault=r[C_FAULT],
+            done_seq=r[C_DONE_SEQ],
+            done_result=Result(r[C_DONE_RESULT]),
+            door_open=bool(r[C_DOOR]),
+            ack_seq=r[C_ACK_SEQ],
         )
 
     async def command(self, op: Op, loc: Location) -> int:

@@ -1,8 +1,10 @@
 """Demo stock: the boxes of new meters a demo rack starts with.
 
-The simulated PLC puts them in its slots and the controller records them in an
-empty inventory, both from this one deterministic list, so plant and journal
-agree from the first cycle and there is something for the cranes to move.
+The controller records them in an empty inventory; the simulated PLC fills its
+slots from its own list built by the same rule
+(``drivers.sim.warehouse_model.demo_stock``), so plant and journal agree from
+the first cycle, there is something for the cranes to move, and a change to
+one rule alone shows up as differences in the rack scan a restarted service makes.
 """
 
 from __future__ import annotations

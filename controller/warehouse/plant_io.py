@@ -1,116 +1,70 @@
-"""The warehouse PLC's Modbus register map, and the two ways to reach it.
+"""The two ways to reach the warehouse PLC's registers: Modbus TCP and in-process.
 
 The plant (real PLC or ``drivers.sim.warehouse``) exposes holding registers;
-the controller reads status blocks and writes command blocks. The same map is
-served by the simulator over Modbus TCP (pymodbus) and, for fast virtual-time
-runs, called in-process through :class:`LocalPlantIO` with identical semantics.
-
-Crane block (one per aisle, base ``crane_base(aisle)``), read side:
-  +0 state (CraneState)      +1 x position, cm       +2 y position, cm
-  +3 fork load sensor 0/1    +4..+11 barcode at fork (16 ASCII chars)
-  +12 fault code (Fault)     +13 done seq            +14 done result (Result)
-  +15 aisle door / light curtain open 0/1            +16 accepted seq
-Command side: +20 op (Op), +21 row, +22 bay, +23 level, +24 seq — written in
-one block; the PLC latches a command when the seq changes, so a repeated write
-of the same block (a retry) is idempotent.
-
-Conveyor block (two per aisle: inbound then outbound, base ``conveyor_base``):
-  +0 zones  +1 photo-eye bitmap (bit i = zone i blocked)  +2 motor bitmap (actual)
-  +3 reader count (increments on each read at the induct)  +4..+11 last barcode read
-  +20 motor command bitmap   +21 re-read trigger (write any value)
-
-Rack scan window (the rack's inventory reader): write row, bay, level at
-``SCAN_BASE``+0..2, then read +3 occupied and +4..+11 barcode.
-
-Line return hand-over (the verification line's boxing out-feed pushes a box
-onto an aisle's inbound induct), base ``HANDOVER_BASE``: write +0 aisle,
-+1..+8 barcode, +9 seq in one block; the PLC latches it when the seq changes
-(a rewrite is a retry) and ignores a barcode already in the plant. Read +10
-accepted seq.
+the controller reads status blocks and writes command blocks. The register map
+itself — addresses, sizes, bit meanings, word encodings — is the wire contract
+in :mod:`drivers.warehouse_plc_map`, re-exported here for the warehouse code.
+The simulator serves the map over Modbus TCP (pymodbus) and, for fast
+virtual-time runs, is called in-process through :class:`LocalPlantIO` with
+identical semantics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from enum import IntEnum
 from typing import Any, Protocol
 
-CRANE_BASE = 100
-CRANE_STRIDE = 50
-CONV_BASE = 400
-CONV_STRIDE = 40
-SCAN_BASE = 900
-HANDOVER_BASE = 950
-H_AISLE, H_CODE, H_SEQ, H_ACK_SEQ = 0, 1, 9, 10
-REGISTER_COUNT = 1000
-CODE_REGS = 8  # 16 chars, two per register
-
-C_STATE, C_X, C_Y, C_FORK, C_CODE, C_FAULT, C_DONE_SEQ, C_DONE_RESULT, C_DOOR, C_ACK_SEQ = (
-    0,
-    1,
-    2,
-    3,
-    4,
-    12,
-    13,
-    14,
-    15,
-    16,
+from drivers.warehouse_plc_map import (
+    C_ACK_SEQ,
+    C_CMD,
+    C_CMD_REGS,
+    C_CODE,
+    C_DONE_RESULT,
+    C_DONE_SEQ,
+    C_DOOR,
+    C_FAULT,
+    C_FORK,
+    C_STATE,
+    C_STATUS_REGS,
+    C_X,
+    C_Y,
+    CODE_REGS,
+    CONV_BASE,
+    CONV_STRIDE,
+    CRANE_BASE,
+    CRANE_STRIDE,
+    H_ACK_SEQ,
+    H_AISLE,
+    H_CODE,
+    H_SEQ,
+    HANDOVER_BASE,
+    NOREAD,
+    REGISTER_COUNT,
+    SCAN_BASE,
+    SCAN_CODE,
+    SCAN_OCCUPIED,
+    STATION_IN,
+    STATION_OUT,
+    STATION_ROW,
+    V_EYES,
+    V_MOTOR_CMD,
+    V_MOTORS,
+    V_READ_CODE,
+    V_READ_COUNT,
+    V_REREAD,
+    V_ZONES,
+    CraneState,
+    Fault,
+    Op,
+    Result,
+    conveyor_base,
+    crane_base,
+    decode_code,
+    decode_position,
+    encode_code,
+    encode_position,
 )
-C_CMD = 20
-V_ZONES, V_EYES, V_MOTORS, V_READ_COUNT, V_READ_CODE = 0, 1, 2, 3, 4
-V_MOTOR_CMD, V_REREAD = 20, 21
-NOREAD = "NOREAD"
-
-
-class CraneState(IntEnum):
-    IDLE = 0
-    MOVING = 1
-    FORKING = 2
-    FAULT = 3
-    STOPPED = 4  # aisle door open or light curtain broken
-
-
-class Op(IntEnum):
-    PICK = 1
-    PUT = 2
-    MOVE = 3
-    RESET = 4
-
-
-class Result(IntEnum):
-    OK = 0
-    REFUSED_OCCUPIED = 1  # put: the fork's occupancy check found the target full
-    REFUSED_EMPTY = 2  # pick: nothing there
-    REFUSED_FORK = 3  # pick with a loaded fork, or put with an empty one
-    ABORTED = 4  # fault, door or light curtain during the command
-    BAD_TARGET = 5
-    REFUSED_NOT_READY = 6  # command while in fault / stopped
-
-
-class Fault(IntEnum):
-    NONE = 0
-    DRIVE = 1
-    DOOR = 4
-
-
-def crane_base(aisle: int) -> int:
-    return CRANE_BASE + CRANE_STRIDE * (aisle - 1)
-
-
-def conveyor_base(aisle: int, outbound: bool) -> int:
-    return CONV_BASE + CONV_STRIDE * (2 * (aisle - 1) + (1 if outbound else 0))
-
-
-def encode_code(text: str) -> list[int]:
-    raw = text.encode("ascii", "replace")[: 2 * CODE_REGS].ljust(2 * CODE_REGS, b"\0")
-    return [(raw[i] << 8) | raw[i + 1] for i in range(0, len(raw), 2)]
-
-
-def decode_code(regs: list[int]) -> str:
-    raw = b"".join(bytes(((r >> 8) & 0xFF, r & 0xFF)) for r in regs)
-    return raw.rstrip(b"\0").decode("ascii", "replace")
 
 
 class PlantIO(Protocol):
@@ -217,3 +171,61 @@ class ModbusPlantIO:
 
     def watcher(self) -> Watcher:
         return Watcher(self._poll_s)
+
+
+__all__ = [
+    "CODE_REGS",
+    "CONV_BASE",
+    "CONV_STRIDE",
+    "CRANE_BASE",
+    "CRANE_STRIDE",
+    "C_ACK_SEQ",
+    "C_CMD",
+    "C_CMD_REGS",
+    "C_CODE",
+    "C_DONE_RESULT",
+    "C_DONE_SEQ",
+    "C_DOOR",
+    "C_FAULT",
+    "C_FORK",
+    "C_STATE",
+    "C_STATUS_REGS",
+    "C_X",
+    "C_Y",
+    "HANDOVER_BASE",
+    "H_ACK_SEQ",
+    "H_AISLE",
+    "H_CODE",
+    "H_SEQ",
+    "NOREAD",
+    "REGISTER_COUNT",
+    "SCAN_BASE",
+    "SCAN_CODE",
+    "SCAN_OCCUPIED",
+    "STATION_IN",
+    "STATION_OUT",
+    "STATION_ROW",
+    "V_EYES",
+    "V_MOTORS",
+    "V_MOTOR_CMD",
+    "V_READ_CODE",
+    "V_READ_COUNT",
+    "V_REREAD",
+    "V_ZONES",
+    "CraneState",
+    "Fault",
+    "LocalPlant",
+    "LocalPlantIO",
+    "ModbusPlantIO",
+    "Op",
+    "PlantIO",
+    "PlantIOError",
+    "Result",
+    "Watcher",
+    "conveyor_base",
+    "crane_base",
+    "decode_code",
+    "decode_position",
+    "encode_code",
+    "encode_position",
+]

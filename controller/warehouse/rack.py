@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from controller.warehouse.config import CraneConfig, WarehouseConfig
-
-STATION_IN = 1
-STATION_OUT = 2
+from drivers.warehouse_plc_map import STATION_IN, STATION_OUT, STATION_ROW
 
 
 class BoxClass(StrEnum):
@@ -56,11 +54,11 @@ class Location:
     @staticmethod
     def station(aisle: int, which: int) -> Location:
         # row 0 marks a station; bay carries the aisle, level which station
-        return Location(0, aisle, which)
+        return Location(STATION_ROW, aisle, which)
 
     @property
     def is_station(self) -> bool:
-        return self.row == 0
+        return self.row == STATION_ROW
 
     @property
     def aisle(self) -> int:

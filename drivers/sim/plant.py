@@ -71,8 +71,15 @@ class SimulatedPlant:
         warehouse = getattr(self.config, "warehouse", None)  # GridConfig's [warehouse] table
         if warehouse is not None:
             from drivers.sim.warehouse import WarehouseServer
+            from drivers.sim.warehouse_model import WarehouseModel, demo_stock
 
-            self.warehouse = WarehouseServer(warehouse)
+            # the plant is built from the same [warehouse] table the controller
+            # reads, but the simulator interprets it with its own model
+            model = WarehouseModel.from_table(warehouse.model_dump())
+            host, port = warehouse.plc_endpoint
+            self.warehouse = WarehouseServer(
+                model, host, port, demo_stock(model, warehouse.demo_boxes)
+            )
             self._wires.append(self.warehouse)
 
     def _build_dlt645(self, bus: Dlt645BusConfig, sb: SimBusConfig) -> None:

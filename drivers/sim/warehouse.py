@@ -1,9 +1,12 @@
 """Simulated warehouse plant: stacker cranes, conveyors, photo-eyes, barcode readers.
 
 It behaves like the warehouse PLC a real WCS talks to: the register map of
-``controller.warehouse.plant_io``, served in-process or over Modbus TCP
-(pymodbus). Time comes from the running asyncio loop, so the same plant runs in
-real time or in virtual time (``controller.warehouse.clock.VirtualTimeLoop``).
+``drivers.warehouse_plc_map``, served in-process or over Modbus TCP (pymodbus).
+Where slots are, how cranes move and how long loads take on a conveyor come
+from the plant's own :class:`~drivers.sim.warehouse_model.WarehouseModel`, never
+from the controller. Time comes from the running asyncio loop, so the same
+plant runs in real time or in virtual time
+(``controller.warehouse.clock.VirtualTimeLoop``).
 
 Faults on demand: crane drive fault, conveyor jam, barcode misread, a foreign
 box in a slot the controller believes empty, and the aisle door.
@@ -15,15 +18,22 @@ import argparse
 import asyncio
 import json
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from controller.task_stop import stop_task
-from controller.warehouse.config import ConveyorConfig, CraneConfig, WarehouseConfig
-from controller.warehouse.plant_io import (
+from drivers.sim.tasks import stop_task
+from drivers.sim.warehouse_model import (
+    ConveyorModel,
+    CraneModel,
+    Spot,
+    WarehouseModel,
+    demo_stock,
+)
+from drivers.warehouse_plc_map import (
     C_ACK_SEQ,
     C_CMD,
+    C_CMD_REGS,
     C_CODE,
     C_DONE_RESULT,
     C_DONE_SEQ,
@@ -46,6 +56,9 @@ from controller.warehouse.plant_io import (
     NOREAD,
     REGISTER_COUNT,
     SCAN_BASE,
+    SCAN_CODE,
+    SCAN_OCCUPIED,
+    STATION_IN,
     V_EYES,
     V_MOTOR_CMD,
     V_MOTORS,
@@ -57,23 +70,24 @@ from controller.warehouse.plant_io import (
     Fault,
     Op,
     Result,
-    Watcher,
+    conveyor_base,
+    crane_base,
     decode_code,
     encode_code,
+    encode_position,
 )
-from controller.warehouse.rack import (
-    STATION_IN,
-    Location,
-    axis_position,
-    axis_time,
-    position,
-)
+
+
+class ChangeListener(Protocol):
+    """Told on every plant change (the in-process I/O's watchers)."""
+
+    def kick(self) -> None: ...
 
 
 @dataclass
 class SimCrane:
     aisle: int
-    cfg: CraneConfig
+    model: CraneModel
     x: float = 0.0
     y: float = 0.0
     state: CraneState = CraneState.IDLE
@@ -88,27 +102,26 @@ class SimCrane:
     move_to: tuple[float, float] = (0.0, 0.0)
     move_t0: float = 0.0
     handle: asyncio.TimerHandle | None = None
-    cmd: tuple[Op, Location] | None = None
+    cmd: tuple[Op, Spot] | None = None
     moves: int = 0
     busy_s: float = 0.0  # time spent travelling or forking (utilisation = busy / elapsed)
 
     def pos_at(self, t: float) -> tuple[float, float]:
         if self.state is not CraneState.MOVING:
             return (self.x, self.y)
-        dt = t - self.move_t0
-        dx = self.move_to[0] - self.move_from[0]
-        dy = self.move_to[1] - self.move_from[1]
-        return (
-            self.move_from[0] + axis_position(dx, self.cfg.vx_m_s, self.cfg.ax_m_s2, dt),
-            self.move_from[1] + axis_position(dy, self.cfg.vy_m_s, self.cfg.ay_m_s2, dt),
+        ox, oy = self.model.offset_after(
+            self.move_to[0] - self.move_from[0],
+            self.move_to[1] - self.move_from[1],
+            t - self.move_t0,
         )
+        return (self.move_from[0] + ox, self.move_from[1] + oy)
 
 
 @dataclass
 class SimConveyor:
     aisle: int
     outbound: bool
-    cfg: ConveyorConfig
+    model: ConveyorModel
     zones: list[str | None] = field(default_factory=list)
     motors: int = 0
     stuck: set[int] = field(default_factory=set)
@@ -120,7 +133,7 @@ class SimConveyor:
     delivered: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.zones = [None] * self.cfg.zones
+        self.zones = [None] * self.model.zones
 
     @property
     def eyes(self) -> int:
@@ -130,19 +143,21 @@ class SimConveyor:
 class WarehousePlant:
     """The simulated PLC and the physical plant behind it."""
 
-    def __init__(self, cfg: WarehouseConfig, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.cfg = cfg
+    def __init__(
+        self, model: WarehouseModel, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        self.model = model
         self._loop = loop
-        self.slots: dict[Location, str] = {}
-        self.cranes = [SimCrane(a, c) for a, c in enumerate(cfg.cranes, start=1)]
+        self.slots: dict[Spot, str] = {}
+        self.cranes = [SimCrane(a, c) for a, c in enumerate(model.cranes, start=1)]
         self.conveyors: dict[tuple[int, bool], SimConveyor] = {}
-        for aisle in range(1, cfg.aisles + 1):
-            self.conveyors[(aisle, False)] = SimConveyor(aisle, False, cfg.inbound)
-            self.conveyors[(aisle, True)] = SimConveyor(aisle, True, cfg.outbound)
-        self._scan = Location(1, 1, 1)
+        for aisle in range(1, model.aisles + 1):
+            self.conveyors[(aisle, False)] = SimConveyor(aisle, False, model.inbound)
+            self.conveyors[(aisle, True)] = SimConveyor(aisle, True, model.outbound)
+        self._scan = Spot(1, 1, 1)
         self.handover_seq = 0
         self.handed_over: list[str] = []  # boxes the line pushed onto an induct, in order
-        self._watchers: list[Watcher] = []
+        self._watchers: list[ChangeListener] = []
         self.on_deliver: Callable[[int, str], None] | None = None
 
     # -- time and notification ------------------------------------------------
@@ -155,7 +170,7 @@ class WarehousePlant:
     def now(self) -> float:
         return self.loop.time()
 
-    def add_watcher(self, watcher: Watcher) -> None:
+    def add_watcher(self, watcher: ChangeListener) -> None:
         self._watchers.append(watcher)
 
     def _changed(self) -> None:
@@ -193,24 +208,20 @@ class WarehousePlant:
             c = self.cranes[(addr - CRANE_BASE) // CRANE_STRIDE]
             off = (addr - CRANE_BASE) % CRANE_STRIDE
             return self._crane_reg(c, off)
-        n_conv = 2 * self.cfg.aisles
+        n_conv = 2 * self.model.aisles
         if CONV_BASE <= addr < CONV_BASE + CONV_STRIDE * n_conv:
             k = (addr - CONV_BASE) // CONV_STRIDE
             conv = self.conveyors[(k // 2 + 1, bool(k % 2))]
             off = (addr - CONV_BASE) % CONV_STRIDE
             return self._conv_reg(conv, off)
-        if SCAN_BASE <= addr < SCAN_BASE + 4 + CODE_REGS:
+        if SCAN_BASE <= addr < SCAN_BASE + SCAN_CODE + CODE_REGS:
             off = addr - SCAN_BASE
             code = self.slots.get(self._scan)
-            if off == 0:
-                return self._scan.row
-            if off == 1:
-                return self._scan.bay
-            if off == 2:
-                return self._scan.level
-            if off == 3:
+            if off < SCAN_OCCUPIED:
+                return self._scan[off]  # row, bay, level as written
+            if off == SCAN_OCCUPIED:
                 return 1 if code else 0
-            return encode_code(code or "")[off - 4]
+            return encode_code(code or "")[off - SCAN_CODE]
         if addr == HANDOVER_BASE + H_ACK_SEQ:
             return self.handover_seq
         return 0
@@ -220,7 +231,7 @@ class WarehousePlant:
             return int(c.state)
         if off in (C_X, C_Y):
             x, y = c.pos_at(self.now())
-            return max(0, min(65535, round((x if off == C_X else y) * 100)))
+            return encode_position(x if off == C_X else y)
         if off == C_FORK:
             return 1 if c.fork else 0
         if C_CODE <= off < C_CODE + CODE_REGS:
@@ -253,20 +264,19 @@ class WarehousePlant:
     def write_registers(self, address: int, values: list[int]) -> None:
         end = address + len(values)
         for c in self.cranes:
-            base = CRANE_BASE + CRANE_STRIDE * (c.aisle - 1) + C_CMD
-            if address <= base and end >= base + 5:
-                op, row, bay, level, seq = values[base - address : base - address + 5]
-                self._crane_command(c, op, Location(row, bay, level), seq)
+            base = crane_base(c.aisle) + C_CMD
+            if address <= base and end >= base + C_CMD_REGS:
+                op, row, bay, level, seq = values[base - address : base - address + C_CMD_REGS]
+                self._crane_command(c, op, Spot(row, bay, level), seq)
         for (aisle, outbound), conv in self.conveyors.items():
-            k = 2 * (aisle - 1) + (1 if outbound else 0)
-            base = CONV_BASE + CONV_STRIDE * k
+            base = conveyor_base(aisle, outbound)
             if address <= base + V_MOTOR_CMD < end:
                 self._set_motors(conv, values[base + V_MOTOR_CMD - address])
             if address <= base + V_REREAD < end:
                 self._read_barcode(conv)
-        if address <= SCAN_BASE and end >= SCAN_BASE + 3:
-            row, bay, level = values[SCAN_BASE - address : SCAN_BASE - address + 3]
-            self._scan = Location(row, bay, level)
+        if address <= SCAN_BASE and end >= SCAN_BASE + SCAN_OCCUPIED:
+            row, bay, level = values[SCAN_BASE - address : SCAN_BASE - address + SCAN_OCCUPIED]
+            self._scan = Spot(row, bay, level)
         if address <= HANDOVER_BASE and end >= HANDOVER_BASE + H_SEQ + 1:
             block = values[HANDOVER_BASE - address : HANDOVER_BASE - address + H_SEQ + 1]
             self._handover(
@@ -275,15 +285,6 @@ class WarehousePlant:
         self._changed()
 
     # -- crane -------------------------------------------------------------------
-    def _valid(self, loc: Location) -> bool:
-        if loc.is_station:
-            return 1 <= loc.bay <= self.cfg.aisles and loc.level in (1, 2)
-        return (
-            1 <= loc.row <= self.cfg.rows
-            and 1 <= loc.bay <= self.cfg.bays
-            and 1 <= loc.level <= self.cfg.levels
-        )
-
     def _finish(self, c: SimCrane, result: Result) -> None:
         c.done_seq = c.ack_seq
         c.done_result = result
@@ -292,7 +293,7 @@ class WarehousePlant:
             c.state = CraneState.IDLE
         self._changed()
 
-    def _crane_command(self, c: SimCrane, op_raw: int, loc: Location, seq: int) -> None:
+    def _crane_command(self, c: SimCrane, op_raw: int, loc: Spot, seq: int) -> None:
         if seq == c.ack_seq:
             return  # same command block rewritten: a retry, already latched
         c.ack_seq = seq
@@ -310,18 +311,14 @@ class WarehousePlant:
         if c.state is not CraneState.IDLE or c.door_open:
             self._finish(c, Result.REFUSED_NOT_READY)
             return
-        if not self._valid(loc) or (loc.aisle != c.aisle):
+        if not self.model.contains(loc) or (loc.aisle != c.aisle):
             self._finish(c, Result.BAD_TARGET)
             return
         c.cmd = (op, loc)
         c.move_from = (c.x, c.y)
-        c.move_to = position(self.cfg, loc)
+        c.move_to = self.model.position(loc)
         c.move_t0 = self.now()
-        dx = c.move_to[0] - c.x
-        dy = c.move_to[1] - c.y
-        dt = max(
-            axis_time(dx, c.cfg.vx_m_s, c.cfg.ax_m_s2), axis_time(dy, c.cfg.vy_m_s, c.cfg.ay_m_s2)
-        )
+        dt = c.model.move_time(c.move_to[0] - c.x, c.move_to[1] - c.y)
         c.state = CraneState.MOVING
         c.busy_s += dt
         c.handle = self.loop.call_later(dt, self._arrived, c)
@@ -351,17 +348,17 @@ class WarehousePlant:
                 self._finish(c, Result.REFUSED_EMPTY)
                 return
         c.state = CraneState.FORKING
-        c.busy_s += c.cfg.fork_cycle_s
+        c.busy_s += c.model.fork_cycle_s
         self._changed()
-        c.handle = self.loop.call_later(c.cfg.fork_cycle_s, self._forked, c)
+        c.handle = self.loop.call_later(c.model.fork_cycle_s, self._forked, c)
 
-    def _station_conv(self, loc: Location) -> tuple[SimConveyor, int]:
+    def _station_conv(self, loc: Spot) -> tuple[SimConveyor, int]:
         if loc.level == STATION_IN:
             conv = self.conveyors[(loc.bay, False)]
             return conv, len(conv.zones) - 1
         return self.conveyors[(loc.bay, True)], 0
 
-    def _occupied(self, loc: Location) -> bool:
+    def _occupied(self, loc: Spot) -> bool:
         if loc.is_station:
             conv, z = self._station_conv(loc)
             return conv.zones[z] is not None
@@ -439,8 +436,8 @@ class WarehousePlant:
     def misread(self, aisle: int, count: int = 1) -> None:
         self.conveyors[(aisle, False)].misreads += count
 
-    def place_foreign_box(self, loc: Location, barcode: str) -> None:
-        self.slots[loc] = barcode
+    def place_foreign_box(self, spot: Spot, barcode: str) -> None:
+        self.slots[spot] = barcode
         self._changed()
 
     # -- conveyors -------------------------------------------------------------------
@@ -449,7 +446,7 @@ class WarehousePlant:
         if seq == self.handover_seq:
             return  # the same block rewritten: a retry, already latched
         self.handover_seq = seq
-        if not barcode or not 1 <= aisle <= self.cfg.aisles:
+        if not barcode or not 1 <= aisle <= self.model.aisles:
             return
         waiting = {code for conv in self.conveyors.values() for code in conv.feed}
         if barcode in waiting or barcode in self.census():
@@ -502,7 +499,7 @@ class WarehousePlant:
             if not last and not (conv.motors >> (z + 1)) & 1:
                 continue
             conv.transfers[z] = self.loop.call_later(
-                conv.cfg.zone_travel_s, self._transferred, conv, z
+                conv.model.zone_travel_s, self._transferred, conv, z
             )
 
     def _transferred(self, conv: SimConveyor, z: int) -> None:
@@ -558,18 +555,23 @@ def make_modbus_server(plant: WarehousePlant, host: str, port: int) -> Any:
 class WarehouseServer:
     """The simulated warehouse PLC as one wire of the simulated plant (``gridctl sim``).
 
-    Serves ``cfg.plc`` over Modbus TCP; the rack starts with the demo stock
-    (:func:`controller.warehouse.demo.demo_stock`).
+    Serves the plant over Modbus TCP at ``host:port``; the rack starts with
+    ``stock`` (barcode, slot) in its slots, e.g. :func:`demo_stock`.
     """
 
-    def __init__(self, cfg: WarehouseConfig) -> None:
-        from controller.warehouse.demo import demo_stock
-
-        self.cfg = cfg
-        self.host, self.port = cfg.plc_endpoint
-        self.plant = WarehousePlant(cfg)
-        for box in demo_stock(cfg):
-            self.plant.slots[box.location] = box.barcode
+    def __init__(
+        self,
+        model: WarehouseModel,
+        host: str,
+        port: int,
+        stock: Iterable[tuple[str, Spot]] = (),
+    ) -> None:
+        self.host, self.port = host, port
+        self.plant = WarehousePlant(model)
+        for barcode, spot in stock:
+            if not model.contains(spot) or spot.is_station:
+                raise ValueError(f"stock: {barcode} at {spot.code} is not a slot of this rack")
+            self.plant.slots[spot] = barcode
         self._server: Any = None
 
     async def start(self) -> None:
@@ -586,8 +588,8 @@ class WarehouseServer:
         return f"warehouse PLC tcp://{self.host}:{self.port}"
 
 
-async def serve(cfg: WarehouseConfig, host: str, port: int, boxes: list[str], aisle: int) -> None:
-    plant = WarehousePlant(cfg)
+async def serve(model: WarehouseModel, host: str, port: int, boxes: list[str], aisle: int) -> None:
+    plant = WarehousePlant(model)
     server = make_modbus_server(plant, host, port)
     for code in boxes:
         plant.inject_box(aisle, code)
@@ -605,13 +607,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="simulated warehouse PLC (Modbus TCP)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5020)
-    p.add_argument("--config", default="{}", help="warehouse config as JSON")
+    p.add_argument(
+        "--config",
+        default="{}",
+        help="the plant as JSON, the keys of the [warehouse] table (others are ignored)",
+    )
     p.add_argument("--boxes", default="", help="comma-separated barcodes to feed at the induct")
     p.add_argument("--aisle", type=int, default=1)
     a = p.parse_args(argv)
-    cfg = WarehouseConfig.model_validate(json.loads(a.config))
+    try:
+        model = WarehouseModel.from_table(json.loads(a.config))
+    except ValueError as exc:  # JSONDecodeError is one too
+        p.error(f"--config: {exc}")
+    if not 1 <= a.aisle <= model.aisles:
+        p.error(f"--aisle: must be 1..{model.aisles}, got {a.aisle}")
     boxes = [b for b in a.boxes.split(",") if b]
-    asyncio.run(serve(cfg, a.host, a.port, boxes, a.aisle))
+    asyncio.run(serve(model, a.host, a.port, boxes, a.aisle))
     return 0
 
 
@@ -619,4 +630,12 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["WarehousePlant", "WarehouseServer", "decode_code", "make_modbus_server"]
+__all__ = [
+    "Spot",
+    "WarehouseModel",
+    "WarehousePlant",
+    "WarehouseServer",
+    "decode_code",
+    "demo_stock",
+    "make_modbus_server",
+]

@@ -12,8 +12,10 @@ from controller.warehouse.config import WarehouseConfig
 from controller.warehouse.inventory import open_db
 from controller.warehouse.line_link import BatchFeed
 from controller.warehouse.plant_io import LocalPlantIO
+from controller.warehouse.rack import Location
 from controller.warehouse.service import Warehouse
 from drivers.sim.warehouse import WarehousePlant
+from drivers.sim.warehouse_model import Spot, WarehouseModel
 
 SMALL = dict(
     rows=2,
@@ -23,6 +25,16 @@ SMALL = dict(
     inbound=dict(zones=4, zone_travel_s=2.0, jam_timeout_s=10.0),
     outbound=dict(zones=4, zone_travel_s=2.0, jam_timeout_s=10.0),
 )
+
+
+def sim_plant(cfg: WarehouseConfig) -> WarehousePlant:
+    """The simulated plant for a site's [warehouse] table, read by the simulator's own model."""
+    return WarehousePlant(WarehouseModel.from_table(cfg.model_dump()))
+
+
+def spot(loc: Location) -> Spot:
+    """The simulator's name for a controller location (the plant keys its slots by it)."""
+    return Spot(loc.row, loc.bay, loc.level)
 
 
 class Alarms:
@@ -66,7 +78,7 @@ def manifest(prefix: str, n: int, meters: int = 4, start: int = 0) -> dict:
 class Rig:
     def __init__(self, cfg: dict | None = None, db: str = ":memory:") -> None:
         self.cfg = WarehouseConfig.model_validate(cfg or SMALL)
-        self.plant = WarehousePlant(self.cfg)
+        self.plant = sim_plant(self.cfg)
         self.io = LocalPlantIO(self.plant)
         self.conn: sqlite3.Connection = open_db(db)
         self.alarms = Alarms()

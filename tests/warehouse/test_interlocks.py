@@ -5,7 +5,7 @@ from controller.warehouse.conveyor import HOLD, plan_motors
 from controller.warehouse.plant_io import CraneState, Op
 from controller.warehouse.rack import Location
 
-from .harness import Rig, manifest
+from .harness import Rig, manifest, spot
 
 
 async def _stock(rig: Rig, n: int, prefix: str = "NB") -> int:
@@ -96,7 +96,7 @@ def test_foreign_box_in_slot_journal_thinks_empty_is_refused_and_box_goes_elsewh
         wh = rig.wh
         await wh.start()
         target = wh.rack.nearest_empty(1)
-        rig.plant.place_foreign_box(target, "FOREIGN")
+        rig.plant.place_foreign_box(spot(target), "FOREIGN")
         order = wh.submit("inbound", manifest("NB", 1))
         rig.plant.inject_box(1, "NB00000")
         await rig.wait_for(lambda: rig.order_state(order) == "completed")
@@ -104,7 +104,7 @@ def test_foreign_box_in_slot_journal_thinks_empty_is_refused_and_box_goes_elsewh
         assert wh.rack.slot(target).blocked
         box = wh.inv.box("NB00000")
         assert box.location.startswith("R") and box.location != target.code
-        assert rig.plant.slots[target] == "FOREIGN"
+        assert rig.plant.slots[spot(target)] == "FOREIGN"
         # the count finds the foreign box
         report = await wh.count()
         assert report["differences"] == [{"slot": target.code, "journal": None, "scan": "FOREIGN"}]
@@ -237,7 +237,7 @@ def test_pick_from_slot_found_empty_flags_box_missing():
         await wh.start()
         await _stock(rig, 1)
         loc = Location.parse(wh.inv.box("NB00000").location)
-        del rig.plant.slots[loc]  # the box vanished behind the controller's back
+        del rig.plant.slots[spot(loc)]  # the box vanished behind the controller's back
         feed = wh.request_batch("B", 1)
         await rig.wait_for(lambda: rig.order_state(feed.order_id) == "failed")
         assert any(k.startswith("pick_empty") for k in rig.alarms.kinds())

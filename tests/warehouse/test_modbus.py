@@ -11,7 +11,7 @@ from controller.warehouse.rack import Location
 from controller.warehouse.service import Warehouse
 from drivers.sim.warehouse import WarehousePlant, make_modbus_server
 
-from .harness import Alarms, manifest
+from .harness import Alarms, manifest, sim_plant
 
 FAST = dict(
     rows=2,
@@ -45,7 +45,7 @@ async def _serve(plant: WarehousePlant):
 
 async def test_crane_command_over_modbus():
     cfg = WarehouseConfig.model_validate(FAST)
-    plant = WarehousePlant(cfg)
+    plant = sim_plant(cfg)
     server, task, port = await _serve(plant)
     io = ModbusPlantIO("127.0.0.1", port, poll_s=0.01)
     await io.connect()
@@ -79,7 +79,7 @@ async def test_crane_command_over_modbus():
 
 async def test_service_over_modbus_stores_boxes(tmp_path):
     cfg = WarehouseConfig.model_validate(FAST)
-    plant = WarehousePlant(cfg)
+    plant = sim_plant(cfg)
     server, task, port = await _serve(plant)
     io = ModbusPlantIO("127.0.0.1", port, poll_s=0.01)
     await io.connect()
