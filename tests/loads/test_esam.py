@@ -13,6 +13,7 @@ from typing import Any
 
 from controller.commands import CommandState
 from drivers.config import MeterConfig
+from drivers.esam import HmacSession, HmacTestAdapter
 
 from .conftest import loads_config
 
@@ -151,3 +152,36 @@ async def test_adapter_that_does_not_answer_fails_the_command_not_sent(rig) -> N
     # the bus goes on: the next command to a plain meter is confirmed
     cmd = await r.executor.run("trip", "l1", who="otto", why="plain trip")
     assert cmd.state is CommandState.CONFIRMED, cmd.reason
+
+
+class DistrustfulAdapter(HmacTestAdapter):
+    """Seals like test-hmac but will not open any reply (a reply MAC it cannot check)."""
+
+    name = "distrustful"
+
+    async def open(self, session: HmacSession, reply: bytes) -> bytes:
+        raise ValueError("reply MAC missing")
+
+
+def make_distrustful(options: Mapping[str, Any]) -> DistrustfulAdapter:
+    return DistrustfulAdapter(bytes.fromhex(KEY))
+
+
+async def test_reply_the_adapter_will_not_open_leaves_the_read_back_to_decide(rig) -> None:
+    r = await rig(
+        extra_bus=ESAM_METER,
+        extra=sim_esam() + adapter("tests.loads.test_esam:make_distrustful"),
+        loads=esam_loads(),
+    )
+    card = r.meter(ADDR3).esam_card
+    cmd = await r.executor.run("trip", "e1", who="otto", why="esam trip")
+    # the meter acted on the sealed 1C; only its 9C did not pass, so the client
+    # retried like a corrupt reply (1 + 3 retries, each accepted) and the
+    # status word read-back confirmed the trip
+    assert cmd.state is CommandState.CONFIRMED, cmd.reason
+    assert cmd.reason.endswith(
+        f"; no acknowledgement (meter {ADDR3}: reply not opened by ESAM adapter "
+        "'distrustful': reply MAC missing)"
+    )
+    assert (card.accepted, card.refused) == (4, 0)
+    assert r.meter(ADDR3).relay_open is True
