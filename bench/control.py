@@ -177,7 +177,7 @@ async def main() -> None:
             acts = actuators_for(loads, plant, image)
             ex = SwitchingExecutor(loads, commands, acts, image=image)
             bus = plant.bus("bus1")
-            fifo_act = FifoRelay(bus, "000000000007", image, acts["l1"].cipher)  # type: ignore[attr-defined]
+            fifo_act = FifoRelay(bus, "000000000007", image)
             ex_fifo = SwitchingExecutor(loads, commands, {"l1": fifo_act}, image=image)
             await asyncio.sleep(5.0)  # the poll cycle is running, the bus saturated
             control = await measure(ex, args.samples, 0.5)

@@ -252,6 +252,11 @@ class Quarantine(_Model):
 # ---------------------------------------------------------------------------
 
 
+# How 1C and 0x14 frames reach a meter: as built ("plaintext") or through the
+# `[esam]` adapter (remote-cost-control meters with an ESAM).
+Security = Literal["plaintext", "esam"]
+
+
 class MeterConfig(_Model):
     address: str
     name: str | None = None
@@ -259,6 +264,7 @@ class MeterConfig(_Model):
     password_level: Annotated[int, within(0, 0xFF, " (usually 2 or 4)")] = 2
     password: str = "000000"
     operator: str = "00000000"
+    security: Security = "plaintext"
 
     @field_validator("address", mode="before")
     @classmethod
@@ -294,6 +300,7 @@ class MeterBlock(_Model):
     password_level: int = 2
     password: str = "000000"
     operator: str = "00000000"
+    security: Security = "plaintext"
 
     @field_validator("first_address")
     @classmethod
@@ -311,6 +318,7 @@ class MeterBlock(_Model):
                 "password_level": self.password_level,
                 "password": self.password,
                 "operator": self.operator,
+                "security": self.security,
             }
             for i in range(self.count)
         ]
@@ -360,6 +368,40 @@ class Dlt645BusConfig(LinkConfig):
         if len(self.meters) > 256:
             raise ValueError(f"meters must be at most 256 on one bus, got {len(self.meters)}")
         return self
+
+
+class EsamConfig(_Model):
+    """``[esam]``: the adapter that seals 1C and 0x14 frames for ``security = "esam"`` meters.
+
+    ``adapter`` names a factory: a built-in (``plaintext``, ``test-hmac``), an
+    entry point in group ``gridctl.esam_adapters``, or ``"package.module:factory"``.
+    The factory is called with ``options`` (the TOML table) and must not do I/O;
+    both are checked here, so a bad name or option is a config error."""
+
+    adapter: str = "plaintext"
+    options: dict[str, Any] = {}
+    # a crypto machine that does not answer must not hold the bus owner's control slot
+    timeout_s: Annotated[float, within(0.1, 60.0, " s")] = 5.0
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, v: str) -> str:
+        from drivers.esam import resolve_factory
+
+        resolve_factory(v)  # raises ValueError naming what was tried
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from drivers.esam import resolve_factory
+
+        if "adapter" in info.data:  # otherwise the adapter's own error says why
+            try:
+                resolve_factory(info.data["adapter"])(v)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(f"options for adapter {info.data['adapter']!r}: {exc}") from None
+        return v
 
 
 # ---------------------------------------------------------------------------
@@ -486,6 +528,10 @@ class SimMeterConfig(_Model):
     clock_drift_s_per_day: float | None = None
     clock_offset_s: float = 0.0
     faults: list[FaultKind] = []
+    # an ESAM that refuses 1C and 0x14 frames without a valid MAC under esam_key
+    # (the test-hmac wire contract in drivers/esam.py)
+    require_esam: bool = False
+    esam_key: str = ""
 
     @field_validator("peak_kw")
     @classmethod
@@ -493,6 +539,19 @@ class SimMeterConfig(_Model):
         if v is not None and not 0.0 <= v <= 1000.0:
             raise ValueError(f"peak_kw must be 0..1000 kW, got {v}")
         return v
+
+    @field_validator("esam_key")
+    @classmethod
+    def _esam_key(cls, v: str) -> str:
+        if v and (len(v) % 2 or len(v) > 128 or not _HEX_RE.match(v)):
+            raise ValueError(f"esam_key must be 2..128 hex digits (whole bytes), got {v!r}")
+        return v.upper()
+
+    @model_validator(mode="after")
+    def _esam(self) -> SimMeterConfig:
+        if self.require_esam and not self.esam_key:
+            raise ValueError("esam_key: required when require_esam = true (2..128 hex digits)")
+        return self
 
 
 class SimBusConfig(_Model):
@@ -537,12 +596,13 @@ class SimConfig(_Model):
 
 
 class FieldConfig(BaseModel):
-    """Top-level keys owned by the drivers: ``buses``, ``poll_groups``, ``sim``."""
+    """Top-level keys owned by the drivers: ``buses``, ``poll_groups``, ``esam``, ``sim``."""
 
     model_config = ConfigDict(extra="forbid")
 
     buses: list[BusConfig] = []
     poll_groups: dict[str, PollGroup] = {}
+    esam: EsamConfig = EsamConfig()
     sim: SimConfig = SimConfig()
 
     @field_validator("poll_groups")
@@ -611,7 +671,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-FIELD_KEYS = ("buses", "poll_groups", "sim")
+FIELD_KEYS = ("buses", "poll_groups", "esam", "sim")
 
 
 class ConfigFileError(ValueError):

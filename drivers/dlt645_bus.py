@@ -17,6 +17,7 @@ from drivers.bus_owner import LANES, BusOwner, PeriodicJob, WireRecord
 from drivers.config import Dlt645BusConfig, MeterConfig, PollGroup, PollItem
 from drivers.dlt645_client import Dlt645Client
 from drivers.errors import BusTimeout, FrameCorrupt, MeterException
+from drivers.esam import Esam, EsamExchange, PlaintextAdapter
 from drivers.quantities import (
     STATUS3_FLAGS,
     SW3_KEEP_POWER,
@@ -177,6 +178,7 @@ class Dlt645Bus(BusOwner):
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         link: Link | None = None,
+        esam: Esam | None = None,
     ) -> None:
         super().__init__(
             config.name,
@@ -192,11 +194,19 @@ class Dlt645Bus(BusOwner):
         self.link = link or open_link(config)
         self.deframer = core.Dlt645Deframer()
         self.meters: dict[str, MeterConfig] = {m.address: m for m in config.meters}
+        # every 1C and 0x14 to a `security = "esam"` meter is sealed on its way to the wire
+        self.esam = esam or Esam(PlaintextAdapter())
         # polls go through the preemptible exchange so control commands slip in between
         self.poller = Dlt645Client(
-            self._exchange_polled, preamble=config.preamble, retries=config.retries
+            EsamExchange(self._exchange_polled, self.esam, self.meters),
+            preamble=config.preamble,
+            retries=config.retries,
         )
-        self.client = Dlt645Client(self._exchange, preamble=config.preamble, retries=config.retries)
+        self.client = Dlt645Client(
+            EsamExchange(self._exchange, self.esam, self.meters),
+            preamble=config.preamble,
+            retries=config.retries,
+        )
         self._line_free_at = 0.0
         self._plans: dict[str, list[ItemPlan]] = {
             name: [plan_item(i) for i in g.items] for name, g in groups.items()

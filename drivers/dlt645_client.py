@@ -6,7 +6,8 @@ wire, one matching reply back) and interprets what comes back:
 
 - timeouts and checksum errors are retried (3 by default, as in the field);
 - an exception reply (C | 0xC0) becomes `MeterException` with the ERR bits
-  and is never retried: "no requested data" will not change on a second ask;
+  (`MeterUnauthorised` for bit 2, password / ESAM) and is never retried:
+  "no requested data" will not change on a second ask;
 - replies flagged "more frames follow" (D5) are completed with 0x12 follow-up
   reads until the last frame.
 """
@@ -17,7 +18,7 @@ import datetime as dt
 from typing import Protocol
 
 from controller import _core_rs as core
-from drivers.errors import FrameCorrupt, MeterException, TransactionError
+from drivers.errors import FrameCorrupt, TransactionError, meter_exception
 from drivers.quantities import normalise_di
 
 # A meter splitting one reply into more frames than this is misbehaving.
@@ -63,7 +64,8 @@ class Dlt645Client:
         retries: int | None,
         di: str | None = None,
     ) -> core.Dlt645Frame:
-        want = None if di is None else _di_bytes(di)
+        # a write's normal reply (94) has L = 0: no DI to match it by
+        want = None if di is None or function == core.FN_WRITE else _di_bytes(di)
         attempts = 1 + (self.retries if retries is None else retries)
         last: TransactionError | None = None
         for attempt in range(attempts):
@@ -76,7 +78,7 @@ class Dlt645Client:
                 continue
             assert frame is not None
             if frame.is_exception:
-                raise MeterException(frame.address, function, frame.error_code or 0, di)
+                raise meter_exception(frame.address, function, frame.error_code or 0, di)
             return frame
         assert last is not None
         raise last

@@ -7,7 +7,9 @@
       ``BusTimeout``       no (complete) reply before the deadline
       ``FrameCorrupt``     reply arrived but failed its checksum / framing
   ``MeterException``   the meter answered with an exception reply (ERR bits)
+      ``MeterUnauthorised`` ERR bit 2: wrong password, or no valid ESAM MAC
   ``MeterQuarantined`` the meter is in back-off; nothing was sent
+  ``EsamError``        the ESAM adapter could not seal a frame; nothing was sent
   ``ModbusDeviceError`` a Modbus exception response
 """
 
@@ -81,6 +83,21 @@ class MeterException(DriverError):
         return bool(self.err_bits & ERR_NO_DATA)
 
 
+class MeterUnauthorised(MeterException):
+    """ERR bit 2 (password error / unauthorised): the meter wants authentication it did not get.
+
+    A wrong password, or on a meter with an ESAM a frame without a valid MAC
+    (plaintext, or sealed with another key). It did not act."""
+
+
+def meter_exception(
+    address: str, function: int, err_bits: int, di: str | None = None
+) -> MeterException:
+    """The exception for an exception reply, by its ERR bits."""
+    kind = MeterUnauthorised if err_bits & ERR_PASSWORD else MeterException
+    return kind(address, function, err_bits, di)
+
+
 class MeterQuarantined(DriverError):
     """The meter is in back-off after repeated failures; nothing was sent."""
 
@@ -88,6 +105,10 @@ class MeterQuarantined(DriverError):
         self.address = address
         self.until = until
         super().__init__(f"meter {address} quarantined until t={until:.1f}")
+
+
+class EsamError(DriverError):
+    """The ESAM adapter failed (authentication, sealing, timeout) before the frame was sent."""
 
 
 class ModbusDeviceError(DriverError):

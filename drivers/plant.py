@@ -11,6 +11,7 @@ from drivers.bus_owner import BusOwner
 from drivers.bus_stats import BusSnapshot
 from drivers.config import Dlt645BusConfig, FieldConfig, ModbusBusConfig
 from drivers.dlt645_bus import Dlt645Bus
+from drivers.esam import Esam
 
 
 class FieldPlant:
@@ -25,10 +26,11 @@ class FieldPlant:
         self.config = config
         self.image = image
         self._buses: dict[str, BusOwner] = {}
+        esam = Esam.from_config(config.esam)
         for bus in config.buses:
             if isinstance(bus, Dlt645BusConfig):
                 self._buses[bus.name] = Dlt645Bus(
-                    bus, config.poll_groups, image, clock=clock, wall=wall
+                    bus, config.poll_groups, image, clock=clock, wall=wall, esam=esam
                 )
             elif isinstance(bus, ModbusBusConfig):
                 from drivers.modbus_bus import ModbusBus

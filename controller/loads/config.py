@@ -270,8 +270,6 @@ class LoadsConfig(_Model):
     confirm: ConfirmConfig = ConfirmConfig()
     rate_limit: RateLimitConfig = RateLimitConfig()
     no_trip: NoTripConfig = NoTripConfig()
-    # DL/T 645 1C payload protection: "plaintext" (default) or an ESAM adapter name
-    cipher: Literal["plaintext"] = "plaintext"
     # How long a load's polled relay state (status word 3 bit 4, or the coil)
     # may disagree with the state last commanded before ``relay_mismatch`` is
     # raised. Status words are polled every minute or so, so this must span a

@@ -40,7 +40,6 @@ from controller.loads.switching import (
     KINDS as KIND_NAMES,
 )
 from controller.loads.switching import (
-    ControlPayloadCipher,
     LoadsError,
     SwitchingExecutor,
     actuators_for,
@@ -171,7 +170,6 @@ class LoadsRuntime:
         alarms: AlarmEngine | None = None,
         plant: Any = None,
         actuators: dict[str, Any] | None = None,
-        cipher: ControlPayloadCipher | None = None,
         clock: Callable[[], float] = time.time,
         local: Callable[[float], dt.datetime] = dt.datetime.fromtimestamp,
         executor: SwitchingExecutor | None = None,
@@ -188,7 +186,7 @@ class LoadsRuntime:
                 alarms.conditions.setdefault(cond, sev)
         if executor is None:
             if actuators is None:
-                actuators = actuators_for(config, plant, image, cipher)
+                actuators = actuators_for(config, plant, image)
             executor = SwitchingExecutor(
                 config, commands, actuators, alarms=alarms, image=image, clock=clock
             )

@@ -29,8 +29,9 @@ Actuators use only the buses' public relay API: ``Dlt645Bus.control`` (1C and
 status word 3 read-back in one control slot), ``read_relay_status`` and
 ``relay_status``; ``ModbusBus.write_coil`` (write + read-back) and ``read_coil``.
 
-The 1C payload can be protected by an ESAM adapter (:class:`ControlPayloadCipher`);
-:class:`PlaintextCipher` is the default.
+A meter configured ``security = "esam"`` gets its 1C sealed by the bus's ESAM
+adapter (``drivers/esam.py``); a meter that wants authentication it did not
+get refuses (ERR 0x04) and the command fails with "authentication required".
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.alarms import AlarmEngine
 from controller.commands import Command, CommandLog, CommandState, Resolution
@@ -145,37 +146,6 @@ def describe(s: RelayState | None) -> str:
     return ", ".join(parts) or "nothing readable"
 
 
-# -- ESAM adapter ---------------------------------------------------------------------------
-
-
-@runtime_checkable
-class ControlPayloadCipher(Protocol):
-    """Protects the 1C payload (``PA P0..P2 C0..C3 N1 N2 ss mm hh DD MM YY``).
-
-    Meters with an ESAM accept the payload only encrypted after 03 security
-    authentication; an adapter implements both. ``plaintext`` says whether the
-    driver's own 1C encoding may be used unchanged.
-    """
-
-    name: str
-    plaintext: bool
-
-    async def authenticate(self, address: str) -> None: ...
-
-    def seal(self, address: str, payload: bytes) -> bytes: ...
-
-
-class PlaintextCipher:
-    name = "plaintext"
-    plaintext = True
-
-    async def authenticate(self, address: str) -> None:
-        return None
-
-    def seal(self, address: str, payload: bytes) -> bytes:
-        return payload
-
-
 # -- actuators ------------------------------------------------------------------------------
 
 
@@ -209,13 +179,10 @@ class MeterRelay:
 
     kinds: tuple[str, ...] = KINDS
 
-    def __init__(
-        self, bus: Any, address: str, image: ProcessImage, cipher: ControlPayloadCipher
-    ) -> None:
+    def __init__(self, bus: Any, address: str, image: ProcessImage) -> None:
         self.bus = bus
         self.address = address
         self.image = image
-        self.cipher = cipher
         # the read-backs land in these tags even when no poll group reads status word 3
         bus.define_relay_tags(address)
 
@@ -225,10 +192,6 @@ class MeterRelay:
         Returns the state read, or None when only the read-back failed (the
         confirmation loop reads again).
         """
-        if not self.cipher.plaintext:
-            raise LoadsError(
-                f"cipher {self.cipher.name!r}: this bus driver sends plaintext 1C only"
-            )
         result = await self.bus.control(
             self.address, N1[kind], valid_until=dt.datetime.fromtimestamp(valid_until)
         )
@@ -288,10 +251,8 @@ def actuators_for(
     config: LoadsConfig,
     plant: Any,
     image: ProcessImage,
-    cipher: ControlPayloadCipher | None = None,
 ) -> dict[str, Actuator]:
     """Actuators for every configured load on a ``FieldPlant``; errors name the load."""
-    cipher = cipher or PlaintextCipher()
     out: dict[str, Actuator] = {}
     for i, load in enumerate(config.loads):
         try:
@@ -302,7 +263,7 @@ def actuators_for(
             assert load.address is not None
             if load.address not in getattr(bus, "meters", {}):
                 raise LoadsError(f"loads[{i}].address: no meter {load.address} on bus {load.bus}")
-            out[load.name] = MeterRelay(bus, load.address, image, cipher)
+            out[load.name] = MeterRelay(bus, load.address, image)
         else:
             assert load.device is not None and load.coil is not None
             if not hasattr(bus, "coil_tag"):
@@ -625,15 +586,23 @@ class SwitchingExecutor:
         try:
             first = await act.send(cmd.kind, valid_until)
         except Exception as exc:
-            from drivers.errors import CommandRejected, MeterException
+            from drivers.errors import (
+                CommandRejected,
+                EsamError,
+                MeterException,
+                MeterUnauthorised,
+            )
 
-            if isinstance(exc, MeterException | CommandRejected | LoadsError):
+            if isinstance(exc, MeterException | CommandRejected | EsamError | LoadsError):
                 # refused by the meter or never sent: nothing was commanded
                 self.commanded[load], self._commanded_by[load] = before
+            if isinstance(exc, MeterUnauthorised):
+                # ERR 0x04: plaintext to an ESAM meter, a bad MAC or a wrong password
+                return await self._end(cmd, CommandState.FAILED, f"authentication required: {exc}")
             if isinstance(exc, MeterException):
                 # the meter answered and refused: it did not act
                 return await self._end(cmd, CommandState.FAILED, f"meter refused: {exc}")
-            if isinstance(exc, CommandRejected | LoadsError):
+            if isinstance(exc, CommandRejected | EsamError | LoadsError):
                 return await self._end(cmd, CommandState.FAILED, f"not sent: {exc}")
             # no (valid) acknowledgement: it may still have acted; the read-back decides
             send_error = f"no acknowledgement ({exc})"

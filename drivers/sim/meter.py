@@ -29,6 +29,7 @@ from drivers.quantities import (
     SW3_RELAY_OPEN,
 )
 from drivers.sim import dlt645_wire as wire
+from drivers.sim.esam_card import EsamCard, card_for
 
 # Seconds after a "close allowed" (1B) before the simulated customer presses the button.
 CUSTOMER_CLOSE_DELAY_S = 3.0
@@ -76,6 +77,7 @@ class SimMeter:
     written: dict[str, bytes] = field(default_factory=dict)
     frozen_energy_kwh: float | None = None
     controls_honoured: int = 0
+    esam_card: EsamCard | None = None  # 1C and 0x14 only with a valid MAC
     _last_t: float | None = None
     _close_at: float | None = None
     _power_kw: float = 0.0
@@ -115,6 +117,7 @@ class SimMeter:
             time_scale=time_scale,
             rng=rng,
             faults=set(cfg.faults),
+            esam_card=card_for(address, cfg),
             _pf=rng.uniform(0.88, 0.99),
         )
 
@@ -277,6 +280,10 @@ class SimMeter:
         return _hex_le(pa_p[1:4]) == self.password.upper()
 
     def _write(self, frame: wire.Dlt645Frame) -> list[bytes]:
+        if self.esam_card is not None:
+            if (plain := self.esam_card.open(frame.data)) is None:
+                return [wire.dlt645_exception(self.address, wire.FN_WRITE, ERR_PASSWORD)]
+            frame = wire.Dlt645Frame(frame.address, frame.control, plain)
         data = frame.data
         if len(data) < 12:
             return [wire.dlt645_exception(self.address, wire.FN_WRITE, ERR_OTHER)]
@@ -292,6 +299,10 @@ class SimMeter:
         return [wire.dlt645_reply(self.address, wire.FN_WRITE)]
 
     def _control(self, frame: wire.Dlt645Frame, now: float, wall: float) -> list[bytes]:
+        if self.esam_card is not None:
+            if (plain := self.esam_card.open(frame.data)) is None:
+                return [wire.dlt645_exception(self.address, wire.FN_CONTROL, ERR_PASSWORD)]
+            frame = wire.Dlt645Frame(frame.address, frame.control, plain)
         data = frame.data
         if len(data) != 16:
             return [wire.dlt645_exception(self.address, wire.FN_CONTROL, ERR_OTHER)]

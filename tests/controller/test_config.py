@@ -46,7 +46,7 @@ BAD_CONFIGS = [
     (
         "[bogus]\nx = 1\n",
         [
-            "bogus: unknown key (allowed: buses, journal, line, loads, metrics, opcua, poll_groups, "
+            "bogus: unknown key (allowed: buses, esam, journal, line, loads, metrics, opcua, poll_groups, "
             "service, sim, tasks, warehouse)"
         ],
     ),
