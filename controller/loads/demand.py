@@ -19,7 +19,10 @@ argument (virtual-time tests step it minutes at a time):
 - the last round shed comes back when ``demand + the power it shed <= limit −
   hysteresis`` has held for ``restore_delay_s``: its loads one every
   ``restore_stagger_s`` (``restore_mode``: close-allowed or direct close);
-  then the next round must hold that condition afresh. Alarm times and the
+  then the next round must hold that condition afresh. A close-allowed load
+  whose customer has not closed yet counts with its shed power, since it may
+  come back at any moment; a shed load someone else closed is no longer the
+  group's. Alarm times and the
   restore delay span at least one window (the config checks it), so each
   decision sees the last switching in full: a steady overload is shed until
   it fits and then held, not tripped and restored in turn;
@@ -77,6 +80,9 @@ class DemandGroup:
         self.shed_kw: dict[str, float | None] = {}
         self.restoring_round: int | None = None
         self.restoring: list[str] = []  # that round's loads still to close, next first
+        # close-allowed loads whose customer has not closed yet → their power at trip
+        # time: it may come back any moment, so it counts as demand for later restores
+        self.allowed: dict[str, float] = {}
         self.restore_why = ""
         self.pending: set[str] = set()  # intents not yet resolved
         self.last_change: dict[str, float] = {}
@@ -149,7 +155,9 @@ class DemandGroup:
             self.last_change[intent.load] = now
             if intent.kind != "trip":
                 self.tripped.pop(intent.load, None)
-                self.shed_kw.pop(intent.load, None)
+                kw = self.shed_kw.pop(intent.load, None)
+                if intent.kind == "close_allowed" and kw:
+                    self.allowed[intent.load] = kw
         elif intent.kind == "trip":
             # still closed: not ours to restore
             self.tripped.pop(intent.load, None)
@@ -229,7 +237,11 @@ class DemandGroup:
         return out
 
     def _forget_closed(self, loads: dict[str, LoadView]) -> None:
-        """A load this group opened that is closed now was closed by someone else: not ours."""
+        """Loads closed since: a tripped one was closed by someone else (not ours any
+        more); a close-allowed one by its customer (its power is in the demand now)."""
+        for name in list(self.allowed):
+            if loads.get(name, LoadView(None, None)).closed is True:
+                del self.allowed[name]
         if self.cfg.dry_run:
             return  # nothing was really opened
         for name in list(self.tripped):
@@ -248,7 +260,7 @@ class DemandGroup:
     ) -> None:
         assert self.alarm_since is not None
         i = self._next_round()
-        if i is None or self.pending or self.held_at_security:
+        if i is None or self.pending:
             return
         rnd = self.cfg.rounds[i]
         if now - self.alarm_since < rnd.alarm_s:
@@ -275,16 +287,18 @@ class DemandGroup:
                 loads[n].power_kw or 0.0 for n in to_trip if n not in unknown
             )
             if unknown or left < security:
+                # checked again every cycle (the rest of the load may grow), journaled once
+                if not self.held_at_security:
+                    why = (
+                        f"{', '.join(unknown)} without a power reading"
+                        if unknown
+                        else f"{self.power_kw:.1f} kW would fall to {left:.1f} kW"
+                    )
+                    out.notes.append(
+                        f"demand limit {self.cfg.name}: round {rnd.name} not tripped, shedding "
+                        f"stops at the security value {security:g} kW ({why})"
+                    )
                 self.held_at_security = True
-                why = (
-                    f"{', '.join(unknown)} without a power reading"
-                    if unknown
-                    else f"{self.power_kw:.1f} kW would fall to {left:.1f} kW"
-                )
-                out.notes.append(
-                    f"demand limit {self.cfg.name}: round {rnd.name} not tripped, shedding stops "
-                    f"at the security value {security:g} kW ({why})"
-                )
                 return
         self.shed.append(i)
         self.alarm_since = now  # the next round gets its own alarm time
@@ -318,7 +332,8 @@ class DemandGroup:
             self.below_since = None
             return
         target = limit - self.cfg.hysteresis_kw
-        if avg + back > target:
+        promised = sum(self.allowed.values())
+        if avg + promised + back > target:
             self.below_since = None
             return
         if self.below_since is None:
@@ -329,8 +344,9 @@ class DemandGroup:
         # within a round, close back in reverse order too
         self.restoring = [n for n in reversed(rnd.loads) if self.tripped.get(n) == i]
         self.next_restore_at = now
+        waiting = f" + {promised:.1f} kW close-allowed" if promised else ""
         self.restore_why = (
-            f"demand limit {self.cfg.name}: average {avg:.1f} kW + round {rnd.name}'s "
+            f"demand limit {self.cfg.name}: average {avg:.1f} kW{waiting} + round {rnd.name}'s "
             f"{back:.1f} kW <= {target:g} kW for {self.cfg.restore_delay_s:g} s, "
             f"restoring round {rnd.name}"
         )

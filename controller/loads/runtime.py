@@ -6,7 +6,8 @@
 1. mirrors device state into ``loads/<name>/…`` tags and compares each
    relay's polled position with the one last commanded (``relay_mismatch``
    after ``mismatch_grace_s``);
-2. steps each demand group with the group's total active power from the image;
+2. steps each demand group with its members' signed active power from the image
+   (a member without a Good reading: the group is Bad and holds);
 3. bills new energy readings and steps each prepaid account;
 4. hands the intents to the executor (interlocks → journal → control lane →
    read-back), or journals them as "would switch" in dry-run;

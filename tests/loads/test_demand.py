@@ -55,7 +55,14 @@ class Plant:
         }
 
 
-def run(g: DemandGroup, plant: Plant, seconds: int, start: int = 0, switch: bool = True):
+def run(
+    g: DemandGroup,
+    plant: Plant,
+    seconds: int,
+    start: int = 0,
+    switch: bool = True,
+    customer_closes: bool = True,
+):
     alarms = []
     notes = []
     for s in range(start, start + seconds):
@@ -65,7 +72,9 @@ def run(g: DemandGroup, plant: Plant, seconds: int, start: int = 0, switch: bool
         notes += res.notes
         for intent in res.intents:
             plant.log.append((s, intent.kind, intent.load))
-            if switch and not intent.dry_run:
+            if intent.kind == "close_allowed" and not customer_closes:
+                pass  # allowed to close; the customer has not pressed the button yet
+            elif switch and not intent.dry_run:
                 plant.closed[intent.load] = intent.kind != "trip"
             g.result(intent, True, now)
     return alarms, notes
@@ -118,6 +127,28 @@ def test_no_restore_while_demand_plus_shed_power_is_over_limit_minus_hysteresis(
         ("direct_close", "l2"),
     ]
     assert g.shed == [0] and g.shed_power() == 20.0
+
+
+def test_a_close_allowed_load_not_yet_closed_counts_for_the_next_restore():
+    plant = Plant()
+    g = DemandGroup(group())
+    run(g, plant, 300)
+    assert plant.total() == 90.0 and g.shed == [0, 1]
+    # base 60 → 35 kW: 65 kW; r2: 65 + 20 = 85 <= 95 → close-allowed l2, but its
+    # customer does not close for an hour. r1: 65 + 20 (l2 may come back any moment)
+    # + 20 = 105 > 95: r1 stays shed (without l2 counted, 85 <= 95 would restore it).
+    plant.kw["base"] = 35.0
+    run(g, plant, 3600, start=300, customer_closes=False)
+    assert [(k, load) for _, k, load in plant.log] == [
+        ("trip", "l1"),
+        ("trip", "l2"),
+        ("close_allowed", "l2"),
+    ]
+    assert g.allowed == {"l2": 20.0}
+    # the customer closes: 85 kW in the demand now, 85 + 20 > 95: r1 still waits
+    plant.closed["l2"] = True
+    run(g, plant, 3600, start=3900)
+    assert len(plant.log) == 3 and g.allowed == {} and g.shed == [0]
 
 
 def test_dry_run_switches_nothing_and_reports_every_round():
