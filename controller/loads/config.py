@@ -141,24 +141,63 @@ class LimitPeriod(TimeWindow):
     limit_kw: float = Field(gt=0.0, le=1e7)
 
 
+def _member(v: object) -> object:
+    # a bare name is a load's meter counted positive (the original form)
+    return {"load": v} if isinstance(v, str) else v
+
+
+class MemberConfig(_Model):
+    """One metering point of a demand group (总加组), counted with a sign.
+
+    ``load``: the meter of a configured load; ``meter``: any meter on a bus,
+    ``"bus/address"`` (an incoming feeder, an outgoing one, a generator).
+    ``sign = -1`` subtracts it (incoming minus outgoing).
+    """
+
+    load: str | None = Field(default=None, pattern=NAME_PATTERN)
+    meter: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}/\d{12}$")
+    sign: Literal[1, -1] = 1
+
+    @model_validator(mode="after")
+    def _one(self) -> MemberConfig:
+        if (self.load is None) == (self.meter is None):
+            raise ValueError(
+                'load, meter: give exactly one: load = "<load name>" or '
+                'meter = "<bus>/<12-digit address>"'
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"load {self.load}" if self.load is not None else f"meter {self.meter}"
+
+
+Member = Annotated[MemberConfig, BeforeValidator(_member)]
+
+
 class GroupConfig(_Model):
     """A demand-limit group (after Q/GDW 1373 / 1376.1 power control)."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    # loads whose active power makes up the group's total
-    members: list[str] = Field(min_length=1)
+    # metering points whose signed active power makes up the group's total
+    members: list[Member] = Field(min_length=1)
     rounds: list[RoundConfig] = Field(min_length=1, max_length=8)
     limit_kw: float = Field(gt=0.0, le=1e7)
-    # 保安定值: never shed below this (the supply a site always keeps)
+    # 保安定值: no limit below it is accepted, and no round is shed that would
+    # take the group's power below it
     security_kw: float = Field(default=0.0, ge=0.0, le=1e7)
     window_min: int = Field(default=5, ge=1, le=60)
     hysteresis_kw: float = Field(default=0.0, ge=0.0, le=1e7)
-    # below the limit this long before the first round is restored
+    # a shed round comes back only after "average + the power it shed <= limit −
+    # hysteresis" held this long; at least one window, so the average already
+    # shows the round restored before it
     restore_delay_s: float = Field(default=600.0, ge=0.0, le=86_400.0)
-    # between two restored loads (staggered; inrush)
+    # between two loads of one round being restored (inrush)
     restore_stagger_s: float = Field(default=30.0, ge=0.0, le=3600.0)
     min_off_s: float = Field(default=60.0, ge=0.0, le=86_400.0)
     min_on_s: float = Field(default=60.0, ge=0.0, le=86_400.0)
+    # how a restored load comes back: the customer closes (close_allowed) or the relay closes
+    restore_mode: Literal["close_allowed", "direct_close"] = "close_allowed"
     schedule: list[LimitPeriod] = []
     # journal what would trip, switch nothing
     dry_run: bool = False
@@ -174,6 +213,33 @@ class GroupConfig(_Model):
             raise ValueError(
                 f"hysteresis_kw: must be below limit_kw {self.limit_kw:g} (got {self.hysteresis_kw:g})"
             )
+        for i, p in enumerate(self.schedule):
+            if p.limit_kw < self.security_kw:
+                raise ValueError(
+                    f"schedule[{i}].limit_kw: must be at least security_kw {self.security_kw:g} "
+                    f"(the supply the site always keeps) (got {p.limit_kw:g})"
+                )
+            if p.limit_kw <= self.hysteresis_kw:
+                raise ValueError(
+                    f"schedule[{i}].limit_kw: must be above hysteresis_kw "
+                    f"{self.hysteresis_kw:g} (got {p.limit_kw:g})"
+                )
+        # A decision taken before the average has seen a whole window since the
+        # last switching acts on power that is no longer there: the next round
+        # trips although the last one was enough, a round comes back on an
+        # average that does not yet show the one restored before it.
+        window_s = self.window_min * 60.0
+        for i, r in enumerate(self.rounds):
+            if r.alarm_s < window_s:
+                raise ValueError(
+                    f"rounds[{i}].alarm_s: must be between {window_s:g} (window_min × 60) "
+                    f"and 3600 s, or shorten window_min (got {r.alarm_s:g})"
+                )
+        if self.restore_delay_s < window_s:
+            raise ValueError(
+                f"restore_delay_s: must be between {window_s:g} (window_min × 60) "
+                f"and 86400 s, or shorten window_min (got {self.restore_delay_s:g})"
+            )
         names = [r.name for r in self.rounds]
         if len(set(names)) != len(names):
             raise ValueError(f"rounds: names must be unique (got {names})")
@@ -183,6 +249,12 @@ class GroupConfig(_Model):
                 if load in seen:
                     raise ValueError(f"rounds[{i}].loads: {load!r} is in more than one round")
                 seen.add(load)
+        points = [(m.load, m.meter) for m in self.members]
+        for i, pt in enumerate(points):
+            if pt in points[:i]:
+                raise ValueError(
+                    f"members[{i}]: {self.members[i].label} is already a member (counted twice)"
+                )
         return self
 
 
@@ -294,9 +366,9 @@ class LoadsConfig(_Model):
             raise ValueError(f"groups: names must be unique (got {gnames})")
         for gi, g in enumerate(self.groups):
             for m in g.members:
-                if m not in known:
+                if m.load is not None and m.load not in known:
                     raise ValueError(
-                        f"groups[{gi}].members: unknown load {m!r} (loads: {', '.join(names)})"
+                        f"groups[{gi}].members: unknown load {m.load!r} (loads: {', '.join(names)})"
                     )
             for ri, r in enumerate(g.rounds):
                 for x in r.loads:

@@ -6,7 +6,8 @@
 1. mirrors device state into ``loads/<name>/…`` tags and compares each
    relay's polled position with the one last commanded (``relay_mismatch``
    after ``mismatch_grace_s``);
-2. steps each demand group with the group's total active power from the image;
+2. steps each demand group with its members' signed active power from the image
+   (a member without a Good reading: the group is Bad and holds);
 3. bills new energy readings and steps each prepaid account;
 4. hands the intents to the executor (interlocks → journal → control lane →
    read-back), or journals them as "would switch" in dry-run;
@@ -31,7 +32,7 @@ from typing import Any
 from controller.alarms import AlarmEngine, Severity
 from controller.commands import CommandError, CommandLog, CommandState
 from controller.journal import Journal, Statement
-from controller.loads.config import LoadsConfig
+from controller.loads.config import LoadsConfig, MemberConfig
 from controller.loads.demand import DemandGroup, LoadView
 from controller.loads.intents import Intent, StepResult
 from controller.loads.interlocks import Lockout
@@ -44,13 +45,15 @@ from controller.loads.switching import (
     SwitchingExecutor,
     actuators_for,
 )
-from controller.process_image import ProcessImage
+from controller.process_image import ProcessImage, Quality
 
 log = logging.getLogger("gridctl.loads")
 
 # Alarm conditions this part reports (added to the engine's vocabulary).
 CONDITIONS: dict[str, Severity] = {
     "demand_over_limit": Severity.HIGH,
+    # a demand group's member has no Good power reading: the group neither sheds nor restores
+    "demand_quality_bad": Severity.HIGH,
     "prepaid_low_balance": Severity.LOW,
     "prepaid_pre_trip": Severity.MEDIUM,
     FLAGGED: Severity.MEDIUM,
@@ -208,7 +211,12 @@ class LoadsRuntime:
         img = self.image
         for g in self.groups:
             p = f"demand/groups/{g}/"
-            img.define(p + "average_kw", "kW", "sliding-window average of the group's power")
+            img.define(
+                p + "average_kw", "kW", "demand: sliding-window average of the group's power"
+            )
+            img.define(p + "power_kw", "kW", "the group's power now: its members' signed sum")
+            img.define(p + "quality", "", "good, or bad: a member has no reading (holding)")
+            img.define(p + "shed_kw", "kW", "power the shed rounds took off, read at trip time")
             img.define(p + "limit_kw", "kW", "limit in force (override, schedule or default)")
             img.define(p + "limit_source", "", "where the limit comes from (override by whom)")
             img.define(p + "state", "", "normal, over_limit, shed, restoring")
@@ -224,8 +232,21 @@ class LoadsRuntime:
         local = self._local(self._clock())
         for name, g in self.groups.items():
             p = f"demand/groups/{name}/"
-            if g.average_kw is not None:
-                img.write(p + "average_kw", round(g.average_kw, 3))
+            if g.bad_reason:
+                why = f"group demand Bad: {g.bad_reason}"
+                for t in ("average_kw", "power_kw"):
+                    img.write(p + t, img.get(p + t).value, Quality.BAD, why)
+            else:
+                if g.average_kw is not None:
+                    img.write(p + "average_kw", round(g.average_kw, 3))
+                if g.power_kw is not None:
+                    img.write(p + "power_kw", round(g.power_kw, 3))
+            img.write(p + "quality", "bad" if g.bad_reason else "good")
+            shed_kw = g.shed_power()
+            if shed_kw is None:
+                img.write(p + "shed_kw", None, Quality.BAD, "a shed load had no power reading")
+            else:
+                img.write(p + "shed_kw", round(shed_kw, 3))
             img.write(p + "limit_kw", float(g.limit_at(local)))
             img.write(p + "limit_source", g.limit_source(local))
             img.write(p + "state", g.status())
@@ -409,20 +430,55 @@ class LoadsRuntime:
         await self.journal.commit([("DELETE FROM ld_lockouts WHERE load = ?", (load,))])
 
     # -- the control cycle ------------------------------------------------------------------
-    def _power(self, load: str) -> float | None:
+    def _meter_power(self, bus: str, address: str) -> tuple[float | None, str]:
+        """A meter's active power (kW) if Good, else None and why."""
+        tag = f"buses/{bus}/meters/{address}/power_active_total"
+        if tag not in self.image:
+            return None, f"no tag {tag}"
+        v = self.image.value(tag)
+        if v is None:
+            return None, self.image.get(tag).reason or "not Good"
+        return float(v), ""
+
+    def _load_power(self, load: str) -> tuple[float | None, str]:
         x = self.executor.loads[load]
-        if x.type == "meter":
-            tag = f"buses/{x.bus}/meters/{x.address}/power_active_total"
-            if tag in self.image:
-                v = self.image.value(tag)
-                return None if v is None else float(v)
-        return None
+        if x.type != "meter" or x.address is None:
+            return None, f"{x.type} load without a meter"
+        return self._meter_power(x.bus, x.address)
+
+    def _power(self, load: str) -> float | None:
+        return self._load_power(load)[0]
+
+    def _member_power(self, m: MemberConfig) -> tuple[float | None, str]:
+        if m.load is not None:
+            return self._load_power(m.load)
+        assert m.meter is not None
+        bus, address = m.meter.split("/")
+        return self._meter_power(bus, address)
+
+    def _group_power(self, g: DemandGroup) -> tuple[float | None, str]:
+        """The members' signed sum (incoming minus outgoing), or None and the members without one."""
+        total = 0.0
+        missing: list[str] = []
+        for m in g.cfg.members:
+            kw, why = self._member_power(m)
+            if kw is None:
+                missing.append(f"{m.label}: {why}")
+            else:
+                total += m.sign * kw
+        if missing:
+            return None, "; ".join(missing)
+        return total, ""
 
     def _views(self) -> dict[str, LoadView]:
         out = {}
         for name, act in self.executor.actuators.items():
             s = act.known()
-            out[name] = LoadView(None if s.relay_open is None else not s.relay_open, s.keep_power)
+            out[name] = LoadView(
+                None if s.relay_open is None else not s.relay_open,
+                s.keep_power,
+                self._power(name) if name in self.executor.loads else None,
+            )
         return out
 
     async def control(self, _deadline: float = 0.0) -> None:
@@ -433,10 +489,10 @@ class LoadsRuntime:
         self.executor.watch_relays()
         views = self._views() if self.groups else {}
         for g in self.groups.values():
-            powers = [self._power(m) for m in g.cfg.members]
-            # a member without a trustworthy reading: hold (no sample) rather than under-read
-            total = None if any(p is None for p in powers) else sum(powers)  # type: ignore[arg-type]
-            self._apply(g, g.step(now, local, total, views))
+            # a member without a trustworthy reading: the group is Bad (alarm, no
+            # switching) rather than under-read
+            total, bad = self._group_power(g)
+            self._apply(g, g.step(now, local, total, views, bad))
         rows: list[Statement] = []
         for acc in self.accounts.values():
             x = self.executor.loads[acc.cfg.load]

@@ -14,7 +14,7 @@ from .test_runtime import cfg, make
 GROUP = {
     "name": "g",
     "members": ["a", "b"],
-    "rounds": [{"name": "r1", "loads": ["b"], "alarm_s": 0}],
+    "rounds": [{"name": "r1", "loads": ["b"], "alarm_s": 60}],
     "limit_kw": 10.0,
     "hysteresis_kw": 1.0,
     "window_min": 1,

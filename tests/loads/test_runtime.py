@@ -147,7 +147,7 @@ async def test_demand_dry_run_journals_and_switches_nothing(tmp_path):
     group = {
         "name": "g",
         "members": ["a", "b"],
-        "rounds": [{"name": "r1", "loads": ["b"], "alarm_s": 0}],
+        "rounds": [{"name": "r1", "loads": ["b"], "alarm_s": 60}],
         "limit_kw": 10.0,
         "window_min": 1,
         "dry_run": True,
@@ -158,7 +158,8 @@ async def test_demand_dry_run_journals_and_switches_nothing(tmp_path):
     )
     image.write(relays["a"].power, 8.0)
     image.write(relays["b"].power, 8.0)
-    for _ in range(3):
+    # 16 kW > 10 kW from the first cycle; r1 would trip after its 60 s alarm time
+    for _ in range(62):
         await rt.control()
         now[0] += 1
     await journal.flush()
