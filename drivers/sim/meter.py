@@ -182,8 +182,15 @@ class SimMeter:
         self.clock_offset_s += (
             self.clock_drift_s_per_day * (dt_s / max(self.time_scale, 1e-9)) / 86400.0
         )
-        # in steps, each at its own load level and tariff period; the last one ends at ``wall``
-        remaining = dt_s
+        self.integrate(dt_s, wall)
+
+    def integrate(self, seconds: float, wall: float) -> None:
+        """Run the load for ``seconds`` of plant time ending at ``wall``: energy into the
+        total and the tariff registers, money out. In steps, each at its own load
+        level and tariff period, so a long gap between reads (or a test's virtual
+        day, with ``time_scale`` 0 so reads add no time of their own) spans profile
+        hours and tariff periods as it would have."""
+        remaining = seconds
         while True:
             step = min(remaining, INTEGRATION_STEP_S)
             remaining -= step
@@ -197,7 +204,8 @@ class SimMeter:
             # the meter integrates what it measures: the primary load through its transformers
             used = self._power_kw / (self.ct_ratio * self.pt_ratio) * step / 3600.0
             self.energy_kwh += used
-            meter_local = dt.datetime.fromtimestamp(at + self.clock_offset_s)
+            # the register in force on the meter's own clock when the step began
+            meter_local = dt.datetime.fromtimestamp(at - step + self.clock_offset_s)
             register = tou_register(self.tou, meter_local.hour * 60 + meter_local.minute)
             self.tariff_kwh[register - 1] += used
             self.money_yuan -= used * self.tariff
