@@ -190,7 +190,8 @@ class TariffPeriod(TimeWindow):
     price: Money = Field(ge=0, le=1000)
 
 
-TARIFF_REGISTERS = ("t1", "t2", "t3", "t4")
+TariffRegister = Literal["t1", "t2", "t3", "t4"]
+TARIFF_REGISTERS: tuple[TariffRegister, ...] = ("t1", "t2", "t3", "t4")
 
 
 class TariffConfig(_Model):
@@ -203,9 +204,7 @@ class TariffConfig(_Model):
     name: str = Field(pattern=NAME_PATTERN)
     default_price: Money = Field(ge=0, le=1000)
     periods: list[TariffPeriod] = []
-    register_prices: dict[
-        Literal["t1", "t2", "t3", "t4"], Annotated[Money, Field(ge=0, le=1000)]
-    ] = {}
+    register_prices: dict[TariffRegister, Annotated[Money, Field(ge=0, le=1000)]] = {}
 
     @model_validator(mode="after")
     def _registers(self) -> TariffConfig:

@@ -15,10 +15,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from controller.alarms import AlarmEngine
 from controller.commands import CommandLog
 from controller.journal import Journal
-from controller.loads.config import LoadsConfig
+from controller.loads.config import AccountConfig, LoadsConfig, NoTripConfig, TariffConfig
+from controller.loads.prepaid import PrepaidAccount, PrepaidError
 from controller.loads.runtime import LoadsRuntime
 from controller.process_image import ProcessImage
 from drivers.config import FieldConfig
@@ -239,3 +242,161 @@ async def test_reading_time_billing_prices_an_outage_at_the_resume_tariff(tmp_pa
     #                                                                 total 256.24 yuan
     # the outage's 138.96 yuan billed as 151.92: +9.3 %; the whole bill +5.3 %
     assert billed == Decimal("256.24")
+
+
+# -- the pieces on their own ----------------------------------------------------------------
+
+
+def test_register_billing_config_errors_name_the_field():
+    from controller.config import ConfigError, validate_config
+
+    load = {"name": "l1", "bus": "bus1", "address": "000000000001"}
+    cases = [
+        (
+            {
+                "tariffs": [{"name": "t", "default_price": "0.5"}],
+                "accounts": [
+                    {"id": "a", "load": "l1", "tariff": "t", "billing": "tariff_registers"}
+                ],
+            },
+            "accounts[0].billing: 'tariff_registers' needs register_prices (t1..t4 per kWh) "
+            "in tariff 't'",
+        ),
+        (
+            {
+                "tariffs": [
+                    {
+                        "name": "t",
+                        "default_price": "0.5",
+                        "register_prices": {"t1": 1, "t2": 1, "t3": 1},
+                    }
+                ]
+            },
+            "register_prices: must price every tariff register t1, t2, t3, t4 (missing: t4)",
+        ),
+        (
+            {
+                "tariffs": [
+                    {
+                        "name": "t",
+                        "default_price": "0.5",
+                        "register_prices": {"t1": 1, "t2": 1, "t3": 1, "t4": 1, "t5": 1},
+                    }
+                ]
+            },
+            "loads.tariffs[0].register_prices.t5",
+        ),
+        (
+            {
+                "tariffs": [{"name": "t", "default_price": "0.5"}],
+                "accounts": [{"id": "a", "load": "l1", "tariff": "t", "billing": "monthly"}],
+            },
+            "loads.accounts[0].billing",
+        ),
+    ]
+    for loads_table, expected in cases:
+        with pytest.raises(ConfigError) as info:
+            validate_config({"loads": {"loads": [load], **loads_table}}, "site.toml")
+        assert expected in str(info.value), str(info.value)
+
+
+def register_account(max_kw: float = 10.0) -> PrepaidAccount:
+    tariff = TariffConfig.model_validate(
+        {
+            "name": "tou",
+            "default_price": "0.5",
+            "register_prices": {"t1": "1.2", "t2": "1.0", "t3": "0.6", "t4": "0.3"},
+        }
+    )
+    cfg = AccountConfig.model_validate(
+        {
+            "id": "acc1",
+            "load": "l1",
+            "tariff": "tou",
+            "billing": "tariff_registers",
+            "max_kw": max_kw,
+        }
+    )
+    return PrepaidAccount(cfg, tariff, NoTripConfig(), balance=Decimal("60"))
+
+
+def test_register_readings_backwards_or_implausible_are_flagged_not_billed():
+    acc = register_account(max_kw=10.0)
+    t = dt.datetime(2026, 3, 2, 9).timestamp()
+    assert acc.registers_reading(["1.00", "2.00", "3.00", "4.00"], t) == []  # the baseline
+    back = acc.registers_reading(["1.00", "1.50", "3.00", "4.00"], t + 600)
+    assert [(e.kind, e.amount) for e in back] == [("flag", Decimal(0))]
+    assert "t2 2.00 → 1.50" in back[0].why
+    # 10 kW for 10 min is at most 1.67 kWh (+ 4 × 0.05 rounding); 5 kWh is a jump
+    jump = acc.registers_reading(["1.00", "6.50", "3.00", "4.00"], t + 1200)
+    assert jump[0].kind == "flag" and "implausible jump of 5.00 kWh" in jump[0].why
+    assert acc.balance == Decimal("60")
+    # from the moved baseline: T2 +0.50 × 1.0 and T4 +1.00 × 0.3 = 0.50 + 0.30 = 0.80
+    ok = acc.registers_reading(["1.00", "7.00", "3.00", "5.00"], t + 1800)
+    assert [(e.why, e.energy_kwh, e.price, e.amount) for e in ok] == [
+        ("energy T2", Decimal("0.50"), Decimal("1.0"), Decimal("-0.500")),
+        ("energy T4", Decimal("1.00"), Decimal("0.3"), Decimal("-0.300")),
+    ]
+    assert acc.balance == Decimal("59.20")
+    with pytest.raises(PrepaidError, match=r"values: need T1\.\.T4"):
+        acc.registers_reading(["1.00", "7.00", "3.00"], t + 2400)
+
+
+async def test_register_baseline_survives_restart_and_an_older_journal(tmp_path):
+    from controller.loads.runtime import LOADS_SCHEMA
+
+    from .test_runtime import cfg, make
+
+    # a journal written before tariff-register billing: schema steps 1-2, one account row
+    old = Journal(tmp_path / "j.sqlite")
+    old.open()
+    stmts = [("CREATE TABLE IF NOT EXISTS ld_meta (schema_version INTEGER NOT NULL)", ())]
+    for step in LOADS_SCHEMA[:2]:
+        stmts += [(s, ()) for s in step.split(";") if s.strip()]
+    stmts += [
+        ("INSERT INTO ld_meta VALUES (2)", ()),
+        (
+            "INSERT INTO ld_accounts(id, balance, last_reading, last_at, tripped, alarm_sent, "
+            "updated) VALUES ('acc1', '10.00', NULL, NULL, 0, 0, 0)",
+            (),
+        ),
+    ]
+    await old.commit(stmts)
+    old.close()
+    config = cfg(
+        tariffs=[
+            {
+                "name": "flat",
+                "default_price": "0.6",
+                "register_prices": {"t1": "1.2", "t2": "1.0", "t3": "0.6", "t4": "0.3"},
+            }
+        ],
+        accounts=[{"id": "acc1", "load": "a", "tariff": "flat", "billing": "tariff_registers"}],
+    )
+    journal, image, _relays, rt = await make(tmp_path, config)
+    tags = [f"buses/b/meters/000000000001/energy_fwd_active_t{i}" for i in range(1, 5)]
+    for tag in tags:
+        image.define(tag, "kWh")
+    t = 1_700_000_000.0
+    for tag, v in zip(tags, [0.0, 100.0, 200.0, 300.0], strict=True):
+        image.write(tag, v, source_time=t)
+    await rt.control()
+    await journal.flush()
+    journal.close()
+    journal2, image2, _, rt2 = await make(tmp_path, config)
+    acc = rt2.accounts["acc1"]
+    assert acc.balance == Decimal("10.00")
+    assert acc.last_registers == (
+        Decimal("0.00"),
+        Decimal("100.00"),
+        Decimal("200.00"),
+        Decimal("300.00"),
+    )
+    for tag in tags:
+        image2.define(tag, "kWh")
+    # T3 +1.00 × 0.6 = 0.60 → 10.00 − 0.60 = 9.40, from the baseline read before the restart
+    for tag, v in zip(tags, [0.0, 100.0, 201.0, 300.0], strict=True):
+        image2.write(tag, v, source_time=t + 600)
+    await rt2.control()
+    assert acc.balance == Decimal("9.40")
+    journal2.close()
