@@ -467,6 +467,11 @@ class ModbusDeviceConfig(_Model):
     unit_id: Annotated[int, within(0, 247)] = 1
     period_s: Annotated[float, within(0.05, 86400.0, " s")] = 1.0
     tags: list[ModbusTag] = []
+    # 倍率 of a transformer-operated Modbus meter: read-only register tags in
+    # A, V, kW, kvar, kVA, kWh, kvarh, kVAh are published as primary values
+    # and, when a ratio is not 1, as <tag>_secondary (setpoints are not scaled)
+    ct_ratio: TransformerRatio = 1.0
+    pt_ratio: TransformerRatio = 1.0
 
     @field_validator("name")
     @classmethod

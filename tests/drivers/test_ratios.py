@@ -193,3 +193,31 @@ def test_ratios_as_numbers_or_primary_over_secondary():
         }
     )
     assert [m.ct_ratio for m in block.buses[0].meters] == [15.0, 15.0]  # 75 / 5
+
+
+async def test_modbus_meter_behind_a_ct_publishes_primary_readings(tmp_path, running):
+    from .conftest import LCT_TAGS, free_port, lct_config
+
+    setpoint = '{ name = "limit", table = "holding", address = 0, scale = 0.1, unit = "kW", writable = true }'
+    tags = LCT_TAGS.replace("]", f"  {setpoint},\n]") + '\nct_ratio = "200/5"'
+    config = lct_config(tmp_path, free_port(), tags=tags)
+    _sim, _plant, image = await running(config)
+    prefix = "buses/lct/devices/t1/"
+
+    def polled() -> bool:
+        return all(
+            image.value(prefix + n) not in (None, 0.0)
+            for n in ("power_1", "power_1_secondary", "power_total_secondary")
+        )
+
+    assert await wait_for(polled, 10)
+    for name in ("power_total", "power_1", "power_2"):
+        primary, secondary = image.get(prefix + name), image.get(prefix + name + "_secondary")
+        assert primary.source_time == secondary.source_time  # one poll writes both
+        # 200/5 = 40: e.g. power_1 12.3 kW at the terminal → 492.0 kW primary
+        assert primary.value == round(secondary.value * 40, 6)
+        assert image.tag(prefix + name + "_secondary").unit == "kW"
+    # outputs and setpoints keep the device's own values: no twin
+    for name in ("out1", "limit"):
+        assert prefix + name in image
+        assert prefix + name + "_secondary" not in image
