@@ -179,6 +179,8 @@ def to_primary(value: Any, factor: float) -> Any:
         return value
     if isinstance(value, tuple):
         return (to_primary(value[0], factor), *value[1:])
+    if isinstance(value, list):
+        return [to_primary(v, factor) for v in value]
     if isinstance(value, int | float):
         # the float product of a 2-decimal reading and the ratio: drop the binary noise
         return round(value * factor, 6)
