@@ -37,6 +37,17 @@ QUANTITIES: dict[str, Quantity] = {
             "kWh",
             "forward active energy, total and tariffs 1-4",
         ),
+        # the same registers one by one (meters that refuse the block DI): same tags,
+        # so tariff-register billing finds T1..T4 either way
+        *(
+            _q(
+                f"00010{i}00",
+                f"energy_fwd_active_t{i}",
+                "kWh",
+                f"forward active energy, tariff {i}",
+            )
+            for i in range(1, 5)
+        ),
         _q("02010100", "voltage_a", "V", "phase A voltage"),
         _q("02010200", "voltage_b", "V", "phase B voltage"),
         _q("02010300", "voltage_c", "V", "phase C voltage"),

@@ -43,11 +43,16 @@ class MidRng(random.Random):
         return (a + b) / 2
 
 
-def field(tmp: Path) -> FieldConfig:
+BLOCK = ["00010000", "0001FF00"]
+# meters that refuse block DIs are read register by register: the same tags
+SINGLES = ["00010000", "00010100", "00010200", "00010300", "00010400"]
+
+
+def field(tmp: Path, items: list[str]) -> FieldConfig:
     return FieldConfig.model_validate(
         {
             "poll_groups": {
-                "energy": {"period_s": 0.1, "items": ["00010000", "0001FF00"]},
+                "energy": {"period_s": 0.1, "items": items},
                 "status": {"period_s": 0.5, "items": ["04000503"]},
             },
             "buses": [
@@ -107,9 +112,10 @@ def loads(billing: str) -> LoadsConfig:
 class Day:
     """The meter on a real pty, the field plant, the loads runtime, one virtual clock."""
 
-    def __init__(self, tmp: Path, billing: str) -> None:
+    def __init__(self, tmp: Path, billing: str, items: list[str]) -> None:
         self.tmp = tmp
         self.billing = billing
+        self.items = items
         self.now = dt.datetime(2026, 3, 2, 18, 0).timestamp()
         # 50 kW peak primary load behind the CT; the meter's own TOU table (its clock)
         self.meter = SimMeter(
@@ -129,7 +135,7 @@ class Day:
         return self.now
 
     async def start(self) -> None:
-        config = field(self.tmp)
+        config = field(self.tmp, self.items)
         farm = MeterFarm(
             "bus1",
             [self.meter],
@@ -188,9 +194,11 @@ class Day:
         return Decimal(100000) - self.rt.accounts["acc1"].balance
 
 
-async def run_day(tmp: Path, billing: str) -> tuple[Decimal, list[float], list[float]]:
+async def run_day(
+    tmp: Path, billing: str, items: list[str] = BLOCK
+) -> tuple[Decimal, list[float], list[float]]:
     """18:00 baseline, read every 30 min until 20:00, no reading 20:00-08:00, then 08:30."""
-    day = Day(tmp, billing)
+    day = Day(tmp, billing, items)
     await day.start()
     try:
         assert await wait_for(day.seen, 10)
@@ -218,8 +226,9 @@ async def run_day(tmp: Path, billing: str) -> tuple[Decimal, list[float], list[f
 # The line is cut after the 20:00 reading and is back at 08:00. Primary = secondary × CT 40.
 
 
-async def test_outage_over_tariff_boundaries_is_billed_per_tariff_register(tmp_path):
-    billed, start, end = await run_day(tmp_path, "tariff_registers")
+@pytest.mark.parametrize("items", [BLOCK, SINGLES], ids=["block", "singles"])
+async def test_outage_over_tariff_boundaries_is_billed_per_tariff_register(tmp_path, items):
+    billed, start, end = await run_day(tmp_path, "tariff_registers", items)
     # each register's increment at its own price:
     #   T2: (44.24 − 40.00) × 40 = 169.6 kWh × 1.00 = 169.60
     #   T3: (31.27 − 30.00) × 40 =  50.8 kWh × 0.60 =  30.48
