@@ -655,7 +655,10 @@ class Dlt645Bus(BusOwner):
     async def read_now(
         self, address: str, dis: list[str], *, lane: str = "operator"
     ) -> dict[str, Any]:
-        """Read DIs now (operator or event lane); results also land in the image."""
+        """Read DIs now (operator or event lane); results also land in the image.
+
+        Returns the values as the meter sent them (transformer secondary); the
+        image gets primary values and ``_secondary`` twins like a poll."""
         self._meter(address)
         items = [PollItem(di=normalise_di(d)) for d in dis]
         plans = [plan_item(i) for i in items]
