@@ -447,12 +447,11 @@ class Dlt645Bus(BusOwner):
                 )
             return
         meter = self.meters.get(address)
-        twin = meter is not None and has_transformers(meter) and scales_with_ratio(plan.unit)
-        factor = (
-            transformer_factor(plan.unit, meter.ct_ratio, meter.pt_ratio)
-            if meter is not None
-            else 1.0
-        )
+        twin = False
+        factor = 1.0
+        if meter is not None and has_transformers(meter) and scales_with_ratio(plan.unit):
+            twin = True
+            factor = transformer_factor(plan.unit, meter.ct_ratio, meter.pt_ratio)
         for n, v in zip(plan.names, values, strict=False):
             # the secondary twin first: whoever sees the primary value can find its source
             names = [(n + SECONDARY_SUFFIX, v), (n, to_primary(v, factor))] if twin else [(n, v)]

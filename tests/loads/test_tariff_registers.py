@@ -409,3 +409,22 @@ async def test_register_baseline_survives_restart_and_an_older_journal(tmp_path)
     await rt2.control()
     assert acc.balance == Decimal("9.40")
     journal2.close()
+
+
+@pytest.mark.parametrize(
+    ("tou", "message"),
+    [
+        ({"8:00": 2}, "tou: period start must be HH:MM, got '8:00'"),
+        ({"24:00": 2}, "tou: period start must be 00:00..23:59, got '24:00'"),
+        ({"08:00": 5}, "tou['08:00'] must be tariff register 1..4, got 5"),
+        ({}, "tou must name at least one period start"),
+    ],
+)
+def test_sim_meter_tou_table_is_checked(tou, message):
+    from pydantic import ValidationError
+
+    from drivers.config import SimMeterConfig
+
+    with pytest.raises(ValidationError) as info:
+        SimMeterConfig.model_validate({"tou": tou})
+    assert message in str(info.value)
