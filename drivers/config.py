@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -57,6 +58,44 @@ def _number(x: float) -> str:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, validate_default=True)
+
+
+# CT 5000/1 or PT 500 kV/100 V are 5000; leave room for odd installations
+MAX_TRANSFORMER_RATIO = 100_000.0
+
+
+def transformer_ratio(value: Any, info: ValidationInfo) -> float:
+    """A CT or PT ratio as a number (``40``) or as primary/secondary (``"200/5"``).
+
+    Meters behind instrument transformers read secondary values; primary =
+    secondary × ratio. Zero or a negative ratio would zero or flip every
+    reading, so it is refused naming the field."""
+    name = info.field_name
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number > 0 such as 40 or '200/5', got {value!r}")
+    ratio: float
+    if isinstance(value, str):
+        text = value.strip()
+        primary, slash, secondary = text.partition("/")
+        try:
+            ratio = float(primary) / float(secondary) if slash else float(text)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(
+                f"{name} must be a number > 0 or primary/secondary such as '200/5', got {value!r}"
+            ) from None
+    elif isinstance(value, int | float):
+        ratio = float(value)
+    else:
+        raise ValueError(f"{name} must be a number > 0 such as 40 or '200/5', got {value!r}")
+    if not 0.0 < ratio <= MAX_TRANSFORMER_RATIO:  # also refuses NaN
+        raise ValueError(
+            f"{name} must be > 0 and ≤ {MAX_TRANSFORMER_RATIO:g} (primary/secondary, "
+            f"e.g. 200/5 = 40), got {value!r}"
+        )
+    return ratio
+
+
+TransformerRatio = Annotated[float, BeforeValidator(transformer_ratio)]
 
 
 def _check_name(value: str, what: str) -> str:
@@ -265,6 +304,11 @@ class MeterConfig(_Model):
     password: str = "000000"
     operator: str = "00000000"
     security: Security = "plaintext"
+    # 倍率: the current and voltage transformers in front of the meter (200/5 → 40).
+    # The image gets primary values under the quantity names and, when either
+    # ratio is not 1, the meter's own readings under <name>_secondary.
+    ct_ratio: TransformerRatio = 1.0
+    pt_ratio: TransformerRatio = 1.0
 
     @field_validator("address", mode="before")
     @classmethod
@@ -301,6 +345,8 @@ class MeterBlock(_Model):
     password: str = "000000"
     operator: str = "00000000"
     security: Security = "plaintext"
+    ct_ratio: TransformerRatio = 1.0
+    pt_ratio: TransformerRatio = 1.0
 
     @field_validator("first_address")
     @classmethod
@@ -319,6 +365,8 @@ class MeterBlock(_Model):
                 "password": self.password,
                 "operator": self.operator,
                 "security": self.security,
+                "ct_ratio": self.ct_ratio,
+                "pt_ratio": self.pt_ratio,
             }
             for i in range(self.count)
         ]
@@ -461,6 +509,11 @@ class ModbusDeviceConfig(_Model):
     unit_id: Annotated[int, within(0, 247)] = 1
     period_s: Annotated[float, within(0.05, 86400.0, " s")] = 1.0
     tags: list[ModbusTag] = []
+    # 倍率 of a transformer-operated Modbus meter: read-only register tags in
+    # A, V, kW, kvar, kVA, kWh, kvarh, kVAh are published as primary values
+    # and, when a ratio is not 1, as <tag>_secondary (setpoints are not scaled)
+    ct_ratio: TransformerRatio = 1.0
+    pt_ratio: TransformerRatio = 1.0
 
     @field_validator("name")
     @classmethod
@@ -532,6 +585,28 @@ class SimMeterConfig(_Model):
     # (the test-hmac wire contract in drivers/esam.py)
     require_esam: bool = False
     esam_key: str = ""
+    # the instrument transformers physically in front of the simulated meter:
+    # peak_kw is the primary load, the meter measures primary / ratio
+    ct_ratio: TransformerRatio = 1.0
+    pt_ratio: TransformerRatio = 1.0
+    # the meter's own time-of-use table: "HH:MM" (its local clock) → tariff
+    # register 1..4 from that minute on (T1 sharp, T2 peak, T3 flat, T4 valley)
+    tou: dict[str, int] = {"00:00": 4, "08:00": 3, "10:00": 2, "15:00": 3, "18:00": 2, "23:00": 4}
+
+    @field_validator("tou")
+    @classmethod
+    def _tou(cls, v: dict[str, int]) -> dict[str, int]:
+        if not v:
+            raise ValueError("tou must name at least one period start, e.g. {'00:00' = 3}")
+        for start, register in v.items():
+            hh, colon, mm = start.partition(":")
+            if not (colon and hh.isdigit() and mm.isdigit() and len(hh) == len(mm) == 2):
+                raise ValueError(f"tou: period start must be HH:MM, got {start!r}")
+            if not (int(hh) <= 23 and int(mm) <= 59):
+                raise ValueError(f"tou: period start must be 00:00..23:59, got {start!r}")
+            if not 1 <= register <= 4:
+                raise ValueError(f"tou[{start!r}] must be tariff register 1..4, got {register}")
+        return v
 
     @field_validator("peak_kw")
     @classmethod

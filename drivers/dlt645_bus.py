@@ -19,6 +19,7 @@ from drivers.dlt645_client import Dlt645Client
 from drivers.errors import BusTimeout, FrameCorrupt, MeterException
 from drivers.esam import Esam, EsamExchange, PlaintextAdapter
 from drivers.quantities import (
+    SECONDARY_SUFFIX,
     STATUS3_FLAGS,
     SW3_KEEP_POWER,
     SW3_PRE_TRIP_ALARM,
@@ -26,6 +27,8 @@ from drivers.quantities import (
     SW3_RELAY_OPEN,
     normalise_di,
     quantity_for,
+    scales_with_ratio,
+    transformer_factor,
 )
 from drivers.transport import Link, open_link
 
@@ -166,6 +169,25 @@ def plan_item(item: PollItem) -> ItemPlan:
     return ItemPlan(item, names, unit)
 
 
+def has_transformers(meter: MeterConfig) -> bool:
+    """A transformer-operated meter: its readings are secondary values."""
+    return meter.ct_ratio != 1.0 or meter.pt_ratio != 1.0
+
+
+def to_primary(value: Any, factor: float) -> Any:
+    """A decoded reading times the transformer factor; a max demand's time stays as it is."""
+    if factor == 1.0 or value is None or isinstance(value, bool | str | bytes):
+        return value
+    if isinstance(value, tuple):
+        return (to_primary(value[0], factor), *value[1:])
+    if isinstance(value, list):
+        return [to_primary(v, factor) for v in value]
+    if isinstance(value, int | float):
+        # the float product of a 2-decimal reading and the ratio: drop the binary noise
+        return round(value * factor, 6)
+    return value
+
+
 class Dlt645Bus(BusOwner):
     protocol = "dlt645"
 
@@ -235,11 +257,36 @@ class Dlt645Bus(BusOwner):
                         prefix + "clock_drift_s", "s", "meter clock minus controller clock"
                     )
                 for plan in self._plans[group]:
-                    for n in plan.names:
-                        self.image.define(prefix + n, plan.unit, f"DI {plan.item.di}")
+                    self._define_item(meter, plan)
                     if plan.item.di == "04000503":
                         for flag in STATUS3_FLAGS:
                             self.image.define(prefix + flag, "", "from status word 3")
+
+    def _define_item(self, meter: MeterConfig, plan: ItemPlan) -> None:
+        """The item's tags: primary values, and the meter's own (secondary) readings
+        when transformers sit in front of it."""
+        prefix = self._device_prefix(meter.address)
+        twin = has_transformers(meter) and scales_with_ratio(plan.unit)
+        for n in plan.names:
+            if twin:
+                factor = transformer_factor(plan.unit, meter.ct_ratio, meter.pt_ratio)
+                self.image.define(
+                    prefix + n, plan.unit, f"DI {plan.item.di}, primary (reading × {factor:g})"
+                )
+                self.image.define(
+                    prefix + n + SECONDARY_SUFFIX,
+                    plan.unit,
+                    f"DI {plan.item.di}, as the meter reads it (transformer secondary)",
+                )
+            else:
+                self.image.define(prefix + n, plan.unit, f"DI {plan.item.di}")
+
+    def _tag_names(self, address: str, plan: ItemPlan) -> list[str]:
+        """Every tag short name an item writes on this meter (secondary twins included)."""
+        meter = self.meters.get(address)
+        if meter is None or not (has_transformers(meter) and scales_with_ratio(plan.unit)):
+            return list(plan.names)
+        return [*plan.names, *(n + SECONDARY_SUFFIX for n in plan.names)]
 
     def _expected_duration(self, group: PollGroup) -> float:
         """The scheduler's first estimate, from the same frame sizes `gridctl plan` uses."""
@@ -377,7 +424,7 @@ class Dlt645Bus(BusOwner):
             except MeterException as exc:
                 # it answered, so it is alive; this item simply is not available
                 prefix = self._device_prefix(address)
-                for n in plan.names:
+                for n in self._tag_names(address, plan):
                     self.image.write(
                         prefix + n,
                         self.image.get(prefix + n).value,
@@ -399,7 +446,7 @@ class Dlt645Bus(BusOwner):
                 decoded = core.decode_value(plan.item.di, raw)
                 values = list(decoded) if isinstance(decoded, list) else [decoded]
         except ValueError as exc:
-            for n in plan.names:
+            for n in self._tag_names(address, plan):
                 self.image.write(
                     prefix + n,
                     None,
@@ -409,13 +456,27 @@ class Dlt645Bus(BusOwner):
                     Reason.UNDECODABLE,
                 )
             return
+        meter = self.meters.get(address)
+        twin = False
+        factor = 1.0
+        if meter is not None and has_transformers(meter) and scales_with_ratio(plan.unit):
+            twin = True
+            factor = transformer_factor(plan.unit, meter.ct_ratio, meter.pt_ratio)
         for n, v in zip(plan.names, values, strict=False):
-            if v is None:
-                self.image.write(
-                    prefix + n, None, Quality.BAD, "not present on this meter", when, Reason.CONFIG
-                )
-            else:
-                self.image.write(prefix + n, v, Quality.GOOD, "", when)
+            # the secondary twin first: whoever sees the primary value can find its source
+            names = [(n + SECONDARY_SUFFIX, v), (n, to_primary(v, factor))] if twin else [(n, v)]
+            for name, value in names:
+                if v is None:
+                    self.image.write(
+                        prefix + name,
+                        None,
+                        Quality.BAD,
+                        "not present on this meter",
+                        when,
+                        Reason.CONFIG,
+                    )
+                else:
+                    self.image.write(prefix + name, value, Quality.GOOD, "", when)
         if plan.item.di == "04000503" and isinstance(values[0], int):
             for flag, bit in STATUS3_FLAGS.items():
                 self.image.write(prefix + flag, bool(values[0] & bit), Quality.GOOD, "", when)
@@ -603,13 +664,15 @@ class Dlt645Bus(BusOwner):
     async def read_now(
         self, address: str, dis: list[str], *, lane: str = "operator"
     ) -> dict[str, Any]:
-        """Read DIs now (operator or event lane); results also land in the image."""
+        """Read DIs now (operator or event lane); results also land in the image.
+
+        Returns the values as the meter sent them (transformer secondary); the
+        image gets primary values and ``_secondary`` twins like a poll."""
         self._meter(address)
         items = [PollItem(di=normalise_di(d)) for d in dis]
         plans = [plan_item(i) for i in items]
         for p in plans:
-            for n in p.names:
-                self.image.define(self._device_prefix(address) + n, p.unit)
+            self._define_item(self.meters[address], p)
             if p.item.di == "04000503":
                 for flag in STATUS3_FLAGS:
                     self.image.define(self._device_prefix(address) + flag, "")

@@ -25,6 +25,7 @@ from drivers.bus_owner import LANES, BusOwner, PeriodicJob, WireRecord
 from drivers.config import ModbusBusConfig, ModbusDeviceConfig, ModbusTag
 from drivers.errors import BusTimeout, ModbusDeviceError, TransportClosed
 from drivers.modbus_blocks import BlockRead, merge_reads
+from drivers.quantities import SECONDARY_SUFFIX, scales_with_ratio, transformer_factor
 
 FC = {"coil": 1, "discrete_input": 2, "holding": 3, "input": 4}
 POLL_GROUP = "poll"
@@ -58,6 +59,19 @@ RAW_RANGES: dict[str, tuple[float, float]] = {
     "i32": (-0x8000_0000, 0x7FFF_FFFF),
     "f32": (-3.4028234663852886e38, 3.4028234663852886e38),
 }
+
+
+def through_transformers(device: ModbusDeviceConfig, tag: ModbusTag) -> bool:
+    """A reading a CT or PT scales: a read-only register of a transformer-operated device.
+
+    Writable tags (setpoints, coils) keep the device's own units: a value
+    written and read back must be the same number."""
+    return (
+        (device.ct_ratio != 1.0 or device.pt_ratio != 1.0)
+        and not tag.writable
+        and tag.type != "bool"
+        and scales_with_ratio(tag.unit)
+    )
 
 
 def value_range(tag: ModbusTag) -> tuple[float, float]:
@@ -112,7 +126,17 @@ class ModbusBus(BusOwner):
             prefix = self._device_prefix(device.name)
             image.define(prefix + "online", "", f"device {device.name} answers on {self.name}")
             for tag in device.tags:
-                image.define(prefix + tag.name, tag.unit, f"{tag.table} {tag.address}")
+                where = f"{tag.table} {tag.address}"
+                if through_transformers(device, tag):
+                    factor = transformer_factor(tag.unit, device.ct_ratio, device.pt_ratio)
+                    image.define(prefix + tag.name, tag.unit, f"{where}, primary (× {factor:g})")
+                    image.define(
+                        prefix + tag.name + SECONDARY_SUFFIX,
+                        tag.unit,
+                        f"{where}, as the device reads it (transformer secondary)",
+                    )
+                else:
+                    image.define(prefix + tag.name, tag.unit, where)
             # one TCP round trip or RTU exchange per block read
             expected = 0.005 * len(self.reads[device.name])
             self.add_periodic(device.name, POLL_GROUP, device.period_s, LANES["cyclic"], expected)
@@ -208,14 +232,18 @@ class ModbusBus(BusOwner):
                 )
             except ModbusDeviceError as exc:
                 for tag in block.tags:
-                    cur = self.image.get(prefix + tag.name)
-                    self.image.write(
-                        prefix + tag.name,
-                        cur.value,
-                        Quality.BAD,
-                        str(exc),
-                        code=Reason.DEVICE_REFUSED,
-                    )
+                    names = [tag.name]
+                    if through_transformers(device, tag):
+                        names.append(tag.name + SECONDARY_SUFFIX)
+                    for name in names:
+                        cur = self.image.get(prefix + name)
+                        self.image.write(
+                            prefix + name,
+                            cur.value,
+                            Quality.BAD,
+                            str(exc),
+                            code=Reason.DEVICE_REFUSED,
+                        )
                 continue
             retries = self.config.retries
             values = (
@@ -223,9 +251,17 @@ class ModbusBus(BusOwner):
             )
             now = self.wall()
             for tag in block.tags:
-                self.image.write(
-                    prefix + tag.name, decode_tag(tag, block, values), Quality.GOOD, "", now
-                )
+                self._publish(device, tag, decode_tag(tag, block, values), now)
+
+    def _publish(self, device: ModbusDeviceConfig, tag: ModbusTag, value: Any, when: float) -> None:
+        """A decoded tag into the image: primary value, and the device's own reading
+        as ``<tag>_secondary`` when transformers sit in front of it."""
+        prefix = self._device_prefix(device.name)
+        if through_transformers(device, tag):
+            factor = transformer_factor(tag.unit, device.ct_ratio, device.pt_ratio)
+            self.image.write(prefix + tag.name + SECONDARY_SUFFIX, value, Quality.GOOD, "", when)
+            value = round(value * factor, 6)
+        self.image.write(prefix + tag.name, value, Quality.GOOD, "", when)
 
     def _reader(self, device: ModbusDeviceConfig, block: BlockRead) -> Callable[[], Awaitable[Any]]:
         client = self._client
@@ -343,13 +379,7 @@ class ModbusBus(BusOwner):
         )
         regs = [int(r) for r in reply.registers[:count]]
         block = BlockRead("holding", t.address, count, (t,))
-        self.image.write(
-            self._device_prefix(dev.name) + t.name,
-            decode_tag(t, block, regs),
-            Quality.GOOD,
-            "",
-            self.wall(),
-        )
+        self._publish(dev, t, decode_tag(t, block, regs), self.wall())
         return regs
 
     async def write_register(self, device: str, tag: str, value: float) -> list[int]:

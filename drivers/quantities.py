@@ -37,6 +37,17 @@ QUANTITIES: dict[str, Quantity] = {
             "kWh",
             "forward active energy, total and tariffs 1-4",
         ),
+        # the same registers one by one (meters that refuse the block DI): same tags,
+        # so tariff-register billing finds T1..T4 either way
+        *(
+            _q(
+                f"00010{i}00",
+                f"energy_fwd_active_t{i}",
+                "kWh",
+                f"forward active energy, tariff {i}",
+            )
+            for i in range(1, 5)
+        ),
         _q("02010100", "voltage_a", "V", "phase A voltage"),
         _q("02010200", "voltage_b", "V", "phase B voltage"),
         _q("02010300", "voltage_c", "V", "phase C voltage"),
@@ -99,3 +110,29 @@ def normalise_di(di: str | int) -> str:
 
 def quantity_for(di: str) -> Quantity | None:
     return QUANTITIES.get(di)
+
+
+# Which instrument transformer a reading goes through, by its unit: currents
+# through the CT, voltages through the PT, power, demand and energy through
+# both. Everything else (power factor, frequency, angles, money, clock, status)
+# is the same on either side of the transformers.
+_CT_UNITS = frozenset({"A"})
+_PT_UNITS = frozenset({"V"})
+_CT_PT_UNITS = frozenset({"kW", "kvar", "kVA", "kWh", "kvarh", "kVAh"})
+SECONDARY_SUFFIX = "_secondary"
+
+
+def transformer_factor(unit: str, ct_ratio: float, pt_ratio: float) -> float:
+    """primary = secondary × this, for a reading in ``unit`` behind CT and PT ratios."""
+    if unit in _CT_UNITS:
+        return ct_ratio
+    if unit in _PT_UNITS:
+        return pt_ratio
+    if unit in _CT_PT_UNITS:
+        return ct_ratio * pt_ratio
+    return 1.0
+
+
+def scales_with_ratio(unit: str) -> bool:
+    """True for the quantities a CT or PT changes (they get a ``_secondary`` twin)."""
+    return unit in _CT_UNITS or unit in _PT_UNITS or unit in _CT_PT_UNITS

@@ -262,12 +262,31 @@ class TariffPeriod(TimeWindow):
     price: Money = Field(ge=0, le=1000)
 
 
+TariffRegister = Literal["t1", "t2", "t3", "t4"]
+TARIFF_REGISTERS: tuple[TariffRegister, ...] = ("t1", "t2", "t3", "t4")
+
+
 class TariffConfig(_Model):
-    """Time-of-use tariff: periods with a price per kWh; ``default_price`` outside them."""
+    """Time-of-use tariff: periods with a price per kWh; ``default_price`` outside them.
+
+    ``register_prices`` prices the meter's own tariff registers (DL/T 645
+    ``0001FF00``: T1 sharp, T2 peak, T3 flat, T4 valley, as the meter's TOU
+    table assigns them) for accounts billed by ``tariff_registers``."""
 
     name: str = Field(pattern=NAME_PATTERN)
     default_price: Money = Field(ge=0, le=1000)
     periods: list[TariffPeriod] = []
+    register_prices: dict[TariffRegister, Annotated[Money, Field(ge=0, le=1000)]] = {}
+
+    @model_validator(mode="after")
+    def _registers(self) -> TariffConfig:
+        missing = [t for t in TARIFF_REGISTERS if t not in self.register_prices]
+        if self.register_prices and missing:
+            raise ValueError(
+                f"register_prices: must price every tariff register t1, t2, t3, t4 "
+                f"(missing: {', '.join(missing)})"
+            )
+        return self
 
     def price_at(self, when: dt.datetime) -> Decimal:
         for p in self.periods:
@@ -296,6 +315,12 @@ class AccountConfig(_Model):
     max_kw: float = Field(default=100.0, gt=0.0, le=1e6)
     # opening balance when the account is first seen (later: the journal's balance)
     opening_balance: Money = Field(default=Decimal(0), ge=-100_000, le=10_000_000)
+    # "tariff_registers": bill each increment of the meter's T1..T4 registers
+    # (0001FF00) at its register's price, so energy used while the meter was not
+    # read is still billed at the tariff it was used in; "reading_time": bill
+    # the total's increment at the price in force when it is read (meters
+    # without tariff registers)
+    billing: Literal["tariff_registers", "reading_time"] = "reading_time"
 
     @model_validator(mode="after")
     def _order(self) -> AccountConfig:
@@ -390,6 +415,11 @@ class LoadsConfig(_Model):
                 raise ValueError(
                     f"accounts[{ai}].tariff: unknown tariff {a.tariff!r} "
                     f"(tariffs: {', '.join(sorted(tariffs)) or 'none'})"
+                )
+            if a.billing == "tariff_registers" and not self.tariff(a.tariff).register_prices:
+                raise ValueError(
+                    f"accounts[{ai}].billing: 'tariff_registers' needs register_prices "
+                    f"(t1..t4 per kWh) in tariff {a.tariff!r}"
                 )
         return self
 

@@ -12,6 +12,13 @@ balance = recharges − Σ energy × price(time of use). Thresholds:
   (``close_allowed`` by default, the customer presses the button;
   ``direct_close`` optionally) and the pre-trip alarm off.
 
+With ``billing = "tariff_registers"`` the energy comes from the meter's own
+tariff registers (T1..T4 of ``0001FF00``): each register's increment is billed
+at that register's price, so energy used while the meter could not be read
+(a 12 h outage over a tariff boundary) is billed at the tariff it was used in,
+not at the one in force when reading resumes. ``reading_time`` (meters without
+tariff registers) prices the total's increment at the reading's time of day.
+
 Energy readings that go backwards or imply more than ``max_kw`` since the
 previous reading are flagged (ledger kind ``flag``), not billed; the baseline
 moves to the new reading so one bad reading is not billed later either.
@@ -26,7 +33,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from controller.loads.config import AccountConfig, NoTripConfig, TariffConfig
+from controller.loads.config import TARIFF_REGISTERS, AccountConfig, NoTripConfig, TariffConfig
 from controller.loads.intents import AlarmNote, Intent, StepResult
 
 LOW = "prepaid_low_balance"
@@ -75,6 +82,8 @@ class PrepaidAccount:
     balance: Decimal = Decimal(0)
     last_reading: Decimal | None = None
     last_at: float | None = None
+    # T1..T4 at the last billed reading (tariff_registers billing)
+    last_registers: tuple[Decimal, ...] | None = None
     tripped: bool = False  # this account tripped the load and has not closed it yet
     alarm_sent: bool = False  # the meter's pre-trip alarm is on (by us)
     level: str = "normal"
@@ -136,6 +145,71 @@ class PrepaidAccount:
         return LedgerEntry(
             self.cfg.id, at, "usage", -cost, self.balance, delta, kwh, price, why="energy"
         )
+
+    def registers_reading(
+        self, values: list[float | Decimal | str], at: float
+    ) -> list[LedgerEntry]:
+        """Bill a reading of the tariff registers T1..T4: one usage entry per
+        register that moved, at that register's price. A register going
+        backwards, or a sum implying more than ``max_kw``, is flagged and not
+        billed; the baseline moves on either way."""
+        if len(values) != len(TARIFF_REGISTERS):
+            raise PrepaidError(f"values: need T1..T4 (4 registers), got {len(values)}")
+        regs = tuple(to_kwh(v) for v in values)
+        total = sum(regs, Decimal(0))
+        prev, prev_at = self.last_registers, self.last_at
+        self.last_registers, self.last_at, self.last_reading = regs, at, total
+        if prev is None or prev_at is None:
+            return []  # first reading: the baseline
+        deltas = [now - before for now, before in zip(regs, prev, strict=True)]
+        if not any(deltas):
+            return []
+        back = [
+            f"{t} {b} → {n}"
+            for t, b, n, d in zip(TARIFF_REGISTERS, prev, regs, deltas, strict=True)
+            if d < 0
+        ]
+        used = sum(deltas, Decimal(0))
+        if back:
+            return [
+                self._flag(
+                    at, used, total, f"tariff register went backwards ({', '.join(back)} kWh)"
+                )
+            ]
+        hours = Decimal(str(max(at - prev_at, 0.0))) / Decimal(3600)
+        # each register may round on its own: one margin per register
+        most = Decimal(str(self.cfg.max_kw)) * hours + JUMP_MARGIN_KWH * len(regs)
+        if used > most:
+            return [
+                self._flag(
+                    at,
+                    used,
+                    total,
+                    f"implausible jump of {used} kWh in {float(hours) * 3600:.0f} s "
+                    f"(more than {self.cfg.max_kw:g} kW)",
+                )
+            ]
+        out: list[LedgerEntry] = []
+        for register, delta, reading in zip(TARIFF_REGISTERS, deltas, regs, strict=True):
+            if delta == 0:
+                continue
+            price = self.tariff.register_prices[register]
+            cost = delta * price
+            self.balance -= cost
+            out.append(
+                LedgerEntry(
+                    self.cfg.id,
+                    at,
+                    "usage",
+                    -cost,
+                    self.balance,
+                    delta,
+                    reading,
+                    price,
+                    why=f"energy {register.upper()}",
+                )
+            )
+        return out
 
     def _flag(self, at: float, delta: Decimal, kwh: Decimal, why: str) -> LedgerEntry:
         return LedgerEntry(

@@ -32,7 +32,7 @@ from typing import Any
 from controller.alarms import AlarmEngine, Severity
 from controller.commands import CommandError, CommandLog, CommandState
 from controller.journal import Journal, Statement
-from controller.loads.config import LoadsConfig, MemberConfig
+from controller.loads.config import TARIFF_REGISTERS, LoadsConfig, MemberConfig
 from controller.loads.demand import DemandGroup, LoadView
 from controller.loads.intents import Intent, StepResult
 from controller.loads.interlocks import Lockout
@@ -103,6 +103,8 @@ LOADS_SCHEMA: list[str] = [
         since    REAL NOT NULL
     )
     """,
+    # tariff-register billing: T1..T4 at the last billed reading, decimal text "t1 t2 t3 t4"
+    "ALTER TABLE ld_accounts ADD COLUMN last_registers TEXT",
 ]
 
 
@@ -127,7 +129,7 @@ async def install_schema(journal: Journal) -> int:
 def _account_row(acc: PrepaidAccount, now: float) -> Statement:
     return (
         "INSERT OR REPLACE INTO ld_accounts(id, balance, last_reading, last_at, tripped, "
-        "alarm_sent, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "alarm_sent, updated, last_registers) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
             acc.cfg.id,
             str(acc.balance),
@@ -136,6 +138,7 @@ def _account_row(acc: PrepaidAccount, now: float) -> Statement:
             int(acc.tripped),
             int(acc.alarm_sent),
             now,
+            None if acc.last_registers is None else " ".join(map(str, acc.last_registers)),
         ),
     )
 
@@ -270,6 +273,8 @@ class LoadsRuntime:
             acc.last_at = row["last_at"]
             acc.tripped = bool(row["tripped"])
             acc.alarm_sent = bool(row["alarm_sent"])
+            regs = row["last_registers"]
+            acc.last_registers = None if regs is None else tuple(map(Decimal, regs.split()))
         now = self._clock()
         new = [
             _account_row(a, now)
@@ -495,25 +500,49 @@ class LoadsRuntime:
             self._apply(g, g.step(now, local, total, views, bad))
         rows: list[Statement] = []
         for acc in self.accounts.values():
-            x = self.executor.loads[acc.cfg.load]
-            tag = f"buses/{x.bus}/meters/{x.address}/energy_fwd_active_total"
-            value = self.image.value(tag) if tag in self.image else None
-            if value is not None:
-                src = self.image.get(tag).source_time
-                if acc.last_at is None or src > acc.last_at:
-                    entry = acc.reading(value, src, self._local(src))
-                    if entry is not None:
-                        rows.append(_ledger_row(entry))
-                        if entry.kind == "flag":
-                            self.flags += 1
-                            self._alarm(FLAGGED, acc.source, True, entry.why)
-                    rows.append(_account_row(acc, now))
+            entries = self._energy_reading(acc)
+            if entries is not None:
+                for entry in entries:
+                    rows.append(_ledger_row(entry))
+                    if entry.kind == "flag":
+                        self.flags += 1
+                        self._alarm(FLAGGED, acc.source, True, entry.why)
+                rows.append(_account_row(acc, now))
             relay_open = self.executor.actuators[acc.cfg.load].known().relay_open
             self._apply(acc, acc.step(now, local, relay_open))
         if rows:
             # balance and baseline in one unit: after any crash they agree
             self.journal.post(rows)
         self._publish()
+
+    def _energy_reading(self, acc: PrepaidAccount) -> list[LedgerEntry] | None:
+        """Bill the account's meter reading if a new one is in the image (primary kWh).
+
+        ``tariff_registers``: T1..T4 of one 0001FF00 read, all Good; until they
+        are, nothing is billed and the baseline waits, so an outage's energy
+        is billed when the registers come back, each at its own price."""
+        x = self.executor.loads[acc.cfg.load]
+        prefix = f"buses/{x.bus}/meters/{x.address}/"
+        if acc.cfg.billing == "tariff_registers":
+            tags = [f"{prefix}energy_fwd_active_{t}" for t in TARIFF_REGISTERS]
+            if not all(t in self.image for t in tags):
+                return None
+            currents = [self.image.get(t) for t in tags]
+            if any(c.quality is not Quality.GOOD or c.value is None for c in currents):
+                return None
+            src = min(c.source_time for c in currents)
+            if acc.last_at is not None and src <= acc.last_at:
+                return None
+            return acc.registers_reading([c.value for c in currents], src)
+        tag = prefix + "energy_fwd_active_total"
+        value = self.image.value(tag) if tag in self.image else None
+        if value is None:
+            return None
+        src = self.image.get(tag).source_time
+        if acc.last_at is not None and src <= acc.last_at:
+            return None
+        entry = acc.reading(value, src, self._local(src))
+        return [] if entry is None else [entry]
 
     def _alarm(self, condition: str, source: str, active: bool, message: str) -> None:
         if self.alarms is not None:

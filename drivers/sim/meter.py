@@ -8,7 +8,11 @@ believable plant:
 - active power follows a daily load profile (night trough, morning and
   evening peaks) scaled by the meter's peak, with a little noise;
 - relay open → power and currents 0;
-- energy integrates power; remaining money falls with energy × tariff;
+- instrument transformers (CT/PT ratios) in front of the meter: the load is
+  primary, the meter measures primary / ratio and integrates that;
+- energy integrates power, into the total and into the tariff register its
+  own time-of-use table names for the meter's clock; remaining money falls
+  with energy × tariff;
 - the meter clock drifts at a per-meter rate until a broadcast time sync.
 """
 
@@ -34,6 +38,41 @@ from drivers.sim.esam_card import EsamCard, card_for
 # Seconds after a "close allowed" (1B) before the simulated customer presses the button.
 CUSTOMER_CLOSE_DELAY_S = 3.0
 NOMINAL_VOLTAGE_V = 220.0
+# a PT's secondary is 100 V line to line: 57.7 V per phase at nominal primary voltage
+PT_SECONDARY_PHASE_V = 100.0 / math.sqrt(3.0)
+# longest stretch integrated at one load level and tariff (a long gap between
+# reads spans profile hours and tariff periods)
+INTEGRATION_STEP_S = 300.0
+# how the opening energy is spread over the tariff registers T1..T4
+OPENING_SPLIT = (0.3, 0.4, 0.3, 0.0)
+# the SimMeterConfig default: valley at night, peak 10-15 h and 18-23 h, flat between
+DEFAULT_TOU: tuple[tuple[int, int], ...] = (
+    (0, 4),
+    (8 * 60, 3),
+    (10 * 60, 2),
+    (15 * 60, 3),
+    (18 * 60, 2),
+    (23 * 60, 4),
+)
+
+
+def tou_table(periods: dict[str, int]) -> tuple[tuple[int, int], ...]:
+    """``{"HH:MM": register}`` → ((minute of day, register), ...) in order of the day."""
+    out = []
+    for start, register in periods.items():
+        hh, _, mm = start.partition(":")
+        out.append((int(hh) * 60 + int(mm), register))
+    return tuple(sorted(out))
+
+
+def tou_register(table: tuple[tuple[int, int], ...], minute: int) -> int:
+    """The tariff register (1..4) in force at a minute of the day; before the
+    first start of the day the last period of the day before goes on."""
+    register = table[-1][1]
+    for start, reg in table:
+        if start <= minute:
+            register = reg
+    return register
 
 
 def load_profile(hour: float) -> float:
@@ -72,6 +111,11 @@ class SimMeter:
     clock_drift_s_per_day: float = 0.5
     clock_offset_s: float = 0.0
     time_scale: float = 1.0
+    ct_ratio: float = 1.0
+    pt_ratio: float = 1.0
+    tou: tuple[tuple[int, int], ...] = DEFAULT_TOU
+    # forward active energy of tariffs T1..T4 (kWh, as the meter measures it)
+    tariff_kwh: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     rng: random.Random = field(default_factory=random.Random)
     faults: set[str] = field(default_factory=set)
     written: dict[str, bytes] = field(default_factory=dict)
@@ -97,14 +141,19 @@ class SimMeter:
         seed: int,
     ) -> SimMeter:
         rng = random.Random(f"{seed}:{address}")
+        opening = (
+            cfg.energy_kwh if cfg.energy_kwh is not None else round(rng.uniform(100, 20000), 2)
+        )
         return cls(
             address=address,
             password=password,
             peak_kw=cfg.peak_kw if cfg.peak_kw is not None else round(rng.uniform(1.0, 8.0), 2),
             phases=cfg.phases,
-            energy_kwh=cfg.energy_kwh
-            if cfg.energy_kwh is not None
-            else round(rng.uniform(100, 20000), 2),
+            energy_kwh=opening,
+            tariff_kwh=[opening * share for share in OPENING_SPLIT],
+            ct_ratio=cfg.ct_ratio,
+            pt_ratio=cfg.pt_ratio,
+            tou=tou_table(cfg.tou),
             money_yuan=cfg.money_yuan,
             tariff=tariff,
             relay_open=cfg.relay_open,
@@ -136,15 +185,35 @@ class SimMeter:
         self.clock_offset_s += (
             self.clock_drift_s_per_day * (dt_s / max(self.time_scale, 1e-9)) / 86400.0
         )
-        if self.relay_open:
-            self._power_kw = 0.0
-        else:
-            local = dt.datetime.fromtimestamp(wall)
-            hour = local.hour + local.minute / 60.0
-            self._power_kw = self.peak_kw * load_profile(hour) * self.rng.uniform(0.97, 1.03)
-        used = self._power_kw * dt_s / 3600.0
-        self.energy_kwh += used
-        self.money_yuan -= used * self.tariff
+        self.integrate(dt_s, wall)
+
+    def integrate(self, seconds: float, wall: float) -> None:
+        """Run the load for ``seconds`` of plant time ending at ``wall``: energy into the
+        total and the tariff registers, money out. In steps, each at its own load
+        level and tariff period, so a long gap between reads (or a test's virtual
+        day, with ``time_scale`` 0 so reads add no time of their own) spans profile
+        hours and tariff periods as it would have."""
+        remaining = seconds
+        while True:
+            step = min(remaining, INTEGRATION_STEP_S)
+            remaining -= step
+            at = wall - remaining
+            if self.relay_open:
+                self._power_kw = 0.0
+            else:
+                local = dt.datetime.fromtimestamp(at)
+                hour = local.hour + local.minute / 60.0
+                self._power_kw = self.peak_kw * load_profile(hour) * self.rng.uniform(0.97, 1.03)
+            # the meter integrates what it measures: the primary load through its transformers
+            used = self._power_kw / (self.ct_ratio * self.pt_ratio) * step / 3600.0
+            self.energy_kwh += used
+            # the register in force on the meter's own clock when the step began
+            meter_local = dt.datetime.fromtimestamp(at - step + self.clock_offset_s)
+            register = tou_register(self.tou, meter_local.hour * 60 + meter_local.minute)
+            self.tariff_kwh[register - 1] += used
+            self.money_yuan -= used * self.tariff
+            if remaining <= 0.0:
+                break
 
     def status_word_3(self) -> int:
         word = 0
@@ -162,9 +231,16 @@ class SimMeter:
         """The decoded value for a DI, or None when this meter does not have it."""
         if di in self.written:
             return wire.decode_value(di, self.written[di])
-        p = 0.0 if self.relay_open else self._power_kw
+        ratio = self.ct_ratio * self.pt_ratio
+        p = 0.0 if self.relay_open else self._power_kw / ratio
         n = self.phases
-        volts = [round(NOMINAL_VOLTAGE_V * self.rng.uniform(0.98, 1.03), 1) for _ in range(3)]
+        # behind a PT the network is the PT's primary voltage; the meter sees it / pt_ratio
+        primary_v = (
+            NOMINAL_VOLTAGE_V if self.pt_ratio == 1.0 else PT_SECONDARY_PHASE_V * self.pt_ratio
+        )
+        volts = [
+            round(primary_v * self.rng.uniform(0.98, 1.03) / self.pt_ratio, 1) for _ in range(3)
+        ]
         if n == 1:
             volts_opt: list[float | None] = [volts[0], None, None]
         else:
@@ -182,12 +258,16 @@ class SimMeter:
         ]
         clock = dt.datetime.fromtimestamp(wall + self.clock_offset_s)
         e = round(self.energy_kwh, 2)
-        tariffs = [e, round(e * 0.3, 2), round(e * 0.4, 2), round(e * 0.3, 2), 0.0]
+        tariffs = [e, *(round(t, 2) for t in self.tariff_kwh)]
         table: dict[str, object] = {
             "00000000": e,
             "00010000": e,
             "00020000": 0.0,
             "0001FF00": tariffs,
+            "00010100": tariffs[1],
+            "00010200": tariffs[2],
+            "00010300": tariffs[3],
+            "00010400": tariffs[4],
             "02010100": volts_opt[0],
             "02010200": volts_opt[1],
             "02010300": volts_opt[2],
