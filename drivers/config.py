@@ -486,6 +486,9 @@ class SimMeterConfig(_Model):
     clock_drift_s_per_day: float | None = None
     clock_offset_s: float = 0.0
     faults: list[FaultKind] = []
+    # answer ERR=02 (no requested data) to block DIs (FF in DI1 or DI0), as many
+    # meters in the field do: the controller must fall back to single DIs
+    refuse_block_dis: bool = False
 
     @field_validator("peak_kw")
     @classmethod

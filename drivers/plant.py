@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from controller.process_image import ProcessImage
 from drivers.bus_owner import BusOwner
 from drivers.bus_stats import BusSnapshot
 from drivers.config import Dlt645BusConfig, FieldConfig, ModbusBusConfig
 from drivers.dlt645_bus import Dlt645Bus
+
+if TYPE_CHECKING:
+    from controller.journal import Journal
 
 
 class FieldPlant:
@@ -21,14 +25,16 @@ class FieldPlant:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        journal: Journal | None = None,
     ) -> None:
         self.config = config
         self.image = image
         self._buses: dict[str, BusOwner] = {}
         for bus in config.buses:
             if isinstance(bus, Dlt645BusConfig):
+                # the journal remembers meters that refuse block DIs across restarts
                 self._buses[bus.name] = Dlt645Bus(
-                    bus, config.poll_groups, image, clock=clock, wall=wall
+                    bus, config.poll_groups, image, clock=clock, wall=wall, journal=journal
                 )
             elif isinstance(bus, ModbusBusConfig):
                 from drivers.modbus_bus import ModbusBus
