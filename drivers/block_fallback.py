@@ -10,7 +10,9 @@ another refusal and a poll cycle of Bad values.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drivers.config import PollItem
@@ -75,6 +77,29 @@ def record_refusal(journal: Journal, bus: str, meter: str, di: str, err: int, at
     return journal.post(statements)
 
 
-def refusals_by_meter(refusals: Mapping[str, Iterable[str]]) -> Refusals:
-    """A copy with sets (config files and callers may hand lists)."""
-    return {meter: set(dis) for meter, dis in refusals.items()}
+def read_refusals(path: Path | str) -> dict[str, Refusals]:
+    """Every bus's refusals from a journal file, read-only (``gridctl plan --journal``).
+
+    Raises FileNotFoundError for a missing file, sqlite3.Error for one that is not a
+    journal or predates the table."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"journal: no such file {file}")
+    conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT bus, meter, di FROM meter_block_refusals").fetchall()
+    finally:
+        conn.close()
+    out: dict[str, Refusals] = {}
+    for bus, meter, di in rows:
+        if di in BLOCK_SINGLES:
+            out.setdefault(bus, {}).setdefault(meter, set()).add(di)
+    return out
+
+
+def refused_in(
+    items: Iterable[PollItem], refused: Mapping[str, Iterable[str]], meter: str
+) -> frozenset[str]:
+    """The block DIs among ``items`` that ``meter`` refuses."""
+    mine = set(refused.get(meter, ()))
+    return frozenset(item.di for item in items if item.di in mine)

@@ -14,7 +14,7 @@ import pytest
 
 from controller.journal import Journal
 from controller.process_image import ProcessImage, Quality
-from drivers.config import FieldConfig
+from drivers.config import Dlt645BusConfig, FieldConfig
 from drivers.dlt645_bus import Dlt645Bus
 from drivers.plant import FieldPlant
 from drivers.sim.plant import SimulatedPlant
@@ -174,3 +174,71 @@ async def test_block_refusal_falls_back_to_single_dis_and_survives_restart(
         for thing in reversed(things):
             await thing.stop()
         journal.close()
+
+
+PLAN_CONFIG = """
+[poll_groups.fast]
+period_s = 10
+items = ["0201FF00"]
+[[buses]]
+name = "b1"
+protocol = "dlt645"
+port = "/dev/ttyUSB9"
+meter_block = { first_address = "000000000001", count = 2, groups = ["fast"] }
+"""
+
+
+async def test_gridctl_plan_reads_the_journal_refusals(tmp_path: Path) -> None:
+    from controller.plan import plan_dlt645
+    from drivers.block_fallback import read_refusals, record_refusal
+
+    cfg = FieldConfig.model_validate(tomllib.loads(PLAN_CONFIG))
+    db = tmp_path / "journal.sqlite"
+    journal = Journal(db)
+    journal.open()
+    try:
+        assert record_refusal(journal, "b1", REFUSER, "0201FF00", 0x02, 1.0)
+        await journal.flush()
+    finally:
+        journal.close()
+    refused = read_refusals(db)
+    assert refused == {"b1": {REFUSER: {"0201FF00"}}}
+    bus = cfg.buses[0]
+    assert isinstance(bus, Dlt645BusConfig)
+    # 2400 baud 8E1 = 11 bits, 4 FE, 100 ms meter delay, 20 ms send interval:
+    # block read: (20 + 22) × 11 / 2400 + 0.12 = 0.3125 s; two meters / 10 s = 6.25 %
+    assert plan_dlt645(bus, cfg).utilisation == pytest.approx(0.0625)
+    # one meter by three single reads: 3 × ((20 + 18) × 11 / 2400 + 0.12) = 0.8825 s;
+    # (0.3125 + 0.8825) / 10 s = 11.95 %
+    plan = plan_dlt645(bus, cfg, refused=refused["b1"])
+    assert plan.utilisation == pytest.approx(0.1195)
+    assert sorted(j.name for j in plan.jobs) == [
+        "fast:02010100 (single DIs)",
+        "fast:02010200 (single DIs)",
+        "fast:02010300 (single DIs)",
+        "fast:0201FF00",
+    ]
+
+
+def test_gridctl_plan_names_a_bad_journal(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "plan.toml").write_text(PLAN_CONFIG)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "controller",
+            "plan",
+            "--config",
+            str(tmp_path / "plan.toml"),
+            "--journal",
+            str(tmp_path / "none.sqlite"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 2
+    assert f"--journal {tmp_path / 'none.sqlite'}: journal: no such file" in done.stderr
