@@ -250,12 +250,9 @@ class Dlt645Bus(BusOwner):
                         for flag in STATUS3_FLAGS:
                             self.image.define(prefix + flag, "", "from status word 3")
 
-    def _expected_duration(self, group: PollGroup, address: str) -> float:
+    def _expected_duration(self, group: PollGroup) -> float:
         """The scheduler's first estimate, from the same frame sizes `gridctl plan` uses."""
-        if group.kind == "read":
-            items = meter_items(group.items, self.refused.get(address, set()))
-        else:
-            items = list(CLOCK_ITEMS)
+        items = group.items if group.kind == "read" else CLOCK_ITEMS
         return sum(
             core.transaction_time(
                 self.config.baud,
@@ -273,8 +270,16 @@ class Dlt645Bus(BusOwner):
             for group in meter.groups:
                 g = self.groups[group]
                 self.add_periodic(
-                    address, group, g.period_s, LANES[g.lane], self._expected_duration(g, address)
+                    address, group, g.period_s, LANES[g.lane], self._meter_duration(g, address)
                 )
+
+    def _meter_duration(self, group: PollGroup, address: str) -> float:
+        """`_expected_duration` for one meter: its refused blocks count as single reads."""
+        refused = self.refused.get(address)
+        if group.kind != "read" or not refused:
+            return self._expected_duration(group)
+        items = meter_items(group.items, refused)
+        return self._expected_duration(group.model_copy(update={"items": items}))
 
     def _plans_for(self, address: str, group: str) -> list[ItemPlan]:
         """The group's items as this meter is read (refused blocks as single DIs)."""
@@ -326,7 +331,7 @@ class Dlt645Bus(BusOwner):
         # own average follows the measured durations from the next run on
         for job_id in self._jobs_by_device.get(address, []):
             job = self._periodic[job_id]
-            job.expected_s = self._expected_duration(self.groups[job.group], address)
+            job.expected_s = self._meter_duration(self.groups[job.group], address)
         return True
 
     # -- link ------------------------------------------------------------------------

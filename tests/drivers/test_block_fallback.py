@@ -130,6 +130,10 @@ async def test_block_refusal_falls_back_to_single_dis_and_survives_restart(
         )
         assert bus.transactions["exception"] == 3
         assert bus.refused == {REFUSER: {"0201FF00", "0202FF00", "0001FF00"}}
+        # the refuser's jobs were re-estimated when it refused (arithmetic below)
+        jobs = {(job.device, job.group): job.expected_s for job in bus._periodic.values()}
+        assert jobs[(REFUSER, "instant")] == pytest.approx(0.02578125)
+        assert jobs[(NORMAL, "instant")] == pytest.approx(0.01203125)
 
         await journal.flush()
         rows = journal.query("SELECT bus, meter, di, err FROM meter_block_refusals ORDER BY di")
