@@ -15,7 +15,7 @@ $(VENV)/.deps: pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt maturin \
 		asyncua pymodbus textual pydantic pyserial pyserial-asyncio-fast uvloop msgpack prometheus-client \
-		pytest pytest-asyncio hypothesis ruff mypy import-linter
+		pytest pytest-asyncio hypothesis ruff mypy import-linter dlt645
 	touch $@
 
 # The extension is rebuilt whenever any Rust source changes.
@@ -50,7 +50,6 @@ test-all: build lint
 # output with its same-run baseline). Never a gate: a missed target is reported, not fatal.
 # GRIDCTL_BENCH_QUICK=1 make bench: small sizes, to try it in a few minutes.
 bench: build
-	$(PIP) install --quiet -c constraints.txt dlt645
 	$(PY) bench/report.py
 
 clean:

@@ -21,6 +21,13 @@ class CoreError(ValueError):
 class EncodeError(CoreError):
     """Bad argument to an encoder; the message names the field and the allowed range."""
 
+class AddressNotAllowedError(EncodeError):
+    """A request (D7 = 0) to the broadcast address ``999999999999`` or an ``AA`` wildcard
+    address for a function not allowed there. Only 0x08 broadcast time sync and 0x16
+    freeze go to the broadcast address, only 0x13 read address and 0x15 write address
+    to wildcards; a read, write or 1C there would reach every meter on the line. Replies
+    (D7 = 1) and decoding are not checked."""
+
 class FrameError(CoreError):
     """A byte string is not a valid frame."""
 
@@ -128,7 +135,9 @@ def dlt645_encode(address: str, control: int, data: bytes = b"", preamble: int =
     """Encode a frame. ``data`` is plain (the +0x33 offset is applied here).
 
     Raises EncodeError naming ``address`` (12 digits, or A wildcards), ``control``
-    (0..255 with a known function), ``data`` (≤ 255 bytes) or ``preamble`` (0..4)."""
+    (0..255 with a known function), ``data`` (≤ 255 bytes) or ``preamble`` (0..4);
+    AddressNotAllowedError for a request to the broadcast or a wildcard address with a
+    function not allowed there (every request encoder and ``Dlt645Frame`` check it)."""
 
 def dlt645_decode(frame: bytes) -> Dlt645Frame:
     """Decode exactly one frame (leading 0xFE allowed, nothing after 0x16).
@@ -148,7 +157,9 @@ def dlt645_n1_name(n1: int) -> str:
     ``"keep_power_on"``, ``"keep_power_off"``, or ``"unknown"``."""
 
 def dlt645_read(address: str, di: str | int, preamble: int = 0) -> bytes:
-    """0x11 read request for one DI (block DIs with FF are ordinary DIs here)."""
+    """0x11 read request for one DI (block DIs with FF are ordinary DIs here).
+
+    AddressNotAllowedError for the broadcast or a wildcard address."""
 
 def dlt645_read_followup(address: str, di: str | int, seq: int, preamble: int = 0) -> bytes:
     """0x12 read follow-up request, frame sequence number ``seq`` (0..255)."""

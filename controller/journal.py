@@ -135,6 +135,19 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX login_failures_by_time ON login_failures(at);
         """,
     ),
+    (
+        "meters that refuse block DIs (drivers.block_fallback)",
+        """
+        CREATE TABLE meter_block_refusals (
+            bus    TEXT NOT NULL,
+            meter  TEXT NOT NULL,           -- 12-digit address
+            di     TEXT NOT NULL,           -- the refused block DI, e.g. 0201FF00
+            err    INTEGER NOT NULL,        -- the ERR byte of the refusal
+            at     REAL NOT NULL,           -- epoch seconds
+            PRIMARY KEY (bus, meter, di)
+        );
+        """,
+    ),
 ]
 
 

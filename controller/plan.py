@@ -9,9 +9,12 @@ cannot meet its periods.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
+from collections.abc import Mapping
 
 from controller import _core_rs as core
+from drivers.block_fallback import Refusals, meter_items, read_refusals, refused_in
 from drivers.config import (
     ConfigFileError,
     Dlt645BusConfig,
@@ -31,26 +34,36 @@ MODBUS_RTU_REPLY_OVERHEAD = 5
 
 
 def plan_dlt645(
-    bus: Dlt645BusConfig, config: FieldConfig, delay: float | None = None
+    bus: Dlt645BusConfig,
+    config: FieldConfig,
+    delay: float | None = None,
+    refused: Mapping[str, set[str]] | None = None,
 ) -> core.BusPlan:
+    """``refused``: block DIs meters are known to refuse (the journal's), read by their
+    single DIs on those meters, as the bus does."""
     delay = bus.response_delay_s if delay is None else delay
-    users: dict[str, int] = {}
+    refused = refused or {}
+    # meters of a group that read it the same way (same refused blocks) are one job
+    users: dict[tuple[str, frozenset[str]], int] = {}
     for meter in bus.meters:
         for g in meter.groups:
-            users[g] = users.get(g, 0) + 1
+            key = (g, refused_in(config.poll_groups[g].items, refused, meter.address))
+            users[key] = users.get(key, 0) + 1
     jobs = []
     request = read_request_bytes(bus.preamble)
-    for name, count in users.items():
+    for (name, blocks), count in users.items():
         group = config.poll_groups[name]
         items = (
-            group.items
+            meter_items(group.items, set(blocks))
             if group.kind == "read"
             else [PollItem(di="04000101"), PollItem(di="04000102")]
         )
+        # meters reading singly get their own jobs, named so in the biggest-jobs line
+        suffix = " (single DIs)" if blocks else ""
         for item in items:
             jobs.append(
                 core.PlanJob(
-                    f"{name}:{item.di}",
+                    f"{name}:{item.di}{suffix}",
                     request,
                     read_reply_bytes(item),
                     group.period_s,
@@ -87,7 +100,12 @@ def plan_modbus_rtu(bus: ModbusBusConfig, delay: float | None = None) -> core.Bu
     return core.plan_bus(bus.baud, bus.bits_per_char, jobs)
 
 
-def render(config: FieldConfig, delay: float | None) -> tuple[str, bool]:
+def render(
+    config: FieldConfig,
+    delay: float | None,
+    refused: Mapping[str, Refusals] | None = None,
+) -> tuple[str, bool]:
+    """``refused``: per bus, the block DIs each meter refuses (``--journal``)."""
     lines = [
         f"{'bus':<14} {'protocol':<11} {'link':<10} {'delay ms':>8} {'jobs':>5} {'util':>7} "
         f"{'cycle s':>9} {'max tx/s':>9}  verdict",
@@ -96,7 +114,7 @@ def render(config: FieldConfig, delay: float | None) -> tuple[str, bool]:
     for bus in config.buses:
         link = f"{bus.baud} {bus.byte_size}{bus.parity}{bus.stop_bits}" if not bus.is_tcp else "tcp"
         if isinstance(bus, Dlt645BusConfig):
-            plan = plan_dlt645(bus, config, delay)
+            plan = plan_dlt645(bus, config, delay, (refused or {}).get(bus.name))
             used = bus.response_delay_s if delay is None else delay
         elif bus.protocol == "modbus_rtu":
             plan = plan_modbus_rtu(bus, delay)
@@ -137,6 +155,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="meter response delay to assume for every bus (default: each bus's response_delay_s)",
     )
+    p.add_argument(
+        "--journal",
+        default=None,
+        help="a service journal (SQLite): plan meters that refused block DIs with their "
+        "single DIs, as the buses poll them",
+    )
     p.set_defaults(func=_run)
 
 
@@ -150,6 +174,13 @@ def _run(args: argparse.Namespace) -> int:
     if delay is not None and not 0.0 <= delay <= 2.0:
         print("gridctl plan: --response-delay-ms must be 0..2000", file=sys.stderr)
         return 2
-    text, ok = render(config, delay)
+    refused: dict[str, Refusals] = {}
+    if args.journal is not None:
+        try:
+            refused = read_refusals(args.journal)
+        except (OSError, sqlite3.Error) as exc:
+            print(f"gridctl plan: --journal {args.journal}: {exc}", file=sys.stderr)
+            return 2
+    text, ok = render(config, delay, refused)
     print(text)
     return 0 if ok else 1

@@ -398,7 +398,7 @@ class Service:
         log.info("simulators ready: %s", getattr(self.simulator, "describe", lambda: "running")())
 
     async def _start_plant(self) -> None:
-        self.plant = FieldPlant(self.config, self.image)
+        self.plant = FieldPlant(self.config, self.image, journal=self.journal)
         await self.plant.start()
         # Writable Modbus holding registers, written over OPC UA by their role.
         self.setpoints = ModbusSetpoints(self.commands, self.plant.buses)

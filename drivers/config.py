@@ -608,6 +608,10 @@ class SimMeterConfig(_Model):
                 raise ValueError(f"tou[{start!r}] must be tariff register 1..4, got {register}")
         return v
 
+    # answer ERR=02 (no requested data) to block DIs (FF in DI1 or DI0), as many
+    # meters in the field do: the controller must fall back to single DIs
+    refuse_block_dis: bool = False
+
     @field_validator("peak_kw")
     @classmethod
     def _peak(cls, v: float | None) -> float | None:

@@ -5,18 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller import _core_rs as core
 from controller.process_image import ProcessImage, Quality
 from controller.quality_reason import Reason
+from drivers.block_fallback import (
+    BLOCK_SINGLES,
+    Refusals,
+    load_refusals,
+    meter_items,
+    record_refusal,
+)
 from drivers.bus_owner import LANES, BusOwner, PeriodicJob, WireRecord
 from drivers.config import Dlt645BusConfig, MeterConfig, PollGroup, PollItem
 from drivers.dlt645_client import Dlt645Client
-from drivers.errors import BusTimeout, FrameCorrupt, MeterException
+from drivers.errors import ERR_NO_DATA, BusTimeout, FrameCorrupt, MeterException
 from drivers.esam import Esam, EsamExchange, PlaintextAdapter
 from drivers.quantities import (
     SECONDARY_SUFFIX,
@@ -31,6 +39,11 @@ from drivers.quantities import (
     transformer_factor,
 )
 from drivers.transport import Link, open_link
+
+if TYPE_CHECKING:
+    from controller.journal import Journal
+
+log = logging.getLogger(__name__)
 
 # Longest reply the standard allows: 12 header/trailer bytes + 255 data + 4 preamble.
 MAX_REPLY_BYTES = 271
@@ -201,6 +214,7 @@ class Dlt645Bus(BusOwner):
         wall: Callable[[], float] = time.time,
         link: Link | None = None,
         esam: Esam | None = None,
+        journal: Journal | None = None,
     ) -> None:
         super().__init__(
             config.name,
@@ -233,6 +247,11 @@ class Dlt645Bus(BusOwner):
         self._plans: dict[str, list[ItemPlan]] = {
             name: [plan_item(i) for i in g.items] for name, g in groups.items()
         }
+        # block DIs each meter refused (ERR=02), from the journal of earlier runs
+        # and this one; such a meter's groups read the block's single DIs instead
+        self.journal = journal
+        self.refused: Refusals = load_refusals(journal, self.name) if journal else {}
+        self._meter_plans: dict[tuple[str, str], list[ItemPlan]] = {}
         self.stray_frames = 0
         self.stale_bytes = 0
         self.time_syncs = 0
@@ -308,8 +327,69 @@ class Dlt645Bus(BusOwner):
             for group in meter.groups:
                 g = self.groups[group]
                 self.add_periodic(
-                    address, group, g.period_s, LANES[g.lane], self._expected_duration(g)
+                    address, group, g.period_s, LANES[g.lane], self._meter_duration(g, address)
                 )
+
+    def _meter_duration(self, group: PollGroup, address: str) -> float:
+        """`_expected_duration` for one meter: its refused blocks count as single reads."""
+        refused = self.refused.get(address)
+        if group.kind != "read" or not refused:
+            return self._expected_duration(group)
+        items = meter_items(group.items, refused)
+        return self._expected_duration(group.model_copy(update={"items": items}))
+
+    def _plans_for(self, address: str, group: str) -> list[ItemPlan]:
+        """The group's items as this meter is read (refused blocks as single DIs)."""
+        refused = self.refused.get(address)
+        if not refused:
+            return self._plans[group]
+        key = (address, group)
+        plans = self._meter_plans.get(key)
+        if plans is None:
+            plans = []
+            for plan in self._plans[group]:
+                if plan.item.di in refused and plan.item.format is None:
+                    plans += self._single_plans(plan)
+                else:
+                    plans.append(plan)
+            self._meter_plans[key] = plans
+        return plans
+
+    @staticmethod
+    def _single_plans(block: ItemPlan) -> list[ItemPlan]:
+        """A block's single DIs, landing in the block's own tags (same names and unit)."""
+        singles = BLOCK_SINGLES[block.item.di]
+        return [
+            ItemPlan(PollItem(di=di), (name,), block.unit)
+            for di, name in zip(singles, block.names, strict=True)
+        ]
+
+    def _block_refused(self, address: str, plan: ItemPlan, exc: MeterException) -> bool:
+        """Switch ``address`` to single DIs for a block it refused; False when not a block
+        refusal (another ERR, a DI with no single DIs, or one already switched)."""
+        di = plan.item.di
+        if exc.err_bits != ERR_NO_DATA or plan.item.format is not None:
+            return False
+        if di not in BLOCK_SINGLES or di in self.refused.get(address, set()):
+            return False
+        self.refused.setdefault(address, set()).add(di)
+        self._meter_plans = {k: v for k, v in self._meter_plans.items() if k[0] != address}
+        if self.journal is not None:
+            record_refusal(self.journal, self.name, address, di, exc.err_bits, self.wall())
+        log.info(
+            "bus %s: meter %s refuses block DI %s; reading %s instead",
+            self.name,
+            address,
+            di,
+            ", ".join(BLOCK_SINGLES[di]),
+        )
+        # the meter's jobs now take more frames: the estimate used when a job is
+        # registered again (quarantine, recovery) must say so; the scheduler's
+        # own average follows the measured durations from the next run on
+        for job_id in self._jobs_by_device.get(address, []):
+            job = self._periodic[job_id]
+            job.expected_s = self._meter_duration(self.groups[job.group], address)
+        return True
 
     # -- link ------------------------------------------------------------------------
     async def _open(self) -> None:
@@ -418,10 +498,19 @@ class Dlt645Bus(BusOwner):
         if group.kind == "clock":
             await self._clock_check(address, group, retries)
             return
-        for plan in self._plans[job.group]:
+        plans = list(self._plans_for(address, job.group))
+        i = 0
+        while i < len(plans):
+            plan = plans[i]
+            i += 1
             try:
                 raw = await self.poller.read(address, plan.item.di, retries=retries)
             except MeterException as exc:
+                if self._block_refused(address, plan, exc):
+                    # read the elements one by one now, in this same job
+                    plans[i:i] = self._single_plans(plan)
+                    retries = None
+                    continue
                 # it answered, so it is alive; this item simply is not available
                 prefix = self._device_prefix(address)
                 for n in self._tag_names(address, plan):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from controller.process_image import ProcessImage
 from drivers.bus_owner import BusOwner
@@ -12,6 +13,9 @@ from drivers.bus_stats import BusSnapshot
 from drivers.config import Dlt645BusConfig, FieldConfig, ModbusBusConfig
 from drivers.dlt645_bus import Dlt645Bus
 from drivers.esam import Esam
+
+if TYPE_CHECKING:
+    from controller.journal import Journal
 
 
 class FieldPlant:
@@ -22,6 +26,7 @@ class FieldPlant:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        journal: Journal | None = None,
     ) -> None:
         self.config = config
         self.image = image
@@ -29,8 +34,15 @@ class FieldPlant:
         esam = Esam.from_config(config.esam)
         for bus in config.buses:
             if isinstance(bus, Dlt645BusConfig):
+                # the journal remembers meters that refuse block DIs across restarts
                 self._buses[bus.name] = Dlt645Bus(
-                    bus, config.poll_groups, image, clock=clock, wall=wall, esam=esam
+                    bus,
+                    config.poll_groups,
+                    image,
+                    clock=clock,
+                    wall=wall,
+                    esam=esam,
+                    journal=journal,
                 )
             elif isinstance(bus, ModbusBusConfig):
                 from drivers.modbus_bus import ModbusBus

@@ -93,14 +93,20 @@ pub enum Error {
         found: u8,
     },
     Address(String),
+    /// A request to the broadcast or a wildcard address for a function
+    /// that may not be sent there (its own exception: the bytes are fine,
+    /// the addressing is not).
+    AddressNotAllowed(String),
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Encode(m) | Error::Frame(m) | Error::Length(m) | Error::Address(m) => {
-                f.write_str(m)
-            }
+            Error::Encode(m)
+            | Error::Frame(m)
+            | Error::Length(m)
+            | Error::Address(m)
+            | Error::AddressNotAllowed(m) => f.write_str(m),
             Error::Checksum { expected, found } => write!(
                 f,
                 "cs: expected 0x{expected:02X} (sum mod 256 from the first 0x68 to the last data byte), got 0x{found:02X}"
@@ -173,6 +179,39 @@ fn check_address_bytes(a: &[u8; 6]) -> Result<()> {
                 "address: byte A{i} = 0x{b:02X} is not BCD (00..99) or the AA wildcard"
             )));
         }
+    }
+    Ok(())
+}
+
+/// Functions a request may send to the broadcast address 999999999999:
+/// broadcast time sync and freeze. No meter answers them.
+pub const BROADCAST_FUNCTIONS: [u8; 2] = [FN_BROADCAST_TIME, FN_FREEZE];
+/// Functions a request may send to a wildcard (AA) address: read address
+/// and write address, which work point to point with one meter
+/// on the line; anything else would reach every meter the wildcard matches.
+pub const WILDCARD_FUNCTIONS: [u8; 2] = [FN_READ_ADDRESS, FN_WRITE_ADDRESS];
+
+/// Refuse a request (D7 = 0) to the broadcast or a wildcard address unless its
+/// function is legal there. Replies (D7 = 1) carry the meter's own address and
+/// pass. A read, write or 1C sent to 999999999999 or AA… would act on every
+/// meter on the line (or collide their replies), so it is never encoded.
+pub fn check_request_address(address: &[u8; 6], control: u8) -> Result<()> {
+    if control & C_FROM_METER != 0 {
+        return Ok(());
+    }
+    let function = control & C_FUNCTION;
+    if *address == BROADCAST && !BROADCAST_FUNCTIONS.contains(&function) {
+        return Err(Error::AddressNotAllowed(format!(
+            "address: 999999999999 (broadcast) is only for 0x08 broadcast time sync and 0x16 freeze, got a 0x{function:02X} {} request; address one meter",
+            function_name(function)
+        )));
+    }
+    if address.contains(&WILDCARD_BYTE) && !WILDCARD_FUNCTIONS.contains(&function) {
+        return Err(Error::AddressNotAllowed(format!(
+            "address: AA wildcards ('{}') are only for 0x13 read address and 0x15 write address, got a 0x{function:02X} {} request; address one meter",
+            format_address(address),
+            function_name(function)
+        )));
     }
     Ok(())
 }
@@ -301,6 +340,7 @@ impl Frame {
             other => other,
         })?;
         check_control(control)?;
+        check_request_address(&address, control)?;
         check_data_len(data.len())?;
         Ok(Self {
             address,
@@ -454,6 +494,7 @@ pub fn checksum(bytes: &[u8]) -> u8 {
 pub fn encode(address: &[u8; 6], control: u8, data: &[u8], preamble: usize) -> Result<Vec<u8>> {
     check_address_bytes(address).map_err(|e| enc(e.to_string()))?;
     check_control(control)?;
+    check_request_address(address, control)?;
     check_data_len(data.len())?;
     check_preamble(preamble)?;
     let mut out = Vec::with_capacity(preamble + MIN_FRAME + data.len());
@@ -1018,6 +1059,68 @@ mod tests {
             .to_string()
             .starts_with("preamble:"));
         assert!(encode(&[0x1F, 0, 0, 0, 0, 0], 0x11, &[], 0).is_err());
+    }
+
+    #[test]
+    fn broadcast_and_wildcard_only_where_legal() {
+        let refused = |r: Result<Vec<u8>>| matches!(r, Err(Error::AddressNotAllowed(_)));
+        let partial = parse_address("AAAAAAAA0161").unwrap();
+        for function in [
+            FN_READ,
+            FN_READ_FOLLOWUP,
+            FN_WRITE,
+            FN_CONTROL,
+            FN_CHANGE_BAUD,
+        ] {
+            assert!(
+                refused(encode(&BROADCAST, function, &[0; 4], 0)),
+                "{function:02X}"
+            );
+            assert!(
+                refused(encode(&WILDCARD, function, &[0; 4], 0)),
+                "{function:02X}"
+            );
+            assert!(
+                refused(encode(&partial, function, &[0; 4], 0)),
+                "{function:02X}"
+            );
+        }
+        // the legal ones
+        assert!(encode(&BROADCAST, FN_BROADCAST_TIME, &[0; 6], 0).is_ok());
+        assert!(encode(&BROADCAST, FN_FREEZE, &[0x99; 4], 0).is_ok());
+        assert!(encode(&WILDCARD, FN_READ_ADDRESS, &[], 0).is_ok());
+        assert!(encode(&WILDCARD, FN_WRITE_ADDRESS, &[0x01; 6], 0).is_ok());
+        // ...but not swapped: a time sync to AA, a read address to 99
+        assert!(refused(encode(&WILDCARD, FN_BROADCAST_TIME, &[0; 6], 0)));
+        assert!(refused(encode(&BROADCAST, FN_READ_ADDRESS, &[], 0)));
+        // the builders: read and 1C to the broadcast address are refused
+        assert!(matches!(
+            read(BROADCAST, 0x0201_0100),
+            Err(Error::AddressNotAllowed(_))
+        ));
+        assert!(matches!(
+            read(WILDCARD, 0x0201_0100),
+            Err(Error::AddressNotAllowed(_))
+        ));
+        let msg = read(BROADCAST, 0x0201_0100).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("address: 999999999999 (broadcast) is only for"),
+            "{msg}"
+        );
+        assert!(freeze(BROADCAST, "99999999").is_ok());
+        assert_eq!(
+            time_sync(DateTime::new(2024, 1, 2, 3, 4, 5).unwrap()).address,
+            BROADCAST
+        );
+        // replies are the meter's: a reply from an AA-addressed read-address passes
+        assert!(reply(WILDCARD, FN_READ, &[0; 4], false).is_ok());
+        // decoding is not encoding: a received broadcast read still decodes
+        let frame = Frame {
+            address: BROADCAST,
+            control: FN_READ,
+            data: vec![0; 4],
+        };
+        assert_eq!(decode(&frame.encode(0)).unwrap(), frame);
     }
 
     #[test]

@@ -75,6 +75,10 @@ def tou_register(table: tuple[tuple[int, int], ...], minute: int) -> int:
     return register
 
 
+# SimMeterConfig.refuse_block_dis, kept with the meter's faults
+REFUSE_BLOCK_DIS = "refuse_block_dis"
+
+
 def load_profile(hour: float) -> float:
     """Fraction of peak load at a time of day (0..1): night trough, 8 h and 19 h peaks."""
     morning = math.exp(-(((hour - 8.0) / 2.0) ** 2))
@@ -165,7 +169,7 @@ class SimMeter:
             clock_offset_s=cfg.clock_offset_s,
             time_scale=time_scale,
             rng=rng,
-            faults=set(cfg.faults),
+            faults=set(cfg.faults) | ({REFUSE_BLOCK_DIS} if cfg.refuse_block_dis else set()),
             esam_card=card_for(address, cfg),
             _pf=rng.uniform(0.88, 0.99),
         )
@@ -329,7 +333,17 @@ class SimMeter:
     def _read(self, frame: wire.Dlt645Frame, wall: float, max_frame_data: int) -> list[bytes]:
         di_raw = frame.data[:4]
         di = di_raw[::-1].hex().upper()
+        if REFUSE_BLOCK_DIS in self.faults and "FF" in (di[4:6], di[6:8]):
+            # a meter without block reads: ERR=02 even though it has every element
+            return [wire.dlt645_exception(self.address, wire.FN_READ, ERR_NO_DATA)]
         value = self.value_of(di, wall)
+        if value is None and di[4:6] != "FF":
+            # a single element of a block (tariff energies, phase powers): DI1 counts
+            # from 00 = total, or from 01 in the phase-only blocks (three elements)
+            block = self.value_of(f"{di[:4]}FF{di[6:]}", wall)
+            if isinstance(block, list):
+                k = int(di[4:6], 16) - (1 if len(block) == 3 else 0)
+                value = block[k] if 0 <= k < len(block) else None
         if value is None:
             return [wire.dlt645_exception(self.address, wire.FN_READ, ERR_NO_DATA)]
         payload = wire.encode_value(di, value)  # type: ignore[arg-type]

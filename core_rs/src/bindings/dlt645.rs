@@ -224,6 +224,7 @@ fn dlt645_encode<'py>(
     let c = byte("control", control)?;
     let pre = self::preamble(preamble)?;
     d::check_control(c).map_err(dlt645_err)?;
+    d::check_request_address(&a, c).map_err(dlt645_err)?;
     d::check_data_len(data.len()).map_err(dlt645_err)?;
     let len = pre + d::MIN_FRAME + data.len();
     PyBytes::new_with(py, len, |buf| {
@@ -270,6 +271,7 @@ fn dlt645_read<'py>(
     let a = self::address(address)?;
     let di = di_for_encode(di)?;
     let pre = self::preamble(preamble)?;
+    d::check_request_address(&a, d::FN_READ).map_err(dlt645_err)?;
     // Hot path for pollers: no Frame, one buffer.
     let len = pre + d::MIN_FRAME + 4;
     PyBytes::new_with(py, len, |buf| {

@@ -21,6 +21,12 @@ create_exception!(
 );
 create_exception!(
     controller._core_rs,
+    AddressNotAllowedError,
+    EncodeError,
+    "A request to the broadcast or a wildcard address for a function not allowed there."
+);
+create_exception!(
+    controller._core_rs,
     FrameError,
     CoreError,
     "A byte string is not a valid frame."
@@ -66,6 +72,10 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("CoreError", py.get_type::<CoreError>())?;
     m.add("EncodeError", py.get_type::<EncodeError>())?;
+    m.add(
+        "AddressNotAllowedError",
+        py.get_type::<AddressNotAllowedError>(),
+    )?;
     m.add("FrameError", py.get_type::<FrameError>())?;
     m.add("ChecksumError", py.get_type::<ChecksumError>())?;
     m.add("FrameLengthError", py.get_type::<FrameLengthError>())?;
@@ -87,6 +97,7 @@ pub(crate) fn dlt645_err(e: crate::dlt645::Error) -> PyErr {
         E::Checksum { .. } => ChecksumError::new_err(msg),
         E::End { .. } => FrameEndError::new_err(msg),
         E::Address(_) => AddressError::new_err(msg),
+        E::AddressNotAllowed(_) => AddressNotAllowedError::new_err(msg),
     }
 }
 
