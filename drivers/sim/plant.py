@@ -21,6 +21,7 @@ from drivers.sim.control import ControlServer
 from drivers.sim.farm import MeterFarm, PtyWire, TcpWire
 from drivers.sim.meter import SimMeter
 from drivers.sim.modbus_device import LoadControlTerminal, ModbusDeviceServer
+from drivers.sim.tasks import stop_task
 
 # how often meters integrate energy even when nobody reads them
 PHYSICS_TICK_S = 5.0
@@ -210,20 +211,3 @@ class SimulatedPlant:
             meter.advance(asyncio.get_running_loop().time(), time.time())
             return {"ok": True, "bus": farm.name, **meter.state()}
         raise ValueError(f"op: unknown operation {op!r} (ping, buses, fault, relay, state)")
-
-
-async def stop_task(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait until it has finished.
-
-    The wait matters: a wire closed while its farm task still runs would be
-    written to after close. The task's own CancelledError ends here; the
-    caller's (a shutdown giving up on this stop) goes on, and an error the
-    task had already failed with is raised.
-    """
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        me = asyncio.current_task()
-        if me is not None and me.cancelling():
-            raise

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from drivers.sim.launch import pin_process
-from drivers.sim.plant import stop_task
+from drivers.sim.tasks import stop_task
 
 CPUS = frozenset(os.sched_getaffinity(0))
 
