@@ -332,7 +332,7 @@ def test_0x68_inside_the_data_and_reset() -> None:
 
 
 def test_sim_meter_answers_a_read_with_followup_frames_on_the_wire_codec() -> None:
-    meter = SimMeter(address=METER, energy_kwh=1234.56)
+    meter = SimMeter(address=METER, energy_kwh=1234.56, tariff_kwh=[370.37, 493.82, 370.37, 0.0])
     meter.advance(0.0, 0.0)
     request = wire.dlt645_decode(wire.dlt645_read(METER, "0001FF00"))
     # 5 tariffs x 4 bytes = 20 value bytes; with 14 data bytes a frame the first reply
