@@ -12,6 +12,7 @@ PLC and meter drivers on site). Neither side imports the other's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal, Protocol
@@ -81,8 +82,11 @@ class MeterComms(Protocol):
 class StationPort(Protocol):
     """One position: the meter's circuits, its error-calculator channel, sensors."""
 
-    id: int
-    comms: MeterComms
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def comms(self) -> MeterComms: ...
 
     async def scan_barcode(self) -> str | None: ...
 
@@ -112,7 +116,8 @@ class StationPort(Protocol):
 class UnitPort(Protocol):
     """A unit's source and reference standard, shared by its stations."""
 
-    id: int
+    @property
+    def id(self) -> int: ...
 
     async def apply(self, voltage_pct: float, current_a: float, pf: str) -> None:
         """Voltage in % of Un, current in A per element, ``pf`` one of POWER_FACTOR_CODES."""
@@ -134,6 +139,11 @@ class LineIO(Protocol):
 
 
 class Rig(Protocol):
-    units: dict[int, UnitPort]
-    stations: dict[int, StationPort]
-    io: LineIO
+    @property
+    def units(self) -> Mapping[int, UnitPort]: ...
+
+    @property
+    def stations(self) -> Mapping[int, StationPort]: ...
+
+    @property
+    def io(self) -> LineIO: ...

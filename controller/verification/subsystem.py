@@ -251,7 +251,9 @@ class VerificationLineSubsystem:
         return self._task is not None and not self._task.done()
 
     # -- commands ------------------------------------------------------------------------------
-    async def _submit(self, kind: str, request: Any, args: dict[str, Any], cid: str) -> Command:
+    async def _submit(
+        self, kind: str, request: Any, args: dict[str, Any], cid: str | None
+    ) -> Command:
         try:
             return await self.service.commands.submit(
                 kind,

@@ -19,7 +19,7 @@ from opcua_server.methods import CommandRefused
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMES = ROOT / "config" / "schemes"
 ROWS_PER_METER = 16  # class1-single-phase: 8 single-result items + 8 basic-error points
-FAST = 20_000.0  # rig seconds per real second: the ~70 min scheme in well under a second
+FAST = 20_000.0  # rig seconds per real second: the ~115 min scheme in well under a second
 
 
 def config(tmp_path, scale=FAST, **line):
