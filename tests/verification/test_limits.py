@@ -8,6 +8,7 @@ counts. Every expected number below is worked out in the comment next to it.
 from __future__ import annotations
 
 import ast
+import sqlite3
 import subprocess
 import sys
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -29,8 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_batch(meter_type: MeterType, scheme: dict, specs: list[SimMeterSpec], stations: int = 4):
     """One unit of ``stations`` positions, this meter type, one batch run to its end."""
-    import sqlite3
-
     config = LineConfig(
         units=[
             UnitConfig(
@@ -310,3 +309,26 @@ def test_clock_error_from_timed_second_pulses():
         assert Decimal(r.rounded) == half_even(sum(values) / 10, "0.01")
         assert r.rounded in rounded and r.verdict == verdict
         assert (r.limit_low, r.limit_high, r.unit) == ("-0.5", "0.5", "s/d")
+
+
+def test_rig_nameplate_physics_by_hand():
+    from drivers.sim.rig import SimNameplate, cos_phi
+
+    def plate(cls, connection, ib, wiring="1P2W"):
+        return SimNameplate(cls, connection, wiring, 220.0, ib, 1200)
+
+    # starting current: direct class 1 0.004 × 5 A = 0.02 A, class 2 0.005 × 5 A = 0.025 A;
+    # CT class 1 0.002 × 1.5 A = 0.003 A, class 2 0.003 × 1.5 A = 0.0045 A; 0.5S 0.001 In
+    assert plate("1", "direct", 5.0).class_starting_a == pytest.approx(0.02)
+    assert plate("2", "direct", 5.0).class_starting_a == pytest.approx(0.025)
+    assert plate("1", "ct", 1.5).class_starting_a == pytest.approx(0.003)
+    assert plate("2", "ct", 1.5).class_starting_a == pytest.approx(0.0045)
+    assert plate("0.5S", "ct", 1.5).class_starting_a == pytest.approx(0.0015)
+    # m in P = m · U · I · cos φ
+    assert plate("1", "ct", 1.5, "3P3W").power_elements == pytest.approx(1.7320508075688772)
+    assert plate("1", "ct", 1.5, "3P4W").power_elements == 3.0
+    assert cos_phi("0.5L") == 0.5 and cos_phi("0.8C") == 0.8
+    with pytest.raises(ValueError, match=r"pf: '0.3L' is not a source setting"):
+        cos_phi("0.3L")
+    with pytest.raises(ValueError, match=r"wiring: '3P2W' not one of 1P2W, 3P3W, 3P4W"):
+        plate("1", "ct", 1.5, "3P2W")
