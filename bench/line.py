@@ -23,7 +23,8 @@ from controller.verification.config import demo_line  # noqa: E402
 from controller.verification.results import ResultsRepository  # noqa: E402
 from controller.verification.scheme import load_scheme  # noqa: E402
 from controller.verification.sequencer import MeterTask, Sequencer  # noqa: E402
-from drivers.sim.rig import SimMeterSpec, SimRig  # noqa: E402
+from controller.verification.sim_line import build_sim_rig  # noqa: E402
+from drivers.sim.rig import SimMeterSpec  # noqa: E402
 
 TARGET = 1.05
 
@@ -33,7 +34,7 @@ def one_batch(seed: int) -> tuple[float, float, float, float]:
     mt = config.meter_type("DDZY-1-5(60)A")
     scheme = load_scheme(ROOT / "config" / "schemes" / "class1_single_phase.toml")
     clock = VirtualClock()
-    rig = SimRig(config, mt, clock)
+    rig = build_sim_rig(config, mt, clock)
     # realistic spread of errors (−0.5 … +0.5 %), every meter passes
     specs = [
         SimMeterSpec(f"S{seed}-{n:03d}", f"{n + 1:012d}", error_pct=((n * 37 + seed) % 11 - 5) / 10)

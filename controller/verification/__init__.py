@@ -2,6 +2,7 @@
 
 Schemes are data (:mod:`.scheme`), computations follow the regulation exactly
 (:mod:`.errors`), the :mod:`.sequencer` runs a batch on any rig that fulfils
-the protocols in :mod:`.ports` (the simulated one lives in ``drivers.sim.rig``),
+the contract in ``drivers.verification_rig`` (the simulated rig, ``drivers.sim.rig``,
+is built by :mod:`.sim_line`),
 and :mod:`.results` keeps every measured result durable.
 """

@@ -48,7 +48,30 @@ class PowerFactor(StrEnum):
 
 class Connection(StrEnum):
     DIRECT = "direct"
-    TRANSFORMER = "transformer"
+    CT = "ct"  # transformer-operated: rated current In instead of Ib
+    TRANSFORMER = "ct"  # alias
+
+    @classmethod
+    def _missing_(cls, value: object) -> Connection | None:
+        return cls.CT if value == "transformer" else None  # the spelling of earlier configs
+
+
+class Wiring(StrEnum):
+    SINGLE_PHASE = "1P2W"
+    THREE_PHASE_THREE_WIRE = "3P3W"
+    THREE_PHASE_FOUR_WIRE = "3P4W"
+
+    @property
+    def elements(self) -> Fraction:
+        """m in the starting-time and creep formulas (JJG 596-2012 §7.3.2, §7.3.3):
+        1 single-phase, 3 three-phase four-wire, √3 three-phase three-wire (two
+        elements on line voltages: P = √3 · U · I · cos φ). √3 as a Fraction of 28
+        significant digits: a relative error below 1e-27, far under any reported digit."""
+        if self is Wiring.SINGLE_PHASE:
+            return Fraction(1)
+        if self is Wiring.THREE_PHASE_FOUR_WIRE:
+            return Fraction(3)
+        return Fraction(Decimal(3).sqrt())
 
 
 def to_fraction(x: Number) -> Fraction:
@@ -123,20 +146,45 @@ LIMITS: dict[AccuracyClass, dict[bool, tuple[_Band, ...]]] = {
         False: ((_F(2, 100), _F(1, 10), Decimal("0.5")), (_F(1, 10), None, Decimal("0.3"))),
     },
 }
+# Classes 1 and 2 transformer-operated (IEC 62053-21 Table 6, "transformer-operated"
+# column): the bands start lower, at 0.02 In (PF 1) and 0.05 In (PF 0.5L/0.8C), and
+# the tighter limit applies from 0.05 In / 0.1 In. Classes 0.2S/0.5S are
+# transformer-operated by definition: their table above applies to both connections.
+CT_LIMITS: dict[AccuracyClass, dict[bool, tuple[_Band, ...]]] = {
+    AccuracyClass.C1: {
+        True: ((_F(2, 100), _F(5, 100), Decimal("1.5")), (_F(5, 100), None, Decimal("1.0"))),
+        False: ((_F(5, 100), _F(1, 10), Decimal("1.5")), (_F(1, 10), None, Decimal("1.0"))),
+    },
+    AccuracyClass.C2: {
+        True: ((_F(2, 100), _F(5, 100), Decimal("2.5")), (_F(5, 100), None, Decimal("2.0"))),
+        False: ((_F(5, 100), _F(1, 10), Decimal("2.5")), (_F(1, 10), None, Decimal("2.0"))),
+    },
+}
 
 
-def lowest_current(cls: AccuracyClass, pf: PowerFactor) -> Fraction:
-    """The lowest current (× Ib) at which the class defines a limit for this PF."""
-    return LIMITS[cls][pf is PowerFactor.UNITY][0][0]
+def _bands(cls: AccuracyClass, pf: PowerFactor, connection: Connection) -> tuple[_Band, ...]:
+    table = CT_LIMITS if connection is Connection.CT and cls in CT_LIMITS else LIMITS
+    return table[cls][pf is PowerFactor.UNITY]
+
+
+def lowest_current(
+    cls: AccuracyClass, pf: PowerFactor, connection: Connection = Connection.DIRECT
+) -> Fraction:
+    """The lowest current (× Ib or In) at which the class defines a limit for this PF."""
+    return _bands(cls, pf, connection)[0][0]
 
 
 def error_limit(
-    cls: AccuracyClass, pf: PowerFactor, i_over_ib: Fraction, imax_over_ib: Fraction
+    cls: AccuracyClass,
+    pf: PowerFactor,
+    i_over_ib: Fraction,
+    imax_over_ib: Fraction,
+    connection: Connection,
 ) -> Decimal | None:
     """The ± limit in % at this load point, or None when the class defines none there."""
     if i_over_ib > imax_over_ib:
         return None
-    for lo, hi, limit in LIMITS[cls][pf is PowerFactor.UNITY]:
+    for lo, hi, limit in _bands(cls, pf, connection):
         if i_over_ib >= lo and (hi is None or i_over_ib < hi):
             return limit
     return None
@@ -184,16 +232,17 @@ def starting_current(cls: AccuracyClass, connection: Connection, ib: Number) -> 
     return ib_f * (Fraction(5, 1000) if connection is Connection.DIRECT else Fraction(3, 1000))
 
 
-def starting_time_s(c: Number, phases: int, un: Number, current: Number) -> Fraction:
+def starting_time_s(c: Number, m: Number, un: Number, current: Number) -> Fraction:
     """Time limit for the first pulse: t = 1.2 × 60 000 / (C · m · Un · I) min.
 
     60 000 / (C·m·Un·I) min is one pulse period at the starting current
     (1 kWh = 60 000 W·min); the factor 1.2 is the regulation's margin.
-    ``phases`` is m: 1 for single-phase, 3 for three-phase four-wire."""
+    m: 1 single-phase, 3 three-phase four-wire, √3 three-phase three-wire
+    (:attr:`Wiring.elements`)."""
     minutes = (
         Fraction(12, 10)
         * 60_000
-        / (to_fraction(c) * phases * to_fraction(un) * to_fraction(current))
+        / (to_fraction(c) * to_fraction(m) * to_fraction(un) * to_fraction(current))
     )
     return minutes * 60
 
@@ -206,10 +255,11 @@ CREEP_F: dict[AccuracyClass, int] = {
 }
 
 
-def creep_time_s(cls: AccuracyClass, c: Number, phases: int, un: Number, imax: Number) -> Fraction:
-    """Creep test duration Δt = F · 10⁶ / (C · m · Un · Imax) min (JJG 596-2012 §7.3.3)."""
+def creep_time_s(cls: AccuracyClass, c: Number, m: Number, un: Number, imax: Number) -> Fraction:
+    """Creep test duration Δt = F · 10⁶ / (C · m · Un · Imax) min (JJG 596-2012 §7.3.3),
+    m as in :func:`starting_time_s`."""
     minutes = Fraction(CREEP_F[cls] * 10**6) / (
-        to_fraction(c) * phases * to_fraction(un) * to_fraction(imax)
+        to_fraction(c) * to_fraction(m) * to_fraction(un) * to_fraction(imax)
     )
     return minutes * 60
 
@@ -238,11 +288,18 @@ def evaluate_clock(readings: Sequence[Number], limit_s_per_day: Decimal) -> Eval
     )
 
 
-def clock_error_s_per_day(measured_period_s: Number, nominal_period_s: Number = 1) -> Fraction:
-    """Daily error from one gate measurement of the meter's second pulse.
+def clock_error_s_per_day(
+    pulses: int, ticks: int, timebase_hz: int, nominal_hz: int = 1
+) -> Fraction:
+    """Daily error from one gate over the meter's second pulse.
 
-    A second pulse that is ``measured`` seconds long against the standard time
-    base means the meter's clock gains (nominal − measured)/measured of a day
-    per day."""
-    measured = to_fraction(measured_period_s)
-    return (to_fraction(nominal_period_s) - measured) / measured * 86_400
+    The gate spans ``pulses`` periods, timed as ``ticks`` of the standard time
+    base: the measured frequency is f = pulses / (ticks / timebase_hz). A clock
+    whose second pulse runs at f instead of f_nominal counts f/f_nominal seconds
+    per true second, so it gains (f − f_nominal)/f_nominal × 86 400 s a day."""
+    if pulses <= 0 or ticks <= 0 or timebase_hz <= 0:
+        raise ValueError(
+            f"clock gate: pulses, ticks and timebase_hz must be > 0, got {pulses}, {ticks}, {timebase_hz}"
+        )
+    f = Fraction(pulses * timebase_hz, ticks)
+    return (f - nominal_hz) / nominal_hz * 86_400

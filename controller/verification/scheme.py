@@ -26,12 +26,20 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from controller.verification.errors import (
     AccuracyClass,
     Connection,
     PowerFactor,
+    Wiring,
     creep_time_s,
     error_limit,
     lowest_current,
@@ -39,6 +47,7 @@ from controller.verification.errors import (
     starting_time_s,
     to_fraction,
 )
+from drivers.verification_rig import ENERGY_REGISTER_RESOLUTION_KWH
 
 
 class SchemeError(ValueError):
@@ -62,8 +71,12 @@ class MeterType(BaseModel):
 
     name: str = Field(min_length=1, max_length=64)
     accuracy_class: AccuracyClass
+    # "ct": transformer-operated (rated current In; lower load points and starting current)
     connection: Connection = Connection.DIRECT
-    phases: Literal[1, 3] = 1  # m in the formulas: 1 single-phase, 3 three-phase four-wire
+    phases: Literal[1, 3] = 1
+    # 1P2W, 3P3W (two elements on line voltages, m = √3) or 3P4W (m = 3); by default
+    # 1P2W for one phase and 3P4W for three.
+    wiring: Wiring | None = None
     un: Decimal = Field(gt=0, le=1000, description="reference voltage Un, V")
     ib: Decimal = Field(gt=0, le=100, description="basic current Ib (In for transformer meters), A")
     imax: Decimal = Field(gt=0, le=200, description="maximum current Imax, A")
@@ -76,6 +89,33 @@ class MeterType(BaseModel):
         if ib is not None and v < ib:
             raise ValueError(f"imax must be >= ib ({ib} A), got {v} A")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _phases_from_wiring(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("wiring") is not None and "phases" not in data:
+            return {**data, "phases": 1 if str(data["wiring"]) == "1P2W" else 3}
+        return data
+
+    @model_validator(mode="after")
+    def _wiring_matches_phases(self) -> MeterType:
+        if self.wiring is not None and (self.wiring is Wiring.SINGLE_PHASE) != (self.phases == 1):
+            raise ValueError(
+                f"wiring: {self.wiring.value} does not fit phases = {self.phases} "
+                "(1P2W for 1 phase; 3P3W or 3P4W for 3)"
+            )
+        return self
+
+    @property
+    def system(self) -> Wiring:
+        if self.wiring is not None:
+            return self.wiring
+        return Wiring.SINGLE_PHASE if self.phases == 1 else Wiring.THREE_PHASE_FOUR_WIRE
+
+    @property
+    def elements(self) -> Fraction:
+        """m in P = m · Un · I · cos φ and in the starting and creep formulas."""
+        return self.system.elements
 
     @property
     def imax_over_ib(self) -> Fraction:
@@ -197,7 +237,9 @@ class ConstantItem(_Item):
     kind: Literal["constant"] = "constant"
     i: str = "Imax"
     pf: PowerFactor = PowerFactor.UNITY
-    energy_kwh: float = Field(default=0.5, ge=0.05, le=20)
+    # At least enough that one register digit is one rounding interval of the class
+    # (checked against the meter type): 10 kWh for class 1, 5 kWh for class 2.
+    energy_kwh: float = Field(default=10.0, ge=0.05, le=100)
     settle_s: float = Field(default=2.0, ge=0, le=60)
 
     @field_validator("i")
@@ -286,7 +328,9 @@ class Scheme(BaseModel):
                 points = [(f"items[{n}].i", item.i, item.pf)]
             for where, text, pf in points:
                 cur = Current.parse(text)
-                low = lowest_current(self.accuracy_class, pf)
+                # A scheme names no connection: the lower of the two ranges is checked
+                # here, the meter type's own in problems_for().
+                low = min(lowest_current(self.accuracy_class, pf, c) for c in Connection)
                 if cur.base == "Ib" and to_fraction(cur.multiple) < low:
                     problems.append(
                         f"{where}: {text} at PF {pf.value} is below the range of class "
@@ -314,19 +358,40 @@ class Scheme(BaseModel):
                 self._point_problem(
                     problems, f"items[{n}].i", Current.parse(item.i), item.pf, meter
                 )
+                need = constant_min_energy_kwh(meter.accuracy_class)
+                if Decimal(str(item.energy_kwh)) < need:
+                    problems.append(
+                        f"items[{n}].energy_kwh: {item.energy_kwh:g} kWh is too little for "
+                        f"class {meter.accuracy_class.value}: one register digit "
+                        f"({ENERGY_REGISTER_RESOLUTION_KWH} kWh) must be at most one rounding "
+                        f"interval ({meter.accuracy_class.rounding_interval} %) of the energy, "
+                        f"so at least {float(need):g} kWh "
+                        f"(allowed {float(need):g}..{CONSTANT_MAX_KWH} kWh)"
+                    )
         return problems
 
     def _point_problem(
         self, problems: list[str], where: str, cur: Current, pf: PowerFactor, meter: MeterType
     ) -> None:
         ratio = cur.over_ib(meter)
-        if error_limit(self.accuracy_class, pf, ratio, meter.imax_over_ib) is None:
-            low = lowest_current(self.accuracy_class, pf)
+        if (
+            error_limit(self.accuracy_class, pf, ratio, meter.imax_over_ib, meter.connection)
+            is None
+        ):
+            low = lowest_current(self.accuracy_class, pf, meter.connection)
+            kind = "direct-connected" if meter.connection is Connection.DIRECT else "ct"
+            hint = ""
+            if (
+                meter.connection is Connection.DIRECT
+                and ratio < low
+                and ratio >= lowest_current(self.accuracy_class, pf, Connection.CT)
+            ):
+                hint = "; points below that are for transformer-operated meters (connection = 'ct')"
             problems.append(
                 f"{where}: {cur} = {_fmt(ratio * to_fraction(meter.ib))} A at PF {pf.value} is "
                 f"outside the range of meter type {meter.name!r} (class "
-                f"{self.accuracy_class.value}: {_fmt(low * to_fraction(meter.ib))} A .. "
-                f"Imax = {meter.imax} A)"
+                f"{self.accuracy_class.value} {kind}: {_fmt(low)} Ib = "
+                f"{_fmt(low * to_fraction(meter.ib))} A .. Imax = {meter.imax} A{hint})"
             )
 
     def validate_for(self, meter: MeterType) -> None:
@@ -347,6 +412,16 @@ class Scheme(BaseModel):
         )
 
 
+CONSTANT_MAX_KWH = 100
+
+
+def constant_min_energy_kwh(cls: AccuracyClass) -> Decimal:
+    """Least energy for the constant test: both register readings truncate to one
+    digit, so the advance is known to ±1 digit; that digit must not exceed one
+    rounding interval of the result (0.1 % for class 1: 0.01 kWh / 0.1 % = 10 kWh)."""
+    return ENERGY_REGISTER_RESOLUTION_KWH * 100 / cls.rounding_interval
+
+
 # DL/T 645 timing used for planning the per-station items: one short
 # transaction at 2400 baud 8E1 (≈ 30 characters × 4.583 ms) plus a typical
 # 60 ms meter response delay.
@@ -357,7 +432,7 @@ def point_power_w(
     meter: MeterType, cur: Current, pf: PowerFactor, voltage_pct: float = 100
 ) -> Fraction:
     return (
-        meter.phases
+        meter.elements
         * to_fraction(meter.un)
         * Fraction(str(voltage_pct))
         / 100
@@ -374,10 +449,10 @@ def item_duration_s(item: Any, meter: MeterType) -> float:
         return 2 * item.ramp_s + item.seconds
     if isinstance(item, StartingItem):
         i = _starting_amperes(item, meter)
-        return item.settle_s + float(starting_time_s(meter.constant, meter.phases, meter.un, i))
+        return item.settle_s + float(starting_time_s(meter.constant, meter.elements, meter.un, i))
     if isinstance(item, CreepItem):
         return item.settle_s + float(
-            creep_time_s(cls, meter.constant, meter.phases, meter.un, meter.imax)
+            creep_time_s(cls, meter.constant, meter.elements, meter.un, meter.imax)
         )
     if isinstance(item, BasicErrorItem):
         total = 0.0

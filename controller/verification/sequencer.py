@@ -31,10 +31,12 @@ from controller.verification.errors import (
     STARTING_MIN_PULSES,
     Evaluation,
     PowerFactor,
+    clock_error_s_per_day,
     creep_time_s,
     error_limit,
     evaluate_clock,
     evaluate_error,
+    round_to_interval,
     starting_time_s,
     theoretical_count,
     to_decimal,
@@ -67,9 +69,9 @@ from controller.verification.scheme import (
     starting_amperes,
 )
 from controller.verification.temperature import station_tag
+from drivers.verification_rig import CLOCK_PULSE_NOMINAL_HZ, station_point, unit_point
 
 OVER_TEMPERATURE = "over-temperature"
-REGISTER_RESOLUTION_KWH = Decimal("0.01")  # DI 00010000 is XXXXXX.XX kWh
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,15 +276,14 @@ class Sequencer:
         cfg = self.config.handling
         io = self.rig.io
         unit = self.rig.units[ctx.unit]
-        prefix = f"unit{ctx.unit}"
         await unit.off()  # known state first: after a restart the source may still be on
         if all(m.state == "queued" for m in ctx.meters):
             assert self._conveyor is not None
             async with self._conveyor:
                 self._set_unit(ctx, "loading")
-                io.write(f"{prefix}/load", True)
-                ok = await io.wait_for(f"{prefix}/loaded", True, cfg.load_timeout_s)
-                io.write(f"{prefix}/load", False)
+                io.write(unit_point(ctx.unit, "load"), True)
+                ok = await io.wait_for(unit_point(ctx.unit, "loaded"), True, cfg.load_timeout_s)
+                io.write(unit_point(ctx.unit, "load"), False)
             if not ok:
                 raise BatchError(f"unit {ctx.unit}: loading timed out after {cfg.load_timeout_s} s")
             self._meter_states(ctx, ctx.meters, "loaded")
@@ -300,8 +301,8 @@ class Sequencer:
                         ctx.batch_id, [(m.barcode, m.state, m.verdict)], self.clock.now()
                     )
                     self._write(station_tag(m.station, "verdict"), m.verdict)
-            io.write(f"{prefix}/press", True)
-            if not await io.wait_for(f"{prefix}/press_down", True, cfg.press_timeout_s):
+            io.write(unit_point(ctx.unit, "press"), True)
+            if not await io.wait_for(unit_point(ctx.unit, "press_down"), True, cfg.press_timeout_s):
                 raise BatchError(
                     f"unit {ctx.unit}: wiring press did not close in {cfg.press_timeout_s} s"
                 )
@@ -315,8 +316,8 @@ class Sequencer:
             self._meter_states(ctx, ctx.meters, "tested")
         tests_ended = self.clock.now()
         if any(m.state == "tested" for m in ctx.meters):
-            io.write(f"{prefix}/press", False)
-            if not await io.wait_for(f"{prefix}/press_up", True, cfg.press_timeout_s):
+            io.write(unit_point(ctx.unit, "press"), False)
+            if not await io.wait_for(unit_point(ctx.unit, "press_up"), True, cfg.press_timeout_s):
                 raise BatchError(
                     f"unit {ctx.unit}: wiring press did not open in {cfg.press_timeout_s} s"
                 )
@@ -324,21 +325,23 @@ class Sequencer:
         if any(m.state == "disconnected" for m in ctx.meters):
             passed = [m for m in ctx.meters if m.verdict == PASS]
             for m in passed:
-                io.write(f"station{m.station}/seal", True)
+                io.write(station_point(m.station, "seal"), True)
             for m in passed:
-                if not await io.wait_for(f"station{m.station}/sealed", True, cfg.seal_timeout_s):
+                if not await io.wait_for(
+                    station_point(m.station, "sealed"), True, cfg.seal_timeout_s
+                ):
                     raise BatchError(f"station {m.station}: sealing timed out")
-                io.write(f"station{m.station}/seal", False)
+                io.write(station_point(m.station, "seal"), False)
             self._meter_states(ctx, passed, "sealed")
             self._meter_states(ctx, [m for m in ctx.meters if m.verdict != PASS], "sorted")
         if any(m.state in ("sealed", "sorted") for m in ctx.meters):
             for m in ctx.meters:
-                io.write(f"station{m.station}/reject", m.verdict != PASS)
+                io.write(station_point(m.station, "reject"), m.verdict != PASS)
             assert self._conveyor is not None
             async with self._conveyor:
-                io.write(f"{prefix}/unload", True)
-                ok = await io.wait_for(f"{prefix}/empty", True, cfg.unload_timeout_s)
-                io.write(f"{prefix}/unload", False)
+                io.write(unit_point(ctx.unit, "unload"), True)
+                ok = await io.wait_for(unit_point(ctx.unit, "empty"), True, cfg.unload_timeout_s)
+                io.write(unit_point(ctx.unit, "unload"), False)
             if not ok:
                 raise BatchError(
                     f"unit {ctx.unit}: unloading timed out after {cfg.unload_timeout_s} s"
@@ -591,7 +594,7 @@ class Sequencer:
                 )
         elif isinstance(item, StartingItem):
             amps = starting_amperes(item, mt)
-            limit_s = starting_time_s(mt.constant, mt.phases, mt.un, amps)
+            limit_s = starting_time_s(mt.constant, mt.elements, mt.un, amps)
             await unit.apply(100.0, float(amps), PowerFactor.UNITY)
             await self.clock.sleep(item.settle_s)
             res = await self._parallel(
@@ -627,7 +630,7 @@ class Sequencer:
                     )
                 )
         elif isinstance(item, CreepItem):
-            window = creep_time_s(mt.accuracy_class, mt.constant, mt.phases, mt.un, mt.imax)
+            window = creep_time_s(mt.accuracy_class, mt.constant, mt.elements, mt.un, mt.imax)
             await unit.apply(item.voltage_pct, 0.0, PowerFactor.UNITY)
             await self.clock.sleep(item.settle_s)
             res = await self._parallel(
@@ -661,7 +664,9 @@ class Sequencer:
             for k, p in enumerate(item.points):
                 cur = p.current
                 amps = cur.amperes(mt)
-                point_limit = error_limit(mt.accuracy_class, p.pf, cur.over_ib(mt), mt.imax_over_ib)
+                point_limit = error_limit(
+                    mt.accuracy_class, p.pf, cur.over_ib(mt), mt.imax_over_ib, mt.connection
+                )
                 if point_limit is None:  # validate_for() refuses such schemes; never guess a limit
                     raise SchemeError(ctx.scheme.name, [f"items[{index}].points[{k}]: no limit"])
                 limit = point_limit
@@ -727,15 +732,16 @@ class Sequencer:
                 alive = still
         elif isinstance(item, ConstantItem):
             cur = Current.parse(item.i)
+            point_limit = error_limit(
+                mt.accuracy_class, item.pf, cur.over_ib(mt), mt.imax_over_ib, mt.connection
+            )
+            if point_limit is None:  # validate_for() refuses such schemes; never guess a limit
+                raise SchemeError(ctx.scheme.name, [f"items[{index}].i: no limit"])
+            limit = point_limit
             await unit.apply(100.0, float(cur.amperes(mt)), item.pf)
             await self.clock.sleep(item.settle_s)
-            # One register digit (both readings truncate) plus one pulse (the gate
-            # may cut a pulse in two) is the most an exact meter can disagree by.
-            tolerance = (REGISTER_RESOLUTION_KWH + Decimal(1) / Decimal(mt.constant)).quantize(
-                Decimal("0.000001")
-            )
 
-            async def constant(m: _Meter) -> tuple[float | None, int, float | None]:
+            async def constant(m: _Meter) -> tuple[Decimal | None, int, None]:
                 st = self.rig.stations[m.station]
                 before = await st.comms.read_energy()
                 pulses = await st.meter_pulses_during_energy(item.energy_kwh)
@@ -748,6 +754,7 @@ class Sequencer:
                 lambda m: self.rig.stations[m.station].comms.read_energy(),
             )
             now = self.clock.now()
+            point = f"{cur} {item.energy_kwh:g} kWh"
             for m in aborted_rows(res, 0, str(cur)):
                 before, pulses, _ = res[m.barcode]
                 r2 = after.get(m.barcode)
@@ -756,51 +763,57 @@ class Sequencer:
                         self._aborted_row(ctx, m, index, 0, str(cur), r2.reason, started, now)
                     )
                     continue
-                if before is None or r2 is None:
+                sample = {
+                    "register_before": None if before is None else str(before),
+                    "register_after": None if r2 is None else str(r2),
+                    "pulses": pulses,
+                    "constant": mt.constant,
+                }
+                if before is None or r2 is None or pulses <= 0:
+                    reason = "register not readable" if pulses > 0 else "no meter pulses"
                     rows.append(
                         self._row(
                             ctx,
                             m,
                             index,
                             0,
-                            str(cur),
-                            [{"pulses": pulses}],
+                            point,
+                            [sample],
                             None,
                             None,
-                            (-tolerance, tolerance),
-                            "kWh",
+                            (-limit, limit),
+                            "%",
                             FAIL,
-                            "register not readable",
+                            reason,
                             started,
                             now,
                         )
                     )
                     continue
-                advance = Decimal(str(r2)) - Decimal(str(before))
+                # The register's advance against the energy its pulse output stands
+                # for (N / C): a wrong constant shows as their relative difference,
+                # judged like a basic error against the class limit at this load point.
+                advance = Fraction(Decimal(str(r2)) - Decimal(str(before)))
                 by_pulses = Fraction(pulses, mt.constant)
-                diff = Fraction(advance) - by_pulses
-                verdict = PASS if abs(diff) <= tolerance else FAIL
+                error = (advance - by_pulses) / by_pulses * 100
+                rounded = round_to_interval(error, mt.accuracy_class.rounding_interval)
+                verdict = PASS if -limit <= rounded <= limit else FAIL
                 rows.append(
                     self._row(
                         ctx,
                         m,
                         index,
                         0,
-                        f"{cur} {item.energy_kwh:g} kWh",
-                        [
-                            {
-                                "register_before": str(before),
-                                "register_after": str(r2),
-                                "pulses": pulses,
-                                "constant": mt.constant,
-                            }
-                        ],
-                        to_decimal(diff, 6),
-                        to_decimal(diff, 4),
-                        (-tolerance, tolerance),
-                        "kWh",
+                        point,
+                        [sample],
+                        to_decimal(error, 6),
+                        rounded,
+                        (-limit, limit),
+                        "%",
                         verdict,
-                        "" if verdict == PASS else "register advance does not match pulses / C",
+                        ""
+                        if verdict == PASS
+                        else f"register advance {rounded} % off pulses / C (limit ±{limit} %)",
                         started,
                         now,
                     )
@@ -904,12 +917,15 @@ class Sequencer:
                 self.clock.now(),
             )
         if isinstance(item, ClockItem):
-            readings = []
+            # Each gate spans whole periods of the meter's second pulse, about gate_s long.
+            gate_pulses = max(1, round(item.gate_s * CLOCK_PULSE_NOMINAL_HZ))
+            samples_c: list[dict[str, Any]] = []
+            readings: list[Fraction] = []
             for _ in range(item.readings):
                 try:
-                    value = await asyncio.wait_for(
-                        st.clock_reading(item.gate_s),
-                        loop_timeout(self.clock, 2 * item.gate_s + 1),
+                    gate = await asyncio.wait_for(
+                        st.clock_gate(gate_pulses),
+                        loop_timeout(self.clock, 2 * item.gate_s + 2),
                     )
                 except TimeoutError:
                     return self._row(
@@ -918,7 +934,7 @@ class Sequencer:
                         index,
                         0,
                         "daily clock",
-                        [],
+                        samples_c,
                         None,
                         None,
                         (-item.limit_s_per_day, item.limit_s_per_day),
@@ -928,15 +944,26 @@ class Sequencer:
                         started,
                         self.clock.now(),
                     )
-                readings.append(Decimal(str(value)))
+                error = clock_error_s_per_day(
+                    gate.pulses, gate.ticks, gate.timebase_hz, CLOCK_PULSE_NOMINAL_HZ
+                )
+                readings.append(error)
+                samples_c.append(
+                    {
+                        "pulses": gate.pulses,
+                        "ticks": gate.ticks,
+                        "timebase_hz": gate.timebase_hz,
+                        "s_per_day": str(to_decimal(error, 4)),
+                    }
+                )
             ev = evaluate_clock(readings, item.limit_s_per_day)
             return self._row(
                 ctx,
                 m,
                 index,
                 0,
-                f"{item.readings} x {item.gate_s:g} s",
-                [{"s_per_day": str(r)} for r in readings],
+                f"{item.readings} x {gate_pulses} s",
+                samples_c,
                 to_decimal(ev.mean, 4),
                 ev.rounded,
                 (ev.limit_low, ev.limit_high),

@@ -54,8 +54,12 @@ ADDRESS = re.compile(r"^[0-9]{12}$")
 class Line(Protocol):
     """What the sink needs from the line (``VerificationLineSubsystem``)."""
 
-    schemes: Mapping[str, Scheme]  # by name and by file stem
-    stations: int
+    @property
+    def schemes(self) -> Mapping[str, Scheme]:  # by name and by file stem
+        ...
+
+    @property
+    def stations(self) -> int: ...
 
     async def start_batch(self, request: Any, batch_id: str, batch: BatchRequest) -> str: ...
 

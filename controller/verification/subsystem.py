@@ -40,6 +40,7 @@ from controller.verification.config import LineConfig
 from controller.verification.results import RepositoryError, ResultsRepository
 from controller.verification.scheme import Scheme, SchemeError, load_scheme
 from controller.verification.sequencer import BatchError, MeterTask, Sequencer
+from controller.verification.sim_line import build_sim_rig
 from controller.verification.sink import (
     ABORT_BATCH,
     START_BATCH,
@@ -133,7 +134,7 @@ class VerificationLineSubsystem:
         self.conn = sqlite3.connect(svc.journal.path, timeout=5.0)
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.repo = ResultsRepository(self.conn, install=False)  # tables: journal migrations
-        self.rig = SimRig(cfg, mt, self.clock)
+        self.rig = build_sim_rig(cfg, mt, self.clock)
         alarms = EngineAlarms(svc.alarms)
         self.seq = Sequencer(cfg, self.rig, self.repo, self.clock, svc.image, alarms)
         self.supervisor = TemperatureSupervisor(
@@ -250,7 +251,9 @@ class VerificationLineSubsystem:
         return self._task is not None and not self._task.done()
 
     # -- commands ------------------------------------------------------------------------------
-    async def _submit(self, kind: str, request: Any, args: dict[str, Any], cid: str) -> Command:
+    async def _submit(
+        self, kind: str, request: Any, args: dict[str, Any], cid: str | None
+    ) -> Command:
         try:
             return await self.service.commands.submit(
                 kind,

@@ -1,15 +1,24 @@
 """Simulated verification rig: meters under test, sources, reference standards,
 error calculators, temperature sensors and the line PLC's handling I/O.
 
+An independent witness: it talks to the controller only through the contract
+in :mod:`drivers.verification_rig` and computes its side of the physics from its
+own parameters (:class:`SimLine`, :class:`SimNameplate`), never from the
+controller's formulas: if both sides shared one and it were wrong, every test
+would still agree with itself.
+
 Physics is computed analytically, not stepped: a sample's end time and the
 standard's count follow from the meter's pulse rate, so the rig costs a few
 timer events per sample and a 48-meter batch runs in virtual time in about a
-second. Every random quantity (pulse phase, clock noise) comes from a
+second. Every random quantity (pulse phase, time-base phase) comes from a
 generator seeded by the meter's barcode, so a run is reproducible.
 
+Power through a meter: P = m · U · I · cos φ, m the number of measuring elements
+as they enter the power (1 single-phase, 3 three-phase four-wire with U the phase
+voltage, √3 three-phase three-wire with U the line voltage).
 Meter pulse rate at true power P (W): r = C · k · P · (1 + e/100) / 3.6e6 pulses/s,
-with e the meter's configured error at the load point and k its constant
-factor (1 for a meter whose pulse constant is right). The standard counts
+with e the meter's configured error at the load point and k its constant factor
+(1 for a meter whose pulse constant is right). The standard counts
 C0 · P · t / 3.6e6 pulses in the same time t; so γ = (m0 − m)/m ≈ e.
 """
 
@@ -23,18 +32,130 @@ import random
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, Literal
+from decimal import ROUND_FLOOR, Decimal
+from typing import IO
 
-from controller.verification.clock import Clock, loop_seconds, loop_timeout
-from controller.verification.config import LineConfig
-from controller.verification.errors import PowerFactor
-from controller.verification.ports import PulseWindow
-from controller.verification.scheme import MeterType
+from drivers.verification_rig import (
+    CLOCK_PULSE_NOMINAL_HZ,
+    ENERGY_REGISTER_RESOLUTION_KWH,
+    POWER_FACTOR_CODES,
+    ClockGate,
+    PulseWindow,
+    RelayCommand,
+    ValidUntil,
+    station_point,
+    unit_point,
+)
 
 # DL/T 645 at 2400 baud 8E1: a short read is ≈ 36 characters on the wire
 # (request + reply, 4.583 ms each) plus the meter's response delay.
 COMM_TRANSACTION_S = 36 * 11 / 2400 + 0.05
 COMM_TIMEOUT_S = 0.5
+
+# The error calculator times the meter's second pulse with a 1 MHz time base (1 µs).
+TIMEBASE_HZ = 1_000_000
+
+SECONDS_PER_DAY = 86_400
+
+
+def cos_phi(pf: str) -> float:
+    """cos φ of a source setting ("1.0", "0.5L", "0.8C")."""
+    if pf not in POWER_FACTOR_CODES:
+        raise ValueError(f"pf: {pf!r} is not a source setting; allowed: {POWER_FACTOR_CODES}")
+    return float(pf.rstrip("LC"))
+
+
+@dataclass(frozen=True, slots=True)
+class SimNameplate:
+    """The meter type on the rig, as plain nameplate values."""
+
+    accuracy_class: str  # "0.2S", "0.5S", "1", "2"
+    connection: str  # "direct" or "ct" (transformer-operated)
+    wiring: str  # "1P2W", "3P3W", "3P4W"
+    un_v: float  # reference voltage (phase voltage for 3P4W, line voltage for 3P3W)
+    ib_a: float  # Ib (In for transformer-operated meters)
+    constant: int  # imp/kWh
+
+    def __post_init__(self) -> None:
+        if self.accuracy_class not in ("0.2S", "0.5S", "1", "2"):
+            raise ValueError(f"accuracy_class: {self.accuracy_class!r} not one of 0.2S, 0.5S, 1, 2")
+        if self.connection not in ("direct", "ct"):
+            raise ValueError(f"connection: {self.connection!r} not one of direct, ct")
+        if self.wiring not in ("1P2W", "3P3W", "3P4W"):
+            raise ValueError(f"wiring: {self.wiring!r} not one of 1P2W, 3P3W, 3P4W")
+
+    @property
+    def power_elements(self) -> float:
+        """m in P = m · U · I · cos φ."""
+        return {"1P2W": 1.0, "3P4W": 3.0, "3P3W": math.sqrt(3)}[self.wiring]
+
+    @property
+    def class_starting_a(self) -> float:
+        """Starting current the standard sets for the class (JJG 596-2012 Table 7,
+        GB/T 17215.321 / .322 §8.3.3): direct-connected class 1 0.004 Ib, class 2
+        0.005 Ib; transformer-operated class 1 0.002 In, class 2 0.003 In;
+        classes 0.2S and 0.5S (transformer-operated) 0.001 In."""
+        if self.accuracy_class in ("0.2S", "0.5S"):
+            fraction = 0.001
+        elif self.connection == "direct":
+            fraction = 0.004 if self.accuracy_class == "1" else 0.005
+        else:
+            fraction = 0.002 if self.accuracy_class == "1" else 0.003
+        return fraction * self.ib_a
+
+
+@dataclass(frozen=True, slots=True)
+class SimUnitSpec:
+    id: int
+    stations: tuple[int, ...]  # station ids, nearest the infeed first
+    standard_constant: int  # C0 of the unit's reference standard, imp/kWh
+
+
+@dataclass(frozen=True, slots=True)
+class SimLine:
+    """Everything the rig is built from."""
+
+    units: tuple[SimUnitSpec, ...]
+    meter: SimNameplate
+    # Rig seconds per second of the event loop's clock (1 on a virtual-time loop).
+    time_scale: float = 1.0
+    # Added to every wait on a scaled loop: a long loop step is not a dead PLC.
+    timeout_slack_s: float = 0.0
+
+
+class RigTime:
+    """The rig's clock: the event loop's time times ``scale``."""
+
+    def __init__(
+        self,
+        scale: float = 1.0,
+        slack_s: float = 0.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not scale > 0:
+            raise ValueError(f"time_scale: must be > 0 (got {scale})")
+        self.scale = scale
+        self.slack_s = slack_s
+        self._loop = loop
+
+    def _loop_time(self) -> float:
+        loop = self._loop if self._loop is not None else asyncio.get_running_loop()
+        return loop.time()
+
+    def monotonic(self) -> float:
+        return self._loop_time() * self.scale
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds) / self.scale)
+
+    async def sleep_until(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - self.monotonic()) / self.scale)
+
+    def loop_delay(self, seconds: float) -> float:
+        return seconds / self.scale
+
+    def loop_timeout(self, seconds: float) -> float:
+        return seconds / self.scale + (self.slack_s if self.scale != 1.0 else 0.0)
 
 
 @dataclass
@@ -42,13 +163,13 @@ class SimMeterSpec:
     barcode: str
     address: str
     error_pct: float = 0.0
-    # (I/Ib, PF value) -> error %; a load point not listed uses error_pct.
+    # (I/Ib, PF code) -> error %; a load point not listed uses error_pct.
     point_errors: dict[tuple[float, str], float] = field(default_factory=dict)
     creep_w: float = 0.0  # power the meter registers with no current (a faulty meter creeps)
     # The meter's own starting threshold as a fraction of the class starting current;
     # above 1 the meter does not start in the test.
     starting_factor: float = 0.5
-    clock_drift_s_per_day: float = 0.1
+    clock_drift_s_per_day: float = 0.1  # > 0: the meter's clock runs fast
     leakage_ma: float = 0.3
     powers_on: bool = True
     comm_ok: bool = True
@@ -56,12 +177,20 @@ class SimMeterSpec:
     constant_factor: float = 1.0  # pulses per registered kWh relative to C (≠ 1: wrong constant)
     heating: float = 1.0  # terminal heating relative to a good contact (a loose terminal: 5)
 
-    def error_at(self, i_over_ib: float, pf: PowerFactor | str) -> float:
-        pf = PowerFactor(pf)
+    def error_at(self, i_over_ib: float, pf: str) -> float:
         for (i, p), e in self.point_errors.items():
-            if p == pf.value and math.isclose(i, i_over_ib, rel_tol=1e-6):
+            if p == pf and math.isclose(i, i_over_ib, rel_tol=1e-6):
                 return e
         return self.error_pct
+
+    @property
+    def clock_hz(self) -> float:
+        """Second-pulse frequency: a clock gaining y s/d counts 86 400 + y seconds a day."""
+        return (
+            CLOCK_PULSE_NOMINAL_HZ
+            * (SECONDS_PER_DAY + self.clock_drift_s_per_day)
+            / SECONDS_PER_DAY
+        )
 
 
 class SimMeter:
@@ -82,18 +211,20 @@ class SimUnit:
         self.c0 = c0
         self.voltage_pct = 0.0
         self.current_a = 0.0
-        self.pf = PowerFactor.UNITY
+        self.pf = "1.0"
+        self.cos_phi = 1.0
 
-    async def apply(self, voltage_pct: float, current_a: float, pf: PowerFactor) -> None:
+    async def apply(self, voltage_pct: float, current_a: float, pf: str) -> None:
+        cos = cos_phi(str(pf))
         now = self.rig.clock.monotonic()
         for sid in self.station_ids:
             self.rig.stations[sid]._integrate(now)
-        self.voltage_pct, self.current_a, self.pf = voltage_pct, current_a, pf
+        self.voltage_pct, self.current_a, self.pf, self.cos_phi = voltage_pct, current_a, pf, cos
         for sid in self.station_ids:
             self.rig.stations[sid]._state_changed(now)
 
     async def off(self) -> None:
-        await self.apply(0.0, 0.0, PowerFactor.UNITY)
+        await self.apply(0.0, 0.0, "1.0")
 
     async def withstand(self, kv: float, seconds: float, ramp_s: float) -> dict[int, float]:
         await self.off()
@@ -126,13 +257,16 @@ class SimComms:
         self.station.rig.log(self.station.id, "read_address", value)
         return value
 
-    async def read_energy(self) -> float | None:
+    async def read_energy(self) -> Decimal | None:
         meter = await self._transaction()
         if meter is None:
             return None
         self.station._integrate(self.station.rig.clock.monotonic())
-        value = math.floor(meter.register_kwh * 100) / 100  # XXXXXX.XX kWh
-        self.station.rig.log(self.station.id, "read_energy", value)
+        # The display truncates: 12.345 kWh reads 12.34.
+        value = Decimal(repr(meter.register_kwh)).quantize(
+            ENERGY_REGISTER_RESOLUTION_KWH, rounding=ROUND_FLOOR
+        )
+        self.station.rig.log(self.station.id, "read_energy", str(value))
         return value
 
     async def read_relay_open(self) -> bool | None:
@@ -141,9 +275,7 @@ class SimComms:
         self.station.rig.log(self.station.id, "read_relay", value)
         return value
 
-    async def relay_control(
-        self, command: Literal["trip", "close"], valid_until: tuple[int, int, int, int, int, int]
-    ) -> bool:
+    async def relay_control(self, command: RelayCommand, valid_until: ValidUntil) -> bool:
         meter = await self._transaction()
         if meter is None:
             return False
@@ -181,14 +313,14 @@ class SimStation:
 
     def true_power_w(self) -> float:
         """Power through the meter; the source holds voltage, the loop may be cut."""
-        mt = self.rig.meter_type
+        mt = self.rig.meter
         return (
-            mt.phases
-            * float(mt.un)
+            mt.power_elements
+            * mt.un_v
             * self.unit.voltage_pct
             / 100
             * self.current_a
-            * float(self.unit.pf.cos_phi)
+            * self.unit.cos_phi
         )
 
     def registering_power_w(self) -> float:
@@ -198,19 +330,18 @@ class SimStation:
             return 0.0
         if self.energy_hold:
             return 0.0
-        mt = self.rig.meter_type
         i = self.current_a
         if i <= 0:
             return meter.spec.creep_w
-        if i < meter.spec.starting_factor * self.rig.class_starting_a:
+        if i < meter.spec.starting_factor * self.rig.meter.class_starting_a:
             return 0.0
-        e = meter.spec.error_at(i / float(mt.ib), self.unit.pf)
+        e = meter.spec.error_at(i / self.rig.meter.ib_a, self.unit.pf)
         return self.true_power_w() * (1 + e / 100)
 
     def pulse_rate(self) -> float:
         assert self.meter is not None
         return (
-            self.rig.meter_type.constant
+            self.rig.meter.constant
             * self.meter.spec.constant_factor
             * self.registering_power_w()
             / 3.6e6
@@ -320,16 +451,23 @@ class SimStation:
         self.rig.log(self.id, "constant_pulses", count)
         return count
 
-    async def clock_reading(self, gate_s: float) -> float:
+    async def clock_gate(self, pulses: int) -> ClockGate:
         meter = self.meter
-        if meter is None or self.unit.voltage_pct <= 0:
+        if meter is None or self.unit.voltage_pct <= 0 or not meter.spec.powers_on:
             await self._never()
         assert meter is not None
-        await self.rig.clock.sleep(gate_s)
-        # time-base resolution 1 µs over the gate -> a few ms/d of noise
-        value = round(meter.spec.clock_drift_s_per_day + meter.rng.gauss(0, 0.01), 3)
-        self.rig.log(self.id, "clock", value)
-        return value
+        clock = self.rig.clock
+        hz = meter.spec.clock_hz
+        # The gate opens on the meter's next second-pulse edge and closes ``pulses``
+        # periods later; the time base counts whole ticks in between, so the count
+        # is the true duration in ticks with the first tick's phase random.
+        opens = clock.monotonic() + meter.rng.random() / hz
+        duration = pulses / hz
+        ticks = math.floor(meter.rng.random() + duration * TIMEBASE_HZ)
+        await clock.sleep_until(opens + duration)
+        gate = ClockGate(pulses, ticks, TIMEBASE_HZ)
+        self.rig.log(self.id, "clock", [pulses, ticks])
+        return gate
 
 
 class SimLineIO:
@@ -358,7 +496,7 @@ class SimLineIO:
 
     def _later(self, delay: float, fn: object, *args: object) -> None:
         asyncio.get_running_loop().call_later(
-            loop_seconds(self.rig.clock, delay),
+            self.rig.clock.loop_delay(delay),
             fn,  # type: ignore[arg-type]
             *args,
         )
@@ -370,44 +508,47 @@ class SimLineIO:
             unit = self.rig.units[int(kind[4:])]
             n = len(unit.station_ids)
             if name == "load" and value:
-                self._set(f"{kind}/empty", False)
+                self._set(unit_point(unit.id, "empty"), False)
                 self._later(n * self.CONVEYOR_S_PER_METER + self.LIFT_S, self._loaded, unit)
             elif name == "press":
-                self._set(f"{kind}/press_up", False)
-                self._set(f"{kind}/press_down", False)
+                self._set(unit_point(unit.id, "press_up"), False)
+                self._set(unit_point(unit.id, "press_down"), False)
                 self._later(
-                    self.PRESS_S, self._set, f"{kind}/press_{'down' if value else 'up'}", True
+                    self.PRESS_S,
+                    self._set,
+                    unit_point(unit.id, "press_down" if value else "press_up"),
+                    True,
                 )
             elif name == "unload" and value:
-                self._set(f"{kind}/loaded", False)
+                self._set(unit_point(unit.id, "loaded"), False)
                 self._later(self.LIFT_S + n * self.CONVEYOR_S_PER_METER, self._unloaded, unit)
         elif kind.startswith("station") and name == "seal":
             sid = int(kind[7:])
             if value:
                 self._later(self.SEAL_S, self._sealed, sid)
             else:
-                self._set(f"{kind}/sealed", False)
+                self._set(station_point(sid, "sealed"), False)
 
     def _loaded(self, unit: SimUnit) -> None:
         for sid in unit.station_ids:
             if self.rig.infeed:
                 self.rig.stations[sid].meter = self.rig.infeed.popleft()
-        self._set(f"unit{unit.id}/loaded", True)
+        self._set(unit_point(unit.id, "loaded"), True)
 
     def _sealed(self, sid: int) -> None:
         meter = self.rig.stations[sid].meter
         if meter is not None:
             meter.sealed = True
-        self._set(f"station{sid}/sealed", True)
+        self._set(station_point(sid, "sealed"), True)
 
     def _unloaded(self, unit: SimUnit) -> None:
         for sid in unit.station_ids:
             station = self.rig.stations[sid]
             if station.meter is not None:
-                reject = self.read(f"station{sid}/reject")
+                reject = self.read(station_point(sid, "reject"))
                 self.rig.boxes["fail" if reject else "pass"].append(station.meter.spec.barcode)
                 station.meter = None
-        self._set(f"unit{unit.id}/empty", True)
+        self._set(unit_point(unit.id, "empty"), True)
 
     async def wait_for(self, point: str, value: bool, timeout_s: float) -> bool:
         if self.read(point) == value:
@@ -415,7 +556,7 @@ class SimLineIO:
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(point, []).append((value, fut))
         try:
-            return await asyncio.wait_for(fut, loop_timeout(self.rig.clock, timeout_s))
+            return await asyncio.wait_for(fut, self.rig.clock.loop_timeout(timeout_s))
         except TimeoutError:
             return False
 
@@ -425,25 +566,20 @@ class SimRig:
 
     def __init__(
         self,
-        config: LineConfig,
-        meter_type: MeterType,
-        clock: Clock,
+        line: SimLine,
         measure_log: IO[str] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        from controller.verification.errors import starting_current
-
-        self.clock = clock
-        self.meter_type = meter_type
-        self.class_starting_a = float(
-            starting_current(meter_type.accuracy_class, meter_type.connection, meter_type.ib)
-        )
+        """``loop``: the event loop whose time the rig keeps when called from outside it
+        (a virtual-time loop in tests); by default the running loop."""
+        self.clock = RigTime(line.time_scale, line.timeout_slack_s, loop)
+        self.meter = line.meter
         self.units: dict[int, SimUnit] = {}
         self.stations: dict[int, SimStation] = {}
-        for u in config.units:
-            ids = [s.id for s in sorted(u.stations, key=lambda s: s.position)]
-            unit = SimUnit(self, u.id, ids, u.standard_constant)
+        for u in line.units:
+            unit = SimUnit(self, u.id, list(u.stations), u.standard_constant)
             self.units[u.id] = unit
-            for sid in ids:
+            for sid in u.stations:
                 self.stations[sid] = SimStation(self, sid, unit)
         self.io = SimLineIO(self)
         self.infeed: deque[SimMeter] = deque()
@@ -466,7 +602,7 @@ class SimRig:
         """A meter already on a station (the plant's state after a controller restart)."""
         self.stations[station].meter = SimMeter(spec)
         unit = self.stations[station].unit
-        self.io.points[f"unit{unit.id}/loaded"] = True
+        self.io.points[unit_point(unit.id, "loaded")] = True
 
     def force_temperature(self, station: int, celsius: float | None) -> None:
         self.stations[station].forced_c = celsius
@@ -479,7 +615,7 @@ class SimRig:
         self._log.write(
             json.dumps(
                 {
-                    "t": round(self.clock.now(), 6),
+                    "t": round(self.clock.monotonic(), 6),  # rig seconds
                     "station": station,
                     "barcode": None if meter is None else meter.spec.barcode,
                     "what": what,

@@ -9,7 +9,8 @@ from controller.verification.config import demo_line
 from controller.verification.results import ResultsRepository
 from controller.verification.scheme import load_scheme
 from controller.verification.sequencer import MeterTask, Sequencer
-from drivers.sim.rig import SimMeterSpec, SimRig
+from controller.verification.sim_line import build_sim_rig
+from drivers.sim.rig import SimMeterSpec
 
 SCHEMES = Path(__file__).resolve().parents[2] / "config" / "schemes"
 METER_TYPE = "DDZY-1-5(60)A"
@@ -30,7 +31,7 @@ class Line:
         self.config = demo_line(units, per_unit)
         self.meter_type = self.config.meter_type(METER_TYPE)
         self.clock = VirtualClock(start_epoch)
-        self.rig = SimRig(self.config, self.meter_type, self.clock, log)
+        self.rig = build_sim_rig(self.config, self.meter_type, self.clock, log)
         self.conn = sqlite3.connect(db)
         self.repo = ResultsRepository(self.conn)
         self.image = ProcessImage(self.clock.now)

@@ -9,7 +9,8 @@ from controller.verification.config import demo_line
 from controller.verification.results import ResultsRepository
 from controller.verification.scheme import load_scheme
 from controller.verification.sequencer import MeterTask, Sequencer
-from drivers.sim.rig import SimMeterSpec, SimRig
+from controller.verification.sim_line import build_sim_rig
+from drivers.sim.rig import SimMeterSpec
 from tests.verification.conftest import METER_TYPE, SCHEMES
 
 BATCH = "KILL-1"
@@ -40,7 +41,7 @@ def main() -> int:
     log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
     if mode == "start":
         clock = VirtualClock(scale=scale or None)
-        rig = SimRig(config, mt, clock, log)
+        rig = build_sim_rig(config, mt, clock, log)
         rig.feed(specs.values())
         seq = Sequencer(config, rig, repo, clock)
         scheme = load_scheme(SCHEMES / "class1_single_phase.toml")
@@ -51,7 +52,7 @@ def main() -> int:
         # The plant kept its state while the controller was down: meters that were
         # loaded are still on their stations; the rest wait on the infeed.
         clock = VirtualClock(start_epoch=repo.last_time() + 60.0)
-        rig = SimRig(config, mt, clock, log)
+        rig = build_sim_rig(config, mt, clock, log)
         batch = repo.batch(BATCH)
         for m in batch.meters:
             if m.state == "queued":

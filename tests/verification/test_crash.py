@@ -110,7 +110,7 @@ def test_sigkill_mid_batch_then_resume(tmp_path, kill_after_results):
             assert contains_run(seqs[(barcode, "error_sample")], [s["m"] for s in samples]), row
         elif kind == "clock":
             assert contains_run(
-                seqs[(barcode, "clock")], [float(s["s_per_day"]) for s in samples]
+                seqs[(barcode, "clock")], [[s["pulses"], s["ticks"]] for s in samples]
             ), row
         elif kind in ("starting", "creep"):
             assert samples[0]["pulses"] in seqs[(barcode, "pulses")], row

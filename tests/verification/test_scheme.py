@@ -50,11 +50,27 @@ def test_unknown_item_is_refused_naming_it():
 
 def test_load_point_below_class_range_is_refused():
     data = base()
-    data["items"][4]["points"].append({"i": "0.02Ib", "pf": "1.0", "pulses": 1})
+    data["items"][4]["points"].append({"i": "0.01Ib", "pf": "1.0", "pulses": 1})
     with pytest.raises(SchemeError) as exc:
         parse_scheme(data, "bad.toml")
-    assert "items[4].points[8].i: 0.02Ib at PF 1.0 is below the range of class 1" in str(exc.value)
-    assert "0.05 Ib to Imax" in str(exc.value)
+    # the lowest point of class 1 at PF 1 is 0.02 In (transformer-operated meters)
+    assert "items[4].points[8].i: 0.01Ib at PF 1.0 is below the range of class 1" in str(exc.value)
+    assert "0.02 Ib to Imax" in str(exc.value)
+
+
+def test_point_for_transformer_operated_meters_is_refused_for_a_direct_one():
+    data = base()
+    data["items"][4]["points"].append({"i": "0.02Ib", "pf": "1.0", "pulses": 1})
+    scheme = parse_scheme(data)  # a class 1 CT meter is verified from 0.02 In...
+    ct = MeterType.model_validate({**METER.model_dump(), "connection": "ct"})
+    assert scheme.problems_for(ct) == []
+    with pytest.raises(SchemeError) as exc:  # ...a direct-connected one from 0.05 Ib
+        scheme.validate_for(METER)
+    msg = str(exc.value)
+    # 0.02 × 5 A = 0.1 A; 0.05 × 5 A = 0.25 A
+    assert "items[4].points[8].i: 0.02Ib = 0.1 A at PF 1.0 is outside the range" in msg
+    assert "class 1 direct-connected: 0.05 Ib = 0.25 A .. Imax = 60 A" in msg
+    assert "transformer-operated meters (connection = 'ct')" in msg
 
 
 def test_load_point_above_meter_imax_is_refused():
@@ -70,9 +86,12 @@ def test_load_point_above_meter_imax_is_refused():
 
 def test_lagging_point_below_its_band_is_refused():
     data = base()
-    data["items"][4]["points"].append({"i": "0.05Ib", "pf": "0.5L"})
-    with pytest.raises(SchemeError, match=r"0.05Ib at PF 0.5L is below the range.*0.1 Ib"):
+    data["items"][4]["points"].append({"i": "0.04Ib", "pf": "0.5L"})
+    with pytest.raises(SchemeError, match=r"0.04Ib at PF 0.5L is below the range.*0.05 Ib"):
         parse_scheme(data)
+    data["items"][4]["points"][-1]["i"] = "0.05Ib"  # CT meters only: direct ones from 0.1 Ib
+    with pytest.raises(SchemeError, match=r"class 1 direct-connected: 0.1 Ib = 0.5 A"):
+        parse_scheme(data).validate_for(METER)
 
 
 @pytest.mark.parametrize(

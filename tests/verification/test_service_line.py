@@ -19,7 +19,7 @@ from opcua_server.methods import CommandRefused
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMES = ROOT / "config" / "schemes"
 ROWS_PER_METER = 16  # class1-single-phase: 8 single-result items + 8 basic-error points
-FAST = 20_000.0  # rig seconds per real second: the ~70 min scheme in well under a second
+FAST = 20_000.0  # rig seconds per real second: the ~115 min scheme in well under a second
 
 
 def config(tmp_path, scale=FAST, **line):
@@ -73,6 +73,13 @@ async def until(cond, timeout=30.0, what="condition"):
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def sequencer_runs(svc, batch):
+    return (
+        svc.image.value("line/batch/id") == batch
+        and svc.image.value("line/batch/state") == "running"
+    )
 
 
 def line_of(svc):
@@ -140,13 +147,17 @@ async def test_barcodes_retry_and_busy_line(tmp_path):
             await svc.router.submit(
                 req("start_batch", {"scheme": "class1-single-phase", "meters": 1})
             )
-        line.seq.abort("test")  # (through the sequencer: the sink's path is tested below)
+        # (through the sequencer: the sink's path is tested below). The sequencer aborts
+        # a run it is in, so wait for the batch task to begin it first.
+        await until(lambda: sequencer_runs(svc, batch), what="run")
+        line.seq.abort("test")
         await until(lambda: not line.running)
         # OPC UA String[]: one short number is a count, 12 digits are meter addresses
         b2 = await svc.router.submit(
             req("start_batch", {"scheme": "class1-single-phase", "meters": ["2"]})
         )
         assert len(line.repo.batch(b2).meters) == 2
+        await until(lambda: sequencer_runs(svc, b2), what="run")
         line.seq.abort("test")
         await until(lambda: not line.running)
         b3 = await svc.router.submit(
@@ -156,6 +167,7 @@ async def test_barcodes_retry_and_busy_line(tmp_path):
             "000000009001",
             "000000009001",
         )
+        await until(lambda: sequencer_runs(svc, b3), what="run")
         line.seq.abort("test")
         await until(lambda: not line.running)
         refused = svc.commands.journal.query(

@@ -15,7 +15,7 @@ SHORT = {
     "items": [
         {"kind": "appearance"},
         {"kind": "basic_error", "points": [{"i": "Imax", "pulses": 40}, {"i": "Ib", "pulses": 10}]},
-        {"kind": "constant", "i": "Imax", "energy_kwh": 0.5},
+        {"kind": "constant", "i": "Imax", "energy_kwh": 10},
         {"kind": "basic_error", "points": [{"i": "0.5Imax", "pulses": 20}]},
         {"kind": "communication"},
     ],

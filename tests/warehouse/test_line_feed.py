@@ -52,7 +52,7 @@ def config(tmp_path):
                 "outbound": FAST_CONVEYOR,
             },
             "line": {
-                "time_scale": 1_000.0,  # the ~70 min scheme in about 4 s
+                "time_scale": 1_000.0,  # the ~115 min scheme in about 7 s
                 "scheme_dir": str(SCHEMES),
                 "feed": "warehouse",
                 "feed_boxes": 2,
