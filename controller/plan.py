@@ -17,10 +17,9 @@ from drivers.config import (
     Dlt645BusConfig,
     FieldConfig,
     ModbusBusConfig,
-    PollItem,
     load_field_config,
 )
-from drivers.dlt645_bus import read_reply_bytes, read_request_bytes
+from drivers.dlt645_bus import CLOCK_ITEMS, read_reply_bytes, read_request_bytes
 from drivers.modbus_blocks import plan_device_reads
 
 # Assumed Modbus RTU slave response delay.
@@ -42,11 +41,8 @@ def plan_dlt645(
     request = read_request_bytes(bus.preamble)
     for name, count in users.items():
         group = config.poll_groups[name]
-        items = (
-            group.items
-            if group.kind == "read"
-            else [PollItem(di="04000101"), PollItem(di="04000102")]
-        )
+        # a clock check is one read of date and time together (0400010C)
+        items = group.items if group.kind == "read" else list(CLOCK_ITEMS)
         for item in items:
             jobs.append(
                 core.PlanJob(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Callable
+from typing import Any
 
 from controller.process_image import ProcessImage
 from drivers.bus_owner import BusOwner
@@ -21,14 +23,23 @@ class FieldPlant:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        site_tz: dt.tzinfo | None = None,
+        commands: Any = None,
     ) -> None:
         self.config = config
         self.image = image
         self._buses: dict[str, BusOwner] = {}
         for bus in config.buses:
             if isinstance(bus, Dlt645BusConfig):
+                # site_tz: the meters' wall-clock zone; commands: journals clock writes
                 self._buses[bus.name] = Dlt645Bus(
-                    bus, config.poll_groups, image, clock=clock, wall=wall
+                    bus,
+                    config.poll_groups,
+                    image,
+                    clock=clock,
+                    wall=wall,
+                    site_tz=site_tz,
+                    commands=commands,
                 )
             elif isinstance(bus, ModbusBusConfig):
                 from drivers.modbus_bus import ModbusBus
@@ -46,6 +57,15 @@ class FieldPlant:
 
     def snapshot(self) -> list[BusSnapshot]:
         return [bus.snapshot() for bus in self._buses.values()]
+
+    def clock_faults(self) -> list[tuple[str, str, str]]:
+        """(bus, meter address, fault) for every DL/T 645 meter; fault "" = its clock is kept."""
+        return [
+            (name, address, bus.clock_fault(address))
+            for name, bus in self._buses.items()
+            if isinstance(bus, Dlt645Bus)
+            for address in bus.meters
+        ]
 
     def bus(self, name: str) -> BusOwner:
         try:

@@ -230,7 +230,10 @@ class MeterRelay:
                 f"cipher {self.cipher.name!r}: this bus driver sends plaintext 1C only"
             )
         result = await self.bus.control(
-            self.address, N1[kind], valid_until=dt.datetime.fromtimestamp(valid_until)
+            # an instant (aware UTC); the bus puts it on the wire in the site's zone
+            self.address,
+            N1[kind],
+            valid_until=dt.datetime.fromtimestamp(valid_until, dt.UTC),
         )
         return None if result.status is None else _relay_state(result.status)
 

@@ -9,7 +9,9 @@ believable plant:
   evening peaks) scaled by the meter's peak, with a little noise;
 - relay open → power and currents 0;
 - energy integrates power; remaining money falls with energy × tariff;
-- the meter clock drifts at a per-meter rate until a broadcast time sync.
+- the meter clock drifts at a per-meter rate until a broadcast time sync;
+  it is wall-clock time in the meter's own zone (zoneinfo, its config's
+  ``timezone``), so a controller that sends another zone's time is seen to.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from controller import _core_rs as core
 from drivers.config import SimMeterConfig
@@ -32,6 +35,8 @@ from drivers.quantities import (
 
 # Seconds after a "close allowed" (1B) before the simulated customer presses the button.
 CUSTOMER_CLOSE_DELAY_S = 3.0
+# Meters refuse a broadcast time sync that would move them further than this.
+TIME_SYNC_LIMIT_S = 300.0
 NOMINAL_VOLTAGE_V = 220.0
 
 
@@ -70,6 +75,11 @@ class SimMeter:
     keep_power: bool = False
     clock_drift_s_per_day: float = 0.5
     clock_offset_s: float = 0.0
+    tz: ZoneInfo = field(default_factory=lambda: ZoneInfo("Asia/Shanghai"))
+    time_sync_rules: bool = True
+    time_syncs_applied: int = 0
+    time_syncs_refused: int = 0
+    _last_sync_day: dt.date | None = None
     time_scale: float = 1.0
     rng: random.Random = field(default_factory=random.Random)
     faults: set[str] = field(default_factory=set)
@@ -112,6 +122,8 @@ class SimMeter:
             if cfg.clock_drift_s_per_day is not None
             else rng.uniform(-2.0, 2.0),
             clock_offset_s=cfg.clock_offset_s,
+            tz=ZoneInfo(cfg.timezone),
+            time_sync_rules=cfg.time_sync_rules,
             time_scale=time_scale,
             rng=rng,
             faults=set(cfg.faults),
@@ -136,7 +148,7 @@ class SimMeter:
         if self.relay_open:
             self._power_kw = 0.0
         else:
-            local = dt.datetime.fromtimestamp(wall)
+            local = dt.datetime.fromtimestamp(wall, self.tz)
             hour = local.hour + local.minute / 60.0
             self._power_kw = self.peak_kw * load_profile(hour) * self.rng.uniform(0.97, 1.03)
         used = self._power_kw * dt_s / 3600.0
@@ -177,7 +189,7 @@ class SimMeter:
         pfs: list[float | None] = [round(self._pf, 3)] + [
             round(self._pf, 3) if volts_opt[i] is not None else None for i in range(3)
         ]
-        clock = dt.datetime.fromtimestamp(wall + self.clock_offset_s)
+        clock = self.local_clock(wall)
         e = round(self.energy_kwh, 2)
         tariffs = [e, round(e * 0.3, 2), round(e * 0.4, 2), round(e * 0.3, 2), 0.0]
         table: dict[str, object] = {
@@ -201,6 +213,7 @@ class SimMeter:
             "02800002": round(self.rng.uniform(49.98, 50.02), 2),
             "04000101": clock.strftime("%Y-%m-%d"),
             "04000102": clock.strftime("%H:%M:%S"),
+            "0400010C": clock.strftime("%Y-%m-%dT%H:%M:%S"),
             "04000401": self.address,
             "04000501": 0,
             "04000502": 0,
@@ -227,7 +240,9 @@ class SimMeter:
         if fn == core.FN_READ_ADDRESS:
             return [core.dlt645_reply(self.address, fn, _address_bytes(self.address))]
         if fn == core.FN_WRITE:
-            return self._write(frame)
+            replies = self._write(frame)
+            self._take_clock_write(wall)
+            return replies
         if fn == core.FN_FREEZE:
             self.frozen_energy_kwh = self.energy_kwh
             return [core.dlt645_reply(self.address, fn)]
@@ -237,11 +252,39 @@ class SimMeter:
             return self._control(frame, now, wall)
         return [core.dlt645_exception(self.address, fn, ERR_OTHER)]
 
+    def local_clock(self, wall: float) -> dt.datetime:
+        """What the meter's clock shows (naive wall-clock time in its own zone)."""
+        return dt.datetime.fromtimestamp(wall + self.clock_offset_s, self.tz).replace(tzinfo=None)
+
+    def _offset_for(self, shown: dt.datetime, wall: float) -> float:
+        """The clock offset that makes the meter show ``shown`` (its local time) at ``wall``."""
+        return shown.replace(tzinfo=self.tz).timestamp() - wall
+
     def broadcast_time(self, data: bytes, wall: float) -> None:
-        """0x08: set the clock (ss mm hh DD MM YY); no reply (broadcast)."""
+        """0x08: set the clock (ss mm hh DD MM YY, meter-local); no reply (broadcast).
+
+        With the rules on, like a real meter it refuses a sync that moves its
+        clock more than 5 min, or a second one on the same (local) day."""
         when = _parse_time6(data)
-        if when is not None:
-            self.clock_offset_s = when.timestamp() - wall
+        if when is None or "ignore_time_sync" in self.faults:
+            return
+        offset = self._offset_for(when, wall)
+        if self.time_sync_rules:
+            moved = abs(offset - self.clock_offset_s)
+            if moved > TIME_SYNC_LIMIT_S or self.local_clock(wall).date() == self._last_sync_day:
+                self.time_syncs_refused += 1
+                return
+        self.clock_offset_s = offset
+        self._last_sync_day = self.local_clock(wall).date()
+        self.time_syncs_applied += 1
+
+    def _take_clock_write(self, wall: float) -> None:
+        # a 0x14 write of 0400010C sets the clock; it is not kept as a stored value
+        raw = self.written.pop("0400010C", None)
+        if raw is None:
+            return
+        shown = dt.datetime.fromisoformat(str(core.decode_value("0400010C", raw)))
+        self.clock_offset_s = self._offset_for(shown, wall)
 
     def _read(self, frame: core.Dlt645Frame, wall: float, max_frame_data: int) -> list[bytes]:
         di_raw = frame.data[:4]
@@ -299,8 +342,8 @@ class SimMeter:
             return [core.dlt645_exception(self.address, core.FN_CONTROL, ERR_PASSWORD)]
         n1 = data[8]
         expiry = _parse_time6(data[10:16])
-        meter_now = wall + self.clock_offset_s
-        if expiry is None or expiry.timestamp() < meter_now:
+        # the expiry is wall-clock time: compared with what this meter's clock shows
+        if expiry is None or expiry < self.local_clock(wall):
             # an expired command must never act (its validity time has passed)
             return [core.dlt645_exception(self.address, core.FN_CONTROL, ERR_OTHER)]
         if n1 == core.N1_TRIP:

@@ -23,6 +23,8 @@ async def test_service_runs_loads_and_routes_commands(tmp_path):
             "tasks": {"gc_freeze": False, "control_period_ms": 200},
             "journal": {"path": str(tmp_path / "var" / "journal.sqlite")},
             "metrics": {"port": 0},
+            # the simulated meters keep Beijing time
+            "site": {"timezone": "Asia/Shanghai"},
             "opcua": {"enabled": False},
             "loads": {
                 "loads": [{"name": "l1", "bus": "bus1", "address": ADDR1}],
