@@ -470,13 +470,15 @@ class Dlt645Bus(BusOwner):
         None (and the drift tag Bad) when the reply is no valid date and time."""
         text = await self.poller.read_value(address, CLOCK_DI, retries=retries)
         try:
-            shown = dt.datetime.fromisoformat(str(text))
+            if not isinstance(text, str):
+                raise ValueError(text)
+            shown = dt.datetime.fromisoformat(text)
         except ValueError:
             self.image.write(
                 self._device_prefix(address) + "clock_drift_s",
                 None,
                 Quality.BAD,
-                f"bad clock {text}",
+                f"bad clock {text!r}",
                 code=Reason.UNDECODABLE,
             )
             return None

@@ -42,9 +42,9 @@ def host_in_utc(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def epoch(text: str) -> float:
     """Beijing wall-clock text -> epoch seconds (by hand: Beijing = UTC + 8 h)."""
-    return (dt.datetime.fromisoformat(text) - dt.timedelta(hours=8)).replace(
-        tzinfo=dt.UTC
-    ).timestamp()
+    return (
+        (dt.datetime.fromisoformat(text) - dt.timedelta(hours=8)).replace(tzinfo=dt.UTC).timestamp()
+    )
 
 
 class Wall:
@@ -148,7 +148,7 @@ async def test_trip_expiry_is_ten_minutes_ahead_on_a_beijing_meter(tmp_path, run
     result = await bus.control(ADDR, core.N1_TRIP, valid_for_s=600.0)
     assert result.acknowledged and result.status is not None and result.status.relay_open
     assert meter.relay_open is True
-    (expiry, meter_clock), = seen
+    ((expiry, meter_clock),) = seen
     ahead = (expiry - meter_clock).total_seconds()
     # 600 s, less the second the BCD expiry drops and the time on the wire
     assert 598.0 <= ahead <= 600.0, ahead
@@ -294,3 +294,12 @@ async def test_far_off_clock_alarms_when_writes_are_off(tmp_path, field) -> None
     assert not any(r.function in (core.FN_WRITE, core.FN_BROADCAST_TIME) for r in bus.wire_log)
     assert sim.farms["bus1"].meters[ADDR].clock_offset_s == 600.0
 
+
+def test_sim_meter_zone_must_be_an_iana_name() -> None:
+    from pydantic import ValidationError
+
+    from drivers.config import SimMeterConfig
+
+    assert SimMeterConfig().timezone == "Asia/Shanghai"
+    with pytest.raises(ValidationError, match="timezone must be an IANA time zone name"):
+        SimMeterConfig(timezone="CST")
