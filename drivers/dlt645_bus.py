@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from controller import _core_rs as core
@@ -109,7 +109,6 @@ class ClockState:
     # why the clock cannot be kept from here (raises clock_sync_failed); "" = none
     fault: str = ""
     drift_s: float | None = None
-    history: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,26 +513,28 @@ class Dlt645Bus(BusOwner):
         if state.fault:
             return  # alarmed: nothing more to try until the clock is back within the limit
         meter = self._meter(address)
+        site_now = to_wall(now, self.site_tz)
+        shown = to_wall(now + drift, self.site_tz)
+        # setting a clock across midnight would move day-stamped records: the next check
+        near_midnight = (
+            min(seconds_to_midnight(site_now), seconds_to_midnight(shown)) < MIDNIGHT_GUARD_S
+        )
         if abs(drift) > BROADCAST_SYNC_MAX_S:
             write = meter.clock_write if meter.clock_write is not None else self.config.clock_write
             if write:
-                await self._write_clock(address, meter, group, drift)
+                if not near_midnight:
+                    await self._write_clock(address, meter, group, drift)
             else:
                 state.fault = (
                     f"clock {drift:+.0f} s off: beyond what a broadcast sync may move "
                     f"({BROADCAST_SYNC_MAX_S:.0f} s) and clock_write is off; set it on site"
                 )
             return
-        site_now = to_wall(now, self.site_tz)
-        shown = to_wall(now + drift, self.site_tz)
-        if min(seconds_to_midnight(site_now), seconds_to_midnight(shown)) < MIDNIGHT_GUARD_S:
-            return  # a sync across midnight would move day-stamped records: the next check
-        if self._last_broadcast_day == site_now.date():
-            return  # every meter of the bus had today's broadcast already
+        if near_midnight or self._last_broadcast_day == site_now.date():
+            return  # (or every meter of the bus had today's broadcast already)
         await self.poller.broadcast_time(to_wall(self.wall(), self.site_tz))
         self._last_broadcast_day = site_now.date()
         self.time_syncs += 1
-        state.history.append(f"broadcast {site_now.date()}")
         after = await self._read_clock(address)
         if after is None:
             return
