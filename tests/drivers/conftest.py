@@ -139,13 +139,15 @@ async def running() -> Any:
 
     started: list[Any] = []
 
-    async def start(config: FieldConfig) -> tuple[SimulatedPlant, FieldPlant, ProcessImage]:
-        sim = SimulatedPlant(config)
+    async def start(
+        config: FieldConfig, wall: Callable[[], float] = time.time
+    ) -> tuple[SimulatedPlant, FieldPlant, ProcessImage]:
+        sim = SimulatedPlant(config, wall=wall)
         await sim.start()
         started.append(sim)
         image = ProcessImage()
         # the simulated meters keep Beijing time (SimMeterConfig.timezone default)
-        plant = FieldPlant(config, image, site_tz=SITE_TZ)
+        plant = FieldPlant(config, image, wall=wall, site_tz=SITE_TZ)
         await plant.start()
         started.append(plant)
         return sim, plant, image
