@@ -54,6 +54,8 @@ CONDITIONS: dict[str, Severity] = {
     "meter_offline": Severity.MEDIUM,
     "bus_down": Severity.HIGH,
     "clock_drift": Severity.LOW,
+    # a meter's clock cannot be kept from here (ignored syncs, too far off): a site visit
+    "clock_sync_failed": Severity.MEDIUM,
     "relay_mismatch": Severity.HIGH,
     "over_temperature": Severity.CRITICAL,
     "crane_fault": Severity.HIGH,
@@ -383,6 +385,10 @@ class AlarmEngine:
 
     def check_meter(self, bus: str, address: str, online: bool, reason: str = "") -> None:
         self.set("meter_offline", f"bus/{bus}/meter/{address}", not online, reason or "quarantined")
+
+    def check_clock(self, bus: str, address: str, fault: str) -> None:
+        """From ``FieldPlant.clock_faults``: raised while the fault text is non-empty."""
+        self.check_fault("clock_sync_failed", f"bus/{bus}/meter/{address}", fault)
 
     def check_high(
         self, condition: str, source: str, value: float, limit: float, hysteresis: float = 0.0

@@ -17,6 +17,7 @@ import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
+from zoneinfo import ZoneInfo
 
 import annotated_types
 from pydantic import (
@@ -37,6 +38,7 @@ from controller.password_hash import is_password_hash
 from controller.verification.config import LineConfig
 from controller.warehouse.config import WarehouseConfig
 from drivers.config import LOCATION_TAGS, FieldConfig
+from drivers.site_time import host_timezone_name, zone
 from opcua_server.config import OpcUaConfig
 
 DEFAULT_CONFIG = Path("config/demo.toml")
@@ -76,6 +78,25 @@ class ServiceConfig(_Strict):
     control_socket_group: str = Field(
         default="", pattern=r"^([a-z_][a-z0-9_-]*[$]?)?$", max_length=32
     )
+
+
+class SiteConfig(_Strict):
+    """``[site]``: where the plant is."""
+
+    # IANA zone of the meters' wall clocks (Asia/Shanghai for a Beijing-time
+    # site). Every time sent to or read from a meter (1C expiry, time sync,
+    # clock check) is converted with it at the wire; default: the host's zone.
+    timezone: str = Field(default_factory=host_timezone_name)
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana(cls, v: str) -> str:
+        zone(v)
+        return v
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return zone(self.timezone)
 
 
 class TasksConfig(_Strict):
@@ -236,6 +257,8 @@ class GridConfig(FieldConfig):
     model_config = ConfigDict(extra="forbid")
 
     service: ServiceConfig = ServiceConfig()
+    # built per config, so the host-zone default is read when the config is loaded
+    site: SiteConfig = Field(default_factory=SiteConfig)
     tasks: TasksConfig = TasksConfig()
     journal: JournalConfig = JournalConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from controller import _core_rs as core
+from drivers.site_time import host_timezone_name, zone
 
 _SEPARATORS = re.compile(r"[\s:,\-]+")
 
@@ -180,9 +181,15 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0 if deframer.frames else 1
 
 
-def _time(text: str, field: str) -> tuple[int, int, int, int, int, int]:
+def _time(text: str, field: str, zone_name: str) -> tuple[int, int, int, int, int, int]:
+    """A frame time as the meter's wall clock: 'now' and times with an offset are
+    converted to ``zone_name`` (the meters' zone); a time without one is sent as written."""
+    try:
+        tz = zone(zone_name)
+    except ValueError as exc:
+        raise UsageError(f"--timezone: {exc}") from None
     if text == "now":
-        t = datetime.now()
+        t = datetime.now(tz)
     else:
         try:
             t = datetime.fromisoformat(text)
@@ -190,6 +197,8 @@ def _time(text: str, field: str) -> tuple[int, int, int, int, int, int]:
             raise UsageError(
                 f"{field}: expected an ISO time such as 2018-05-12T15:41:24, got {text!r}"
             ) from None
+        if t.tzinfo is not None:
+            t = t.astimezone(tz)
     return (t.year, t.month, t.day, t.hour, t.minute, t.second)
 
 
@@ -201,7 +210,7 @@ def encode(args: argparse.Namespace) -> bytes:
     if what == "read-address":
         return core.dlt645_read_address(pre)
     if what == "time-sync":
-        return core.dlt645_time_sync(_time(args.time, "--time"), pre)
+        return core.dlt645_time_sync(_time(args.time, "--time", args.timezone), pre)
     if what == "control":
         kind = args.kind.replace("-", "_")
         if kind not in KINDS:
@@ -209,7 +218,7 @@ def encode(args: argparse.Namespace) -> bytes:
         return core.dlt645_control(
             args.address,
             KINDS[kind],
-            _time(args.valid_until, "--valid-until"),
+            _time(args.valid_until, "--valid-until", args.timezone),
             password_level=args.password_level,
             password=args.password,
             operator=args.operator,
@@ -230,6 +239,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
         return 2
     print(_hex(frame))
     return 0
+
+
+TZ_HELP = (
+    "IANA zone of the meter's clock, for 'now' and times with an offset "
+    "(default: this host's zone; Beijing-time meters: Asia/Shanghai)"
+)
 
 
 def _int(text: str) -> int:
@@ -271,10 +286,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     t = frame_parser("time-sync", "0x08 broadcast time sync", address=False)
     t.add_argument("--time", required=True, help="ISO local time, or 'now'")
+    t.add_argument("--timezone", default=host_timezone_name(), help=TZ_HELP)
 
     ctl = frame_parser("control", "0x1C trip / close / alarm / keep-power")
     ctl.add_argument("--kind", required=True, help=f"one of: {', '.join(KINDS)}")
     ctl.add_argument("--valid-until", required=True, help="ISO time the command expires")
+    ctl.add_argument("--timezone", default=host_timezone_name(), help=TZ_HELP)
     ctl.add_argument("--password-level", type=_int, default=0, help="PA (default 0)")
     ctl.add_argument("--password", default="000000", help="6 hex digits (default 000000)")
     ctl.add_argument("--operator", default="00000000", help="8 hex digits (default 00000000)")

@@ -20,10 +20,9 @@ from drivers.config import (
     Dlt645BusConfig,
     FieldConfig,
     ModbusBusConfig,
-    PollItem,
     load_field_config,
 )
-from drivers.dlt645_bus import read_reply_bytes, read_request_bytes
+from drivers.dlt645_bus import CLOCK_ITEMS, read_reply_bytes, read_request_bytes
 from drivers.modbus_blocks import plan_device_reads
 
 # Assumed Modbus RTU slave response delay.
@@ -53,11 +52,8 @@ def plan_dlt645(
     request = read_request_bytes(bus.preamble)
     for (name, blocks), count in users.items():
         group = config.poll_groups[name]
-        items = (
-            meter_items(group.items, set(blocks))
-            if group.kind == "read"
-            else [PollItem(di="04000101"), PollItem(di="04000102")]
-        )
+        # a clock check is one read of date and time together (0400010C)
+        items = meter_items(group.items, set(blocks)) if group.kind == "read" else list(CLOCK_ITEMS)
         # meters reading singly get their own jobs, named so in the biggest-jobs line
         suffix = " (single DIs)" if blocks else ""
         for item in items:

@@ -168,6 +168,8 @@ class Service:
         if self.plant is not None:
             for snap in self.plant.snapshot():
                 self.alarms.check_bus(snap)
+            for bus, address, fault in self.plant.clock_faults():
+                self.alarms.check_clock(bus, address, fault)
         fast = self.fast
         self.alarms.set(
             "cycle_overrun",
@@ -398,7 +400,13 @@ class Service:
         log.info("simulators ready: %s", getattr(self.simulator, "describe", lambda: "running")())
 
     async def _start_plant(self) -> None:
-        self.plant = FieldPlant(self.config, self.image, journal=self.journal)
+        self.plant = FieldPlant(
+            self.config,
+            self.image,
+            journal=self.journal,
+            site_tz=self.config.site.tz,
+            commands=self.commands,
+        )
         await self.plant.start()
         # Writable Modbus holding registers, written over OPC UA by their role.
         self.setpoints = ModbusSetpoints(self.commands, self.plant.buses)

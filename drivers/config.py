@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -34,7 +35,9 @@ _ADDRESS_RE = re.compile(r"^[0-9]{12}$")
 _HEX_RE = re.compile(r"^[0-9A-Fa-f]+$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 
-FaultKind = Literal["dead", "slow", "noisy", "bad_checksum", "exception", "drop_control"]
+FaultKind = Literal[
+    "dead", "slow", "noisy", "bad_checksum", "exception", "drop_control", "ignore_time_sync"
+]
 FAULT_KINDS: tuple[str, ...] = FaultKind.__args__  # type: ignore[attr-defined]
 
 
@@ -181,6 +184,9 @@ class PollGroup(_Model):
     lane: Literal["cyclic", "event"] = "cyclic"
     # clock groups: broadcast time sync when |meter − controller| exceeds this
     max_drift_s: Annotated[float, within(1.0, 3600.0, " s")] = 30.0
+    # clock groups: broadcast syncs (at most one a meter-local day) a meter may
+    # ignore, each seen by reading its clock back, before clock_sync_failed
+    sync_attempts: Annotated[int, within(1, 10)] = 3
 
     @model_validator(mode="after")
     def _items(self) -> PollGroup:
@@ -309,6 +315,11 @@ class MeterConfig(_Model):
     # ratio is not 1, the meter's own readings under <name>_secondary.
     ct_ratio: TransformerRatio = 1.0
     pt_ratio: TransformerRatio = 1.0
+    # a clock off by more than a broadcast may move (5 min) is set with a
+    # password-level-04 write of 0400010C (journaled as a set_clock command)
+    # instead of raising clock_sync_failed for a site visit; None: the bus's
+    clock_write: bool | None = None
+    clock_password: str = "000000"
 
     @field_validator("address", mode="before")
     @classmethod
@@ -320,11 +331,11 @@ class MeterConfig(_Model):
             raise ValueError("address 999999999999 is the broadcast address, not a meter")
         return text
 
-    @field_validator("password")
+    @field_validator("password", "clock_password")
     @classmethod
-    def _password(cls, v: str) -> str:
+    def _password(cls, v: str, info: ValidationInfo) -> str:
         if len(v) != 6 or not _HEX_RE.match(v):
-            raise ValueError(f"password must be 6 hex digits, got {v!r}")
+            raise ValueError(f"{info.field_name} must be 6 hex digits, got {v!r}")
         return v.upper()
 
     @field_validator("operator")
@@ -347,6 +358,8 @@ class MeterBlock(_Model):
     security: Security = "plaintext"
     ct_ratio: TransformerRatio = 1.0
     pt_ratio: TransformerRatio = 1.0
+    clock_write: bool | None = None
+    clock_password: str = "000000"
 
     @field_validator("first_address")
     @classmethod
@@ -367,6 +380,8 @@ class MeterBlock(_Model):
                 "security": self.security,
                 "ct_ratio": self.ct_ratio,
                 "pt_ratio": self.pt_ratio,
+                "clock_write": self.clock_write,
+                "clock_password": self.clock_password,
             }
             for i in range(self.count)
         ]
@@ -388,6 +403,8 @@ class Dlt645BusConfig(LinkConfig):
     response_delay_s: Annotated[float, within(0.0, 2.0, " s (meters: 20-500 ms)")] = 0.1
     meters: list[MeterConfig] = []
     meter_block: MeterBlock | None = None
+    # default of the meters' clock_write (off: a far-off clock is an alarm)
+    clock_write: bool = False
 
     @field_validator("name")
     @classmethod
@@ -579,7 +596,13 @@ class SimMeterConfig(_Model):
     relay_open: bool = False
     keep_power: bool = False
     clock_drift_s_per_day: float | None = None
+    # the clock at start: this many seconds ahead of true time (negative: behind)
     clock_offset_s: float = 0.0
+    # the zone of the meter's own wall clock (Beijing time for State Grid meters)
+    timezone: str = "Asia/Shanghai"
+    # refuse a broadcast time sync that moves the clock more than 5 min or comes
+    # a second time the same (meter-local) day, as real meters do
+    time_sync_rules: bool = True
     faults: list[FaultKind] = []
     # an ESAM that refuses 1C and 0x14 frames without a valid MAC under esam_key
     # (the test-hmac wire contract in drivers/esam.py)
@@ -611,6 +634,17 @@ class SimMeterConfig(_Model):
     # answer ERR=02 (no requested data) to block DIs (FF in DI1 or DI0), as many
     # meters in the field do: the controller must fall back to single DIs
     refuse_block_dis: bool = False
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone must be an IANA time zone name such as 'Asia/Shanghai', got {v!r}"
+            ) from None
+        return v
 
     @field_validator("peak_kw")
     @classmethod

@@ -38,6 +38,14 @@ from drivers.quantities import (
     scales_with_ratio,
     transformer_factor,
 )
+from drivers.site_time import (
+    BROADCAST_SYNC_MAX_S,
+    MIDNIGHT_GUARD_S,
+    from_wall,
+    host_zone,
+    seconds_to_midnight,
+    to_wall,
+)
 from drivers.transport import Link, open_link
 
 if TYPE_CHECKING:
@@ -69,7 +77,13 @@ def read_reply_bytes(item: PollItem) -> int:
     return FRAME_OVERHEAD + DI_BYTES + value
 
 
-CLOCK_ITEMS = (PollItem(di="04000101"), PollItem(di="04000102"))
+# date and time in one reply (YYMMDDWWhhmmss): two reads (04000101, then
+# 04000102) straddling midnight pair today's date with tomorrow's 00:00:xx
+CLOCK_DI = "0400010C"
+CLOCK_ITEMS = (PollItem(di=CLOCK_DI),)
+# a clock write needs the meter's level-04 password (DL/T 645-2007, 0x14)
+CLOCK_WRITE_PASSWORD_LEVEL = 4
+SET_CLOCK_KIND = "set_clock"
 # DL/T 645-2007 status word 3: relay actual state (bit4), commanded state (bit6),
 # pre-trip alarm (bit7), keep-power (bit12)
 STATUS_WORD_3 = "04000503"
@@ -103,6 +117,17 @@ class RelayStatus:
         return bool(self.word & SW3_KEEP_POWER)
 
 
+@dataclass(slots=True)
+class ClockState:
+    """What the clock keeping knows of one meter."""
+
+    # broadcast syncs in a row after which the meter's clock read back unmoved
+    failed_syncs: int = 0
+    # why the clock cannot be kept from here (raises clock_sync_failed); "" = none
+    fault: str = ""
+    drift_s: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ControlResult:
     """What one 1C command on the control lane produced.
@@ -119,6 +144,16 @@ class ControlResult:
     acknowledged: bool
     status: RelayStatus | None
     read_error: str = ""
+
+
+def _aware(when: dt.datetime | None) -> dt.datetime | None:
+    """Refuse a naive time before anything is queued: it names no instant."""
+    if when is not None and when.tzinfo is None:
+        raise ValueError(
+            f"valid_until/when: must be an aware datetime such as "
+            f"datetime.now(UTC) (got naive {when.isoformat()})"
+        )
+    return when
 
 
 def decode_format(item: PollItem, raw: bytes) -> list[float | None]:
@@ -215,6 +250,8 @@ class Dlt645Bus(BusOwner):
         link: Link | None = None,
         esam: Esam | None = None,
         journal: Journal | None = None,
+        site_tz: dt.tzinfo | None = None,
+        commands: Any = None,
     ) -> None:
         super().__init__(
             config.name,
@@ -255,6 +292,16 @@ class Dlt645Bus(BusOwner):
         self.stray_frames = 0
         self.stale_bytes = 0
         self.time_syncs = 0
+        # the meters' wall clocks run in the site's zone ([site] timezone)
+        self.site_tz = site_tz or host_zone()
+        # the command log (controller.commands.CommandLog) that journals clock writes
+        self.commands = commands
+        if commands is not None:
+            commands.kinds = commands.kinds | {SET_CLOCK_KIND}
+        self.clocks: dict[str, ClockState] = {a: ClockState() for a in self.meters}
+        # site-local day of the last broadcast sync: one reaches every meter of
+        # the bus, and a meter takes at most one a day
+        self._last_broadcast_day: dt.date | None = None
         self._define_tags()
         self._add_jobs()
 
@@ -576,29 +623,160 @@ class Dlt645Bus(BusOwner):
         if cur.value is not True or cur.quality is not Quality.GOOD:
             self.image.write(name, True, Quality.GOOD, "", self.wall())
 
-    async def _clock_check(self, address: str, group: PollGroup, retries: int | None) -> None:
-        date = await self.poller.read_value(address, "04000101", retries=retries)
-        clock = await self.poller.read_value(address, "04000102")
-        now = self.wall()
+    async def _read_clock(self, address: str, retries: int | None = None) -> float | None:
+        """The meter's clock as epoch seconds (its wall clock read in the site zone).
+
+        None (and the drift tag Bad) when the reply is no valid date and time."""
+        text = await self.poller.read_value(address, CLOCK_DI, retries=retries)
         try:
-            meter_time = dt.datetime.fromisoformat(f"{date}T{clock}").timestamp()
-        except (TypeError, ValueError):
+            if not isinstance(text, str):
+                raise ValueError(text)
+            shown = dt.datetime.fromisoformat(text)
+        except ValueError:
             self.image.write(
                 self._device_prefix(address) + "clock_drift_s",
                 None,
                 Quality.BAD,
-                f"bad clock {date} {clock}",
+                f"bad clock {text!r}",
                 code=Reason.UNDECODABLE,
             )
+            return None
+        return from_wall(shown, self.site_tz).timestamp()
+
+    def _record_drift(self, address: str, drift: float, when: float) -> None:
+        self.clocks[address].drift_s = drift
+        self.image.write(
+            self._device_prefix(address) + "clock_drift_s", drift, Quality.GOOD, "", when
+        )
+
+    async def _clock_check(self, address: str, group: PollGroup, retries: int | None) -> None:
+        meter_time = await self._read_clock(address, retries)
+        now = self.wall()
+        if meter_time is None:
             return
         drift = round(meter_time - now, 1)
-        self.image.write(
-            self._device_prefix(address) + "clock_drift_s", drift, Quality.GOOD, "", now
+        self._record_drift(address, drift, now)
+        await self._keep_clock(address, group, drift, now)
+
+    async def _keep_clock(self, address: str, group: PollGroup, drift: float, now: float) -> None:
+        """Bring a drifted clock back within ``max_drift_s``, within the meters' rules.
+
+        A broadcast sync only for offsets up to 5 min, at most one a day, never
+        within 5 min of midnight (meter-local); each is verified by reading the
+        clock back. Beyond 5 min: a level-04 clock write where the config
+        allows it, else the clock_sync_failed alarm (a site visit)."""
+        state = self.clocks[address]
+        if abs(drift) <= group.max_drift_s:
+            state.failed_syncs = 0
+            state.fault = ""
+            return
+        if state.fault:
+            return  # alarmed: nothing more to try until the clock is back within the limit
+        meter = self._meter(address)
+        site_now = to_wall(now, self.site_tz)
+        shown = to_wall(now + drift, self.site_tz)
+        # setting a clock across midnight would move day-stamped records: the next check
+        near_midnight = (
+            min(seconds_to_midnight(site_now), seconds_to_midnight(shown)) < MIDNIGHT_GUARD_S
         )
-        if abs(drift) > group.max_drift_s:
-            # one broadcast sets every meter on the bus; meters never answer it
-            await self.poller.broadcast_time(dt.datetime.fromtimestamp(self.wall()))
-            self.time_syncs += 1
+        if abs(drift) > BROADCAST_SYNC_MAX_S:
+            write = meter.clock_write if meter.clock_write is not None else self.config.clock_write
+            if write:
+                if not near_midnight:
+                    await self._write_clock(address, meter, group, drift)
+            else:
+                state.fault = (
+                    f"clock {drift:+.0f} s off: beyond what a broadcast sync may move "
+                    f"({BROADCAST_SYNC_MAX_S:.0f} s) and clock_write is off; set it on site"
+                )
+            return
+        if near_midnight or self._last_broadcast_day == site_now.date():
+            return  # (or every meter of the bus had today's broadcast already)
+        await self.poller.broadcast_time(to_wall(self.wall(), self.site_tz))
+        self._last_broadcast_day = site_now.date()
+        self.time_syncs += 1
+        after = await self._read_clock(address)
+        if after is None:
+            return
+        checked = self.wall()
+        drift_after = round(after - checked, 1)
+        self._record_drift(address, drift_after, checked)
+        if abs(drift_after) <= group.max_drift_s:
+            state.failed_syncs = 0
+            return
+        state.failed_syncs += 1
+        if state.failed_syncs >= group.sync_attempts:
+            state.fault = (
+                f"clock still {drift_after:+.0f} s off after {state.failed_syncs} "
+                "broadcast time syncs (one a day)"
+            )
+
+    async def _write_clock(
+        self, address: str, meter: MeterConfig, group: PollGroup, drift: float
+    ) -> None:
+        """Set the clock with a level-04 write of 0400010C, journaled as a command record."""
+        state = self.clocks[address]
+        if self.commands is None:
+            state.fault = f"clock {drift:+.0f} s off: a clock write needs the command journal"
+            return
+        cmd = await self.commands.submit(
+            SET_CLOCK_KIND,
+            f"buses/{self.name}/meters/{address}",
+            {"di": CLOCK_DI, "drift_s": drift, "password_level": CLOCK_WRITE_PASSWORD_LEVEL},
+            who="system",
+            why=f"clock {drift:+.0f} s off, beyond a broadcast sync ({BROADCAST_SYNC_MAX_S:.0f} s)",
+        )
+        shown = to_wall(self.wall(), self.site_tz).isoformat(timespec="seconds")
+        await self.commands.transition(cmd.id, "sent")
+        try:
+            await self.poller.write(
+                address,
+                CLOCK_DI,
+                core.encode_value(CLOCK_DI, shown),
+                password_level=CLOCK_WRITE_PASSWORD_LEVEL,
+                password=meter.clock_password,
+                operator=meter.operator,
+            )
+            after = await self._read_clock(address)
+        except (MeterException, BusTimeout, FrameCorrupt) as exc:
+            await self.commands.transition(cmd.id, "failed", reason=str(exc) or type(exc).__name__)
+            state.fault = f"clock write refused or unanswered: {exc}"
+            return
+        checked = self.wall()
+        drift_after = None if after is None else round(after - checked, 1)
+        if drift_after is not None:
+            self._record_drift(address, drift_after, checked)
+        if drift_after is None or abs(drift_after) > group.max_drift_s:
+            reason = f"clock read back {drift_after} s off after the write"
+            await self.commands.transition(cmd.id, "failed", reason=reason)
+            state.fault = reason
+            return
+        await self.commands.transition(
+            cmd.id, "confirmed", reason=f"read back {drift_after:+.1f} s"
+        )
+        state.failed_syncs = 0
+
+    def clock_fault(self, address: str) -> str:
+        """Why this meter's clock cannot be kept from here ("" = it can): clock_sync_failed."""
+        return self.clocks[address].fault
+
+    def _clock_group(self, address: str) -> PollGroup:
+        for name in self._meter(address).groups:
+            if self.groups[name].kind == "clock":
+                return self.groups[name]
+        return PollGroup(period_s=86400.0, kind="clock")
+
+    async def check_clock(self, address: str) -> float | None:
+        """Read the meter's clock now (operator lane) and keep it like the clock group does.
+
+        Returns the drift (meter minus true time, s) as last read, None when unreadable."""
+        group = self._clock_group(address)
+
+        async def action() -> float | None:
+            await self._clock_check(address, group, None)
+            return self.clocks[address].drift_s
+
+        return await self._submit_oneshot(LANES["operator"], address, action)
 
     # -- commands ---------------------------------------------------------------------
     def _meter(self, address: str) -> MeterConfig:
@@ -622,9 +800,10 @@ class Dlt645Bus(BusOwner):
         BusTimeout/FrameCorrupt after retries, or CommandRejected. With
         ``read_back`` an event-lane read of status word 3 follows, so the
         relay tags confirm the command soon after. :meth:`control` reads
-        back in the same slot instead and returns what it read."""
+        back in the same slot instead and returns what it read. ``valid_until``
+        is an aware datetime; it goes on the wire in the site's zone."""
         meter = self._meter(address)
-        until = valid_until or dt.datetime.fromtimestamp(self.wall() + valid_for_s)
+        until = _aware(valid_until) or dt.datetime.fromtimestamp(self.wall() + valid_for_s, dt.UTC)
 
         async def action() -> None:
             await self._send_control(address, meter, n1, until)
@@ -644,7 +823,8 @@ class Dlt645Bus(BusOwner):
         await self.client.control(
             address,
             n1,
-            until,
+            # the meter compares the expiry with its own wall clock: send site time
+            to_wall(until, self.site_tz),
             password_level=meter.password_level,
             password=meter.password,
             operator=meter.operator,
@@ -674,7 +854,7 @@ class Dlt645Bus(BusOwner):
         acted, read the relay to know) or CommandRejected (not sent).
         """
         meter = self._meter(address)
-        until = valid_until or dt.datetime.fromtimestamp(self.wall() + valid_for_s)
+        until = _aware(valid_until) or dt.datetime.fromtimestamp(self.wall() + valid_for_s, dt.UTC)
         self.define_relay_tags(address)
         plan = plan_item(PollItem(di=STATUS_WORD_3))
 
@@ -794,8 +974,12 @@ class Dlt645Bus(BusOwner):
         await self._submit_control(action)
 
     async def broadcast_time_sync(self, when: dt.datetime | None = None) -> None:
+        """0x08 to every meter of the bus: ``when`` (aware; default now) in site time."""
+        at = _aware(when) or self.wall()
+
         async def action() -> None:
-            await self.client.broadcast_time(when or dt.datetime.fromtimestamp(self.wall()))
+            await self.client.broadcast_time(to_wall(at, self.site_tz))
+            self._last_broadcast_day = to_wall(self.wall(), self.site_tz).date()
             self.time_syncs += 1
 
         await self._submit_control(action)

@@ -149,7 +149,8 @@ class Dlt645Client:
         request = core.dlt645_write(
             address, di, password_level, password, operator, value, self.preamble
         )
-        await self._request(request, address, core.FN_WRITE, retries=retries, di=di)
+        # the normal reply (0x94) carries no data, so it cannot be matched by DI
+        await self._request(request, address, core.FN_WRITE, retries=retries)
 
     async def broadcast_time(self, when: dt.datetime) -> None:
         """0x08 broadcast time sync: no meter answers a broadcast."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from controller.process_image import ProcessImage
 from drivers.bus_owner import BusOwner
@@ -27,6 +28,8 @@ class FieldPlant:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         journal: Journal | None = None,
+        site_tz: dt.tzinfo | None = None,
+        commands: Any = None,
     ) -> None:
         self.config = config
         self.image = image
@@ -35,6 +38,7 @@ class FieldPlant:
         for bus in config.buses:
             if isinstance(bus, Dlt645BusConfig):
                 # the journal remembers meters that refuse block DIs across restarts
+                # site_tz: the meters' wall-clock zone; commands: journals clock writes
                 self._buses[bus.name] = Dlt645Bus(
                     bus,
                     config.poll_groups,
@@ -43,6 +47,8 @@ class FieldPlant:
                     wall=wall,
                     esam=esam,
                     journal=journal,
+                    site_tz=site_tz,
+                    commands=commands,
                 )
             elif isinstance(bus, ModbusBusConfig):
                 from drivers.modbus_bus import ModbusBus
@@ -60,6 +66,15 @@ class FieldPlant:
 
     def snapshot(self) -> list[BusSnapshot]:
         return [bus.snapshot() for bus in self._buses.values()]
+
+    def clock_faults(self) -> list[tuple[str, str, str]]:
+        """(bus, meter address, fault) for every DL/T 645 meter; fault "" = its clock is kept."""
+        return [
+            (name, address, bus.clock_fault(address))
+            for name, bus in self._buses.items()
+            if isinstance(bus, Dlt645Bus)
+            for address in bus.meters
+        ]
 
     def bus(self, name: str) -> BusOwner:
         try:

@@ -618,7 +618,16 @@ class LoadsSubsystem:
         svc = self.service
         if svc.plant is None:
             raise LoadsError("loads: no field plant running; loads need their buses")
-        rt = LoadsRuntime(self.config, svc.commands, svc.image, alarms=svc.alarms, plant=svc.plant)
+        site_tz = svc.config.site.tz
+        rt = LoadsRuntime(
+            self.config,
+            svc.commands,
+            svc.image,
+            alarms=svc.alarms,
+            plant=svc.plant,
+            # tariff periods, no-trip windows and demand schedules are site wall-clock times
+            local=lambda t: dt.datetime.fromtimestamp(t, site_tz).replace(tzinfo=None),
+        )
         await rt.start()
         self.runtime = rt
         svc.commands.kinds = svc.commands.kinds | set(KIND_NAMES)

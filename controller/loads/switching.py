@@ -193,7 +193,10 @@ class MeterRelay:
         confirmation loop reads again).
         """
         result = await self.bus.control(
-            self.address, N1[kind], valid_until=dt.datetime.fromtimestamp(valid_until)
+            # an instant (aware UTC); the bus puts it on the wire in the site's zone
+            self.address,
+            N1[kind],
+            valid_until=dt.datetime.fromtimestamp(valid_until, dt.UTC),
         )
         return None if result.status is None else _relay_state(result.status)
 

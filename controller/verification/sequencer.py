@@ -69,6 +69,7 @@ from controller.verification.scheme import (
     starting_amperes,
 )
 from controller.verification.temperature import station_tag
+from drivers.site_time import host_zone, to_wall
 from drivers.verification_rig import CLOCK_PULSE_NOMINAL_HZ, station_point, unit_point
 
 OVER_TEMPERATURE = "over-temperature"
@@ -131,8 +132,11 @@ class Sequencer:
         clock: Clock,
         image: ProcessImage | None = None,
         alarms: AlarmSink | None = None,
+        site_tz: dt.tzinfo | None = None,
     ) -> None:
         self.config = config
+        # the zone of the meters' wall clocks: a 1C expiry is wall-clock time
+        self.site_tz = site_tz or host_zone()
         self.rig = rig
         self.repo = repo
         self.clock = clock
@@ -1003,7 +1007,8 @@ class Sequencer:
                 self.clock.now(),
             )
         if isinstance(item, CostControlItem):
-            expiry = dt.datetime.fromtimestamp(self.clock.now() + item.expiry_min * 60, dt.UTC)
+            # the meter compares the expiry with its own clock: site wall-clock time
+            expiry = to_wall(self.clock.now() + item.expiry_min * 60, self.site_tz)
             valid_until = (
                 expiry.year,
                 expiry.month,

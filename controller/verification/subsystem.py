@@ -136,7 +136,9 @@ class VerificationLineSubsystem:
         self.repo = ResultsRepository(self.conn, install=False)  # tables: journal migrations
         self.rig = build_sim_rig(cfg, mt, self.clock)
         alarms = EngineAlarms(svc.alarms)
-        self.seq = Sequencer(cfg, self.rig, self.repo, self.clock, svc.image, alarms)
+        self.seq = Sequencer(
+            cfg, self.rig, self.repo, self.clock, svc.image, alarms, site_tz=svc.config.site.tz
+        )
         self.supervisor = TemperatureSupervisor(
             self.rig.stations,
             cfg.temperature.limit_c,

@@ -13,7 +13,9 @@ believable plant:
 - energy integrates power, into the total and into the tariff register its
   own time-of-use table names for the meter's clock; remaining money falls
   with energy × tariff;
-- the meter clock drifts at a per-meter rate until a broadcast time sync.
+- the meter clock drifts at a per-meter rate until a broadcast time sync;
+  it is wall-clock time in the meter's own zone (zoneinfo, its config's
+  ``timezone``), so a controller that sends another zone's time is seen to.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
 
 from drivers.config import SimMeterConfig
 from drivers.errors import ERR_NO_DATA, ERR_OTHER, ERR_PASSWORD
@@ -37,6 +40,8 @@ from drivers.sim.esam_card import EsamCard, card_for
 
 # Seconds after a "close allowed" (1B) before the simulated customer presses the button.
 CUSTOMER_CLOSE_DELAY_S = 3.0
+# Meters refuse a broadcast time sync that would move them further than this.
+TIME_SYNC_LIMIT_S = 300.0
 NOMINAL_VOLTAGE_V = 220.0
 # a PT's secondary is 100 V line to line: 57.7 V per phase at nominal primary voltage
 PT_SECONDARY_PHASE_V = 100.0 / math.sqrt(3.0)
@@ -114,6 +119,11 @@ class SimMeter:
     keep_power: bool = False
     clock_drift_s_per_day: float = 0.5
     clock_offset_s: float = 0.0
+    tz: ZoneInfo = field(default_factory=lambda: ZoneInfo("Asia/Shanghai"))
+    time_sync_rules: bool = True
+    time_syncs_applied: int = 0
+    time_syncs_refused: int = 0
+    _last_sync_day: dt.date | None = None
     time_scale: float = 1.0
     ct_ratio: float = 1.0
     pt_ratio: float = 1.0
@@ -167,6 +177,8 @@ class SimMeter:
             if cfg.clock_drift_s_per_day is not None
             else rng.uniform(-2.0, 2.0),
             clock_offset_s=cfg.clock_offset_s,
+            tz=ZoneInfo(cfg.timezone),
+            time_sync_rules=cfg.time_sync_rules,
             time_scale=time_scale,
             rng=rng,
             faults=set(cfg.faults) | ({REFUSE_BLOCK_DIS} if cfg.refuse_block_dis else set()),
@@ -205,14 +217,14 @@ class SimMeter:
             if self.relay_open:
                 self._power_kw = 0.0
             else:
-                local = dt.datetime.fromtimestamp(at)
+                local = dt.datetime.fromtimestamp(at, self.tz)
                 hour = local.hour + local.minute / 60.0
                 self._power_kw = self.peak_kw * load_profile(hour) * self.rng.uniform(0.97, 1.03)
             # the meter integrates what it measures: the primary load through its transformers
             used = self._power_kw / (self.ct_ratio * self.pt_ratio) * step / 3600.0
             self.energy_kwh += used
             # the register in force on the meter's own clock when the step began
-            meter_local = dt.datetime.fromtimestamp(at - step + self.clock_offset_s)
+            meter_local = dt.datetime.fromtimestamp(at - step + self.clock_offset_s, self.tz)
             register = tou_register(self.tou, meter_local.hour * 60 + meter_local.minute)
             self.tariff_kwh[register - 1] += used
             self.money_yuan -= used * self.tariff
@@ -260,7 +272,7 @@ class SimMeter:
         pfs: list[float | None] = [round(self._pf, 3)] + [
             round(self._pf, 3) if volts_opt[i] is not None else None for i in range(3)
         ]
-        clock = dt.datetime.fromtimestamp(wall + self.clock_offset_s)
+        clock = self.local_clock(wall)
         e = round(self.energy_kwh, 2)
         tariffs = [e, *(round(t, 2) for t in self.tariff_kwh)]
         table: dict[str, object] = {
@@ -288,6 +300,7 @@ class SimMeter:
             "02800002": round(self.rng.uniform(49.98, 50.02), 2),
             "04000101": clock.strftime("%Y-%m-%d"),
             "04000102": clock.strftime("%H:%M:%S"),
+            "0400010C": clock.strftime("%Y-%m-%dT%H:%M:%S"),
             "04000401": self.address,
             "04000501": 0,
             "04000502": 0,
@@ -314,7 +327,9 @@ class SimMeter:
         if fn == wire.FN_READ_ADDRESS:
             return [wire.dlt645_reply(self.address, fn, _address_bytes(self.address))]
         if fn == wire.FN_WRITE:
-            return self._write(frame)
+            replies = self._write(frame)
+            self._take_clock_write(wall)
+            return replies
         if fn == wire.FN_FREEZE:
             self.frozen_energy_kwh = self.energy_kwh
             return [wire.dlt645_reply(self.address, fn)]
@@ -324,11 +339,39 @@ class SimMeter:
             return self._control(frame, now, wall)
         return [wire.dlt645_exception(self.address, fn, ERR_OTHER)]
 
+    def local_clock(self, wall: float) -> dt.datetime:
+        """What the meter's clock shows (naive wall-clock time in its own zone)."""
+        return dt.datetime.fromtimestamp(wall + self.clock_offset_s, self.tz).replace(tzinfo=None)
+
+    def _offset_for(self, shown: dt.datetime, wall: float) -> float:
+        """The clock offset that makes the meter show ``shown`` (its local time) at ``wall``."""
+        return shown.replace(tzinfo=self.tz).timestamp() - wall
+
     def broadcast_time(self, data: bytes, wall: float) -> None:
-        """0x08: set the clock (ss mm hh DD MM YY); no reply (broadcast)."""
+        """0x08: set the clock (ss mm hh DD MM YY, meter-local); no reply (broadcast).
+
+        With the rules on, like a real meter it refuses a sync that moves its
+        clock more than 5 min, or a second one on the same (local) day."""
         when = _parse_time6(data)
-        if when is not None:
-            self.clock_offset_s = when.timestamp() - wall
+        if when is None or "ignore_time_sync" in self.faults:
+            return
+        offset = self._offset_for(when, wall)
+        if self.time_sync_rules:
+            moved = abs(offset - self.clock_offset_s)
+            if moved > TIME_SYNC_LIMIT_S or self.local_clock(wall).date() == self._last_sync_day:
+                self.time_syncs_refused += 1
+                return
+        self.clock_offset_s = offset
+        self._last_sync_day = self.local_clock(wall).date()
+        self.time_syncs_applied += 1
+
+    def _take_clock_write(self, wall: float) -> None:
+        # a 0x14 write of 0400010C sets the clock; it is not kept as a stored value
+        raw = self.written.pop("0400010C", None)
+        if raw is None:
+            return
+        shown = dt.datetime.fromisoformat(str(wire.decode_value("0400010C", raw)))
+        self.clock_offset_s = self._offset_for(shown, wall)
 
     def _read(self, frame: wire.Dlt645Frame, wall: float, max_frame_data: int) -> list[bytes]:
         di_raw = frame.data[:4]
@@ -404,8 +447,8 @@ class SimMeter:
             return [wire.dlt645_exception(self.address, wire.FN_CONTROL, ERR_PASSWORD)]
         n1 = data[8]
         expiry = _parse_time6(data[10:16])
-        meter_now = wall + self.clock_offset_s
-        if expiry is None or expiry.timestamp() < meter_now:
+        # the expiry is wall-clock time: compared with what this meter's clock shows
+        if expiry is None or expiry < self.local_clock(wall):
             # an expired command must never act (its validity time has passed)
             return [wire.dlt645_exception(self.address, wire.FN_CONTROL, ERR_OTHER)]
         if n1 == wire.N1_TRIP:

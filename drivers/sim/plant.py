@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,9 +36,17 @@ class _Wire(Protocol):
 
 
 class SimulatedPlant:
-    def __init__(self, config: FieldConfig, *, fast: bool | None = None) -> None:
+    def __init__(
+        self,
+        config: FieldConfig,
+        *,
+        fast: bool | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.fast = config.sim.fast if fast is None else fast
+        # true time as the meters' clocks see it (tests: a clock placed at midnight)
+        self._wall = wall
         self.farms: dict[str, MeterFarm] = {}
         self.modbus: dict[str, ModbusDeviceServer] = {}
         self.warehouse: Any = None  # drivers.sim.warehouse.WarehouseServer
@@ -110,6 +119,7 @@ class SimulatedPlant:
             fast=self.fast,
             max_frame_data=sb.max_frame_data,
             seed=sim.seed,
+            wall=self._wall,
         )
         self.farms[bus.name] = farm
         if bus.is_tcp:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import ConfigError, GridConfig, load_config
+from controller.config import ConfigError, GridConfig, load_config, validate_config
 from controller.cpu_affinity import format_cpu_list
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,9 +47,17 @@ BAD_CONFIGS = [
         "[bogus]\nx = 1\n",
         [
             "bogus: unknown key (allowed: buses, esam, journal, line, loads, metrics, opcua, poll_groups, "
-            "service, sim, tasks, warehouse)"
+            "service, sim, site, tasks, warehouse)"
         ],
     ),
+    (
+        '[site]\ntimezone = "Beijing"\n',
+        [
+            "site.timezone: must be an IANA time zone name such as 'Asia/Shanghai' or 'UTC' "
+            "(got 'Beijing')"
+        ],
+    ),
+    ("[site]\ntimezone = 8\n", ["site.timezone: must be a string (got 8)"]),
     (
         "[tasks]\nrealtime_priority = 100\n",
         ["tasks.realtime_priority: must be between 0 and 99 (got 100)"],
@@ -228,3 +236,17 @@ def test_tasks_cpus_one_of_several_is_accepted_and_duplicates_are_not(tmp_path):
     assert _tasks_cpus_problems(tmp_path, f"[{CPUS[0]}, {CPUS[0]}]") == [
         f"tasks.cpus: must not name a CPU twice (got [{CPUS[0]}, {CPUS[0]}])"
     ]
+
+
+def test_site_timezone_defaults_to_the_host_zone(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "America/Chicago")
+    time.tzset()
+    try:
+        assert validate_config({}).site.timezone == "America/Chicago"
+        cfg = validate_config({"site": {"timezone": "Asia/Shanghai"}})
+        assert cfg.site.tz.key == "Asia/Shanghai"
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -156,3 +156,20 @@ def test_in_process_helpers(capsys: pytest.CaptureFixture[str]) -> None:
     (line,) = lines(capsys.readouterr().out)
     assert line["value"] == "21:53:55"
     assert line["di_name"] == "time"
+
+
+def test_time_sync_with_an_offset_is_sent_in_the_meters_zone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from controller.cli import main
+
+    # 02:22:51 UTC is 10:22:51 Beijing time (UTC + 8 h): the same frame as the
+    # vector's naive 2017-06-05T10:22:51
+    want = dict(ENCODE_CASES)["broadcast_time_sync"]
+    assert main(["frame", "encode", *want]) == 0
+    expected = capsys.readouterr().out
+    argv = ["frame", "encode", "time-sync", "--time", "2017-06-05T02:22:51+00:00"]
+    assert main([*argv, "--timezone", "Asia/Shanghai"]) == 0
+    assert capsys.readouterr().out == expected
+    assert main([*argv, "--timezone", "Mars/Base"]) == 2
+    assert "--timezone: must be an IANA time zone name" in capsys.readouterr().err

@@ -8,10 +8,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from drivers.config import FieldConfig
+
+# The zone of the simulated meters' clocks; the controller side is told it, as on site.
+SITE_TZ = ZoneInfo("Asia/Shanghai")
 
 GROUPS = """
 [poll_groups.instant]
@@ -135,12 +139,15 @@ async def running() -> Any:
 
     started: list[Any] = []
 
-    async def start(config: FieldConfig) -> tuple[SimulatedPlant, FieldPlant, ProcessImage]:
-        sim = SimulatedPlant(config)
+    async def start(
+        config: FieldConfig, wall: Callable[[], float] = time.time
+    ) -> tuple[SimulatedPlant, FieldPlant, ProcessImage]:
+        sim = SimulatedPlant(config, wall=wall)
         await sim.start()
         started.append(sim)
         image = ProcessImage()
-        plant = FieldPlant(config, image)
+        # the simulated meters keep Beijing time (SimMeterConfig.timezone default)
+        plant = FieldPlant(config, image, wall=wall, site_tz=SITE_TZ)
         await plant.start()
         started.append(plant)
         return sim, plant, image

@@ -15,7 +15,7 @@ from controller.journal import Journal
 from controller.loads.config import LoadsConfig
 from controller.loads.switching import SwitchingExecutor, actuators_for
 from controller.process_image import ProcessImage
-from tests.drivers.conftest import dlt645_config, free_port, wait_for
+from tests.drivers.conftest import SITE_TZ, dlt645_config, free_port, wait_for
 
 __all__ = ["Rig", "dlt645_config", "free_port", "wait_for"]
 
@@ -66,7 +66,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Any]:
         await sim.start()
         started.append(sim)
         image = ProcessImage()
-        plant = FieldPlant(field, image)
+        plant = FieldPlant(field, image, site_tz=SITE_TZ)
         await plant.start()
         started.append(plant)
         journal = Journal(tmp_path / "journal.sqlite")

@@ -17,6 +17,7 @@ import json
 import sys
 import tomllib
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from controller.commands import CommandLog
 from controller.journal import Journal
@@ -25,6 +26,9 @@ from controller.loads.switching import SwitchingExecutor, actuators_for
 from controller.process_image import ProcessImage
 from drivers.config import FieldConfig
 from drivers.plant import FieldPlant
+
+# the simulated meters keep Beijing time; the controller is told so, as on site
+SITE_TZ = ZoneInfo("Asia/Shanghai")
 
 LOADS = {
     "loads": [{"name": "l1", "bus": "bus1", "address": "000000000001"}],
@@ -36,7 +40,7 @@ async def main() -> None:
     field_path, journal_path, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     field = FieldConfig.model_validate(tomllib.loads(field_path.read_text()))
     image = ProcessImage()
-    plant = FieldPlant(field, image)
+    plant = FieldPlant(field, image, site_tz=SITE_TZ)
     await plant.start()
     journal = Journal(journal_path)
     journal.open()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import tomllib
 
@@ -23,6 +24,8 @@ async def test_service_runs_loads_and_routes_commands(tmp_path):
             "tasks": {"gc_freeze": False, "control_period_ms": 200},
             "journal": {"path": str(tmp_path / "var" / "journal.sqlite")},
             "metrics": {"port": 0},
+            # the simulated meters keep Beijing time
+            "site": {"timezone": "Asia/Shanghai"},
             "opcua": {"enabled": False},
             "loads": {
                 "loads": [{"name": "l1", "bus": "bus1", "address": ADDR1}],
@@ -46,6 +49,9 @@ async def test_service_runs_loads_and_routes_commands(tmp_path):
             CommandRequest("loads/l1", "trip", "test", "otto", "operator", "tok-1", time.time())
         )
         rt = svc.subsystems[0].runtime
+        # tariff periods, no-trip windows and demand schedules read the site's wall
+        # clock: 2026-12-01T02:00:00Z (1_796_090_400) is 10:00 in Beijing (UTC + 8 h)
+        assert rt._local(1_796_090_400.0) == dt.datetime(2026, 12, 1, 10, 0)
         cmd = await rt.executor.wait(cid)
         assert cmd.state is CommandState.CONFIRMED, cmd.reason
         assert sim.farms["bus1"].meters[ADDR1].relay_open
