@@ -32,6 +32,7 @@ lint: build
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy controller drivers opcua_server hmi
 	cargo fmt --all -- --check
 	cargo clippy --quiet --all-targets -- -D warnings
 	$(PY) -m mypy.stubtest controller._core_rs --ignore-disjoint-bases --allowlist .stubtest-allowlist

@@ -53,13 +53,12 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigFileError as exc:
         print(f"gridctl sim: {exc}", file=sys.stderr)
         return 2
+    serve = _serve(config, fast=True if args.fast else None, parent=args.exit_with_parent)
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    return runner(_serve(config, fast=True if args.fast else None, parent=args.exit_with_parent))
+        return asyncio.run(serve)
+    return uvloop.run(serve)
 
 
 async def _watch_parent(pid: int, stop: asyncio.Event) -> None:

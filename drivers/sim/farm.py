@@ -131,9 +131,10 @@ class MeterFarm:
                 return self.response_delay_s, [self._rng.randbytes(18)]
             meter = live[0]
         else:
-            meter = self.meters.get(address)
-            if meter is None or "dead" in meter.faults:
+            found = self.meters.get(address)
+            if found is None or "dead" in found.faults:
                 return 0.0, []
+            meter = found
         replies = meter.handle(frame, now, wall, self.max_frame_data)
         delay = self.response_delay_s
         if "slow" in meter.faults:

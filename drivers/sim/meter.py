@@ -266,12 +266,10 @@ class SimMeter:
         for i in range(3):
             v = volts_opt[i]
             currents.append(None if v is None else round(per_phase * 1000 / (v * self._pf), 3))
-        powers: list[float | None] = [round(p, 4)] + [
-            round(per_phase, 4) if volts_opt[i] is not None else None for i in range(3)
-        ]
-        pfs: list[float | None] = [round(self._pf, 3)] + [
-            round(self._pf, 3) if volts_opt[i] is not None else None for i in range(3)
-        ]
+        powers: list[float | None] = [round(p, 4)]
+        powers += [round(per_phase, 4) if volts_opt[i] is not None else None for i in range(3)]
+        pfs: list[float | None] = [round(self._pf, 3)]
+        pfs += [round(self._pf, 3) if volts_opt[i] is not None else None for i in range(3)]
         clock = self.local_clock(wall)
         e = round(self.energy_kwh, 2)
         tariffs = [e, *(round(t, 2) for t in self.tariff_kwh)]
