@@ -378,7 +378,7 @@ class AlarmEngine:
 
     # -- rule helpers -----------------------------------------------------------------------
     def check_bus(self, snap: Any) -> None:
-        """From a drivers.bus_stats.BusSnapshot: bus down when not connected."""
+        """From a controller.bus_stats.BusSnapshot: bus down when not connected."""
         self.set(
             "bus_down", f"bus/{snap.name}", not snap.connected, f"bus {snap.name} not connected"
         )

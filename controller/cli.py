@@ -23,7 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "results": "controller.verification.cli",
     "hmi": "controller.hmi_cli",
     "inventory": "controller.warehouse.cli",
-    "certs": "opcua_server.certs_cli",
+    "certs": "controller.certs_cli",
 }
 
 

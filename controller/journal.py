@@ -57,7 +57,7 @@ from typing import Any
 
 from controller.cpu_affinity import pin_current_thread
 from controller.cycle import Series
-from controller.verification.results import RESULTS_SCHEMA
+from controller.results_schema import RESULTS_SCHEMA
 
 log = logging.getLogger("gridctl.journal")
 
@@ -120,7 +120,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX events_by_time ON events(at);
         """,
     ),
-    # verification results (controller.verification.results owns the tables)
+    # verification results (controller.verification.results owns the queries)
     *((f"verification results {n}", step) for n, step in enumerate(RESULTS_SCHEMA, start=1)),
     (
         "refused OPC UA logins",

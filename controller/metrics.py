@@ -79,7 +79,7 @@ class Sources:
     """What the collector reads; every entry optional (a part not running is simply absent)."""
 
     tasks: Callable[[], Iterable[CycleTask]] = lambda: ()
-    buses: Callable[[], Iterable[Any]] = lambda: ()  # drivers.bus_stats.BusSnapshot
+    buses: Callable[[], Iterable[Any]] = lambda: ()  # controller.bus_stats.BusSnapshot
     commands: Any = None  # controller.commands.CommandLog
     alarms: Any = None  # controller.alarms.AlarmEngine
     journal: Any = None  # controller.journal.Journal

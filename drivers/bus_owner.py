@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from controller import _core_rs as core
+from controller.bus_stats import BusSnapshot
 from controller.process_image import ProcessImage, Quality
 from controller.quality_reason import Reason
 from controller.task_stop import stop_task
-from drivers.bus_stats import BusSnapshot
 from drivers.config import LinkConfig, Quarantine
 from drivers.errors import (
     BusTimeout,

@@ -792,20 +792,8 @@ class ConfigFileError(ValueError):
 
 
 def load_field_config(path: str | Path) -> FieldConfig:
-    """Load the field part of a config file.
-
-    Uses the root loader (`controller.config.load_config`) when it exists, so
-    every section is checked; otherwise reads the TOML and validates only the
-    drivers' keys."""
-    try:
-        from controller.config import ConfigError, load_config
-    except ImportError:
-        pass
-    else:
-        try:
-            return load_config(path)
-        except ConfigError as exc:
-            raise ConfigFileError(str(exc)) from exc
+    """Load the field part of a config file: the drivers' sections, validated; the
+    rest of the file is the service's to check (``gridctl check-config``)."""
     import tomllib
 
     try:

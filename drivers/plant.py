@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from controller.bus_stats import BusSnapshot
 from controller.process_image import ProcessImage
 from drivers.bus_owner import BusOwner
-from drivers.bus_stats import BusSnapshot
 from drivers.config import Dlt645BusConfig, FieldConfig, ModbusBusConfig
 from drivers.dlt645_bus import Dlt645Bus
 from drivers.esam import Esam

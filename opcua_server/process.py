@@ -38,11 +38,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from controller.bus_stats import BusSnapshot
 from controller.process_image import ChangeQueue, ProcessImage, Quality, TagValue
 from controller.quality_reason import reason_from_wire
 from controller.task_stop import stop_task
 from controller.unix_socket import peer_credentials
-from drivers.bus_stats import BusSnapshot
 
 from .channel import ChannelError, FrameDecoder, encode, raise_error
 from .config import OpcUaConfig, Role, SetpointRule

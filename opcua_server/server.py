@@ -16,9 +16,9 @@ from typing import Any
 
 from asyncua import Server, ua
 
+from controller.bus_stats import BusSnapshot
 from controller.process_image import ChangeQueue, ProcessImage, Tag
 from controller.task_stop import stop_task
-from drivers.bus_stats import BusSnapshot
 from opcua_server.ua_values import node_id, status_code, ua_time
 
 from . import browse, connection_limits, publish_encoding

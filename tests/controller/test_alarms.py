@@ -1,8 +1,8 @@
 import pytest
 
 from controller.alarms import AlarmEngine, AlarmError, AlarmState, Severity
+from controller.bus_stats import BusSnapshot
 from controller.journal import Journal
-from drivers.bus_stats import BusSnapshot
 
 
 class Clock:

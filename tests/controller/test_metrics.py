@@ -5,13 +5,13 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.alarms import AlarmEngine
+from controller.bus_stats import BusSnapshot
 from controller.commands import CommandLog
 from controller.cycle import CycleTask, VirtualTime
 from controller.exposition import TextExposition
 from controller.journal import Journal
 from controller.metrics import MetricsServer, Sources, make_registry
 from controller.process_image import ProcessImage
-from drivers.bus_stats import BusSnapshot
 
 
 def samples(registry):

@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.bus_stats import BusSnapshot
 from controller.config import ConfigError, validate_config
 from controller.metrics import BasicAuth, MetricsServer, Sources, make_registry, tls_context
 from controller.password_hash import hash_password
 from controller.service import Service
-from drivers.bus_stats import BusSnapshot
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.bus_stats import BusSnapshot
 from controller.process_image import ProcessImage, Quality
 from controller.quality_reason import Reason
-from drivers.bus_stats import BusSnapshot
 from opcua_server import (
     AlarmInfo,
     CommandRefused,

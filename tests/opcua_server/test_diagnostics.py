@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from asyncua import ua
 
-from drivers.bus_stats import BusSnapshot
+from controller.bus_stats import BusSnapshot
 
 from .conftest import client_for, nid, ns_of
 

@@ -23,11 +23,11 @@ import pytest
 from asyncua import Client, ua
 
 from controller.alarms import AlarmEngine
+from controller.bus_stats import BusSnapshot
 from controller.commands import CommandLog
 from controller.config import ConfigError, validate_config
 from controller.journal import Journal
 from controller.process_image import ProcessImage, Quality
-from drivers.bus_stats import BusSnapshot
 from opcua_server.adapters import CommandLogSink, EngineAlarmSource
 from opcua_server.channel import ChannelError, FrameDecoder, encode, error_name, raise_error
 from opcua_server.methods import CommandNotSupported, CommandRefused

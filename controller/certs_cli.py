@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .pki import CertificateInfo, CertificateStore, UnknownCertificate
+from opcua_server.pki import CertificateInfo, CertificateStore, UnknownCertificate
 
 _DATE = "%Y-%m-%d %H:%M:%SZ"
 
