@@ -18,12 +18,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from controller.line_sim import build_sim_rig  # noqa: E402
 from controller.verification.clock import VirtualClock  # noqa: E402
 from controller.verification.config import demo_line  # noqa: E402
 from controller.verification.results import ResultsRepository  # noqa: E402
 from controller.verification.scheme import load_scheme  # noqa: E402
 from controller.verification.sequencer import MeterTask, Sequencer  # noqa: E402
-from controller.verification.sim_line import build_sim_rig  # noqa: E402
 from drivers.sim.rig import SimMeterSpec  # noqa: E402
 
 TARGET = 1.05

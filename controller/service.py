@@ -138,9 +138,11 @@ class Service:
             self.add_subsystem(LoadsSubsystem(self, config.loads))
         line = None
         if config.line is not None and config.line.enabled:
+            from controller.line_sim import SimulatedLinePlant
             from controller.verification.subsystem import VerificationLineSubsystem
 
-            line = VerificationLineSubsystem(self, config.line)
+            # the product drives the simulated line rig (the only rig driver so far)
+            line = VerificationLineSubsystem(self, config.line, SimulatedLinePlant())
             self.add_subsystem(line)
         self.control.attach("alarms", self._control_alarms)
         self.control.attach("command-expiry", self._control_expiry)

@@ -319,8 +319,9 @@ class AccountConfig(_Model):
     # (0001FF00) at its register's price, so energy used while the meter was not
     # read is still billed at the tariff it was used in; "reading_time": bill
     # the total's increment at the price in force when it is read (meters
-    # without tariff registers)
-    billing: Literal["tariff_registers", "reading_time"] = "reading_time"
+    # without tariff registers). Unset: tariff registers when the account's tariff
+    # prices them (register_prices), the reading time otherwise.
+    billing: Literal["tariff_registers", "reading_time"] | None = None
 
     @model_validator(mode="after")
     def _order(self) -> AccountConfig:
@@ -416,6 +417,11 @@ class LoadsConfig(_Model):
                     f"accounts[{ai}].tariff: unknown tariff {a.tariff!r} "
                     f"(tariffs: {', '.join(sorted(tariffs)) or 'none'})"
                 )
+            if a.billing is None:
+                mode = (
+                    "tariff_registers" if self.tariff(a.tariff).register_prices else "reading_time"
+                )
+                object.__setattr__(a, "billing", mode)
             if a.billing == "tariff_registers" and not self.tariff(a.tariff).register_prices:
                 raise ValueError(
                     f"accounts[{ai}].billing: 'tariff_registers' needs register_prices "

@@ -199,7 +199,16 @@ class LoadsRuntime:
         self.executor = executor
         self.groups = {g.name: DemandGroup(g) for g in config.groups}
         self.accounts: dict[str, PrepaidAccount] = {}
-        for a in config.accounts:
+        for ai, a in enumerate(config.accounts):
+            x = self.executor.loads[a.load]
+            register = f"buses/{x.bus}/meters/{x.address}/energy_fwd_active_t1"
+            if a.billing == "tariff_registers" and register not in image:
+                # billing would wait for registers that never come: say so at start
+                raise ValueError(
+                    f"loads.accounts[{ai}].billing: 'tariff_registers' but meter {x.address} "
+                    f"on {x.bus} does not read its tariff registers (add 0001FF00 to one of "
+                    "its poll groups, or set billing = 'reading_time')"
+                )
             self.accounts[a.id] = PrepaidAccount(
                 a, config.tariff(a.tariff), config.no_trip, balance=a.opening_balance
             )

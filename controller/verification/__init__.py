@@ -3,6 +3,6 @@
 Schemes are data (:mod:`.scheme`), computations follow the regulation exactly
 (:mod:`.errors`), the :mod:`.sequencer` runs a batch on any rig that fulfils
 the contract in ``drivers.verification_rig`` (the simulated rig, ``drivers.sim.rig``,
-is built by :mod:`.sim_line`),
+is handed over by the service through the subsystem's ``LinePlant``),
 and :mod:`.results` keeps every measured result durable.
 """

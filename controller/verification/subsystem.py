@@ -24,23 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import random
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from controller.alarms import AlarmError
 from controller.commands import Command, CommandError, CommandState
 from controller.verification.clock import Clock, RealClock, ScaledClock
 from controller.verification.config import LineConfig
 from controller.verification.results import RepositoryError, ResultsRepository
-from controller.verification.scheme import Scheme, SchemeError, load_scheme
+from controller.verification.scheme import MeterType, Scheme, SchemeError, load_scheme
 from controller.verification.sequencer import BatchError, MeterTask, Sequencer
-from controller.verification.sim_line import build_sim_rig
 from controller.verification.sink import (
     ABORT_BATCH,
     START_BATCH,
@@ -48,7 +45,7 @@ from controller.verification.sink import (
     LineCommandSink,
 )
 from controller.verification.temperature import TemperatureSupervisor
-from drivers.sim.rig import SimMeterSpec, SimRig
+from drivers.verification_rig import Rig
 from opcua_server.methods import CommandRefused
 
 log = logging.getLogger("gridctl.line")
@@ -71,21 +68,6 @@ class EngineAlarms:
             log.exception("line: alarm %s on %s not raised", kind, source)
 
 
-def sim_spec(barcode: str, address: str) -> SimMeterSpec:
-    """A simulated meter for a barcode: reproducible, mostly good, about one in twelve
-    out of tolerance (so a demo batch shows both verdicts)."""
-    rng = random.Random(int.from_bytes(hashlib.sha256(barcode.encode()).digest()[:8], "big"))
-    error = round(rng.uniform(-0.5, 0.5), 2)
-    if rng.random() < 1 / 12:
-        error = rng.choice((1.4, -1.6))
-    return SimMeterSpec(
-        barcode=barcode,
-        address=address,
-        error_pct=error,
-        clock_drift_s_per_day=round(rng.uniform(-0.3, 0.3), 3),
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class FeedRequest:
     """The command request of a batch the warehouse fed (journaled like an operator's)."""
@@ -100,12 +82,30 @@ class FeedRequest:
     source: str = "warehouse"
 
 
+class LinePlant(Protocol):
+    """The physical side of the line as the service hands it over (the simulated
+    plant, ``controller.line_sim``, or a site's): the rig, and the meters that
+    reach it (a site's handling system reports them; the simulator creates them)."""
+
+    def build(self, config: LineConfig, meter_type: MeterType, clock: Clock) -> Rig: ...
+
+    def clear(self) -> None:
+        """An empty line: what an aborted or failed batch left was taken off."""
+
+    def arrive(self, meters: Iterable[tuple[str, str]]) -> None:
+        """(barcode, address) of meters arriving on the infeed conveyor."""
+
+    def on_station(self, station: int, barcode: str, address: str) -> None:
+        """A meter still on its station after a restart."""
+
+
 class VerificationLineSubsystem:
     name = "verification line"
 
-    def __init__(self, service: Any, config: LineConfig) -> None:
+    def __init__(self, service: Any, config: LineConfig, plant: LinePlant) -> None:
         self.service = service
         self.config = config
+        self.plant = plant
         self.stations = len(config.station_ids)
         self.meter_type_name = config.default_meter_type
         self.schemes: dict[str, Scheme] = {}
@@ -114,7 +114,7 @@ class VerificationLineSubsystem:
         )
         self.conn: sqlite3.Connection | None = None
         self.repo: ResultsRepository | None = None
-        self.rig: SimRig | None = None
+        self.rig: Rig | None = None
         self.seq: Sequencer | None = None
         self.supervisor: TemperatureSupervisor | None = None
         self.sink = LineCommandSink(self)
@@ -134,7 +134,7 @@ class VerificationLineSubsystem:
         self.conn = sqlite3.connect(svc.journal.path, timeout=5.0)
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.repo = ResultsRepository(self.conn, install=False)  # tables: journal migrations
-        self.rig = build_sim_rig(cfg, mt, self.clock)
+        self.rig = self.plant.build(cfg, mt, self.clock)
         alarms = EngineAlarms(svc.alarms)
         self.seq = Sequencer(
             cfg, self.rig, self.repo, self.clock, svc.image, alarms, site_tz=svc.config.site.tz
@@ -325,8 +325,8 @@ class VerificationLineSubsystem:
         await self.service.commands.transition(cmd.id, CommandState.SENT, reason="batch created")
         # The simulated plant: the meters of the batch arrive on the infeed conveyor of an
         # empty line (what an aborted or failed batch left was taken off first).
-        self.rig.clear()
-        self.rig.feed(sim_spec(m.barcode, m.address) for m in batch.meters)
+        self.plant.clear()
+        self.plant.arrive((m.barcode, m.address) for m in batch.meters)
         self._launch(batch_id, len(batch.meters))
         await self.service.commands.transition(
             cmd.id,
@@ -508,10 +508,9 @@ class VerificationLineSubsystem:
         # The simulated plant kept its meters while the controller was down: loaded ones
         # are still on their stations, the rest wait on the infeed.
         for m in rec.meters:
-            spec = sim_spec(m.barcode, m.address)
             if m.state == "queued":
-                self.rig.feed([spec])
+                self.plant.arrive([(m.barcode, m.address)])
             elif m.state != "boxed":
-                self.rig.place(m.station, spec)
+                self.plant.on_station(m.station, m.barcode, m.address)
         log.info("line: resuming batch %s (was %s)", batch_id, state)
         self._launch(batch_id, len(rec.meters))

@@ -3,13 +3,13 @@ from pathlib import Path
 
 import pytest
 
+from controller.line_sim import build_sim_rig
 from controller.process_image import ProcessImage
 from controller.verification.clock import VirtualClock
 from controller.verification.config import demo_line
 from controller.verification.results import ResultsRepository
 from controller.verification.scheme import load_scheme
 from controller.verification.sequencer import MeterTask, Sequencer
-from controller.verification.sim_line import build_sim_rig
 from drivers.sim.rig import SimMeterSpec
 
 SCHEMES = Path(__file__).resolve().parents[2] / "config" / "schemes"

@@ -4,12 +4,12 @@ on a real SQLite file, the simulated rig logging every value it produces."""
 import sqlite3
 import sys
 
+from controller.line_sim import build_sim_rig
 from controller.verification.clock import VirtualClock
 from controller.verification.config import demo_line
 from controller.verification.results import ResultsRepository
 from controller.verification.scheme import load_scheme
 from controller.verification.sequencer import MeterTask, Sequencer
-from controller.verification.sim_line import build_sim_rig
 from drivers.sim.rig import SimMeterSpec
 from tests.verification.conftest import METER_TYPE, SCHEMES
 

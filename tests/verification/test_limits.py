@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from controller.line_sim import build_sim_rig
 from controller.verification.clock import VirtualClock
 from controller.verification.config import LineConfig, StationConfig, UnitConfig, demo_line
 from controller.verification.results import ResultsRepository
 from controller.verification.scheme import MeterType, SchemeError, parse_scheme
 from controller.verification.sequencer import MeterTask, Sequencer
-from controller.verification.sim_line import build_sim_rig
 from drivers.sim.rig import SimMeterSpec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 import pytest
 
 from controller.config import validate_config
+from controller.line_sim import sim_spec
 from controller.service import Service
-from controller.verification.subsystem import SERVICE_STOP, sim_spec
+from controller.verification.subsystem import SERVICE_STOP
 from opcua_server.methods import CommandRefused
 
 ROOT = Path(__file__).resolve().parents[2]

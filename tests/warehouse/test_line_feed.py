@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from controller.config import validate_config
+from controller.line_sim import sim_spec
 from controller.service import Service
-from controller.verification.subsystem import sim_spec
 from controller.warehouse.demo import demo_stock
 from drivers.sim.plant import SimulatedPlant
 from opcua_server.methods import CommandRefused
