@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "check-config": "controller.config",
     "run": "controller.service",
     "status": "controller.status",
-    "sim": "drivers.sim.cli",
+    "sim": "controller.sim_cli",
     "plan": "controller.plan",
     "results": "controller.verification.cli",
     "hmi": "controller.hmi_cli",

@@ -150,7 +150,7 @@ class Dlt645Client:
             address, di, password_level, password, operator, value, self.preamble
         )
         # the normal reply (0x94) carries no data, so it cannot be matched by DI
-        await self._request(request, address, core.FN_WRITE, retries=retries)
+        await self._request(request, address, core.FN_WRITE, di=di, retries=retries)
 
     async def broadcast_time(self, when: dt.datetime) -> None:
         """0x08 broadcast time sync: no meter answers a broadcast."""

@@ -8,15 +8,21 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from drivers.config import FAULT_KINDS, ConfigFileError, load_field_config
+from drivers.config import FAULT_KINDS, ConfigFileError, FieldConfig, load_field_config
 
 READY_PREFIX = "gridctl-sim ready "
 DEFAULT_CONFIG = "config/demo.toml"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+ConfigLoader = Callable[[str], FieldConfig]
+
+
+def add_parser(sub: argparse._SubParsersAction, load: ConfigLoader = load_field_config) -> None:
+    """``load`` reads the config file: the drivers' sections by default; the service's
+    CLI passes the whole-file loader, so the warehouse PLC and the site zone come along."""
     p = sub.add_parser("sim", help="run the simulated field plant (meters, Modbus devices)")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default %(default)s)")
     p.add_argument("--fast", action="store_true", help="skip wire timing (unit tests)")
@@ -26,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PID",
         help="stop when process PID (the controller that started us) is gone",
     )
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, load=load)
     sim_sub = p.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
     f = sim_sub.add_parser("fault", help="inject or clear a fault on a running simulator")
     f.add_argument("meter", help="meter address (12 digits)")
@@ -35,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--off", action="store_true", help="clear the fault instead")
     f.add_argument("--config", default=DEFAULT_CONFIG, help="config naming the control socket")
     f.add_argument("--socket", help="control socket path (overrides the config)")
-    f.set_defaults(func=_fault)
+    f.set_defaults(func=_fault, load=load)
     r = sim_sub.add_parser(
         "relay", help="move a simulated meter's relay without a command (local action, tamper)"
     )
@@ -44,12 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--bus", help="bus name, when the address exists on several buses")
     r.add_argument("--config", default=DEFAULT_CONFIG, help="config naming the control socket")
     r.add_argument("--socket", help="control socket path (overrides the config)")
-    r.set_defaults(func=_relay)
+    r.set_defaults(func=_relay, load=load)
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        config = load_field_config(args.config)
+        config = args.load(args.config)
     except ConfigFileError as exc:
         print(f"gridctl sim: {exc}", file=sys.stderr)
         return 2
@@ -131,7 +137,7 @@ def _request(args: argparse.Namespace, command: str, msg: dict[str, object]) -> 
     path = args.socket
     if path is None:
         try:
-            path = load_field_config(args.config).sim.control_socket
+            path = args.load(args.config).sim.control_socket
         except ConfigFileError as exc:
             print(f"gridctl sim {command}: {exc}", file=sys.stderr)
             return None

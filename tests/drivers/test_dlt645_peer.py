@@ -148,7 +148,7 @@ async def test_the_peer_has_no_remote_control_and_nothing_is_switched(peer: Any)
     try:
         bus = plant.bus("peer")
         assert isinstance(bus, Dlt645Bus)
-        until = dt.datetime.now() + dt.timedelta(minutes=10)
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
         with pytest.raises(MeterException) as info:
             await bus.control(ADDRESS, core.N1_DIRECT_CLOSE, valid_until=until)
         assert info.value.err_bits == 0x01 and info.value.function == core.FN_CONTROL

@@ -15,6 +15,7 @@ from drivers.config import FieldConfig, MeterConfig, SimMeterConfig
 from drivers.plant import FieldPlant
 from drivers.sim.farm import MeterFarm, PtyWire
 from drivers.sim.meter import SimMeter
+from drivers.site_time import host_zone
 
 from .conftest import wait_for
 
@@ -88,6 +89,8 @@ async def test_meter_behind_ct_and_pt_publishes_primary_and_secondary(
     # noise at mid-range (×1.00), opening register 10.00 kWh; time frozen (time_scale 0)
     evening = dt.datetime(2026, 3, 2, 19, 30).timestamp()
     sim = SimMeter(
+        # the controller here keeps the host's zone (no site zone given): so does the meter
+        tz=host_zone(),
         address=ADDR,
         peak_kw=120.0,
         energy_kwh=10.0,

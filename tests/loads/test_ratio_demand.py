@@ -17,6 +17,7 @@ from drivers.config import FieldConfig
 from drivers.plant import FieldPlant
 from drivers.sim.farm import MeterFarm, PtyWire
 from drivers.sim.meter import SimMeter
+from drivers.site_time import host_zone
 
 from .conftest import wait_for
 
@@ -54,7 +55,9 @@ async def test_demand_group_averages_primary_power(tmp_path: Path) -> None:
     )
     # 120 kW primary at 19:30 (profile 1.0, noise × 1.00); the meter reads 120 / 40 = 3 kW
     now = [dt.datetime(2026, 3, 2, 19, 30).timestamp()]
-    meter = SimMeter(address=ADDR, peak_kw=120.0, ct_ratio=40.0, time_scale=0.0, rng=MidRng())
+    meter = SimMeter(
+        tz=host_zone(), address=ADDR, peak_kw=120.0, ct_ratio=40.0, time_scale=0.0, rng=MidRng()
+    )
     farm = MeterFarm(
         "bus1", [meter], char_time_s=0.0001, response_delay_s=0.0, fast=True, wall=lambda: now[0]
     )

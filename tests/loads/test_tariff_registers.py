@@ -28,6 +28,7 @@ from drivers.config import FieldConfig
 from drivers.plant import FieldPlant
 from drivers.sim.farm import MeterFarm, PtyWire
 from drivers.sim.meter import SimMeter, tou_table
+from drivers.site_time import host_zone
 
 from .conftest import wait_for
 
@@ -119,6 +120,8 @@ class Day:
         self.now = dt.datetime(2026, 3, 2, 18, 0).timestamp()
         # 50 kW peak primary load behind the CT; the meter's own TOU table (its clock)
         self.meter = SimMeter(
+            # the controller here keeps the host's zone (no site zone given): so does the meter
+            tz=host_zone(),
             address=ADDR,
             peak_kw=50.0,
             energy_kwh=100.0,
