@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from controller.config_model import ConfigModel, PathStr
 from controller.cpu_affinity import available_cpus, check_cpus
 from controller.loads.config import LoadsConfig
 from controller.loopback import is_loopback
@@ -51,13 +52,8 @@ class ConfigError(ValueError):
         super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
 
 
-class _Strict(BaseModel):
-    # strict: "10" is not 10 and 1 is not true in a config file
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-# TOML has no path type: accept strings (strict mode would demand Path instances).
-PathStr = Annotated[Path, Field(strict=False)]
+class _Strict(ConfigModel):
+    model_config = ConfigDict(frozen=True)
 
 
 class ServiceConfig(_Strict):
@@ -232,8 +228,6 @@ class MetricsConfig(_Strict):
 
 class GridConfig(FieldConfig):
     """The whole config file: field tables (drivers) plus the runtime tables."""
-
-    model_config = ConfigDict(extra="forbid")
 
     service: ServiceConfig = ServiceConfig()
     tasks: TasksConfig = TasksConfig()

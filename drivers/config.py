@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -26,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from controller.config_model import ConfigModel
 from drivers.quantities import QUANTITIES, normalise_di
 
 BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -56,8 +56,8 @@ def _number(x: float) -> str:
     return str(int(x)) if x == int(x) else f"{x:.6g}"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, validate_default=True)
+class _Model(ConfigModel):
+    model_config = ConfigDict(frozen=False, validate_default=True)
 
 
 # CT 5000/1 or PT 500 kV/100 V are 5000; leave room for odd installations
@@ -674,10 +674,8 @@ class SimConfig(_Model):
 # ---------------------------------------------------------------------------
 
 
-class FieldConfig(BaseModel):
+class FieldConfig(ConfigModel):
     """Top-level keys owned by the drivers: ``buses``, ``poll_groups``, ``esam``, ``sim``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     buses: list[BusConfig] = []
     poll_groups: dict[str, PollGroup] = {}

@@ -11,14 +11,15 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from controller.config_model import ConfigModel
 from controller.verification.errors import AccuracyClass
 from controller.verification.scheme import MeterType
 
 
-class StationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class StationConfig(ConfigModel):
+    model_config = ConfigDict(frozen=True)
 
     id: int = Field(ge=1, le=999, description="line-wide station number (tags use two digits)")
     position: int = Field(
@@ -33,8 +34,8 @@ class StationConfig(BaseModel):
     )
 
 
-class UnitConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class UnitConfig(ConfigModel):
+    model_config = ConfigDict(frozen=True)
 
     id: int = Field(ge=1, le=99)
     source: str = Field(default="", max_length=128, description="the unit's test source (address)")
@@ -57,10 +58,10 @@ class UnitConfig(BaseModel):
         return self
 
 
-class HandlingConfig(BaseModel):
+class HandlingConfig(ConfigModel):
     """Timeouts of the handling steps; each waits for a PLC feedback input."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     plc: str = Field(default="sim", max_length=128, description="Modbus link to the line PLC")
     load_timeout_s: float = Field(default=120, ge=1, le=1800)
@@ -71,8 +72,8 @@ class HandlingConfig(BaseModel):
     box_size: int = Field(default=12, ge=1, le=100, description="meters per box")
 
 
-class TemperatureConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class TemperatureConfig(ConfigModel):
+    model_config = ConfigDict(frozen=True)
 
     limit_c: float = Field(
         default=75.0, ge=40, le=150, description="cut a station's current above this"
@@ -80,8 +81,8 @@ class TemperatureConfig(BaseModel):
     publish_deadband_c: float = Field(default=0.2, ge=0, le=10)
 
 
-class LineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class LineConfig(ConfigModel):
+    model_config = ConfigDict(frozen=True)
 
     enabled: bool = True
     # The rig the service drives. Only the simulated rig (drivers.sim.rig, in the

@@ -1,0 +1,133 @@
+"""Rules every config table shares: one strict base, bus defaults, secrets from outside."""
+
+import typing
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from controller.config import ConfigError, GridConfig, load_config
+from controller.config_model import ConfigModel
+from controller.verification.scheme import Scheme
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def line(extra: str = "") -> str:
+    """The smallest [line] that loads (one unit of one station, one meter type), plus ``extra``."""
+    return LINE_HEAD + extra + LINE_TYPES
+
+
+LINE_HEAD = """
+[line]
+units = [{ id = 1, stations = 1 }]
+"""
+LINE_TYPES = """
+[line.meter_types.m]
+name = "m"
+accuracy_class = "1"
+un = 220
+ib = 5
+imax = 60
+constant = 1200
+"""
+
+
+def _problems(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.problems
+
+
+# -- one strict base ----------------------------------------------------------------------------
+
+
+def _models(tp: typing.Any, seen: set[type]) -> None:
+    """Every pydantic model reachable from ``tp`` through fields, lists, dicts and unions."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        if tp in seen:
+            return
+        seen.add(tp)
+        for field in tp.model_fields.values():
+            _models(field.annotation, seen)
+        return
+    for arg in typing.get_args(tp):
+        _models(arg, seen)
+
+
+def test_every_config_table_derives_from_the_one_strict_base():
+    seen: set[type] = set()
+    _models(GridConfig, seen)
+    _models(Scheme, seen)
+    # buses (2 kinds), meters, poll groups, loads, line, warehouse, opcua users ... are all reached
+    assert len(seen) > 30
+    loose = sorted(m.__name__ for m in seen if not issubclass(m, ConfigModel))
+    assert loose == []
+    for model in seen:
+        assert model.model_config.get("strict") is True, model.__name__
+        assert model.model_config.get("extra") == "forbid", model.__name__
+
+
+# A quoted number or boolean is refused in every table alike, naming the field and
+# the type wanted. Before the common base, the ones marked "accepted" loaded.
+QUOTED = [
+    # accepted before: opcua, warehouse, loads, line, buses and sim were lax
+    ('[opcua]\nqueue_size = "100000"\n', "opcua.queue_size: must be an integer (got '100000')"),
+    ('[opcua]\nenabled = "true"\n', "opcua.enabled: must be true or false (got 'true')"),
+    (
+        '[warehouse]\nbays = "10"\n',
+        "warehouse.bays: must be an integer (got '10')",
+    ),
+    (
+        '[warehouse]\npoll_s = "0.05"\n',
+        "warehouse.poll_s: must be a number (got '0.05')",
+    ),
+    (
+        '[loads]\nmismatch_grace_s = "180"\n',
+        "loads.mismatch_grace_s: must be a number (got '180')",
+    ),
+    (line('time_scale = "100"\n'), "line.time_scale: must be a number (got '100')"),
+    (
+        '[[buses]]\nname = "b"\nprotocol = "dlt645"\nport = "/dev/ttyS0"\nretries = "3"\n',
+        "buses[0].retries: must be an integer (got '3')",
+    ),
+    (
+        '[[buses]]\nname = "b"\nprotocol = "dlt645"\nport = "/dev/ttyS0"\nbaud = "2400"\n',
+        "buses[0].baud: must be an integer (got '2400')",
+    ),
+    ('[sim]\nseed = "7"\n', "sim.seed: must be an integer (got '7')"),
+    ("[sim]\nenabled = 1\n", "sim.enabled: must be true or false (got 1)"),
+    # refused before too: the runtime tables were strict already
+    ('[metrics]\nport = "9108"\n', "metrics.port: must be an integer (got '9108')"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), QUOTED)
+def test_quoted_numbers_are_refused_in_every_table(tmp_path, text, expected):
+    assert _problems(tmp_path, text) == [expected]
+
+
+def test_text_typed_values_still_load(tmp_path):
+    """Paths, decimal money and enumerations can only be written as text in TOML."""
+    path = tmp_path / "site.toml"
+    path.write_text(
+        line()
+        + """
+[journal]
+path = "var/j.sqlite"
+[[loads.tariffs]]
+name = "flat"
+default_price = "0.55"
+[[opcua.users]]
+name = "op"
+role = "operator"
+password_hash = "scrypt$16384$8$1$AA==$AA="
+"""
+    )
+    cfg = load_config(path)
+    assert str(cfg.journal.path) == "var/j.sqlite"
+    assert str(cfg.loads.tariffs[0].default_price) == "0.55"
+    assert cfg.opcua.users[0].role == "operator"
+    assert cfg.line is not None and cfg.line.meter_types["m"].accuracy_class == "1"
