@@ -1,5 +1,6 @@
 """Rules every config table shares: one strict base, bus defaults, secrets from outside."""
 
+import re
 import typing
 from pathlib import Path
 
@@ -131,3 +132,58 @@ password_hash = "scrypt$16384$8$1$AA==$AA="
     assert str(cfg.loads.tariffs[0].default_price) == "0.55"
     assert cfg.opcua.users[0].role == "operator"
     assert cfg.line is not None and cfg.line.meter_types["m"].accuracy_class == "1"
+
+
+# -- every key accepted is read -----------------------------------------------------------------
+
+# Read from the raw table, not as an attribute: expanded into `meters` before validation.
+READ_RAW = {("Dlt645BusConfig", "meter_block")}
+
+
+def test_every_config_key_is_read_by_some_code():
+    """A name-level witness: each field of each config table is read as ``.field``
+    somewhere in the product. A key that validates but is never read is a promise
+    to the engineer that nothing keeps (before: rs485, pulse_channel,
+    temperature_sensor, standard_class, scan_timeout_s, operator_code, comm_timeout_s)."""
+    seen: set[type] = set()
+    _models(GridConfig, seen)
+    _models(Scheme, seen)
+    sources = [
+        p.read_text()
+        for package in ("controller", "drivers", "opcua_server", "hmi")
+        for p in (ROOT / package).rglob("*.py")
+    ]
+    unread = sorted(
+        (model.__name__, name)
+        for model in seen
+        for name in model.model_fields
+        if (model.__name__, name) not in READ_RAW
+        and not any(re.search(rf"\.{name}\b", text) for text in sources)
+    )
+    assert unread == []
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (
+            line().replace(
+                "stations = 1 }", 'stations = [{ id = 1, position = 1, rs485 = "x" }] }'
+            ),
+            "rs485",
+        ),
+        (line().replace("stations = 1 }", 'stations = 1, source = "sim:source1" }'), "source"),
+        (
+            line().replace("stations = 1 }", 'stations = 1, standard_class = "0.05" }'),
+            "standard_class",
+        ),
+        (line('operator_code = "00000000"\n'), "operator_code"),
+        (line("comm_timeout_s = 1.0\n"), "comm_timeout_s"),
+        (line('handling = { plc = "sim" }\n'), "plc"),
+        (line("handling = { scan_timeout_s = 3 }\n"), "scan_timeout_s"),
+    ],
+)
+def test_keys_that_nothing_reads_are_refused(tmp_path, text, key):
+    (problem,) = _problems(tmp_path, text)
+    assert problem.split(":")[0].endswith(f".{key}")
+    assert "unknown key" in problem
