@@ -280,7 +280,8 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Grid
 def _dotted(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
-        if part in LOCATION_TAGS or str(part).startswith("function-"):
+        # a bus's union tag follows its index (buses[0].dlt645.baud); bus_defaults.dlt645 is a key
+        if (part in LOCATION_TAGS and out.endswith("]")) or str(part).startswith("function-"):
             continue
         if isinstance(part, int):
             out += f"[{part}]"

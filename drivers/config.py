@@ -565,6 +565,69 @@ BusConfig = Annotated[Dlt645BusConfig | ModbusBusConfig, Field(discriminator="pr
 
 
 # ---------------------------------------------------------------------------
+# protocol defaults
+# ---------------------------------------------------------------------------
+
+# Keys that make one bus that bus: never inherited.
+_BUS_OWN_KEYS = frozenset({"name", "protocol", "port", "meters", "meter_block", "devices"})
+_BUS_MODELS: dict[str, type[Dlt645BusConfig] | type[ModbusBusConfig]] = {
+    "dlt645": Dlt645BusConfig,
+    "modbus_rtu": ModbusBusConfig,
+    "modbus_tcp": ModbusBusConfig,
+}
+
+
+def inheritable_bus_keys(protocol: str) -> list[str]:
+    """The keys ``[bus_defaults.<protocol>]`` may set: a bus's settings, not its identity."""
+    return sorted(set(_BUS_MODELS[protocol].model_fields) - _BUS_OWN_KEYS)
+
+
+def inherit_bus_defaults(bus: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The bus table with its protocol's defaults under it: the bus's own value wins,
+    and a table value (``quarantine``) is merged key by key the same way."""
+    out = dict(defaults)
+    for key, value in bus.items():
+        inherited = out.get(key)
+        if isinstance(value, dict) and isinstance(inherited, dict):
+            out[key] = {**inherited, **value}
+        else:
+            out[key] = value
+    return out
+
+
+class BusDefaults(_Model):
+    """``[bus_defaults.<protocol>]``: settings every bus of that protocol inherits.
+
+    Precedence, per key: the bus's own value > its protocol's default here > the
+    built-in default. Identity keys (name, port, meters, devices) are never
+    inherited. Each default is checked as a bus would check it, so a bad value
+    or an unknown key is an error here, naming it."""
+
+    dlt645: dict[str, Any] = {}
+    modbus_rtu: dict[str, Any] = {}
+    modbus_tcp: dict[str, Any] = {}
+
+    @field_validator("dlt645", "modbus_rtu", "modbus_tcp")
+    @classmethod
+    def _as_a_bus_would(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        protocol = info.field_name or "dlt645"
+        allowed = inheritable_bus_keys(protocol)
+        unknown = sorted(key for key in v if key not in allowed)
+        if unknown:
+            raise ValueError(
+                f"unknown key {', '.join(map(repr, unknown))} (allowed: {', '.join(allowed)})"
+            )
+        port = "tcp://127.0.0.1:1" if protocol == "modbus_tcp" else "/dev/null"
+        try:
+            _BUS_MODELS[protocol].model_validate(
+                {**v, "name": "defaults", "protocol": protocol, "port": port}
+            )
+        except ValidationError as exc:
+            raise ValueError(describe_validation_error(exc).replace("\n", "; ")) from None
+        return v
+
+
+# ---------------------------------------------------------------------------
 # simulated plant
 # ---------------------------------------------------------------------------
 
@@ -678,9 +741,32 @@ class FieldConfig(ConfigModel):
     """Top-level keys owned by the drivers: ``buses``, ``poll_groups``, ``esam``, ``sim``."""
 
     buses: list[BusConfig] = []
+    bus_defaults: BusDefaults = BusDefaults()
     poll_groups: dict[str, PollGroup] = {}
     esam: EsamConfig = EsamConfig()
     sim: SimConfig = SimConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_bus_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        defaults, buses = data.get("bus_defaults"), data.get("buses")
+        if not defaults or not isinstance(buses, list):
+            return data
+        try:
+            BusDefaults.model_validate(defaults)
+        except ValidationError:
+            return data  # bus_defaults reports its own error; the buses are checked as written
+        return {
+            **data,
+            "buses": [
+                inherit_bus_defaults(bus, defaults.get(bus.get("protocol"), {}))
+                if isinstance(bus, dict) and isinstance(bus.get("protocol"), str)
+                else bus
+                for bus in buses
+            ],
+        }
 
     @field_validator("poll_groups")
     @classmethod
@@ -738,7 +824,9 @@ def describe_validation_error(exc: ValidationError) -> str:
         for loc in err["loc"]:
             if isinstance(loc, int):
                 parts[-1:] = [f"{parts[-1] if parts else ''}[{loc}]"]
-            elif loc in LOCATION_TAGS or str(loc).startswith("function-"):
+            elif (loc in LOCATION_TAGS and parts and parts[-1].endswith("]")) or str(
+                loc
+            ).startswith("function-"):
                 continue
             else:
                 parts.append(str(loc))
@@ -748,7 +836,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-FIELD_KEYS = ("buses", "poll_groups", "esam", "sim")
+FIELD_KEYS = ("buses", "bus_defaults", "poll_groups", "esam", "sim")
 
 
 class ConfigFileError(ValueError):

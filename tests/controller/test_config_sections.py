@@ -136,8 +136,16 @@ password_hash = "scrypt$16384$8$1$AA==$AA="
 
 # -- every key accepted is read -----------------------------------------------------------------
 
-# Read from the raw table, not as an attribute: expanded into `meters` before validation.
-READ_RAW = {("Dlt645BusConfig", "meter_block")}
+# Read from the raw tables, not as attributes: a meter_block is expanded into
+# `meters`, and bus_defaults merged into each bus's table, before validation.
+READ_RAW = {
+    ("Dlt645BusConfig", "meter_block"),
+    ("FieldConfig", "bus_defaults"),
+    ("GridConfig", "bus_defaults"),
+    ("BusDefaults", "dlt645"),
+    ("BusDefaults", "modbus_rtu"),
+    ("BusDefaults", "modbus_tcp"),
+}
 
 
 def test_every_config_key_is_read_by_some_code():
@@ -187,3 +195,97 @@ def test_keys_that_nothing_reads_are_refused(tmp_path, text, key):
     (problem,) = _problems(tmp_path, text)
     assert problem.split(":")[0].endswith(f".{key}")
     assert "unknown key" in problem
+
+
+# -- bus defaults per protocol ------------------------------------------------------------------
+
+DEFAULTS = """
+[bus_defaults.dlt645]
+baud = 9600
+retries = 5
+quarantine = { initial_s = 10, max_s = 300 }
+
+[[buses]]
+name = "own"
+protocol = "dlt645"
+port = "/dev/ttyUSB0"
+baud = 1200
+quarantine = { max_s = 60 }
+
+[[buses]]
+name = "inherits"
+protocol = "dlt645"
+port = "/dev/ttyUSB1"
+
+[[buses]]
+name = "lct"
+protocol = "modbus_tcp"
+port = "tcp://10.0.0.1:502"
+"""
+
+
+def test_bus_value_beats_protocol_default_beats_built_in(tmp_path):
+    path = tmp_path / "site.toml"
+    path.write_text(DEFAULTS)
+    cfg = load_config(path)
+    own, inherits, lct = (cfg.bus(n) for n in ("own", "inherits", "lct"))
+    # own value > protocol default: 1200 set on the bus, 9600 in bus_defaults
+    assert own.baud == 1200
+    assert inherits.baud == 9600
+    # protocol default > built-in: retries 5 from bus_defaults, built-in 3
+    assert (own.retries, inherits.retries) == (5, 5)
+    # built-in where neither sets it: preamble 4 FE bytes
+    assert (own.preamble, inherits.preamble) == (4, 4)
+    # a table is merged key by key: initial_s 10 inherited, max_s 60 the bus's own,
+    # factor the built-in 2
+    assert (own.quarantine.initial_s, own.quarantine.max_s, own.quarantine.factor) == (10, 60, 2)
+    assert (inherits.quarantine.initial_s, inherits.quarantine.max_s) == (10, 300)
+    # another protocol's bus is untouched: Modbus built-ins, baud 9600 and retries 3
+    assert (lct.protocol, lct.retries, lct.quarantine.initial_s) == ("modbus_tcp", 3, 5.0)
+
+
+def test_demo_buses_inherit_their_line_settings():
+    cfg = load_config(ROOT / "config" / "demo.toml")
+    dlt = [b for b in cfg.buses if b.protocol == "dlt645"]
+    assert len(dlt) == 8
+    for bus in dlt:
+        # the demo's eight lines: 2400 8E1, 4 FE, 50 ms meters, quarantine 30..900 s
+        assert (bus.baud, bus.parity, bus.stop_bits, bus.preamble) == (2400, "E", 1, 4)
+        assert bus.response_delay_s == 0.05
+        assert (bus.quarantine.initial_s, bus.quarantine.max_s) == (30, 900)
+        assert len(bus.meters) == 12
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[bus_defaults.dlt645]\nbaud_rate = 2400\n",
+            "bus_defaults.dlt645: unknown key 'baud_rate' (allowed: baud, byte_size, "
+            "byte_timeout_s, max_utilisation, parity, preamble, quarantine, "
+            "reconnect_initial_s, reconnect_max_s, response_delay_s, response_timeout_s, "
+            "retries, send_interval_s, stop_bits)",
+        ),
+        (
+            '[bus_defaults.modbus_tcp]\nport = "tcp://10.0.0.1:502"\n',
+            "bus_defaults.modbus_tcp: unknown key 'port' (allowed: baud, byte_size, "
+            "byte_timeout_s, parity, quarantine, reconnect_initial_s, reconnect_max_s, "
+            "response_timeout_s, retries, stop_bits)",
+        ),
+        (
+            "[bus_defaults.dlt645]\npreamble = 9\n",
+            "bus_defaults.dlt645: preamble: preamble must be 0..4 FE bytes, got 9",
+        ),
+        (
+            '[bus_defaults.dlt645]\nretries = "3"\n',
+            "bus_defaults.dlt645: retries: Input should be a valid integer",
+        ),
+        (
+            "[bus_defaults.iec104]\nretries = 3\n",
+            "bus_defaults.iec104: unknown key (allowed: dlt645, modbus_rtu, modbus_tcp)",
+        ),
+    ],
+)
+def test_bad_bus_defaults_name_the_key(tmp_path, text, expected):
+    bus = '\n[[buses]]\nname = "b"\nprotocol = "dlt645"\nport = "/dev/ttyUSB0"\n'
+    assert _problems(tmp_path, text + bus) == [expected]
