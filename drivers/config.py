@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from controller.config_model import ConfigModel
+from controller.config_model import ConfigModel, Secret, is_secret_reference, resolve_secret
 from drivers.quantities import QUANTITIES, normalise_di
 
 BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -301,7 +301,8 @@ class MeterConfig(_Model):
     name: str | None = None
     groups: list[str] = []
     password_level: Annotated[int, within(0, 0xFF, " (usually 2 or 4)")] = 2
-    password: str = "000000"
+    # 6 hex digits, as text or from outside the file: {env = "VAR"} or {file = "PATH"}
+    password: Secret = "000000"
     operator: str = "00000000"
     security: Security = "plaintext"
     # 倍率: the current and voltage transformers in front of the meter (200/5 → 40).
@@ -324,7 +325,9 @@ class MeterConfig(_Model):
     @classmethod
     def _password(cls, v: str) -> str:
         if len(v) != 6 or not _HEX_RE.match(v):
-            raise ValueError(f"password must be 6 hex digits, got {v!r}")
+            # the value itself is not echoed: it may come from a secret store
+            shape = "hex" if _HEX_RE.match(v) else "not all hex"
+            raise ValueError(f"password must be 6 hex digits, got {len(v)} characters ({shape})")
         return v.upper()
 
     @field_validator("operator")
@@ -342,7 +345,7 @@ class MeterBlock(_Model):
     count: Annotated[int, within(1, 256, " meters")]
     groups: list[str] = []
     password_level: int = 2
-    password: str = "000000"
+    password: Secret = "000000"
     operator: str = "00000000"
     security: Security = "plaintext"
     ct_ratio: TransformerRatio = 1.0
@@ -424,7 +427,9 @@ class EsamConfig(_Model):
     ``adapter`` names a factory: a built-in (``plaintext``, ``test-hmac``), an
     entry point in group ``gridctl.esam_adapters``, or ``"package.module:factory"``.
     The factory is called with ``options`` (the TOML table) and must not do I/O;
-    both are checked here, so a bad name or option is a config error."""
+    both are checked here, so a bad name or option is a config error. An option
+    value written ``{env = "VAR"}`` or ``{file = "PATH"}`` is read from there first
+    (keys stay out of the config file)."""
 
     adapter: str = "plaintext"
     options: dict[str, Any] = {}
@@ -444,6 +449,11 @@ class EsamConfig(_Model):
     def _options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         from drivers.esam import resolve_factory
 
+        # an option such as a key may come from outside the file: {env = ...} / {file = ...}
+        v = {
+            name: resolve_secret(value, name) if is_secret_reference(value) else value
+            for name, value in v.items()
+        }
         if "adapter" in info.data:  # otherwise the adapter's own error says why
             try:
                 resolve_factory(info.data["adapter"])(v)

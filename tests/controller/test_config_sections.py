@@ -289,3 +289,99 @@ def test_demo_buses_inherit_their_line_settings():
 def test_bad_bus_defaults_name_the_key(tmp_path, text, expected):
     bus = '\n[[buses]]\nname = "b"\nprotocol = "dlt645"\nport = "/dev/ttyUSB0"\n'
     assert _problems(tmp_path, text + bus) == [expected]
+
+
+# -- secrets from the environment or a file -----------------------------------------------------
+
+METER = """
+[poll_groups.energy]
+period_s = 900
+items = ["00010000"]
+
+[[buses]]
+name = "feeder1"
+protocol = "dlt645"
+port = "/dev/ttyUSB0"
+
+[[buses.meters]]
+address = "000000000161"
+groups = ["energy"]
+password = {password}
+"""
+
+
+def test_meter_password_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRIDCTL_TEST_FEEDER1_PW", "a1b2c3")
+    path = tmp_path / "site.toml"
+    path.write_text(METER.replace("{password}", '{ env = "GRIDCTL_TEST_FEEDER1_PW" }'))
+    # read from the variable and upper-cased like a written one
+    assert load_config(path).bus("feeder1").meters[0].password == "A1B2C3"
+
+
+def test_meter_password_from_file(tmp_path):
+    secret = tmp_path / "feeder1.pw"
+    secret.write_text("123456\n")  # an editor's trailing newline is not part of it
+    path = tmp_path / "site.toml"
+    path.write_text(METER.replace("{password}", f'{{ file = "{secret}" }}'))
+    assert load_config(path).bus("feeder1").meters[0].password == "123456"
+
+
+def test_meter_block_password_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRIDCTL_TEST_BLOCK_PW", "00AA00")
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[[buses]]\nname = "b"\nprotocol = "dlt645"\nport = "/dev/ttyUSB0"\n'
+        'meter_block = { first_address = "000000001001", count = 2, '
+        'password = { env = "GRIDCTL_TEST_BLOCK_PW" } }\n'
+    )
+    assert [m.password for m in load_config(path).bus("b").meters] == ["00AA00", "00AA00"]
+
+
+def test_missing_secret_is_an_error_naming_the_field(tmp_path, monkeypatch):
+    monkeypatch.delenv("GRIDCTL_TEST_UNSET", raising=False)
+    text = METER.replace("{password}", '{ env = "GRIDCTL_TEST_UNSET" }')
+    assert _problems(tmp_path, text) == [
+        "buses[0].meters[0].password: password: environment variable GRIDCTL_TEST_UNSET is not set"
+    ]
+    missing = tmp_path / "nope.pw"
+    text = METER.replace("{password}", f'{{ file = "{missing}" }}')
+    assert _problems(tmp_path, text) == [
+        f"buses[0].meters[0].password: password: cannot read file {missing}: "
+        "No such file or directory"
+    ]
+    text = METER.replace("{password}", '{ vault = "x" }')
+    assert _problems(tmp_path, text) == [
+        'buses[0].meters[0].password: password must be "text", { env = "VARIABLE" } or '
+        "{ file = \"PATH\" }, got {'vault': 'x'}"
+    ]
+
+
+def test_a_bad_secret_is_refused_without_echoing_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRIDCTL_TEST_FEEDER1_PW", "hunter2")
+    text = METER.replace("{password}", '{ env = "GRIDCTL_TEST_FEEDER1_PW" }')
+    (problem,) = _problems(tmp_path, text)
+    assert problem == (
+        "buses[0].meters[0].password: password must be 6 hex digits, got 7 characters (not all hex)"
+    )
+    assert "hunter2" not in problem
+
+
+ESAM = '[esam]\nadapter = "test-hmac"\noptions = {{ key = {key} }}\n'
+
+
+def test_esam_key_from_environment_and_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRIDCTL_TEST_ESAM_KEY", "00112233445566778899AABBCCDDEEFF")
+    path = tmp_path / "site.toml"
+    path.write_text(ESAM.format(key='{ env = "GRIDCTL_TEST_ESAM_KEY" }'))
+    assert load_config(path).esam.options == {"key": "00112233445566778899AABBCCDDEEFF"}
+    keyfile = tmp_path / "esam.key"
+    keyfile.write_text("A0A1A2A3\n")
+    path.write_text(ESAM.format(key=f'{{ file = "{keyfile}" }}'))
+    assert load_config(path).esam.options == {"key": "A0A1A2A3"}
+
+
+def test_esam_key_missing_names_the_option(tmp_path, monkeypatch):
+    monkeypatch.delenv("GRIDCTL_TEST_UNSET", raising=False)
+    assert _problems(tmp_path, ESAM.format(key='{ env = "GRIDCTL_TEST_UNSET" }')) == [
+        "esam.options: key: environment variable GRIDCTL_TEST_UNSET is not set"
+    ]
