@@ -385,3 +385,50 @@ def test_esam_key_missing_names_the_option(tmp_path, monkeypatch):
     assert _problems(tmp_path, ESAM.format(key='{ env = "GRIDCTL_TEST_UNSET" }')) == [
         "esam.options: key: environment variable GRIDCTL_TEST_UNSET is not set"
     ]
+
+
+# -- the site example ---------------------------------------------------------------------------
+
+
+def _enable_templates(text: str) -> str:
+    """The example with its commented [line] and [warehouse] templates switched on,
+    as its comments tell the engineer: remove the leading "# " of each line."""
+    out: list[str] = []
+    template = False
+    for row in text.splitlines():
+        if row.startswith("# Template: remove the leading"):
+            template = True
+            continue
+        if template and (row.startswith("# ") or row == "#"):
+            out.append(row[2:])
+            continue
+        if template and row.startswith("#"):
+            continue  # the rest of the template's own explanation
+        template = False
+        out.append(row)
+    return "\n".join(out) + "\n"
+
+
+def test_site_example_fails_check_config_only_for_its_missing_users():
+    cfg = load_config(ROOT / "config" / "site-example.toml")
+    assert cfg.opcua.deployment_problems() == [
+        'users: a secure endpoint (no "None" policy) needs at least one user (name, role, '
+        "password_hash from `python -m opcua_server.users hash`), or set enabled = false"
+    ]
+    # the [loads] template is live and refers to the example's own meters and terminal
+    assert [x.name for x in cfg.loads.loads] == ["house1", "house2", "lct1-out1"]
+    assert cfg.loads.groups[0].dry_run
+    assert cfg.bus("feeder1").baud == 2400  # from [bus_defaults.dlt645]
+    assert cfg.bus("feeder1").response_delay_s == 0.15  # its own
+
+
+def test_site_example_templates_load_once_uncommented(tmp_path):
+    text = _enable_templates((ROOT / "config" / "site-example.toml").read_text())
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    cfg = load_config(path)
+    assert cfg.line is not None and cfg.warehouse is not None
+    assert cfg.line.station_ids == list(range(1, 25))
+    assert cfg.warehouse.plc_endpoint == ("10.1.2.4", 502)
+    # 2 rows x 20 bays x 8 levels
+    assert cfg.warehouse.slot_count == 320
