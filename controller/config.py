@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from controller.config_model import ConfigModel, PathStr
 from controller.cpu_affinity import available_cpus, check_cpus
 from controller.loads.config import LoadsConfig
 from controller.loopback import is_loopback
@@ -53,13 +54,8 @@ class ConfigError(ValueError):
         super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
 
 
-class _Strict(BaseModel):
-    # strict: "10" is not 10 and 1 is not true in a config file
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-# TOML has no path type: accept strings (strict mode would demand Path instances).
-PathStr = Annotated[Path, Field(strict=False)]
+class _Strict(ConfigModel):
+    model_config = ConfigDict(frozen=True)
 
 
 class ServiceConfig(_Strict):
@@ -254,8 +250,6 @@ class MetricsConfig(_Strict):
 class GridConfig(FieldConfig):
     """The whole config file: field tables (drivers) plus the runtime tables."""
 
-    model_config = ConfigDict(extra="forbid")
-
     service: ServiceConfig = ServiceConfig()
     # built per config, so the host-zone default is read when the config is loaded
     site: SiteConfig = Field(default_factory=SiteConfig)
@@ -309,7 +303,8 @@ def validate_config(data: dict[str, Any], path: Path | str = "<config>") -> Grid
 def _dotted(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
-        if part in LOCATION_TAGS or str(part).startswith("function-"):
+        # a bus's union tag follows its index (buses[0].dlt645.baud); bus_defaults.dlt645 is a key
+        if (part in LOCATION_TAGS and out.endswith("]")) or str(part).startswith("function-"):
             continue
         if isinstance(part, int):
             out += f"[{part}]"

@@ -17,7 +17,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -27,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from controller.config_model import ConfigModel, Secret, is_secret_reference, resolve_secret
 from drivers.quantities import QUANTITIES, normalise_di
 
 BAUD_RATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -59,8 +59,8 @@ def _number(x: float) -> str:
     return str(int(x)) if x == int(x) else f"{x:.6g}"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, validate_default=True)
+class _Model(ConfigModel):
+    model_config = ConfigDict(frozen=False, validate_default=True)
 
 
 # CT 5000/1 or PT 500 kV/100 V are 5000; leave room for odd installations
@@ -307,7 +307,8 @@ class MeterConfig(_Model):
     name: str | None = None
     groups: list[str] = []
     password_level: Annotated[int, within(0, 0xFF, " (usually 2 or 4)")] = 2
-    password: str = "000000"
+    # 6 hex digits, as text or from outside the file: {env = "VAR"} or {file = "PATH"}
+    password: Secret = "000000"
     operator: str = "00000000"
     security: Security = "plaintext"
     # 倍率: the current and voltage transformers in front of the meter (200/5 → 40).
@@ -335,7 +336,11 @@ class MeterConfig(_Model):
     @classmethod
     def _password(cls, v: str, info: ValidationInfo) -> str:
         if len(v) != 6 or not _HEX_RE.match(v):
-            raise ValueError(f"{info.field_name} must be 6 hex digits, got {v!r}")
+            # the value itself is not echoed: it may come from a secret store
+            shape = "hex" if _HEX_RE.match(v) else "not all hex"
+            raise ValueError(
+                f"{info.field_name} must be 6 hex digits, got {len(v)} characters ({shape})"
+            )
         return v.upper()
 
     @field_validator("operator")
@@ -353,7 +358,7 @@ class MeterBlock(_Model):
     count: Annotated[int, within(1, 256, " meters")]
     groups: list[str] = []
     password_level: int = 2
-    password: str = "000000"
+    password: Secret = "000000"
     operator: str = "00000000"
     security: Security = "plaintext"
     ct_ratio: TransformerRatio = 1.0
@@ -441,7 +446,9 @@ class EsamConfig(_Model):
     ``adapter`` names a factory: a built-in (``plaintext``, ``test-hmac``), an
     entry point in group ``gridctl.esam_adapters``, or ``"package.module:factory"``.
     The factory is called with ``options`` (the TOML table) and must not do I/O;
-    both are checked here, so a bad name or option is a config error."""
+    both are checked here, so a bad name or option is a config error. An option
+    value written ``{env = "VAR"}`` or ``{file = "PATH"}`` is read from there first
+    (keys stay out of the config file)."""
 
     adapter: str = "plaintext"
     options: dict[str, Any] = {}
@@ -461,6 +468,11 @@ class EsamConfig(_Model):
     def _options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         from drivers.esam import resolve_factory
 
+        # an option such as a key may come from outside the file: {env = ...} / {file = ...}
+        v = {
+            name: resolve_secret(value, name) if is_secret_reference(value) else value
+            for name, value in v.items()
+        }
         if "adapter" in info.data:  # otherwise the adapter's own error says why
             try:
                 resolve_factory(info.data["adapter"])(v)
@@ -579,6 +591,69 @@ class ModbusBusConfig(LinkConfig):
 
 
 BusConfig = Annotated[Dlt645BusConfig | ModbusBusConfig, Field(discriminator="protocol")]
+
+
+# ---------------------------------------------------------------------------
+# protocol defaults
+# ---------------------------------------------------------------------------
+
+# Keys that make one bus that bus: never inherited.
+_BUS_OWN_KEYS = frozenset({"name", "protocol", "port", "meters", "meter_block", "devices"})
+_BUS_MODELS: dict[str, type[Dlt645BusConfig] | type[ModbusBusConfig]] = {
+    "dlt645": Dlt645BusConfig,
+    "modbus_rtu": ModbusBusConfig,
+    "modbus_tcp": ModbusBusConfig,
+}
+
+
+def inheritable_bus_keys(protocol: str) -> list[str]:
+    """The keys ``[bus_defaults.<protocol>]`` may set: a bus's settings, not its identity."""
+    return sorted(set(_BUS_MODELS[protocol].model_fields) - _BUS_OWN_KEYS)
+
+
+def inherit_bus_defaults(bus: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The bus table with its protocol's defaults under it: the bus's own value wins,
+    and a table value (``quarantine``) is merged key by key the same way."""
+    out = dict(defaults)
+    for key, value in bus.items():
+        inherited = out.get(key)
+        if isinstance(value, dict) and isinstance(inherited, dict):
+            out[key] = {**inherited, **value}
+        else:
+            out[key] = value
+    return out
+
+
+class BusDefaults(_Model):
+    """``[bus_defaults.<protocol>]``: settings every bus of that protocol inherits.
+
+    Precedence, per key: the bus's own value > its protocol's default here > the
+    built-in default. Identity keys (name, port, meters, devices) are never
+    inherited. Each default is checked as a bus would check it, so a bad value
+    or an unknown key is an error here, naming it."""
+
+    dlt645: dict[str, Any] = {}
+    modbus_rtu: dict[str, Any] = {}
+    modbus_tcp: dict[str, Any] = {}
+
+    @field_validator("dlt645", "modbus_rtu", "modbus_tcp")
+    @classmethod
+    def _as_a_bus_would(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        protocol = info.field_name or "dlt645"
+        allowed = inheritable_bus_keys(protocol)
+        unknown = sorted(key for key in v if key not in allowed)
+        if unknown:
+            raise ValueError(
+                f"unknown key {', '.join(map(repr, unknown))} (allowed: {', '.join(allowed)})"
+            )
+        port = "tcp://127.0.0.1:1" if protocol == "modbus_tcp" else "/dev/null"
+        try:
+            _BUS_MODELS[protocol].model_validate(
+                {**v, "name": "defaults", "protocol": protocol, "port": port}
+            )
+        except ValidationError as exc:
+            raise ValueError(describe_validation_error(exc).replace("\n", "; ")) from None
+        return v
 
 
 # ---------------------------------------------------------------------------
@@ -708,15 +783,36 @@ class SimConfig(_Model):
 # ---------------------------------------------------------------------------
 
 
-class FieldConfig(BaseModel):
+class FieldConfig(ConfigModel):
     """Top-level keys owned by the drivers: ``buses``, ``poll_groups``, ``esam``, ``sim``."""
 
-    model_config = ConfigDict(extra="forbid")
-
     buses: list[BusConfig] = []
+    bus_defaults: BusDefaults = BusDefaults()
     poll_groups: dict[str, PollGroup] = {}
     esam: EsamConfig = EsamConfig()
     sim: SimConfig = SimConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_bus_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        defaults, buses = data.get("bus_defaults"), data.get("buses")
+        if not defaults or not isinstance(buses, list):
+            return data
+        try:
+            BusDefaults.model_validate(defaults)
+        except ValidationError:
+            return data  # bus_defaults reports its own error; the buses are checked as written
+        return {
+            **data,
+            "buses": [
+                inherit_bus_defaults(bus, defaults.get(bus.get("protocol"), {}))
+                if isinstance(bus, dict) and isinstance(bus.get("protocol"), str)
+                else bus
+                for bus in buses
+            ],
+        }
 
     @field_validator("poll_groups")
     @classmethod
@@ -774,7 +870,9 @@ def describe_validation_error(exc: ValidationError) -> str:
         for loc in err["loc"]:
             if isinstance(loc, int):
                 parts[-1:] = [f"{parts[-1] if parts else ''}[{loc}]"]
-            elif loc in LOCATION_TAGS or str(loc).startswith("function-"):
+            elif (loc in LOCATION_TAGS and parts and parts[-1].endswith("]")) or str(
+                loc
+            ).startswith("function-"):
                 continue
             else:
                 parts.append(str(loc))
@@ -784,7 +882,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-FIELD_KEYS = ("buses", "poll_groups", "esam", "sim")
+FIELD_KEYS = ("buses", "bus_defaults", "poll_groups", "esam", "sim")
 
 
 class ConfigFileError(ValueError):

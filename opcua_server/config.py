@@ -12,7 +12,6 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -20,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from controller.config_model import ConfigModel
 from controller.loopback import is_loopback
 
 
@@ -74,19 +74,17 @@ def is_loopback_endpoint(endpoint: str) -> bool:
     return is_loopback(urlparse(endpoint).hostname or "")
 
 
-class UserConfig(BaseModel):
+class UserConfig(ConfigModel):
     """One OPC UA user. ``password_hash`` comes from ``python -m opcua_server.users hash``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     name: str = Field(min_length=1, max_length=64)
     password_hash: str = Field(pattern=r"^scrypt\$")
-    role: Role = Role.VIEWER
+    role: Role = Field(default=Role.VIEWER, strict=False)  # TOML spells it as text
 
 
-class OpcUaConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class OpcUaConfig(ConfigModel):
     enabled: bool = True
     process: ProcessMode = "separate"
     endpoint: str = "opc.tcp://127.0.0.1:4840/gridctl"

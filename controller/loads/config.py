@@ -17,7 +17,9 @@ import re
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
+
+from controller.config_model import ConfigModel
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -31,7 +33,10 @@ def _to_decimal(v: object) -> object:
     return v
 
 
-Money = Annotated[Decimal, BeforeValidator(_to_decimal), Field(max_digits=14, decimal_places=4)]
+# strict=False: a decimal amount may be written as text ("0.55"), TOML has no decimal type
+Money = Annotated[
+    Decimal, BeforeValidator(_to_decimal), Field(strict=False, max_digits=14, decimal_places=4)
+]
 
 
 def parse_hhmm(text: str) -> int:
@@ -51,8 +56,8 @@ def in_window(minute: int, start: int, end: int) -> bool:
     return minute >= start or minute < end
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(ConfigModel):
+    model_config = ConfigDict(frozen=True)
 
 
 class TimeWindow(_Model):

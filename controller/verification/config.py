@@ -4,6 +4,11 @@ Stations (positions) are grouped into units; a unit has one source and one
 reference standard and runs the unit-wide items for all its stations at once.
 Handling (conveyor, lift, wiring press, sealing, sorter) is a set of named I/O
 points on the line PLC over Modbus.
+
+Only what the controller reads is accepted: the wiring of a real rig (a
+station's RS-485 link and error-calculator channel, a unit's source address,
+the line PLC's link) arrives with the rig driver that uses it; the simulated
+rig (``rig = "sim"``) needs none of it.
 """
 
 from __future__ import annotations
@@ -11,40 +16,32 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from controller.config_model import ConfigModel
 from controller.verification.errors import AccuracyClass
 from controller.verification.scheme import MeterType
 
 
-class StationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class StationConfig(ConfigModel):
+    model_config = ConfigDict(frozen=True)
 
     id: int = Field(ge=1, le=999, description="line-wide station number (tags use two digits)")
     position: int = Field(
         ge=1, le=99, description="position within its unit, 1 = nearest the infeed"
     )
-    rs485: str = Field(
-        default="", max_length=128, description="RS-485 port or tcp:// link to the meter"
-    )
-    pulse_channel: int = Field(default=0, ge=0, le=999, description="error-calculator channel")
-    temperature_sensor: str = Field(
-        default="", max_length=64, description="PLC input of the terminal sensor"
-    )
 
 
-class UnitConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class UnitConfig(ConfigModel):
+    model_config = ConfigDict(frozen=True)
 
     id: int = Field(ge=1, le=99)
-    source: str = Field(default="", max_length=128, description="the unit's test source (address)")
     standard_constant: int = Field(
         default=100_000_000,
         ge=1_000,
         le=10**10,
         description="reference standard constant C0, imp/kWh",
     )  # high-frequency output: 1/m0 must stay far below the rounding interval at the lowest point
-    standard_class: str = Field(default="0.05", pattern=r"^0\.(01|02|05|1)$")
     stations: list[StationConfig] = Field(min_length=1, max_length=99)
 
     @model_validator(mode="after")
@@ -57,22 +54,20 @@ class UnitConfig(BaseModel):
         return self
 
 
-class HandlingConfig(BaseModel):
+class HandlingConfig(ConfigModel):
     """Timeouts of the handling steps; each waits for a PLC feedback input."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
-    plc: str = Field(default="sim", max_length=128, description="Modbus link to the line PLC")
     load_timeout_s: float = Field(default=120, ge=1, le=1800)
     press_timeout_s: float = Field(default=15, ge=1, le=120)
     seal_timeout_s: float = Field(default=15, ge=1, le=120)
     unload_timeout_s: float = Field(default=120, ge=1, le=1800)
-    scan_timeout_s: float = Field(default=3, ge=0.1, le=60)
     box_size: int = Field(default=12, ge=1, le=100, description="meters per box")
 
 
-class TemperatureConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class TemperatureConfig(ConfigModel):
+    model_config = ConfigDict(frozen=True)
 
     limit_c: float = Field(
         default=75.0, ge=40, le=150, description="cut a station's current above this"
@@ -80,8 +75,8 @@ class TemperatureConfig(BaseModel):
     publish_deadband_c: float = Field(default=0.2, ge=0, le=10)
 
 
-class LineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class LineConfig(ConfigModel):
+    model_config = ConfigDict(frozen=True)
 
     enabled: bool = True
     # The rig the service drives. Only the simulated rig (drivers.sim.rig, in the
@@ -107,10 +102,6 @@ class LineConfig(BaseModel):
     feed_scheme: str = Field(default="", max_length=64)
     handling: HandlingConfig = HandlingConfig()
     temperature: TemperatureConfig = TemperatureConfig()
-    operator_code: str = Field(default="00000000", pattern=r"^[0-9A-Fa-f]{8}$")
-    password: str = Field(default="000000", pattern=r"^[0-9A-Fa-f]{6}$")
-    password_level: int = Field(default=2, ge=0, le=9)
-    comm_timeout_s: float = Field(default=1.0, ge=0.1, le=10)
     # A sample may take this many times its nominal duration before the
     # station is declared "no pulses" (a dead or very slow meter).
     sample_timeout_factor: float = Field(default=3.0, ge=1.5, le=20)
@@ -130,18 +121,10 @@ class LineConfig(BaseModel):
                     raise ValueError(
                         f"units[{n}].stations: a count must be between 1 and 99 (got {stations})"
                     )
-                uid = unit.get("id", n + 1)
                 unit = {
                     **unit,
                     "stations": [
-                        {
-                            "id": next_id + p - 1,
-                            "position": p,
-                            "rs485": f"sim:u{uid}p{p}",
-                            "pulse_channel": p,
-                            "temperature_sensor": f"u{uid}/t{p}",
-                        }
-                        for p in range(1, stations + 1)
+                        {"id": next_id + p - 1, "position": p} for p in range(1, stations + 1)
                     ],
                 }
             if isinstance(unit, dict) and isinstance(unit.get("stations"), list):
@@ -210,15 +193,8 @@ def demo_line(units: int = 2, stations_per_unit: int = 24) -> LineConfig:
         units=[
             UnitConfig(
                 id=u,
-                source=f"sim:source{u}",
                 stations=[
-                    StationConfig(
-                        id=(u - 1) * stations_per_unit + p,
-                        position=p,
-                        rs485=f"sim:u{u}p{p}",
-                        pulse_channel=p,
-                        temperature_sensor=f"u{u}/t{p}",
-                    )
+                    StationConfig(id=(u - 1) * stations_per_unit + p, position=p)
                     for p in range(1, stations_per_unit + 1)
                 ],
             )

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -35,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from controller.config_model import ConfigModel
 from controller.verification.errors import (
     AccuracyClass,
     Connection,
@@ -64,22 +64,24 @@ class Scope(StrEnum):
     STATION = "station"  # per-station: runs in parallel, each station at its own pace
 
 
-class MeterType(BaseModel):
+class MeterType(ConfigModel):
     """Nominal data of one meter type (the nameplate)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     name: str = Field(min_length=1, max_length=64)
-    accuracy_class: AccuracyClass
+    accuracy_class: AccuracyClass = Field(strict=False)  # TOML spells it as text
     # "ct": transformer-operated (rated current In; lower load points and starting current)
-    connection: Connection = Connection.DIRECT
+    connection: Connection = Field(default=Connection.DIRECT, strict=False)
     phases: Literal[1, 3] = 1
     # 1P2W, 3P3W (two elements on line voltages, m = √3) or 3P4W (m = 3); by default
     # 1P2W for one phase and 3P4W for three.
-    wiring: Wiring | None = None
-    un: Decimal = Field(gt=0, le=1000, description="reference voltage Un, V")
-    ib: Decimal = Field(gt=0, le=100, description="basic current Ib (In for transformer meters), A")
-    imax: Decimal = Field(gt=0, le=200, description="maximum current Imax, A")
+    wiring: Wiring | None = Field(default=None, strict=False)
+    un: Decimal = Field(strict=False, gt=0, le=1000, description="reference voltage Un, V")
+    ib: Decimal = Field(
+        strict=False, gt=0, le=100, description="basic current Ib (In for transformer meters), A"
+    )
+    imax: Decimal = Field(strict=False, gt=0, le=200, description="maximum current Imax, A")
     constant: int = Field(ge=1, le=1_000_000, description="meter constant C, imp/kWh")
 
     @field_validator("imax")
@@ -160,8 +162,8 @@ def _check_current(v: str) -> str:
     return v
 
 
-class _Item(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Item(ConfigModel):
+    model_config = ConfigDict(frozen=True)
     label: str = Field(default="", max_length=64)
     # When a meter fails this item its station skips the rest of the scheme
     # (the meter is already a reject; e.g. after an insulation breakdown it
@@ -204,10 +206,10 @@ class CreepItem(_Item):
     settle_s: float = Field(default=2.0, ge=0, le=60)
 
 
-class LoadPoint(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class LoadPoint(ConfigModel):
+    model_config = ConfigDict(frozen=True)
     i: Annotated[str, Field(description="current, e.g. '0.05Ib', 'Ib', 'Imax'")]
-    pf: PowerFactor = PowerFactor.UNITY
+    pf: PowerFactor = Field(default=PowerFactor.UNITY, strict=False)
     samples: int = Field(default=2, ge=2, le=20)  # JJG 596-2012 §7.2.3: at least 2
     pulses: int = Field(default=2, ge=1, le=10_000, description="meter pulses N per sample")
 
@@ -236,7 +238,7 @@ class ConstantItem(_Item):
 
     kind: Literal["constant"] = "constant"
     i: str = "Imax"
-    pf: PowerFactor = PowerFactor.UNITY
+    pf: PowerFactor = Field(default=PowerFactor.UNITY, strict=False)
     # At least enough that one register digit is one rounding interval of the class
     # (checked against the meter type): 10 kWh for class 1, 5 kWh for class 2.
     energy_kwh: float = Field(default=10.0, ge=0.05, le=100)
@@ -252,7 +254,7 @@ class ClockItem(_Item):
     kind: Literal["clock"] = "clock"
     readings: int = Field(default=10, ge=2, le=100)
     gate_s: float = Field(default=10.0, ge=1, le=600)
-    limit_s_per_day: Decimal = Field(default=Decimal("0.5"), gt=0, le=10)
+    limit_s_per_day: Decimal = Field(default=Decimal("0.5"), strict=False, gt=0, le=10)
     scope: ClassVar[Scope] = Scope.STATION
 
 
@@ -300,12 +302,12 @@ ITEM_KINDS: tuple[str, ...] = (
 _NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 
 
-class Scheme(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Scheme(ConfigModel):
+    model_config = ConfigDict(frozen=True)
 
     name: str = Field(pattern=_NAME)
     version: int = Field(ge=1, le=1_000_000)
-    accuracy_class: AccuracyClass
+    accuracy_class: AccuracyClass = Field(strict=False)  # TOML spells it as text
     description: str = ""
     items: list[Item] = Field(min_length=1, max_length=50)
 

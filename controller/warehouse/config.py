@@ -8,21 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from controller.config_model import ConfigModel
 
 
 class ConfigError(ValueError):
     """A config value out of range or unknown; the message names the field."""
 
 
-class CraneConfig(BaseModel):
+class CraneConfig(ConfigModel):
     """One stacker crane serving one aisle (two facing rows).
 
     The upper limits are above any real crane on purpose: scaled-time test rigs
     and the Bozer–White benchmark (near-constant velocity) need them.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     vx_m_s: float = Field(3.0, gt=0.0, le=50.0, description="travel (horizontal) top speed")
     ax_m_s2: float = Field(0.5, gt=0.0, le=1000.0, description="travel acceleration")
@@ -33,9 +33,7 @@ class CraneConfig(BaseModel):
     )
 
 
-class ConveyorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ConveyorConfig(ConfigModel):
     zones: int = Field(4, ge=2, le=16, description="zones incl. the transfer station")
     zone_travel_s: float = Field(2.0, gt=0.0, le=60.0, description="time to cross one zone")
     jam_timeout_s: float = Field(
@@ -43,10 +41,8 @@ class ConveyorConfig(BaseModel):
     )
 
 
-class WarehouseConfig(BaseModel):
+class WarehouseConfig(ConfigModel):
     """Rack geometry, cranes, conveyors and the controller's timing."""
-
-    model_config = ConfigDict(extra="forbid")
 
     rows: int = Field(2, ge=2, le=40, description="rack rows; an aisle (one crane) serves two")
     bays: int = Field(20, ge=1, le=500)

@@ -46,8 +46,8 @@ BAD_CONFIGS = [
     (
         "[bogus]\nx = 1\n",
         [
-            "bogus: unknown key (allowed: buses, esam, journal, line, loads, metrics, opcua, poll_groups, "
-            "service, sim, site, tasks, warehouse)"
+            "bogus: unknown key (allowed: bus_defaults, buses, esam, journal, line, loads, metrics, opcua, "
+            "poll_groups, service, sim, site, tasks, warehouse)"
         ],
     ),
     (
