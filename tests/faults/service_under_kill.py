@@ -321,6 +321,8 @@ class Operator:
     sim: Simulator
     db: Path
     submitted: list[str] = field(default_factory=list)
+    # commands seen terminal in the journal before a kill: state as seen
+    seen_terminal: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -349,15 +351,18 @@ class Operator:
             command_id = await node.call_method(f"{ns}:Execute", token)
             self.submitted.append(command_id)
             end = time.monotonic() + 30
-            while not journal_rows(
-                self.db,
-                "SELECT 1 FROM commands WHERE id = ? AND state IN (?, ?, ?, ?)",
-                (command_id, *TERMINAL),
+            while not (
+                row := journal_rows(
+                    self.db,
+                    "SELECT state FROM commands WHERE id = ? AND state IN (?, ?, ?, ?)",
+                    (command_id, *TERMINAL),
+                )
             ):
                 if self.stop.is_set():
                     return
                 assert time.monotonic() < end, f"{command_id} not terminal in 30 s"
                 await asyncio.sleep(0.01)
+            self.seen_terminal[command_id] = row[0][0]
 
 
 @dataclass

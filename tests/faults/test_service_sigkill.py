@@ -70,6 +70,7 @@ def kill_and_restart(tmp_path: Path, kills: int, seed: int, boxes: int = 0) -> N
             m = sim.meter(ld.address)
             assert (m["relay_open"], m["controls_honoured"]) == (False, 0), m
         submitted: list[str] = []
+        seen_terminal: dict[str, str] = {}
         examined = 0
         for run in range(kills):
             svc = services[run] = Service(config, run)
@@ -104,6 +105,7 @@ def kill_and_restart(tmp_path: Path, kills: int, seed: int, boxes: int = 0) -> N
                 t.join(timeout=30)
                 assert not t.is_alive()
                 submitted += w.submitted
+                seen_terminal |= getattr(w, "seen_terminal", {})
         final = services[kills] = Service(config, kills)
         final.wait_ready()
         examined += final.pending_at_start()
@@ -119,7 +121,7 @@ def kill_and_restart(tmp_path: Path, kills: int, seed: int, boxes: int = 0) -> N
             lambda: f"still open: {journal_rows(db, OPEN_ORDERS)}",
         )
         final.stop()
-        check(db, sim, submitted)
+        check(db, sim, submitted, seen_terminal)
         if boxes:
             check_warehouse(db, asyncio.run(_plant_census(port_of(config))), boxes)
         # the kills caught commands on their way: some were left for a restart to settle
@@ -131,7 +133,7 @@ def kill_and_restart(tmp_path: Path, kills: int, seed: int, boxes: int = 0) -> N
         sim.stop()
 
 
-def check(db: Path, sim: Simulator, submitted: list[str]) -> None:
+def check(db: Path, sim: Simulator, submitted: list[str], seen_terminal: dict[str, str]) -> None:
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -139,15 +141,22 @@ def check(db: Path, sim: Simulator, submitted: list[str]) -> None:
             "SELECT id, kind, args, state, reason FROM commands ORDER BY created"
         ).fetchall()
         history: dict[str, list[str]] = {}
-        for cid, state in conn.execute(
-            "SELECT command_id, state FROM command_transitions ORDER BY seq"
+        settled_by: dict[str, str] = {}
+        for cid, state, who in conn.execute(
+            "SELECT command_id, state, who FROM command_transitions ORDER BY seq"
         ):
             history.setdefault(cid, []).append(state)
+            settled_by[cid] = who
     finally:
         conn.close()
     ids = {c[0] for c in commands}
-    # nothing lost: every id an Execute returned is journaled
+    # nothing lost: every id an Execute returned is journaled; what was seen settled
+    # before a kill stays as it was, settled by its own run, not by a restart
     assert set(submitted) <= ids, set(submitted) - ids
+    states = {c[0]: c[3] for c in commands}
+    for cid, state in seen_terminal.items():
+        assert states[cid] == state, (cid, state, states[cid])
+        assert settled_by[cid] != "reconcile", cid
     for cid, _kind, _args, state, reason in commands:
         assert state in TERMINAL, (cid, state)
         if state != "confirmed":
@@ -298,7 +307,7 @@ def test_order_released_at_sigkill_ends_as_its_order_ends(tmp_path: Path) -> Non
         services[1].wait_ready()
         wait_for(lambda: not journal_rows(db, OPEN_ORDERS), 30, lambda: "order never ended")
         services[1].stop()
-        check(db, sim, [cid])
+        check(db, sim, [cid], {})
         check_warehouse(db, asyncio.run(_plant_census(port_of(config))), 6)
     finally:
         for svc in services.values():
