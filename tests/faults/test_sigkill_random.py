@@ -1,11 +1,12 @@
-"""SIGKILL at random points, many times over: command, batch and crane traffic.
+"""SIGKILL at random points, many times over: batch and crane traffic.
 
-The single-kill tests (tests/controller/test_crash.py, tests/verification/
-test_crash.py, tests/warehouse/test_sigkill.py) pin chosen moments; these run
-the same worker processes and kill them at random moments, 20+ times each, then
-check the same invariants on what is left: the journal is consistent, no
-command reached the device twice, no confirmed result or box is lost or
-duplicated. Seeded, so a failure can be replayed; slow (minutes): `make test-all`.
+The single-kill tests (tests/verification/test_crash.py,
+tests/warehouse/test_sigkill.py) pin chosen moments; these run the same worker
+processes and kill them at random moments, 20+ times each, then check the same
+invariants on what is left: the journal is consistent, no confirmed result or
+box is lost or duplicated. Seeded, so a failure can be replayed; slow
+(minutes): `make test-all`. Load commands are killed in the real service, with
+the meters in their own simulator process: tests/faults/test_service_sigkill.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import msgpack
@@ -51,69 +51,6 @@ def kill(proc: subprocess.Popen[str]) -> str:
         os.kill(proc.pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=30)
     return out
-
-
-# -- commands --------------------------------------------------------------------------------
-
-
-def test_commands_survive_20_random_kills(tmp_path: Path) -> None:
-    rng = random.Random(1)
-    journal, device = tmp_path / "journal.sqlite", tmp_path / "device.log"
-    driver = str(ROOT / "tests" / "controller" / "crash_driver.py")
-    confirmed: set[str] = set()
-    examined = 0
-    for rnd in range(KILLS):
-        proc = spawn(
-            driver, str(journal), str(device), str(rnd), "--workers", str(rng.randint(1, 8))
-        )
-        first = proc.stdout.readline()
-        assert first.startswith("RECONCILED"), first + proc.stderr.read()
-        examined += json.loads(first.split(" ", 1)[1])["examined"]
-        # a random moment: after some confirmations, plus a random fraction of a millisecond
-        target = rng.randint(0, 80)
-        seen = 0
-        while seen < target:
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read()
-            if line.startswith("CONFIRMED "):
-                confirmed.add(line.split()[1])
-                seen += 1
-        time.sleep(rng.random() * 0.005)
-        out = kill(proc)
-        assert proc.returncode == -signal.SIGKILL
-        confirmed |= {ln.split()[1] for ln in out.splitlines() if ln.startswith("CONFIRMED ")}
-    final = spawn(driver, str(journal), str(device), "999", "--reconcile-only")
-    out, err = final.communicate(timeout=120)
-    assert final.returncode == 0, err
-    examined += json.loads(out.split(" ", 1)[1])["examined"]
-    assert examined > 0  # the kills caught commands in flight
-
-    db = sqlite3.connect(journal)
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    states = dict(db.execute("SELECT id, state FROM commands"))
-    history: dict[str, list[tuple[str, str]]] = {}
-    for cid, state, who in db.execute(
-        "SELECT command_id, state, who FROM command_transitions ORDER BY seq"
-    ):
-        history.setdefault(cid, []).append((state, who))
-    on_wire = Counter(ln for ln in device.read_text().splitlines() if ln)
-    # no confirmed result lost, each by its original path
-    for cid in confirmed:
-        assert states[cid] == "confirmed", cid
-        assert [s for s, _ in history[cid]] == ["queued", "sent", "confirmed"], cid
-    # every command ended; each state recorded once, in order
-    assert all(s in ("confirmed", "failed", "expired", "refused") for s in states.values())
-    for cid, h in history.items():
-        assert h[-1][0] == states[cid]
-        assert len({s for s, _ in h}) == len(h), (cid, h)
-    # no duplicated switching: nothing on the wire twice, nothing there unjournaled
-    assert max(on_wire.values()) == 1
-    assert set(on_wire) <= {c for c, h in history.items() if ("sent", "system") in h}
-    for cid, state in states.items():
-        if state == "confirmed":
-            assert cid in on_wire, cid
-        elif history[cid][-1][1] == "reconcile":
-            assert cid not in on_wire, cid  # read back as not applied: failed, not re-sent
 
 
 # -- verification batch ----------------------------------------------------------------------
