@@ -185,6 +185,9 @@ class CommandLog:
         self.kinds = frozenset(kinds)
         self._clock = clock
         self._pending: dict[str, Command] = {}
+        # pending commands a subsystem resumed itself after a restart (it follows them
+        # to their end); the generic reconcile leaves them alone
+        self._adopted: set[str] = set()
         self._recent: deque[Command] = deque(maxlen=recent)
         self.accepting = True
         self.refusal = ""
@@ -236,6 +239,13 @@ class CommandLog:
         if not rows:
             raise CommandError(f"unknown command id {command_id!r}")
         return self._from_row(rows[0])
+
+    def adopt(self, command_id: str) -> None:
+        """A subsystem follows this pending command to its end itself (after a restart,
+        e.g. an order the warehouse still runs): ``reconcile`` skips it."""
+        if command_id not in self._pending:
+            raise CommandError(f"command {command_id}: not pending")
+        self._adopted.add(command_id)
 
     def pending(self) -> list[Command]:
         return list(self._pending.values())
@@ -394,6 +404,7 @@ class CommandLog:
         cmd.history.append(Transition(state, now, reason, who))
         if state in TERMINAL:
             del self._pending[command_id]
+            self._adopted.discard(command_id)
             self._recent.append(cmd)
             key = (cmd.kind, state.value)
             series = self.latency.get(key)
@@ -431,6 +442,8 @@ class CommandLog:
         """
         report = ReconcileReport()
         for cmd in list(self._pending.values()):
+            if cmd.id in self._adopted:
+                continue  # its subsystem settles it
             report.examined += 1
             if cmd.state is CommandState.ARMED:
                 done = await self.transition(

@@ -285,7 +285,10 @@ class WarehouseSubsystem:
         return cmd.state.value, cmd.reason
 
     def _resume_commands(self) -> None:
-        """Pick up create_order commands left ``sent`` by the previous run (order id in history)."""
+        """Pick up create_order commands left ``sent`` by the previous run (order id in history).
+
+        Each is adopted: its order goes on, so it ends when the order ends — the
+        service's generic reconcile (a device read-back) knows nothing of orders."""
         for cmd in self.service.commands.pending():
             if cmd.kind != "create_order" or cmd.state is not CommandState.SENT:
                 continue
@@ -293,6 +296,7 @@ class WarehouseSubsystem:
                 if tr.state is CommandState.SENT and tr.reason.startswith("order "):
                     with contextlib.suppress(ValueError):
                         self._orders[cmd.id] = int(tr.reason.split()[1])
+                        self.service.commands.adopt(cmd.id)
 
     async def _track(self) -> None:
         """Follow each released order to its end and close its command."""

@@ -256,3 +256,38 @@ async def test_reconcile_rereads_and_never_resends(tmp_path):
     assert log2.get(queued.id).history[-1].who == "reconcile"
     assert log2.get(armed.id).state is CommandState.EXPIRED
     j2.close()
+
+
+async def test_reconcile_leaves_a_command_its_subsystem_adopted(tmp_path):
+    # a warehouse order released before a restart goes on running: its create_order
+    # ends with the order, not with a device read-back that knows nothing of orders
+    path = tmp_path / "j.sqlite"
+    j = Journal(path)
+    j.open()
+    log = CommandLog(j)
+    order = await log.submit("trip", "warehouse/orders", who="op", why="r")
+    await log.transition(order.id, "sent", reason="order 7")
+    relay = await log.submit("trip", "m1", who="op", why="r")
+    await log.transition(relay.id, "sent")
+    j.close()
+
+    j2 = Journal(path)
+    j2.open()
+    log2 = CommandLog(j2)
+    assert log2.load() == 2
+    with pytest.raises(CommandError, match="not pending"):
+        log2.adopt("no-such-command")
+    log2.adopt(order.id)
+    seen = []
+
+    async def reread(cmd):
+        seen.append(cmd.id)
+        return None
+
+    report = await log2.reconcile(reread)
+    assert (report.examined, seen) == (1, [relay.id])
+    assert log2.get(order.id).state is CommandState.SENT  # still the warehouse's to settle
+    assert log2.get(relay.id).state is CommandState.FAILED
+    await log2.transition(order.id, "confirmed", reason="order 7 completed")
+    assert not log2.pending()
+    j2.close()

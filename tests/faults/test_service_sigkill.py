@@ -21,9 +21,9 @@ With the warehouse (the simulated PLC in the same simulator process, demo
 stock in the rack) an operator also orders boxes relocated (CreateOrder); the
 rack as the PLC holds it must match the journal's inventory box for box, each
 completed order was one crane task, and each create_order command must agree
-with its order. That last part fails today (xfail, CommandOrderDisagree): a
-create_order left `sent` by a kill is failed by the generic reconcile ("not
-applied per read-back") while its order resumes and completes.
+with its order (a create_order left `sent` by a kill is adopted by the
+warehouse at restart and ends when its order ends; the generic reconcile, a
+device read-back, leaves it alone).
 
 Kills land during start-up (journal open, reconcile, OPC UA start) or after a
 random number of submitted commands plus a random fraction of 50 ms (1 s with
@@ -266,12 +266,6 @@ def test_service_sigkilled_24_times_with_commands_in_flight(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=CommandOrderDisagree,
-    strict=True,
-    reason="a create_order left sent by a kill is reconciled as failed by the loads' "
-    "read-back while its order resumes and completes",
-)
 def test_service_sigkilled_20_times_with_crane_moves_in_flight(tmp_path: Path) -> None:
     kill_and_restart(tmp_path, kills=20, seed=_seed(2027), boxes=8)
 
@@ -286,12 +280,6 @@ async def _create_relocation(endpoint: str, box: str) -> str:
         return str(await node.call_method(f"{ns}:CreateOrder", "relocation", [box], "kill test"))
 
 
-@pytest.mark.xfail(
-    raises=CommandOrderDisagree,
-    strict=True,
-    reason="a create_order left sent by a kill is reconciled as failed by the loads' "
-    "read-back while its order resumes and completes",
-)
 def test_order_released_at_sigkill_ends_as_its_order_ends(tmp_path: Path) -> None:
     # one kill at a chosen moment: the order is released (command `sent`) and the crane
     # is on its way; the restarted service finishes the move
