@@ -59,7 +59,7 @@ from opcua_server.adapters import EngineAlarmSource
 from opcua_server.config import SetpointRule
 from opcua_server.login_failures import LoginFailureLog
 from opcua_server.methods import WRITE_SETPOINT
-from opcua_server.server import task_stats_from
+from opcua_server.server import ServerSettings, task_stats_from
 from opcua_server.server_process import OpcUaProcessError, OpcUaServerProcess
 
 log = logging.getLogger("gridctl.service")
@@ -442,9 +442,7 @@ class Service:
         if cfg.process == "separate":
             await self._start_opcua_process(state_dir)
             return
-        server = OpcUaServer(
-            cfg,
-            self.image,
+        settings = ServerSettings(
             state_dir=state_dir,
             bus_snapshots=self.bus_snapshots,
             commands=self.router,
@@ -454,6 +452,7 @@ class Service:
             login_failures=self.login_failures.record,
             setpoints=self._setpoint_rule,
         )
+        server = OpcUaServer(cfg, self.image, settings)
         await server.start()
         self.opcua = server
         stats = server.stats()
