@@ -148,6 +148,10 @@ class GridClient:
     def max_backoff(self) -> float:
         return self.session.max_backoff
 
+    @max_backoff.setter
+    def max_backoff(self, seconds: float) -> None:
+        self.session.max_backoff = seconds
+
     @property
     def state(self) -> Conn:
         return self.session.state
