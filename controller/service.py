@@ -51,6 +51,7 @@ from controller.process_image import ProcessImage, Tag
 from controller.setpoints import PREFIX as SETPOINT_PREFIX
 from controller.setpoints import ModbusSetpoints
 from controller.status import ServiceStatus
+from controller.subsystem_context import SafeState
 from controller.warehouse.subsystem import WarehouseSubsystem
 from drivers.plant import FieldPlant
 from drivers.sim.launch import start_simulator
@@ -64,7 +65,6 @@ from opcua_server.server_process import OpcUaProcessError, OpcUaServerProcess
 
 log = logging.getLogger("gridctl.service")
 
-SafeState = Callable[[], Any]
 # Alarm raised while the separate OPC UA server process is down (restarting).
 OPCUA_DOWN = "publisher_down"
 OPCUA_SOURCE = "opcua"

@@ -46,6 +46,7 @@ from controller.loads.switching import (
     actuators_for,
 )
 from controller.process_image import ProcessImage, Quality
+from controller.subsystem_context import SubsystemContext
 
 log = logging.getLogger("gridctl.loads")
 
@@ -607,7 +608,7 @@ class LoadsSubsystem:
 
     name = "loads"
 
-    def __init__(self, service: Any, config: LoadsConfig) -> None:
+    def __init__(self, service: SubsystemContext, config: LoadsConfig) -> None:
         self.service = service
         self.config = config
         self.runtime: LoadsRuntime | None = None

@@ -35,6 +35,7 @@ from typing import Any
 
 from controller.alarms import AlarmError
 from controller.commands import Command, CommandError, CommandState
+from controller.subsystem_context import SubsystemContext
 from controller.verification.clock import Clock, RealClock, ScaledClock
 from controller.verification.config import LineConfig
 from controller.verification.results import RepositoryError, ResultsRepository
@@ -103,7 +104,7 @@ class FeedRequest:
 class VerificationLineSubsystem:
     name = "verification line"
 
-    def __init__(self, service: Any, config: LineConfig) -> None:
+    def __init__(self, service: SubsystemContext, config: LineConfig) -> None:
         self.service = service
         self.config = config
         self.stations = len(config.station_ids)
