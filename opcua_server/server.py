@@ -81,6 +81,12 @@ def _version() -> str:
 
 
 class OpcUaServer:
+    """The asyncua server over one process image: ``config`` is the ``[opcua]``
+    table, ``settings`` what the server is wired to (see :class:`ServerSettings`).
+    The parts with their own state live beside it: ``diagnostics``,
+    ``alarm_list`` (None without an alarm source) and ``late`` (tags added
+    after start)."""
+
     def __init__(self, config: OpcUaConfig, image: ProcessImage, settings: ServerSettings) -> None:
         self.config = config
         self.image = image
