@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import gc
 import inspect
 import logging
@@ -51,6 +52,7 @@ from controller.process_image import ProcessImage, Tag
 from controller.setpoints import PREFIX as SETPOINT_PREFIX
 from controller.setpoints import ModbusSetpoints
 from controller.status import ServiceStatus
+from controller.subsystem_context import SafeState
 from controller.warehouse.subsystem import WarehouseSubsystem
 from drivers.plant import FieldPlant
 from drivers.sim.launch import start_simulator
@@ -59,12 +61,11 @@ from opcua_server.adapters import EngineAlarmSource
 from opcua_server.config import SetpointRule
 from opcua_server.login_failures import LoginFailureLog
 from opcua_server.methods import WRITE_SETPOINT
-from opcua_server.server import task_stats_from
+from opcua_server.server import ServerSettings, task_stats_from
 from opcua_server.server_process import OpcUaProcessError, OpcUaServerProcess
 
 log = logging.getLogger("gridctl.service")
 
-SafeState = Callable[[], Any]
 # Alarm raised while the separate OPC UA server process is down (restarting).
 OPCUA_DOWN = "publisher_down"
 OPCUA_SOURCE = "opcua"
@@ -452,9 +453,7 @@ class Service:
         if cfg.process == "separate":
             await self._start_opcua_process(state_dir)
             return
-        server = OpcUaServer(
-            cfg,
-            self.image,
+        settings = ServerSettings(
             state_dir=state_dir,
             bus_snapshots=self.bus_snapshots,
             commands=self.router,
@@ -464,6 +463,7 @@ class Service:
             login_failures=self.login_failures.record,
             setpoints=self._setpoint_rule,
         )
+        server = OpcUaServer(cfg, self.image, settings)
         await server.start()
         self.opcua = server
         stats = server.stats()
@@ -536,6 +536,10 @@ class Service:
             stats.get("model_nodes", 0),
             stats.get("model_build_s", 0.0),
         )
+
+    @property
+    def site_tz(self) -> dt.tzinfo:
+        return self.config.site.tz
 
     def request_stop(self) -> None:
         self._stop_event.set()

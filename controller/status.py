@@ -14,18 +14,53 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from drivers.local_channel import ControlServer, request
 
+if TYPE_CHECKING:
+    from drivers.bus_stats import BusSnapshot
+
+    from controller.alarms import AlarmEngine
+    from controller.commands import CommandLog
+    from controller.config import GridConfig
+    from controller.cycle import CycleTask
+    from controller.journal import Journal
+    from controller.metrics import MetricsServer
+
 STATUS_TIMEOUT_S = 3.0
+
+
+class StatusSource(Protocol):
+    """What the status reads of the running service (`controller.service.Service`)."""
+
+    @property
+    def config(self) -> GridConfig: ...
+    @property
+    def tasks(self) -> Sequence[CycleTask]: ...
+    @property
+    def journal(self) -> Journal: ...
+    @property
+    def alarms(self) -> AlarmEngine: ...
+    @property
+    def commands(self) -> CommandLog: ...
+    @property
+    def subsystems(self) -> Sequence[Any]: ...
+    @property
+    def metrics(self) -> MetricsServer | None: ...
+    @property
+    def opcua(self) -> Any:
+        """The OPC UA server (inline or its process), or None; only its endpoint is read."""
+
+    def bus_snapshots(self) -> Sequence[BusSnapshot]: ...
 
 
 class ServiceStatus:
     """Serves the status of one `controller.service.Service` on its control socket."""
 
-    def __init__(self, service: Any, path: Path, group: str = "") -> None:
+    def __init__(self, service: StatusSource, path: Path, group: str = "") -> None:
         """``group``: ``[service] control_socket_group`` (socket 0660 with it; empty: 0600)."""
         self.service = service
         self.path = path

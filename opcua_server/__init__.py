@@ -3,6 +3,7 @@
 from .config import OpcUaConfig, Role, UserConfig
 from .methods import AlarmInfo, AlarmSource, CommandRefused, CommandRequest, CommandSink
 from .server import OpcUaServer
+from .settings import ServerSettings
 
 __all__ = [
     "AlarmInfo",
@@ -13,5 +14,6 @@ __all__ = [
     "OpcUaConfig",
     "OpcUaServer",
     "Role",
+    "ServerSettings",
     "UserConfig",
 ]

@@ -431,7 +431,7 @@ async def serve(
 
     ``parent``: the controller's pid, the only process the channel is taken from.
     """
-    from .server import OpcUaServer
+    from .server import OpcUaServer, ServerSettings
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -513,9 +513,7 @@ async def serve(
             task.cancel()
         if not synced.is_set():
             return 1 if failure else 0
-        server = OpcUaServer(
-            config,
-            image,
+        settings = ServerSettings(
             state_dir=state_dir,
             bus_snapshots=diag.bus_snapshots if hello.get("buses") is not None else None,
             commands=sink,
@@ -525,6 +523,7 @@ async def serve(
             login_failures=logins.add,
             setpoints=lambda tag: image.setpoint_rules.get(tag.name),
         )
+        server = OpcUaServer(config, image, settings)
         gc.collect()
         rss_before = _rss()
         await server.start()

@@ -46,6 +46,7 @@ from controller.loads.switching import (
     actuators_for,
 )
 from controller.process_image import ProcessImage, Quality
+from controller.subsystem_context import SubsystemContext
 
 log = logging.getLogger("gridctl.loads")
 
@@ -616,7 +617,7 @@ class LoadsSubsystem:
 
     name = "loads"
 
-    def __init__(self, service: Any, config: LoadsConfig) -> None:
+    def __init__(self, service: SubsystemContext, config: LoadsConfig) -> None:
         self.service = service
         self.config = config
         self.runtime: LoadsRuntime | None = None
@@ -627,7 +628,7 @@ class LoadsSubsystem:
         svc = self.service
         if svc.plant is None:
             raise LoadsError("loads: no field plant running; loads need their buses")
-        site_tz = svc.config.site.tz
+        site_tz = svc.site_tz
         rt = LoadsRuntime(
             self.config,
             svc.commands,

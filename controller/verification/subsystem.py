@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from controller.alarms import AlarmError
 from controller.commands import Command, CommandError, CommandState
+from controller.subsystem_context import SubsystemContext
 from controller.verification.clock import Clock, RealClock, ScaledClock
 from controller.verification.config import LineConfig
 from controller.verification.results import RepositoryError, ResultsRepository
@@ -102,7 +103,7 @@ class LinePlant(Protocol):
 class VerificationLineSubsystem:
     name = "verification line"
 
-    def __init__(self, service: Any, config: LineConfig, plant: LinePlant) -> None:
+    def __init__(self, service: SubsystemContext, config: LineConfig, plant: LinePlant) -> None:
         self.service = service
         self.config = config
         self.plant = plant
@@ -137,7 +138,7 @@ class VerificationLineSubsystem:
         self.rig = self.plant.build(cfg, mt, self.clock)
         alarms = EngineAlarms(svc.alarms)
         self.seq = Sequencer(
-            cfg, self.rig, self.repo, self.clock, svc.image, alarms, site_tz=svc.config.site.tz
+            cfg, self.rig, self.repo, self.clock, svc.image, alarms, site_tz=svc.site_tz
         )
         self.supervisor = TemperatureSupervisor(
             self.rig.stations,

@@ -36,6 +36,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from controller.subsystem_context import SubsystemContext
 from controller.task_stop import stop_task
 from controller.verification.results import FAIL, PASS, RepositoryError
 from controller.verification.sequencer import MeterTask
@@ -86,7 +87,7 @@ class LineFeed:
 
     name = "line feed"
 
-    def __init__(self, service: Any, line: Line, warehouse: Any) -> None:
+    def __init__(self, service: SubsystemContext, line: Line, warehouse: Any) -> None:
         self.service = service
         self.line = line
         self.warehouse = warehouse  # WarehouseSubsystem; its Warehouse exists once started

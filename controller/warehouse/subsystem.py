@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from controller.commands import CommandError, CommandState
+from controller.subsystem_context import SubsystemContext
 from controller.task_stop import stop_task
 from controller.warehouse.config import WarehouseConfig
 from controller.warehouse.demo import DEMO_METER_TYPE, demo_stock
@@ -101,7 +102,7 @@ class _AlarmAdapter:
 class WarehouseSubsystem:
     name = "warehouse"
 
-    def __init__(self, service: Any, cfg: WarehouseConfig) -> None:
+    def __init__(self, service: SubsystemContext, cfg: WarehouseConfig) -> None:
         self.service = service
         self.cfg = cfg
         self.wh: Warehouse | None = None

@@ -29,6 +29,7 @@ from opcua_server import (
     CommandRequest,
     OpcUaConfig,
     OpcUaServer,
+    ServerSettings,
     UserConfig,
 )
 from opcua_server.users import hash_password
@@ -426,15 +427,14 @@ async def start_plant(
         allow_plaintext_password_on_loopback=True,
         min_publishing_interval_ms=50.0,
     )
-    srv = OpcUaServer(
-        config,
-        image,
+    settings = ServerSettings(
         state_dir=state_dir,
         bus_snapshots=lambda: bus_snapshots(buses),
         commands=sink,
         alarms=alarms,
         diagnostics_period_s=0.5,
     )
+    srv = OpcUaServer(config, image, settings)
     await srv.start()
     plant = Plant(srv, image, sink, alarms, url)
     if alarm_list:

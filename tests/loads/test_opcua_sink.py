@@ -7,7 +7,7 @@ from asyncua import ua
 
 from controller.commands import CommandState
 from controller.loads.sink import LoadsCommandSink
-from opcua_server import OpcUaServer
+from opcua_server import OpcUaServer, ServerSettings
 from tests.opcua_server.conftest import client_for, make_config, nid, ns_of
 
 from .conftest import ADDR1, ADDR2, wait_for
@@ -23,8 +23,7 @@ async def served(rig, tmp_path):
         srv = OpcUaServer(
             make_config(security_policies=["None"], allow_plaintext_password_on_loopback=True),
             r.image,
-            state_dir=tmp_path,
-            commands=LoadsCommandSink(r.executor),
+            ServerSettings(state_dir=tmp_path, commands=LoadsCommandSink(r.executor)),
         )
         await srv.start()
         servers.append(srv)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controller.process_image import ProcessImage
-from opcua_server import OpcUaConfig, OpcUaServer, UserConfig
+from opcua_server import OpcUaConfig, OpcUaServer, ServerSettings, UserConfig
 from opcua_server.users import hash_password
 
 PASSWORDS = {"vera": "viewer-pw", "otto": "operator-pw", "emma": "engineer-pw", "ada": "admin-pw"}
@@ -104,9 +104,8 @@ async def start_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
 
     async def start(image: ProcessImage | None = None, **kwargs: Any) -> OpcUaServer:
         config = kwargs.pop("config", None) or make_config(**kwargs.pop("config_overrides", {}))
-        srv = OpcUaServer(
-            config, image if image is not None else demo_image(), state_dir=tmp_path, **kwargs
-        )
+        settings = ServerSettings(state_dir=tmp_path, **kwargs)
+        srv = OpcUaServer(config, image if image is not None else demo_image(), settings)
         await srv.start()
         started.append(srv)
         return srv

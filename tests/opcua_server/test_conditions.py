@@ -62,7 +62,7 @@ def ack_args(event, comment: str) -> tuple[ua.Variant, ua.Variant]:
 @pytest.fixture
 async def alarm_server(start_server):
     engine = AlarmEngine()
-    srv = await start_server(alarm_engine=engine, alarm_poll_s=0.05, alarm_confirm=True)
+    srv = await start_server(alarms=engine, alarm_poll_s=0.05, alarm_confirm=True)
     return srv, engine
 
 

@@ -28,7 +28,7 @@ from opcua_server.asyncua_gate import AsyncuaVersionError
 from opcua_server.config import OpcUaConfig
 from opcua_server.pki import CertificateStore, ClientCertificateValidator
 from opcua_server.security import install_client_certificate_checks
-from opcua_server.server import OpcUaServer
+from opcua_server.server import OpcUaServer, ServerSettings
 
 from .conftest import PASSWORDS, USERS, demo_image, free_port, make_config, nid, ns_of
 
@@ -374,7 +374,7 @@ async def test_refused_client_connects_after_certs_trust(tmp_path):
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}/gridctl"
     cfg_path = site_config(tmp_path, endpoint)
     config = make_config(endpoint=endpoint, **SECURE)
-    srv = OpcUaServer(config, image, state_dir=tmp_path / "svc" / "opcua")
+    srv = OpcUaServer(config, image, ServerSettings(state_dir=tmp_path / "svc" / "opcua"))
     await srv.start()
     try:
         image.write(VOLT, 228.25)
@@ -444,7 +444,7 @@ def test_certs_cli_show_and_unknown_thumbprints(tmp_path, capsys):
 
 async def test_trust_list_refuses_to_start_on_another_asyncua_minor(monkeypatch, tmp_path):
     monkeypatch.setattr(asyncua, "__version__", "2.2.0")
-    srv = OpcUaServer(make_config(**SECURE), demo_image(), state_dir=tmp_path)
+    srv = OpcUaServer(make_config(**SECURE), demo_image(), ServerSettings(state_dir=tmp_path))
     # The server's first security patch refuses already; this one on its own too.
     with pytest.raises(AsyncuaVersionError, match=r"asyncua 2\.2\.0 is installed"):
         await srv.start()

@@ -35,7 +35,7 @@ from opcua_server import OpcUaConfig, UserConfig, connection_limits
 from opcua_server.asyncua_gate import AsyncuaVersionError
 from opcua_server.config import Role
 from opcua_server.login_failures import FailureOutbox, LoginFailure, LoginFailureLog
-from opcua_server.server import OpcUaServer
+from opcua_server.server import OpcUaServer, ServerSettings
 from opcua_server.server_process import OpcUaServerProcess
 from opcua_server.users import UserStore, hash_password, install_login_peer
 
@@ -526,6 +526,6 @@ async def test_security_patches_refuse_another_asyncua_minor(
         install_login_peer()
     with pytest.raises(AsyncuaVersionError, match=r"connection limits.*2\.2\.0"):
         connection_limits.apply(asyncua.Server().iserver, make_config())
-    srv = OpcUaServer(make_config(), demo_image(), state_dir=tmp_path)
+    srv = OpcUaServer(make_config(), demo_image(), ServerSettings(state_dir=tmp_path))
     with pytest.raises(AsyncuaVersionError, match=re.escape("asyncua>=2.1,<2.2")):
         await srv.start()

@@ -93,9 +93,7 @@ async def test_history_retention(start_server, tmp_path):
 
 async def test_event_history(start_server, tmp_path):
     engine = AlarmEngine()
-    srv = await start_server(
-        alarm_engine=engine, history_db=tmp_path / "history.db", alarm_poll_s=0.05
-    )
+    srv = await start_server(alarms=engine, history_db=tmp_path / "history.db", alarm_poll_s=0.05)
     t0 = datetime.now(UTC)
     engine.set("bus_down", "bus/bus2", True, "bus bus2 not connected")
     srv.alarms_changed()

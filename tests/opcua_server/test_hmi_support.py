@@ -53,7 +53,7 @@ async def test_whoami_returns_user_and_role(start_server):
 async def test_alarm_list_updates_and_shelve(start_server):
     clock = Clock()
     engine = AlarmEngine(clock=clock)
-    srv = await start_server(alarm_engine=engine, alarm_poll_s=0.05)
+    srv = await start_server(alarms=engine, alarm_poll_s=0.05)
     async with client_for(srv, "otto") as client:
         ns = await ns_of(client)
         active = client.get_node(nid(ns, "@alarms/Active"))
