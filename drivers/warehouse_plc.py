@@ -28,6 +28,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from controller.process_image import ProcessImage, Quality
+from controller.quality_reason import Reason
 from drivers.bus_owner import LANES, BusOwner, PeriodicJob, WireRecord, _ControlItem
 from drivers.config import LinkConfig, Quarantine
 from drivers.errors import BusTimeout, CommandRejected, ModbusDeviceError, TransportClosed
@@ -298,7 +299,16 @@ class WarehousePlcBus(BusOwner):
         prefix = self.prefix
         changed = False
         for block in self.blocks:
-            regs = await self._read_now(block.address, block.count, retries)
+            try:
+                regs = await self._read_now(block.address, block.count, retries)
+            except ModbusDeviceError as exc:
+                # the PLC answers but refuses this block: its tags Bad, the rest polled on
+                changed |= bool(
+                    self.image.invalidate(
+                        prefix + block.prefix, str(exc), code=Reason.DEVICE_REFUSED
+                    )
+                )
+                continue
             retries = self.retries
             now = self.wall()
             for field, value in block.decode(regs).items():

@@ -133,6 +133,8 @@ class ConveyorController:
         st = self.io.conveyor_status(self.aisle, self.outbound)
         if st is None:
             # safe state: command nothing; the PLC's own logic holds the zones
+            if self.available:
+                self.wh.publish_unavailable(self.path + "/", self.io.unavailable())
             self.available = False
             return None
         self.available = True

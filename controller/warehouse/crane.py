@@ -153,7 +153,7 @@ class CraneExecutor:
         st = self.wh.io.crane_status(self.aisle)
         self.status = st
         if st is None:
-            self.wh.publish_crane_unavailable(self.aisle, self.wh.io.unavailable())
+            self.wh.publish_unavailable(f"{self.source}/", self.wh.io.unavailable())
             self._alarm(
                 "plc", 800, f"crane {self.aisle}: {self.wh.io.unavailable() or 'no status'}"
             )

@@ -268,7 +268,9 @@ class PlcImageIO:
         v = self.image.get(self.bus.prefix + "online")
         if v.quality is Quality.GOOD and v.value is True:
             return ""
-        return f"warehouse PLC not answering ({v.reason or 'offline'})"
+        # the status tags carry why (link down, no answer, quarantined); online only says that
+        why = self.image.get(self._crane_tags[1][0][1]).reason or v.reason or "offline"
+        return f"warehouse PLC not answering: {why}"
 
     def send(self, address: int, values: list[int], check: Check = None) -> Sent:
         return self.bus.send(address, values, check)

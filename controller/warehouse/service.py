@@ -78,7 +78,19 @@ class _NoAlarms:
 
 FINAL_LINE = {"stored", "delivered", "relocated", "failed"}
 PROGRAM_STATS_PERIOD_S = 1.0  # scan-time tags are written at most this often
-RECONCILE_TIMEOUT_S = 600.0  # a latched command finishing on its own takes at most this
+RECONCILE_TIMEOUT_S = 600.0
+# the crane and conveyor tags that are the plant's state (Bad while the PLC is silent)
+PLANT_FIELDS = (
+    "state",
+    "x",
+    "y",
+    "fork_loaded",
+    "fork_barcode",
+    "door_open",
+    "fault",
+    "eyes",
+    "motors",
+)  # a latched command finishing on its own takes at most this
 
 
 class ScanProgram(Protocol):
@@ -720,16 +732,16 @@ class Warehouse:
         self._tag(p + "fault", st.fault)
         self._tag(p + "task", ",".join(str(i) for i in current))
 
-    def publish_crane_unavailable(self, aisle: int, why: str) -> None:
-        """The PLC does not answer: the crane's tags keep their last value, Bad."""
+    def publish_unavailable(self, prefix: str, why: str) -> None:
+        """The PLC does not answer: the plant's tags under ``prefix`` keep their last
+        value, Bad (the controller's own, such as a task or the loads tracked, stay Good)."""
         img = self.image
         if img is None:
             return
-        p = f"warehouse/cranes/{aisle}/"
-        for name in ("state", "x", "y", "fork_loaded", "fork_barcode", "door_open", "fault"):
-            if p + name in self._defined:
-                cur = img.get(p + name)
-                img.write(p + name, cur.value, Quality.BAD, why or "warehouse PLC not answering")
+        for name in PLANT_FIELDS:
+            if prefix + name in self._defined:
+                cur = img.get(prefix + name)
+                img.write(prefix + name, cur.value, Quality.BAD, why or "PLC not answering")
 
     def publish_conveyor(self, conv: ConveyorController) -> None:
         p = conv.path + "/"

@@ -179,6 +179,11 @@ async def test_a_silent_plc_is_quarantined_and_the_cranes_hold(tmp_path):
         assert state.code in (Reason.NO_ANSWER, Reason.QUARANTINED)
         assert bus.snapshot().meters_quarantined == 1
         assert image.get("warehouse/cranes/1/state").quality is Quality.BAD
+        await _until(
+            lambda: image.get("warehouse/conveyors/1-in/eyes").quality is Quality.BAD,
+            "conveyor tags Bad",
+        )
+        assert "not answering" in io.unavailable()
         assert ("warehouse/cranes/1", "plc") in alarms.active
         # safe state: scans go on, no command block is written while the PLC is silent
         writes = sum(1 for r in bus.wire_log if r.function == 16)
