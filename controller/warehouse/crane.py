@@ -128,6 +128,7 @@ class CraneExecutor:
         self.error: BaseException | None = None
         self._alarmed: set[str] = set()
         self._refusals: set[str] = set()
+        self.work = True  # tasks may be waiting (at start: whatever the journal holds)
         self._steps: Steps = self._run()
 
     # -- the scan --------------------------------------------------------------------
@@ -218,13 +219,25 @@ class CraneExecutor:
             return [other, first] if other else [first]
         return [first]
 
+    def kick(self) -> None:
+        """New work may be queued for this crane: look at the task table at the next scan."""
+        self.work = True
+        self.watcher.kick()
+
     def _run(self) -> Steps:
         while True:
+            # an idle crane asks the journal for tasks only when told there may be some,
+            # not on every scan of the fast task
+            if not self.work:
+                yield
+                continue
+            self.work = False
             batch = self.next_batch()
             if not batch:
                 yield
                 continue
             yield from self.execute(batch)
+            self.work = True  # a finished batch: look again at once
 
     def execute(self, batch: list[TaskRow]) -> Steps:
         wh = self.wh

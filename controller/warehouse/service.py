@@ -421,7 +421,7 @@ class Warehouse:
 
     def _kick(self) -> None:
         for ex in self.cranes.values():
-            ex.watcher.kick()
+            ex.kick()
 
     async def _run_count(self, order_id: int) -> None:
         order = self.book.get(order_id)
@@ -582,7 +582,7 @@ class Warehouse:
             box.order_id,
             order.priority if order else 0,
         )
-        self.cranes[aisle].watcher.kick()
+        self.cranes[aisle].kick()
 
     def mark_picked(self, task: TaskRow, loc: Location, aisle: int) -> None:
         t = self.clock()

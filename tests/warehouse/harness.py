@@ -14,6 +14,7 @@ from controller.warehouse.line_link import BatchFeed
 from controller.warehouse.plant_io import LocalPlantIO, PlcImageIO
 from controller.warehouse.rack import Location
 from controller.warehouse.service import Warehouse
+from drivers.config import Quarantine
 from drivers.sim.warehouse import WarehousePlant
 from drivers.sim.warehouse_model import Spot, WarehouseModel
 from drivers.warehouse_plc import WarehousePlcBus
@@ -139,7 +140,16 @@ class Rig:
 async def open_plc(port: int, aisles: int = 1, poll_s: float = 0.01) -> PlcImageIO:
     """The PLC at 127.0.0.1:port through its bus (as the service reaches it), once it answers."""
     bus = WarehousePlcBus(
-        "warehouse_plc", ProcessImage(), host="127.0.0.1", port=port, aisles=aisles, poll_s=poll_s
+        "warehouse_plc",
+        ProcessImage(),
+        host="127.0.0.1",
+        port=port,
+        aisles=aisles,
+        poll_s=poll_s,
+        # a test's client shares the simulated PLC with the controller under test on a
+        # busy machine: a generous reply time, and a short back-off after a miss
+        response_timeout_s=2.0,
+        quarantine=Quarantine(initial_s=0.1, max_s=0.5),
     )
     await bus.start()
     io = PlcImageIO(bus)
