@@ -29,7 +29,14 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from controller.process_image import ProcessImage, Quality
 from controller.quality_reason import Reason
-from drivers.bus_owner import LANES, BusOwner, PeriodicJob, WireRecord, _ControlItem
+from drivers.bus_owner import (
+    LANES,
+    MAX_CONTROL_QUEUE,
+    BusOwner,
+    PeriodicJob,
+    WireRecord,
+    _ControlItem,
+)
 from drivers.config import LinkConfig, Quarantine
 from drivers.errors import BusTimeout, CommandRejected, ModbusDeviceError, TransportClosed
 from drivers.warehouse_plc_map import (
@@ -360,8 +367,10 @@ class WarehousePlcBus(BusOwner):
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         if self._stopping or not self.connected:
             future.set_exception(CommandRejected(f"bus {self.name}: not connected"))
-        elif len(self._controls) >= 64:
-            future.set_exception(CommandRejected(f"bus {self.name}: control queue full"))
+        elif len(self._controls) >= MAX_CONTROL_QUEUE:
+            future.set_exception(
+                CommandRejected(f"bus {self.name}: control queue full ({MAX_CONTROL_QUEUE})")
+            )
         else:
             action = self._confirmed_write(address, list(values), check)
             self._controls.append(_ControlItem(action, future, self.clock()))
