@@ -117,6 +117,9 @@ async def test_service_comes_up_with_the_warehouse_and_moves_a_box(running):
     assert svc.image.get("warehouse/slots/occupied").value == 5
     assert svc.image.get("warehouse/orders/completed").value == 1
     assert sim.warehouse.plant.conveyors[(1, True)].delivered == ["NEW00000"]
+    # every crane and conveyor command went over the PLC's bus and its read-back matched
+    plc = svc.plant.bus("warehouse_plc")
+    assert plc.unconfirmed == 0
     # a retry with the same token is the same command, not a second order
     again = await svc.router.submit(
         Request(
