@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from drivers.local_channel import ControlServer, request
 
 if TYPE_CHECKING:
-    from drivers.bus_stats import BusSnapshot
+    from controller.bus_stats import BusSnapshot
 
     from controller.alarms import AlarmEngine
     from controller.commands import CommandLog

@@ -14,6 +14,10 @@ from drivers.bus_owner import BusOwner
 from drivers.config import Dlt645BusConfig, FieldConfig, ModbusBusConfig
 from drivers.dlt645_bus import Dlt645Bus
 from drivers.esam import Esam
+from drivers.warehouse_plc import WarehousePlcBus
+
+# The warehouse PLC's bus, built from ``[warehouse] plc`` when the site has a warehouse.
+WAREHOUSE_PLC_BUS = "warehouse_plc"
 
 if TYPE_CHECKING:
     from controller.journal import Journal
@@ -54,6 +58,25 @@ class FieldPlant:
                 from drivers.modbus_bus import ModbusBus
 
                 self._buses[bus.name] = ModbusBus(bus, image, clock=clock, wall=wall)
+        warehouse = getattr(config, "warehouse", None)
+        if warehouse is not None:
+            if WAREHOUSE_PLC_BUS in self._buses:
+                raise ValueError(
+                    f"buses: the name {WAREHOUSE_PLC_BUS!r} is the warehouse PLC's bus; "
+                    "rename the configured bus"
+                )
+            host, port = warehouse.plc_endpoint
+            self._buses[WAREHOUSE_PLC_BUS] = WarehousePlcBus(
+                WAREHOUSE_PLC_BUS,
+                image,
+                host=host,
+                port=port,
+                aisles=warehouse.aisles,
+                poll_s=warehouse.poll_s,
+                response_timeout_s=warehouse.plc_timeout_s,
+                clock=clock,
+                wall=wall,
+            )
 
     async def start(self) -> None:
         """Open transports and start one owner task per bus; does not wait for readings."""

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from asyncua import ua
-from drivers.bus_stats import BusSnapshot
+from controller.bus_stats import BusSnapshot
 
 from opcua_server.ua_values import status_code, ua_time
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from drivers.bus_stats import BusSnapshot
+from controller.bus_stats import BusSnapshot
 
 from controller.process_image import Tag
 

@@ -55,18 +55,30 @@ def _config(path: str | None) -> WarehouseConfig:
 async def count(
     cfg: WarehouseConfig, db: str, host: str, port: int, slots: list[str] | None
 ) -> dict[str, Any]:
-    from controller.warehouse.plant_io import ModbusPlantIO
+    from controller.process_image import ProcessImage
+    from controller.warehouse.plant_io import PlcImageIO
     from controller.warehouse.service import Warehouse
+    from drivers.warehouse_plc import WarehousePlcBus
 
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    io = ModbusPlantIO(host, port)
-    await io.connect()
+    # the PLC through its bus, as the service reaches it: one transaction in flight
+    bus = WarehousePlcBus(
+        "warehouse_plc", ProcessImage(), host=host, port=port, aisles=cfg.aisles, poll_s=1.0
+    )
+    await bus.start()
     try:
+        io = PlcImageIO(bus)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + cfg.plc_timeout_s * 5
+        while io.unavailable():
+            if loop.time() > end:
+                raise OSError(f"--plant: no PLC answering at {host}:{port} ({io.unavailable()})")
+            await asyncio.sleep(0.02)
         wh = Warehouse(cfg, conn, io)
         wh.inv.load_rack(wh.rack)
         return await wh.count(slots)
     finally:
-        io.close()
+        await bus.stop()
         conn.close()
 
 

@@ -63,6 +63,13 @@ class WarehouseConfig(ConfigModel):
         pattern=r"^tcp://[^:/\s]+:\d{1,5}$",
         description="the warehouse PLC (Modbus TCP), tcp://HOST:PORT",
     )
+    plc_timeout_s: float = Field(
+        1.0,
+        ge=0.02,
+        le=30.0,
+        description="the PLC's reply must arrive within this; after its retry the PLC "
+        "is quarantined and its status Bad (the cranes hold)",
+    )
     return_aisle: int = Field(
         1, ge=1, le=20, description="aisle whose induct the verification line returns boxes to"
     )

@@ -10,30 +10,38 @@ stays blocked while its zone runs for longer than ``jam_timeout_s`` is a jam.
 Inbound: zone 0 is the induct with a barcode reader, the last zone the crane's
 pick-up station. Outbound: zone 0 is the crane's drop-off station, the last zone
 discharges to the line feed or the delivery dock.
+
+Each conveyor is a program of the scan cycle: a scan reads the photo-eyes,
+motors and reader from the process image, tracks and plans, and queues the
+motor command on the PLC bus's control lane (confirmed by reading the actual
+motors back); it never waits for the wire, and while the PLC does not answer
+it commands nothing.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
+from controller.cycle import Series
 from controller.warehouse.config import ConveyorConfig
 from controller.warehouse.plant_io import (
-    CODE_REGS,
     NOREAD,
-    V_EYES,
     V_MOTOR_CMD,
     V_MOTORS,
-    V_READ_CODE,
-    V_READ_COUNT,
     V_REREAD,
+    ConveyorStatus,
     PlantIO,
+    Sent,
     conveyor_base,
-    decode_code,
+    conveyor_fields,
 )
+from drivers.warehouse_plc import CONVEYOR_STATUS_REGS
 
 if TYPE_CHECKING:
     from controller.warehouse.service import Warehouse
 
+SCAN_WINDOW = 1024  # recent scan times kept per program
 HOLD = "?"  # tracking placeholder: a load whose identity is unknown is never released
 
 
@@ -85,7 +93,12 @@ class ConveyorController:
         self.blocked_since: list[float | None] = [None] * self.n
         self.jammed: set[int] = set()
         self.held_alarm = ""  # the alarm kind raised for the load held at the induct, if any
-        self.watcher = wh.io.watcher()
+        self.watcher = wh.wake
+        self.program = f"conveyor-{aisle}-{'out' if outbound else 'in'}"
+        self.scan_time = Series(SCAN_WINDOW)
+        self.due: float | None = None
+        self.available = False  # the PLC's status for this conveyor was Good at the last scan
+        self._motor_cmd: tuple[int, Sent] | None = None  # last motor bitmap sent, in flight
 
     @property
     def station_zone(self) -> int:
@@ -97,30 +110,41 @@ class ConveyorController:
     def running(self, z: int) -> bool:
         return bool((self.motors >> z) & 1)
 
+    def _unpack(self, st: ConveyorStatus) -> tuple[list[bool], int, int, str]:
+        eyes = [bool((st.eyes >> z) & 1) for z in range(self.n)]
+        return eyes, st.motors, st.read_count, st.read_code
+
     async def read(self) -> tuple[list[bool], int, int, str]:
-        r = await self.io.read(self.base, V_READ_CODE + CODE_REGS)
-        eyes = [bool((r[V_EYES] >> z) & 1) for z in range(self.n)]
-        return (
-            eyes,
-            r[V_MOTORS],
-            r[V_READ_COUNT],
-            decode_code(r[V_READ_CODE : V_READ_CODE + CODE_REGS]),
-        )
+        """Read the status block now (start-up reconcile; scans read the image)."""
+        regs = await self.io.read(self.base, CONVEYOR_STATUS_REGS)
+        return self._unpack(ConveyorStatus.from_fields(conveyor_fields(regs)))
 
-    async def run(self) -> None:
-        while True:
-            timeout = await self.scan()
-            await self.watcher.wait(timeout)
+    def scan(self, deadline: float = 0.0) -> None:
+        """One scan of the conveyor program; never awaits."""
+        t0 = time.perf_counter()
+        try:
+            left = self._scan()
+            self.due = None if left is None else self.wh.loop_time() + left
+        finally:
+            self.scan_time.add(time.perf_counter() - t0)
 
-    async def scan(self) -> float | None:
-        """One control scan; returns how long until something time-based is due."""
-        eyes, motors, count, code = await self.read()
+    def _scan(self) -> float | None:
+        """Returns how long until something time-based is due."""
+        st = self.io.conveyor_status(self.aisle, self.outbound)
+        if st is None:
+            # safe state: command nothing; the PLC's own logic holds the zones
+            if self.available:
+                self.wh.publish_unavailable(self.path + "/", self.io.unavailable())
+            self.available = False
+            return None
+        self.available = True
+        eyes, motors, count, code = self._unpack(st)
         prev = self.eyes
         self.motors = motors
         self._track(prev, eyes)
         self.eyes = eyes
         if not self.outbound:
-            await self._induct(count, code)
+            self._induct(count, code)
             if self.held_alarm and self.ids[0] != HOLD:
                 # the held load was re-identified or taken off: the cause is gone
                 self.wh.clear_alarm(
@@ -133,11 +157,19 @@ class ConveyorController:
                 self.wh.box_at_station(self.aisle, ident)
         locked = {self.station_zone} if self.locked else set()
         want = plan_motors(eyes, self.ids, locked, discharge=self.outbound)
-        if want != motors:
-            await self.io.write(self.base + V_MOTOR_CMD, [want])
+        if want != motors and not self._motor_in_flight(want):
+            sent = self.io.send(self.base + V_MOTOR_CMD, [want], (self.base + V_MOTORS, [want]))
+            self._motor_cmd = (want, sent)
             self.motors = want
         self.wh.publish_conveyor(self)
         return self._jam_check()
+
+    def _motor_in_flight(self, want: int) -> bool:
+        """The same bitmap already sent and not yet settled: do not queue it again."""
+        cmd = self._motor_cmd
+        if cmd is None or cmd[0] != want or cmd[1] is None:
+            return False
+        return not cmd[1].done()
 
     def _track(self, prev: list[bool], eyes: list[bool]) -> None:
         """Move identities on photo-eye edges of running zones.
@@ -160,7 +192,7 @@ class ConveyorController:
             elif eyes[z + 1] and not prev[z + 1]:
                 self.ids[z + 1], self.ids[z] = self.ids[z], None
 
-    async def _induct(self, count: int, code: str) -> None:
+    def _induct(self, count: int, code: str) -> None:
         if not self.eyes[0]:
             self.read_count = count
             self.retries = 0
@@ -171,7 +203,7 @@ class ConveyorController:
         if code == NOREAD or not code:
             if self.retries < self.wh.cfg.barcode_retries:
                 self.retries += 1
-                await self.io.write(self.base + V_REREAD, [1])
+                self.io.send(self.base + V_REREAD, [1])
                 return
             self.ids[0] = HOLD
             self.held_alarm = "noread"
@@ -249,4 +281,5 @@ class ConveyorController:
         return pending
 
     async def force_reread(self) -> None:
+        """Operator action: trigger the induct reader now."""
         await self.io.write(self.base + V_REREAD, [1])

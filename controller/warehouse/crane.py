@@ -1,49 +1,50 @@
-"""Stacker crane: register driver, and the task executor with its interlocks.
+"""Stacker crane: its command block, and the crane program of the scan cycle.
 
 Cycles: a single command is pick + put (store, retrieve or relocate); a dual
 command chains a store and a retrieve (pick at the inbound station, put away,
 travel empty to the retrieval slot, pick, put at the outbound station), which
 saves one empty return trip (Bozer–White).
 
+The program runs once per scan of its cyclic task: it reads the crane's status
+from the process image (polled by the PLC's bus), steps its state machine and
+queues commands on the bus's control lane; it never waits for the wire. The
+state machine is a generator: each ``yield`` ends a scan, so the sequence
+(interlocks, command, wait for done) reads top to bottom while every scan
+returns at once.
+
 Every step is journalled write-ahead (see ``inventory``): the intent and the
 target reservation before the first motion, the pick after the plant confirms
 the fork is loaded with the expected barcode, the put after the plant confirms
-it. Interlocks live here as well as in the PLC: the executor never commands a
+it. Interlocks live here as well as in the PLC: the program never commands a
 fork into a slot the journal says is full or reserved by another task, or into
 a transfer station that is occupied or whose conveyor zone is running; an open
 aisle door or a broken light curtain stops the crane (the PLC stops it, the
-executor holds the task and alarms); a drive fault holds the task until the
-operator resets.
+program holds the task and alarms); a drive fault holds the task until the
+operator resets. A PLC that does not answer (its status Bad in the image) is
+the safe state: the task is held and no command is issued until it answers.
 """
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
+import time
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
+from controller.cycle import Series
 from controller.warehouse.inventory import TaskRow
 from controller.warehouse.plant_io import (
     C_ACK_SEQ,
     C_CMD,
-    C_CODE,
-    C_DONE_RESULT,
-    C_DONE_SEQ,
-    C_DOOR,
-    C_FAULT,
-    C_FORK,
-    C_STATE,
     C_STATUS_REGS,
-    C_X,
-    C_Y,
-    CODE_REGS,
     CraneState,
+    CraneStatus,
     Op,
     PlantIO,
     Result,
+    Sent,
     crane_base,
-    decode_code,
-    decode_position,
+    crane_fields,
+    send_failed,
 )
 from controller.warehouse.rack import (
     STATION_IN,
@@ -57,25 +58,13 @@ if TYPE_CHECKING:
     from controller.warehouse.conveyor import ConveyorController
     from controller.warehouse.service import Warehouse
 
-
-@dataclass(slots=True, frozen=True)
-class CraneStatus:
-    state: CraneState
-    x: float
-    y: float
-    fork_loaded: bool
-    fork_code: str
-    fault: int
-    done_seq: int
-    done_result: Result
-    door_open: bool
-    ack_seq: int
+# One scan of the state machine: a generator that yields at the end of each scan.
+Steps = Generator[None, None, None]
+SCAN_WINDOW = 1024  # recent scan times kept per program
 
 
 class CraneDriver:
-    """One crane's status and command registers."""
-
-    STATUS_REGS = C_STATUS_REGS
+    """One crane's command block: seq numbering, and the write with its read-back."""
 
     def __init__(self, io: PlantIO, aisle: int) -> None:
         self.io = io
@@ -84,28 +73,37 @@ class CraneDriver:
         self._seq: int | None = None
 
     async def status(self) -> CraneStatus:
-        r = await self.io.read(self.base, self.STATUS_REGS)
-        return CraneStatus(
-            state=CraneState(r[C_STATE]),
-            x=decode_position(r[C_X]),
-            y=decode_position(r[C_Y]),
-            fork_loaded=bool(r[C_FORK]),
-            fork_code=decode_code(r[C_CODE : C_CODE + CODE_REGS]),
-            fault=r[C_FAULT],
-            done_seq=r[C_DONE_SEQ],
-            done_result=Result(r[C_DONE_RESULT]),
-            door_open=bool(r[C_DOOR]),
-            ack_seq=r[C_ACK_SEQ],
-        )
+        """Read the status block now (start-up and tools; the program reads the image)."""
+        regs = await self.io.read(self.base, C_STATUS_REGS)
+        return CraneStatus.from_fields(crane_fields(regs))
 
-    async def command(self, op: Op, loc: Location) -> int:
+    def next_seq(self, latched: int) -> int:
         if self._seq is None:
             # continue after whatever the PLC last latched, so a restart never
             # re-uses a seq the PLC would ignore as a retry
-            self._seq = (await self.status()).ack_seq
+            self._seq = latched
         self._seq = self._seq % 65535 + 1
-        await self.io.write(self.base + C_CMD, [int(op), loc.row, loc.bay, loc.level, self._seq])
         return self._seq
+
+    def block(self, op: Op, loc: Location, seq: int) -> list[int]:
+        return [int(op), loc.row, loc.bay, loc.level, seq]
+
+    def send(self, op: Op, loc: Location, seq: int) -> Sent:
+        """Queue the command block; confirmed when the PLC's accepted seq reads back ``seq``.
+
+        A re-send of the same block (same seq) is a retry the PLC ignores once latched."""
+        return self.io.send(
+            self.base + C_CMD, self.block(op, loc, seq), (self.base + C_ACK_SEQ, [seq])
+        )
+
+    async def command(self, op: Op, loc: Location) -> int:
+        """Write a command now and wait for its read-back (operator reset, tools)."""
+        latched = (await self.status()).ack_seq if self._seq is None else 0
+        seq = self.next_seq(latched)
+        await self.io.write(
+            self.base + C_CMD, self.block(op, loc, seq), (self.base + C_ACK_SEQ, [seq])
+        )
+        return seq
 
 
 class InterlockRefused(RuntimeError):
@@ -113,32 +111,63 @@ class InterlockRefused(RuntimeError):
 
 
 class CraneExecutor:
-    """Runs one aisle's crane tasks in priority order, pairing store + retrieve into dual cycles."""
+    """One aisle's crane program: tasks in priority order, store + retrieve paired into dual cycles."""
 
     def __init__(self, wh: Warehouse, aisle: int) -> None:
         self.wh = wh
         self.aisle = aisle
         self.cfg = wh.cfg.cranes[aisle - 1]
         self.driver = CraneDriver(wh.io, aisle)
-        self.watcher = wh.io.watcher()
+        self.watcher = wh.wake
+        self.program = f"crane-{aisle}"
         self.status: CraneStatus | None = None
         self.current: list[int] = []
         self.cycles = {"single": 0, "dual": 0}
+        self.scan_time = Series(SCAN_WINDOW)
+        self.due: float | None = None  # loop time a scan is wanted by, with no plant change
+        self.error: BaseException | None = None
         self._alarmed: set[str] = set()
         self._refusals: set[str] = set()
+        self.work = True  # tasks may be waiting (at start: whatever the journal holds)
+        self._steps: Steps = self._run()
 
-    # -- status --------------------------------------------------------------------
-    async def poll(self) -> CraneStatus:
-        st = await self.driver.status()
+    # -- the scan --------------------------------------------------------------------
+    def scan(self, deadline: float = 0.0) -> None:
+        """One scan: read the image, step the state machine, queue commands; never awaits."""
+        t0 = time.perf_counter()
+        try:
+            self.due = None
+            self.refresh()
+            if self.error is None:
+                try:
+                    next(self._steps)
+                except StopIteration:
+                    pass
+                except Exception as exc:
+                    # a bug stops this crane (no more commands), not the cycle
+                    self.error = exc
+                    self.wh.program_failed(self, exc)
+        finally:
+            self.scan_time.add(time.perf_counter() - t0)
+
+    def refresh(self) -> CraneStatus | None:
+        st = self.wh.io.crane_status(self.aisle)
         self.status = st
-        self.wh.publish_crane(self.aisle, st, self.current)
-        self._conditions(st)
+        if st is None:
+            self.wh.publish_unavailable(f"{self.source}/", self.wh.io.unavailable())
+            self._alarm(
+                "plc", 800, f"crane {self.aisle}: {self.wh.io.unavailable() or 'no status'}"
+            )
+        else:
+            self._clear("plc", f"crane {self.aisle}: PLC answers")
+            self.wh.publish_crane(self.aisle, st, self.current)
+            self._conditions(st)
         return st
 
     def _conditions(self, st: CraneStatus) -> None:
         """Door and drive fault are states of the plant: alarmed while present, cleared when gone.
 
-        Evaluated on every status read, so an open door is alarmed even with no
+        Evaluated on every scan, so an open door is alarmed even with no
         task waiting, and the alarm clears when the door closes (the crane may
         still wait for a reset; its state tag and the held task say so).
         """
@@ -190,16 +219,27 @@ class CraneExecutor:
             return [other, first] if other else [first]
         return [first]
 
-    async def run(self) -> None:
+    def kick(self) -> None:
+        """New work may be queued for this crane: look at the task table at the next scan."""
+        self.work = True
+        self.watcher.kick()
+
+    def _run(self) -> Steps:
         while True:
+            # an idle crane asks the journal for tasks only when told there may be some,
+            # not on every scan of the fast task
+            if not self.work:
+                yield
+                continue
+            self.work = False
             batch = self.next_batch()
             if not batch:
-                await self.poll()
-                await self.watcher.wait(None)
+                yield
                 continue
-            await self.execute(batch)
+            yield from self.execute(batch)
+            self.work = True  # a finished batch: look again at once
 
-    async def execute(self, batch: list[TaskRow]) -> None:
+    def execute(self, batch: list[TaskRow]) -> Steps:
         wh = self.wh
         t = wh.clock()
         with wh.inv.tx():
@@ -221,10 +261,12 @@ class CraneExecutor:
         else:
             self.cycles["single"] += 1
         for task in batch:
-            if task.step in ("intent", "") and not await self._pick(task):
-                continue
+            if task.step in ("intent", ""):
+                picked = yield from self._pick(task)
+                if not picked:
+                    continue
             if task.step == "picked":
-                await self._put(task)
+                yield from self._put(task)
         self.current = []
 
     def _allocate(self, task: TaskRow) -> Location:
@@ -238,9 +280,9 @@ class CraneExecutor:
         self.wh.inv.reserve_slot(loc.code, task_id)
 
     # -- steps ------------------------------------------------------------------------
-    async def _pick(self, task: TaskRow) -> bool:
+    def _pick(self, task: TaskRow) -> Generator[None, None, bool]:
         loc = Location.parse(task.src)
-        res, st = await self._command(Op.PICK, loc, task)
+        res, st = yield from self._command(Op.PICK, loc, task)
         wh = self.wh
         t = wh.clock()
         if res is Result.REFUSED_EMPTY:
@@ -272,12 +314,12 @@ class CraneExecutor:
         self.wh.mark_picked(task, loc, self.aisle)
         return True
 
-    async def _put(self, task: TaskRow) -> None:
+    def _put(self, task: TaskRow) -> Steps:
         assert task.dst is not None
         loc = Location.parse(task.dst)
         while True:
             try:
-                res, _st = await self._command(Op.PUT, loc, task)
+                res, _st = yield from self._command(Op.PUT, loc, task)
             except InterlockRefused as exc:
                 loc = self._reallocate(task, loc, str(exc))
                 continue
@@ -321,16 +363,18 @@ class CraneExecutor:
             self.wh.rack.release(loc, task.id)
             self.wh.inv.release_slot(task.dst, task.id)
 
-    async def _command(self, op: Op, loc: Location, task: TaskRow) -> tuple[Result, CraneStatus]:
+    def _command(
+        self, op: Op, loc: Location, task: TaskRow
+    ) -> Generator[None, None, tuple[Result, CraneStatus]]:
         """Issue one pick or put once the interlocks allow, and see it through faults."""
         while True:
-            await self._interlocks(op, loc, task)
+            st = yield from self._interlocks(op, loc, task)
             conv = self._station_conveyor(loc)
             if conv is not None:
                 conv.locked = True  # the conveyor must not move the station zone under the fork
             try:
-                seq = await self.driver.command(op, loc)
-                res, st = await self._await_done(seq, op, loc, task)
+                seq = self.driver.next_seq(st.ack_seq)
+                res, st = yield from self._await_done(seq, op, loc, task)
             finally:
                 if conv is not None:
                     conv.locked = False
@@ -345,28 +389,34 @@ class CraneExecutor:
             return None
         return self.wh.inbound[loc.bay] if loc.level == STATION_IN else self.wh.outbound[loc.bay]
 
-    async def _interlocks(self, op: Op, loc: Location, task: TaskRow) -> None:
+    def _interlocks(
+        self, op: Op, loc: Location, task: TaskRow
+    ) -> Generator[None, None, CraneStatus]:
+        """Scans until the crane may take the command; returns the status it was cleared on."""
         wh = self.wh
         held = False
         while True:
-            st = await self.poll()
+            st = self.status
             why = ""
-            if st.door_open:
+            if st is None:
+                why = wh.io.unavailable() or "warehouse PLC not answering"
+            elif st.door_open:
                 why = "aisle door open / light curtain"
             elif st.state is CraneState.FAULT:
                 why = f"crane fault {st.fault}"
             elif st.state is CraneState.STOPPED:
                 why = "crane stopped, waiting for reset"
             if why:
-                # door and fault alarms come from poll(); here the task is held
+                # door, fault and PLC alarms come from refresh(); here the task is held
                 if not held:
                     held = True
                     wh.inv.update_task(task.id, wh.clock(), state="held", reason=why)
                     wh.inv.event(wh.clock(), "task_held", why, task.order_id, task.id, task.barcode)
-                await self.watcher.wait(None)
+                yield
                 continue
+            assert st is not None
             if st.state is not CraneState.IDLE:
-                await self.watcher.wait(None)
+                yield
                 continue
             if held:
                 held = False
@@ -374,13 +424,13 @@ class CraneExecutor:
             refusal = self._refusal(op, loc, task)
             if refusal is None:
                 self._refusals.discard(loc.code)
-                return
+                return st
             if op is Op.PUT and not loc.is_station:
                 raise InterlockRefused(refusal)
             if loc.code not in self._refusals:
                 self._refusals.add(loc.code)
                 wh.inv.event(wh.clock(), "interlock", refusal, task.order_id, task.id, task.barcode)
-            await self.watcher.wait(None)
+            yield
 
     def _refusal(self, op: Op, loc: Location, task: TaskRow) -> str | None:
         """Why the fork may not go to ``loc`` now (None: it may)."""
@@ -411,32 +461,42 @@ class CraneExecutor:
             return f"{loc.code} holds {slot.box} in the journal, not {task.barcode}"
         return None
 
-    async def _await_done(
+    def _await_done(
         self, seq: int, op: Op, loc: Location, task: TaskRow
-    ) -> tuple[Result, CraneStatus]:
+    ) -> Generator[None, None, tuple[Result, CraneStatus]]:
+        """Send the command and scan until the PLC reports it done.
+
+        A send the PLC did not confirm (no answer, read-back differs) is sent
+        again with the same seq once the PLC answers: the PLC latches a block
+        once per seq, so the retry cannot run the command twice."""
         st = self.status
         p0 = (st.x, st.y) if st else (0.0, 0.0)
         expected = travel_time(self.cfg, p0, position(self.wh.cfg, loc)) + self.cfg.fork_cycle_s
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + expected + self.wh.cfg.crane_timeout_margin_s
+        deadline = self.wh.loop_time() + expected + self.wh.cfg.crane_timeout_margin_s
+        sent = self.driver.send(op, loc, seq)
         while True:
-            st = await self.poll()
-            if st.done_seq == seq:
+            st = self.status
+            if st is not None and st.done_seq == seq:
                 self._clear(f"timeout:{task.id}", f"task {task.id}: {op.name} at {loc.code} done")
                 return st.done_result, st
-            remaining: float | None = deadline - loop.time()
-            if remaining is not None and remaining <= 0:
+            if st is not None and send_failed(sent) and st.ack_seq != seq:
+                sent = self.driver.send(op, loc, seq)
+            if self.wh.loop_time() >= deadline:
                 self._alarm(
                     f"timeout:{task.id}",
                     700,
                     f"crane {self.aisle}: {op.name} at {loc.code} not done within {expected:.1f}s + margin",
                 )
-                remaining = None  # keep supervising; the PLC decides the outcome
-            await self.watcher.wait(remaining)
+                # keep supervising; the PLC decides the outcome
+            else:
+                self.due = deadline
+            yield
 
     async def reset(self) -> None:
         await self.driver.command(Op.RESET, Location(0, 0, 0))
-        await self.poll()  # a successful reset clears the fault alarm now, not at the next task
+        # a successful reset clears the fault alarm now, not at the next task
+        # (over the bus: at the scan after the next poll)
+        self.refresh()
 
 
 __all__ = ["STATION_IN", "STATION_OUT", "CraneDriver", "CraneExecutor", "CraneStatus"]

@@ -145,10 +145,15 @@ class MeterRow:
 
 
 def open_db(path: str) -> sqlite3.Connection:
-    """A connection set up the way the journal does it: WAL, durable commits."""
+    """A connection set up like the journal's command batches: WAL, fsynced commits.
+
+    A crane intent is a promise (the target is reserved and the crane will
+    move), so it is committed with ``synchronous=FULL``: WAL + NORMAL survives
+    a process kill but a power cut can take back the last commits, and the
+    plant would then hold a box the journal never promised to move."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
+    conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
 

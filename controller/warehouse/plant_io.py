@@ -1,20 +1,30 @@
-"""The two ways to reach the warehouse PLC's registers: Modbus TCP and in-process.
+"""The warehouse PLC as the scan programs see it: its bus, or the simulator in-process.
 
 The plant (real PLC or ``drivers.sim.warehouse``) exposes holding registers;
-the controller reads status blocks and writes command blocks. The register map
-itself — addresses, sizes, bit meanings, word encodings — is the wire contract
-in :mod:`drivers.warehouse_plc_map`, re-exported here for the warehouse code.
-The simulator serves the map over Modbus TCP (pymodbus) and, for fast
-virtual-time runs, is called in-process through :class:`LocalPlantIO` with
-identical semantics.
+the register map itself — addresses, sizes, bit meanings, word encodings — is
+the wire contract in :mod:`drivers.warehouse_plc_map`, re-exported here for
+the warehouse code. In the service the PLC is a bus of the field plant
+(:class:`drivers.warehouse_plc.WarehousePlcBus`): it polls the status blocks
+into the process image and takes writes on its control lane, and
+:class:`PlcImageIO` gives the programs that image and that lane. For fast
+virtual-time runs the simulator is called in-process through
+:class:`LocalPlantIO` with identical semantics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
+from controller.process_image import Quality
+from drivers.warehouse_plc import (
+    CONVEYOR_STATUS_REGS,
+    conveyor_fields,
+    conveyor_name,
+    crane_fields,
+)
 from drivers.warehouse_plc_map import (
     C_ACK_SEQ,
     C_CMD,
@@ -66,23 +76,95 @@ from drivers.warehouse_plc_map import (
     encode_position,
 )
 
+if TYPE_CHECKING:
+    from drivers.warehouse_plc import WarehousePlcBus
+
+
+@dataclass(slots=True, frozen=True)
+class CraneStatus:
+    state: CraneState
+    x: float
+    y: float
+    fork_loaded: bool
+    fork_code: str
+    fault: int
+    done_seq: int
+    done_result: Result
+    door_open: bool
+    ack_seq: int
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any]) -> CraneStatus:
+        """From the driver's tag fields (``drivers.warehouse_plc.crane_fields``)."""
+        return cls(
+            state=CraneState(f["state"]),
+            x=f["x"],
+            y=f["y"],
+            fork_loaded=f["fork_loaded"],
+            fork_code=f["fork_barcode"],
+            fault=f["fault"],
+            done_seq=f["done_seq"],
+            done_result=Result(f["done_result"]),
+            door_open=f["door_open"],
+            ack_seq=f["ack_seq"],
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class ConveyorStatus:
+    eyes: int  # bit i = zone i blocked
+    motors: int  # bit i = zone i running (actual)
+    read_count: int
+    read_code: str
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any]) -> ConveyorStatus:
+        return cls(f["eyes"], f["motors"], f["read_count"], f["read_barcode"])
+
+
+Check = tuple[int, list[int]] | None  # registers read back to confirm a write
+# A queued write: None when it was applied at once (in-process plant), else a
+# future that fails when the PLC did not take it.
+Sent = asyncio.Future[list[int]] | None
+
+
+def send_failed(sent: Sent) -> bool:
+    return sent is not None and sent.done() and (sent.cancelled() or sent.exception() is not None)
+
 
 class PlantIO(Protocol):
-    """Register access to the warehouse PLC."""
+    """The warehouse PLC as the programs see it.
+
+    The scan side never waits: ``crane_status`` / ``conveyor_status`` read the
+    latest polled state (None while the PLC is not answering), ``send`` queues
+    a write. ``read`` / ``write`` wait for the wire; they are for start-up
+    (reconcile), operator actions (reset, rack count) and the line hand-over,
+    never for a scan.
+    """
+
+    def crane_status(self, aisle: int) -> CraneStatus | None: ...
+
+    def conveyor_status(self, aisle: int, outbound: bool) -> ConveyorStatus | None: ...
+
+    def unavailable(self) -> str:
+        """Why the PLC's state cannot be trusted now ("" when it can)."""
+        ...
+
+    def send(self, address: int, values: list[int], check: Check = None) -> Sent: ...
 
     async def read(self, address: int, count: int) -> list[int]: ...
 
-    async def write(self, address: int, values: list[int]) -> None: ...
+    async def write(self, address: int, values: list[int], check: Check = None) -> None: ...
 
     def watcher(self) -> Watcher: ...
 
 
 class Watcher:
-    """Wakes a control loop on a plant change, a local kick, or a timeout.
+    """Wakes a scan loop on a plant change, a local kick, or a timeout.
 
-    Over Modbus there are no change notifications, so ``wait`` is capped at the
-    poll period; in-process the plant signals every change, so loops sleep until
-    something happens and virtual time can jump straight to it.
+    With ``poll_s`` the wait is capped at that period (a safety net when change
+    notices may be missed); in-process the plant signals every change, so the
+    loop sleeps until something happens and virtual time can jump straight to it.
     """
 
     def __init__(self, poll_s: float | None) -> None:
@@ -113,15 +195,33 @@ class LocalPlant(Protocol):
 
 
 class LocalPlantIO:
-    """In-process access to a simulated plant, same register semantics as Modbus."""
+    """In-process access to a simulated plant, same register semantics as Modbus.
+
+    For virtual-time runs: status is read from the plant when a scan asks for
+    it, writes apply at once (the plant signals each change)."""
 
     def __init__(self, plant: LocalPlant) -> None:
         self._plant = plant
 
+    def crane_status(self, aisle: int) -> CraneStatus:
+        regs = self._plant.read_registers(crane_base(aisle), C_STATUS_REGS)
+        return CraneStatus.from_fields(crane_fields(regs))
+
+    def conveyor_status(self, aisle: int, outbound: bool) -> ConveyorStatus:
+        regs = self._plant.read_registers(conveyor_base(aisle, outbound), CONVEYOR_STATUS_REGS)
+        return ConveyorStatus.from_fields(conveyor_fields(regs))
+
+    def unavailable(self) -> str:
+        return ""
+
+    def send(self, address: int, values: list[int], check: Check = None) -> Sent:
+        self._plant.write_registers(address, list(values))
+        return None
+
     async def read(self, address: int, count: int) -> list[int]:
         return self._plant.read_registers(address, count)
 
-    async def write(self, address: int, values: list[int]) -> None:
+    async def write(self, address: int, values: list[int], check: Check = None) -> None:
         self._plant.write_registers(address, list(values))
 
     def watcher(self) -> Watcher:
@@ -130,47 +230,65 @@ class LocalPlantIO:
         return w
 
 
-class PlantIOError(IOError):
-    pass
+class PlcImageIO:
+    """The PLC through its bus: status from the process image, writes on the control lane."""
 
+    def __init__(self, bus: WarehousePlcBus) -> None:
+        self.bus = bus
+        self.image = bus.image
+        self._crane_tags = {
+            a: [(f, f"{bus.prefix}cranes/{a}/{f}") for f in crane_fields([0] * C_STATUS_REGS)]
+            for a in range(1, bus.aisles + 1)
+        }
+        fields = list(conveyor_fields([0] * CONVEYOR_STATUS_REGS))
+        self._conv_tags = {
+            (a, out): [(f, f"{bus.prefix}conveyors/{conveyor_name(a, out)}/{f}") for f in fields]
+            for a in range(1, bus.aisles + 1)
+            for out in (False, True)
+        }
 
-class ModbusPlantIO:
-    """Modbus TCP client to the PLC (pymodbus); one transaction in flight at a time."""
+    def _fields(self, tags: list[tuple[str, str]]) -> dict[str, Any] | None:
+        out: dict[str, Any] = {}
+        for field, name in tags:
+            v = self.image.get(name)
+            if v.quality is not Quality.GOOD:
+                return None
+            out[field] = v.value
+        return out
 
-    def __init__(
-        self, host: str, port: int, poll_s: float = 0.01, device_id: int = 1, timeout: float = 2.0
-    ) -> None:
-        from pymodbus.client import AsyncModbusTcpClient
+    def crane_status(self, aisle: int) -> CraneStatus | None:
+        f = self._fields(self._crane_tags[aisle])
+        return None if f is None else CraneStatus.from_fields(f)
 
-        self._client: Any = AsyncModbusTcpClient(host, port=port, timeout=timeout, retries=1)
-        self._device_id = device_id
-        self._poll_s = poll_s
-        self._lock = asyncio.Lock()
+    def conveyor_status(self, aisle: int, outbound: bool) -> ConveyorStatus | None:
+        f = self._fields(self._conv_tags[(aisle, outbound)])
+        return None if f is None else ConveyorStatus.from_fields(f)
 
-    async def connect(self) -> None:
-        if not await self._client.connect():
-            raise PlantIOError("cannot connect to the warehouse PLC")
+    def unavailable(self) -> str:
+        v = self.image.get(self.bus.prefix + "online")
+        if v.quality is Quality.GOOD and v.value is True:
+            return ""
+        # the status tags carry why (link down, no answer, quarantined); online only says that
+        why = self.image.get(self._crane_tags[1][0][1]).reason or v.reason or "offline"
+        return f"warehouse PLC not answering: {why}"
 
-    def close(self) -> None:
-        self._client.close()
+    def send(self, address: int, values: list[int], check: Check = None) -> Sent:
+        return self.bus.send(address, values, check)
 
     async def read(self, address: int, count: int) -> list[int]:
-        async with self._lock:
-            rr = await self._client.read_holding_registers(
-                address, count=count, device_id=self._device_id
-            )
-        if rr.isError():
-            raise PlantIOError(f"read {address}+{count}: {rr}")
-        return list(rr.registers)
+        return await self.bus.read(address, count)
 
-    async def write(self, address: int, values: list[int]) -> None:
-        async with self._lock:
-            rr = await self._client.write_registers(address, values, device_id=self._device_id)
-        if rr.isError():
-            raise PlantIOError(f"write {address}: {rr}")
+    async def write(self, address: int, values: list[int], check: Check = None) -> None:
+        await self.bus.write(address, values, check)
 
     def watcher(self) -> Watcher:
-        return Watcher(self._poll_s)
+        w = Watcher(None)
+        self.bus.add_listener(w)
+        return w
+
+
+class PlantIOError(IOError):
+    pass
 
 
 __all__ = [
@@ -212,15 +330,19 @@ __all__ = [
     "V_READ_COUNT",
     "V_REREAD",
     "V_ZONES",
+    "Check",
+    "ConveyorStatus",
     "CraneState",
+    "CraneStatus",
     "Fault",
     "LocalPlant",
     "LocalPlantIO",
-    "ModbusPlantIO",
     "Op",
     "PlantIO",
     "PlantIOError",
+    "PlcImageIO",
     "Result",
+    "Sent",
     "Watcher",
     "conveyor_base",
     "crane_base",
@@ -228,4 +350,5 @@ __all__ = [
     "decode_position",
     "encode_code",
     "encode_position",
+    "send_failed",
 ]

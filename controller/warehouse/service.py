@@ -1,13 +1,20 @@
 """The warehouse service: what the runtime starts.
 
     wh = Warehouse(cfg, conn, io, image=image, alarms=alarms, line=line_link)
-    await wh.start()        # schema, reconcile with the plant, start the control loops
+    await wh.start(cycle=svc.fast)  # schema, reconcile with the plant, attach the programs
     wh.submit("inbound", {...})
     ...
     await wh.stop()
 
-``io`` is a :class:`~controller.warehouse.plant_io.PlantIO`: Modbus TCP to the
-PLC (``ModbusPlantIO``) or the in-process simulator (``LocalPlantIO``).
+``io`` is a :class:`~controller.warehouse.plant_io.PlantIO`: the PLC's bus of
+the field plant (``PlcImageIO``) or the in-process simulator (``LocalPlantIO``).
+
+The cranes and conveyors are programs of a cyclic task (``CycleTask.attach``):
+each scan reads the image, steps its state machine and queues commands; none
+awaits the wire. Without a cyclic task (tests in virtual time, tools) the
+warehouse scans its programs itself whenever the plant changes or a program's
+timer is due. Each program's scan time is exported as tags under
+``warehouse/programs/<program>/`` (max and mean over the last second, scans).
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from controller.process_image import ProcessImage
+from controller.cycle import CycleTask
+from controller.process_image import ProcessImage, Quality
 from controller.warehouse.config import WarehouseConfig
 from controller.warehouse.conveyor import ConveyorController
 from controller.warehouse.crane import CraneExecutor, CraneStatus
@@ -41,6 +49,7 @@ from controller.warehouse.plant_io import (
     SCAN_BASE,
     CraneState,
     PlantIO,
+    Watcher,
     decode_code,
     encode_code,
 )
@@ -68,6 +77,28 @@ class _NoAlarms:
 
 
 FINAL_LINE = {"stored", "delivered", "relocated", "failed"}
+PROGRAM_STATS_PERIOD_S = 1.0  # scan-time tags are written at most this often
+RECONCILE_TIMEOUT_S = 600.0
+# the crane and conveyor tags that are the plant's state (Bad while the PLC is silent)
+PLANT_FIELDS = (
+    "state",
+    "x",
+    "y",
+    "fork_loaded",
+    "fork_barcode",
+    "door_open",
+    "fault",
+    "eyes",
+    "motors",
+)  # a latched command finishing on its own takes at most this
+
+
+class ScanProgram(Protocol):
+    program: str
+    due: float | None
+    scan_time: Any  # controller.cycle.Series
+
+    def scan(self, deadline: float = 0.0) -> None: ...
 
 
 class Warehouse:
@@ -97,6 +128,12 @@ class Warehouse:
         self.alarm_log: list[tuple[str, str, int, str]] = []
         self._defined: set[str] = set()
         self._handover_seq: int | None = None
+        self.wake = Watcher(None)  # the scan loop's wake-up (plant changes, local kicks)
+        self.programs: list[ScanProgram] = []
+        self._scanning = False
+        self._errors: list[BaseException] = []
+        self._stats_at = -1e18
+        self._stats_seen: dict[str, int] = {}
 
     # -- time ----------------------------------------------------------------------
     def clock(self) -> float:
@@ -107,27 +144,104 @@ class Warehouse:
         return asyncio.get_running_loop().time()
 
     # -- lifecycle -------------------------------------------------------------------
-    async def start(self, run: bool = True) -> dict[str, Any]:
+    async def start(self, run: bool = True, cycle: CycleTask | None = None) -> dict[str, Any]:
+        """Schema, reconcile with the plant, then scan the programs: on ``cycle`` when
+        given (one attach per program), else on the warehouse's own scan loop."""
         self.inv.create_schema()
         self.inv.load_rack(self.rack)
+        self.wake = self.io.watcher()
         for aisle in range(1, self.cfg.aisles + 1):
             self.cranes[aisle] = CraneExecutor(self, aisle)
             self.inbound[aisle] = ConveyorController(self, aisle, False, self.cfg.inbound)
             self.outbound[aisle] = ConveyorController(self, aisle, True, self.cfg.outbound)
+        # conveyors first: a crane's station interlocks read their tracking of this scan
+        self.programs = [
+            *(c for a in self.cranes for c in (self.inbound[a], self.outbound[a])),
+            *self.cranes.values(),
+        ]
         report = await self.reconcile()
         self.publish_totals()
+        for p in self.programs:
+            self._define_program_tags(p)
         if run:
-            for aisle in self.cranes:
-                for coro in (
-                    self.cranes[aisle].run(),
-                    self.inbound[aisle].run(),
-                    self.outbound[aisle].run(),
-                ):
-                    self._tasks.append(asyncio.create_task(coro))
+            self._scanning = True
+            if cycle is not None:
+                for p in self.programs:
+                    cycle.attach(f"warehouse {p.program}", self._scanner(p))
+                cycle.attach("warehouse program stats", self._program_stats)
+            else:
+                self._tasks.append(asyncio.create_task(self._scan_loop(), name="warehouse-scan"))
         return report
 
+    def _scanner(self, p: ScanProgram) -> Callable[[float], None]:
+        def scan(deadline: float) -> None:
+            if self._scanning:
+                p.scan(deadline)
+
+        return scan
+
+    def scan(self, deadline: float = 0.0) -> None:
+        """One scan of every program (the scan loop's step)."""
+        for p in self.programs:
+            p.scan(deadline)
+        self._program_stats(deadline)
+
+    async def _scan_loop(self) -> None:
+        """Scan on every plant change or local kick, and when a program's timer is due."""
+        while self._scanning:
+            self.scan(self.loop_time())
+            dues = [p.due for p in self.programs if p.due is not None]
+            await self.wake.wait(None if not dues else max(0.0, min(dues) - self.loop_time()))
+
+    def program_failed(self, program: ScanProgram, exc: BaseException) -> None:
+        """A program stopped on an error: alarm, and let ``check_running`` raise it."""
+        self._errors.append(exc)
+        self.alarm(
+            f"warehouse/programs/{program.program}",
+            "program_failed",
+            900,
+            f"program {program.program} stopped: {type(exc).__name__}: {exc}",
+        )
+
+    def _define_program_tags(self, p: ScanProgram) -> None:
+        if self.image is None:
+            return
+        base = f"warehouse/programs/{p.program}/"
+        for name, unit, what in (
+            ("scan_max_s", "s", "longest scan over the last second"),
+            ("scan_mean_s", "s", "mean scan over the last second"),
+            ("scans", "", "scans since start"),
+        ):
+            if base + name not in self._defined:
+                self.image.define(base + name, unit, f"{p.program}: {what}")
+                self._defined.add(base + name)
+
+    def _program_stats(self, deadline: float = 0.0) -> None:
+        """Each program's scan time into the image, at most once per second (not per scan,
+        so a 10 ms task does not flood the image's subscribers)."""
+        img = self.image
+        if img is None:
+            return
+        now = self.loop_time()
+        if now - self._stats_at < PROGRAM_STATS_PERIOD_S:
+            return
+        self._stats_at = now
+        for p in self.programs:
+            s = p.scan_time
+            new = s.count - self._stats_seen.get(p.program, 0)
+            self._stats_seen[p.program] = s.count
+            base = f"warehouse/programs/{p.program}/"
+            if new:
+                recent = s.recent(new)
+                img.write(base + "scan_max_s", max(recent))
+                img.write(base + "scan_mean_s", sum(recent) / len(recent))
+            img.write(base + "scans", s.count)
+
     async def stop(self, timeout: float = 5.0) -> None:
-        """Cancel the control loops; bounded, so a stuck transport cannot hang shutdown."""
+        """Stop scanning and cancel the background work; bounded, so a stuck transport
+        cannot hang shutdown."""
+        self._scanning = False
+        self.wake.kick()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         pending = [t for t in self._tasks if not t.done()]
@@ -143,7 +257,9 @@ class Warehouse:
         self._tasks.clear()
 
     def check_running(self) -> None:
-        """Re-raise a control loop's crash (tests call this while waiting)."""
+        """Re-raise a program's or a background task's crash (tests call this while waiting)."""
+        if self._errors:
+            raise self._errors[0]
         for t in self._tasks:
             if t.done() and not t.cancelled() and t.exception() is not None:
                 raise t.exception()  # type: ignore[misc]
@@ -152,12 +268,22 @@ class Warehouse:
     async def reconcile(self) -> dict[str, Any]:
         """Bring the journal in line with the plant: cranes first, then conveyors."""
         report: dict[str, Any] = {"tasks": [], "conveyors": []}
+        loop = asyncio.get_running_loop()
         for aisle, ex in self.cranes.items():
-            st = await ex.poll()
+            st = await ex.driver.status()
+            end = loop.time() + RECONCILE_TIMEOUT_S
             while st.state in (CraneState.MOVING, CraneState.FORKING):
                 # the PLC finishes a latched command on its own; wait for the outcome
-                await ex.watcher.wait(self.cfg.poll_s)
-                st = await ex.poll()
+                if loop.time() > end:
+                    raise TimeoutError(
+                        f"crane {aisle}: still {st.state.name.lower()} after "
+                        f"{RECONCILE_TIMEOUT_S:g} s at start-up"
+                    )
+                await asyncio.sleep(self.cfg.poll_s)
+                st = await ex.driver.status()
+            ex.status = st
+            self.publish_crane(aisle, st, [])
+            ex._conditions(st)
             for task in self.inv.open_tasks(aisle):
                 if task.state == "queued":
                     continue
@@ -295,7 +421,7 @@ class Warehouse:
 
     def _kick(self) -> None:
         for ex in self.cranes.values():
-            ex.watcher.kick()
+            ex.kick()
 
     async def _run_count(self, order_id: int) -> None:
         order = self.book.get(order_id)
@@ -309,7 +435,8 @@ class Warehouse:
         self.publish_totals()
 
     async def scan_slot(self, loc: Location) -> str | None:
-        await self.io.write(SCAN_BASE, [loc.row, loc.bay, loc.level])
+        where = [loc.row, loc.bay, loc.level]
+        await self.io.write(SCAN_BASE, where, (SCAN_BASE, where))
         r = await self.io.read(SCAN_BASE + 3, 1 + CODE_REGS)
         return decode_code(r[1:]) if r[0] else None
 
@@ -367,7 +494,10 @@ class Warehouse:
             # continue after the PLC's last latched seq, never re-using one it would ignore
             self._handover_seq = (await self.io.read(HANDOVER_BASE + H_ACK_SEQ, 1))[0]
         self._handover_seq = self._handover_seq % 65535 + 1
-        await self.io.write(HANDOVER_BASE, [aisle, *encode_code(code), self._handover_seq])
+        seq = self._handover_seq
+        await self.io.write(
+            HANDOVER_BASE, [aisle, *encode_code(code), seq], (HANDOVER_BASE + H_ACK_SEQ, [seq])
+        )
         self.inv.event(
             self.clock(), "handed_over", f"line -> aisle {aisle} induct", None, None, code
         )
@@ -452,7 +582,7 @@ class Warehouse:
             box.order_id,
             order.priority if order else 0,
         )
-        self.cranes[aisle].watcher.kick()
+        self.cranes[aisle].kick()
 
     def mark_picked(self, task: TaskRow, loc: Location, aisle: int) -> None:
         t = self.clock()
@@ -601,6 +731,17 @@ class Warehouse:
         self._tag(p + "door_open", st.door_open)
         self._tag(p + "fault", st.fault)
         self._tag(p + "task", ",".join(str(i) for i in current))
+
+    def publish_unavailable(self, prefix: str, why: str) -> None:
+        """The PLC does not answer: the plant's tags under ``prefix`` keep their last
+        value, Bad (the controller's own, such as a task or the loads tracked, stay Good)."""
+        img = self.image
+        if img is None:
+            return
+        for name in PLANT_FIELDS:
+            if prefix + name in self._defined:
+                cur = img.get(prefix + name)
+                img.write(prefix + name, cur.value, Quality.BAD, why or "PLC not answering")
 
     def publish_conveyor(self, conv: ConveyorController) -> None:
         p = conv.path + "/"

@@ -3,8 +3,11 @@
 - Inventory, orders and crane tasks live in the service's journal file (the
   ``wh_*`` tables, created idempotently from ``WAREHOUSE_SCHEMA`` at start on
   a second connection; the journal's own writer keeps its connection).
-- The PLC is reached over Modbus TCP (``[warehouse] plc``); with ``[sim]
-  enabled`` the simulator process serves it.
+- The PLC is a bus of the field plant (``drivers.warehouse_plc``, built from
+  ``[warehouse] plc``; with ``[sim] enabled`` the simulator process serves it):
+  its status is polled into the image, commands go on its control lane.
+- Cranes and conveyors are programs of the service's fast cyclic task; each
+  scan reads the image and queues commands, none awaits the wire.
 - Tags are published under ``warehouse/...`` in the service's process image,
   all defined by the end of :meth:`WarehouseSubsystem.start` (before the OPC UA
   model is built).
@@ -32,7 +35,7 @@ from controller.warehouse.demo import DEMO_METER_TYPE, demo_stock
 from controller.warehouse.inventory import Inventory, open_db
 from controller.warehouse.marketing import MarketingError, MarketingInterface
 from controller.warehouse.orders import TERMINAL, OrderError, OrderKind, OrderState
-from controller.warehouse.plant_io import ModbusPlantIO, PlantIOError
+from controller.warehouse.plant_io import PlantIOError, PlcImageIO
 from controller.warehouse.rack import BoxClass
 from controller.warehouse.service import Warehouse
 from opcua_server.methods import CommandRefused, CommandRequest
@@ -106,7 +109,7 @@ class WarehouseSubsystem:
         self.service = service
         self.cfg = cfg
         self.wh: Warehouse | None = None
-        self.io: ModbusPlantIO | None = None
+        self.io: PlcImageIO | None = None
         self._conn: Any = None
         self._orders: dict[str, int] = {}  # command id -> order id, until the order ends
         self._inflight: set[str] = set()
@@ -119,8 +122,15 @@ class WarehouseSubsystem:
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         svc = self.service
-        host, port = self.cfg.plc_endpoint
-        self.io = ModbusPlantIO(host, port, poll_s=self.cfg.poll_s)
+        from drivers.plant import WAREHOUSE_PLC_BUS
+        from drivers.warehouse_plc import WarehousePlcBus
+
+        if svc.plant is None:
+            raise RuntimeError("warehouse: no field plant running; the PLC is one of its buses")
+        bus = svc.plant.bus(WAREHOUSE_PLC_BUS)
+        if not isinstance(bus, WarehousePlcBus):
+            raise RuntimeError(f"warehouse: bus {WAREHOUSE_PLC_BUS!r} is not the warehouse PLC")
+        self.io = PlcImageIO(bus)
         await self._connect()
         self._conn = open_db(str(svc.journal.path))
         seeded = self._seed()
@@ -133,10 +143,9 @@ class WarehouseSubsystem:
             line=None,
             clock=time.time,
         )
-        report = await self.wh.start()
+        report = await self.wh.start(cycle=svc.fast)
         # every tag exists before the OPC UA model is built
-        for aisle, ex in self.wh.cranes.items():
-            await ex.poll()
+        for aisle in self.wh.cranes:
             for conv in (self.wh.inbound[aisle], self.wh.outbound[aisle]):
                 self.wh.publish_conveyor(conv)
         self.wh.publish_totals()
@@ -155,20 +164,17 @@ class WarehouseSubsystem:
         )
 
     async def _connect(self) -> None:
+        """Wait until the PLC's bus has polled it once (its status Good in the image)."""
         assert self.io is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CONNECT_TIMEOUT_S
-        while True:
-            try:
-                await self.io.connect()
-                return
-            except PlantIOError:
-                if loop.time() > deadline:
-                    raise PlantIOError(
-                        f"warehouse.plc: no PLC answering at {self.cfg.plc} "
-                        f"within {CONNECT_TIMEOUT_S:g} s"
-                    ) from None
-                await asyncio.sleep(0.2)
+        while self.io.unavailable():
+            if loop.time() > deadline:
+                raise PlantIOError(
+                    f"warehouse.plc: no PLC answering at {self.cfg.plc} "
+                    f"within {CONNECT_TIMEOUT_S:g} s ({self.io.unavailable()})"
+                )
+            await asyncio.sleep(0.05)
 
     def _seed(self) -> int:
         """Demo stock into an empty inventory (the simulator starts with the same boxes)."""
@@ -207,8 +213,7 @@ class WarehouseSubsystem:
             self._track_task = None
         if self.wh is not None:
             await self.wh.stop()
-        if self.io is not None:
-            self.io.close()
+        self.io = None  # the bus belongs to the field plant, which closes it
         if self._conn is not None:
             self._conn.close()
             self._conn = None

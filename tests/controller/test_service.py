@@ -133,7 +133,8 @@ def test_run_comes_up_serves_metrics_and_stops_on_sigterm(service, tmp_path):
 def test_run_starts_every_subsystem_and_stops_on_sigint(service):
     service.wait_for_line(r"service ready")
     text = service.text()
-    for line in ("simulators ready", "field ready: 9 buses", "opcua ready: opc.tcp://"):
+    # the demo's 9 configured buses + the warehouse PLC's bus (from [warehouse] plc)
+    for line in ("simulators ready", "field ready: 10 buses", "opcua ready: opc.tcp://"):
         assert line in text
     service.proc.send_signal(signal.SIGINT)
     assert service.proc.wait(timeout=5) == 0

@@ -11,11 +11,13 @@ from controller.process_image import ProcessImage
 from controller.warehouse.config import WarehouseConfig
 from controller.warehouse.inventory import open_db
 from controller.warehouse.line_link import BatchFeed
-from controller.warehouse.plant_io import LocalPlantIO
+from controller.warehouse.plant_io import LocalPlantIO, PlcImageIO
 from controller.warehouse.rack import Location
 from controller.warehouse.service import Warehouse
+from drivers.config import Quarantine
 from drivers.sim.warehouse import WarehousePlant
 from drivers.sim.warehouse_model import Spot, WarehouseModel
+from drivers.warehouse_plc import WarehousePlcBus
 
 SMALL = dict(
     rows=2,
@@ -133,3 +135,33 @@ class Rig:
                 "rejected": {"rejected"},
             }
             assert states <= expect[b.klass.value], (b.barcode, b.klass, states)
+
+
+async def open_plc(port: int, aisles: int = 1, poll_s: float = 0.01) -> PlcImageIO:
+    """The PLC at 127.0.0.1:port through its bus (as the service reaches it), once it answers."""
+    bus = WarehousePlcBus(
+        "warehouse_plc",
+        ProcessImage(),
+        host="127.0.0.1",
+        port=port,
+        aisles=aisles,
+        poll_s=poll_s,
+        # a test's client shares the simulated PLC with the controller under test on a
+        # busy machine: a generous reply time, and a short back-off after a miss
+        response_timeout_s=2.0,
+        quarantine=Quarantine(initial_s=0.1, max_s=0.5),
+    )
+    await bus.start()
+    io = PlcImageIO(bus)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 10.0
+    while io.unavailable():
+        if loop.time() > end:
+            await bus.stop()
+            raise AssertionError(f"PLC at port {port}: {io.unavailable()}")
+        await asyncio.sleep(0.01)
+    return io
+
+
+async def close_plc(io: PlcImageIO) -> None:
+    await io.bus.stop()

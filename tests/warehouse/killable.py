@@ -13,16 +13,14 @@ import sys
 
 from controller.warehouse.config import WarehouseConfig
 from controller.warehouse.inventory import open_db
-from controller.warehouse.plant_io import ModbusPlantIO
 from controller.warehouse.service import Warehouse
-from tests.warehouse.harness import manifest
+from tests.warehouse.harness import close_plc, manifest, open_plc
 from tests.warehouse.test_modbus import FAST
 
 
 async def main(db: str, port: int, n: int) -> int:
     cfg = WarehouseConfig.model_validate(FAST)
-    io = ModbusPlantIO("127.0.0.1", port, poll_s=0.005)
-    await io.connect()
+    io = await open_plc(port, 1, poll_s=0.005)
     wh = Warehouse(cfg, open_db(db), io)
     report = await wh.start()
     print(json.dumps({"reconciled": report}), flush=True)
@@ -32,7 +30,7 @@ async def main(db: str, port: int, n: int) -> int:
         wh.check_running()
         await asyncio.sleep(0.02)
     await wh.stop()
-    io.close()
+    await close_plc(io)
     print(json.dumps({"completed": order}), flush=True)
     return 0
 

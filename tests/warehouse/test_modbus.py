@@ -6,12 +6,12 @@ import socket
 from controller.warehouse.config import WarehouseConfig
 from controller.warehouse.crane import CraneDriver
 from controller.warehouse.inventory import open_db
-from controller.warehouse.plant_io import CraneState, ModbusPlantIO, Op, Result
+from controller.warehouse.plant_io import CraneState, Op, Result
 from controller.warehouse.rack import Location
 from controller.warehouse.service import Warehouse
 from drivers.sim.warehouse import WarehousePlant, make_modbus_server
 
-from .harness import Alarms, manifest, sim_plant
+from .harness import Alarms, close_plc, manifest, open_plc, sim_plant
 
 FAST = dict(
     rows=2,
@@ -47,8 +47,7 @@ async def test_crane_command_over_modbus():
     cfg = WarehouseConfig.model_validate(FAST)
     plant = sim_plant(cfg)
     server, task, port = await _serve(plant)
-    io = ModbusPlantIO("127.0.0.1", port, poll_s=0.01)
-    await io.connect()
+    io = await open_plc(port, 1, poll_s=0.01)
     try:
         drv = CraneDriver(io, 1)
         st = await drv.status()
@@ -72,7 +71,7 @@ async def test_crane_command_over_modbus():
             await asyncio.sleep(0.01)
         assert st.done_result is Result.REFUSED_EMPTY
     finally:
-        io.close()
+        await close_plc(io)
         await server.shutdown()
         task.cancel()
 
@@ -81,8 +80,7 @@ async def test_service_over_modbus_stores_boxes(tmp_path):
     cfg = WarehouseConfig.model_validate(FAST)
     plant = sim_plant(cfg)
     server, task, port = await _serve(plant)
-    io = ModbusPlantIO("127.0.0.1", port, poll_s=0.01)
-    await io.connect()
+    io = await open_plc(port, 1, poll_s=0.01)
     wh = Warehouse(cfg, open_db(str(tmp_path / "wh.db")), io, alarms=Alarms())
     try:
         await wh.start()
@@ -102,6 +100,6 @@ async def test_service_over_modbus_stores_boxes(tmp_path):
         assert report == {"slots": 30, "differences": []}
     finally:
         await wh.stop()
-        io.close()
+        await close_plc(io)
         await server.shutdown()
         task.cancel()

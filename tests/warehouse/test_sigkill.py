@@ -16,12 +16,12 @@ from controller.warehouse.plant_io import (
     CODE_REGS,
     SCAN_BASE,
     CraneState,
-    ModbusPlantIO,
     conveyor_base,
     decode_code,
 )
 from controller.warehouse.rack import Location
 
+from .harness import close_plc, open_plc
 from .test_modbus import FAST, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,8 +61,7 @@ def _puts(db: Path) -> int:
 
 async def _plant_census(port: int) -> dict[str, list[str]]:
     """What the plant holds, read over Modbus like any client: rack scan, fork, conveyors."""
-    io = ModbusPlantIO("127.0.0.1", port)
-    await io.connect()
+    io = await open_plc(port, 1)
     out: dict[str, list[str]] = {}
     try:
         for row in (1, 2):
@@ -82,18 +81,17 @@ async def _plant_census(port: int) -> dict[str, list[str]]:
             if eyes:
                 out.setdefault("?conveyor", []).append(f"{outbound}:{eyes:b}")
     finally:
-        io.close()
+        await close_plc(io)
     return out
 
 
 async def _crane_phase(port: int) -> tuple[CraneState, bool]:
-    io = ModbusPlantIO("127.0.0.1", port)
-    await io.connect()
+    io = await open_plc(port, 1)
     try:
         st = await CraneDriver(io, 1).status()
         return st.state, st.fork_loaded
     finally:
-        io.close()
+        await close_plc(io)
 
 
 def test_sigkill_mid_move_then_restart_reconciles(tmp_path):

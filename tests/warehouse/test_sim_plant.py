@@ -20,7 +20,6 @@ from controller.warehouse.plant_io import (
     SCAN_BASE,
     CraneState,
     LocalPlantIO,
-    ModbusPlantIO,
     Op,
     Result,
     crane_base,
@@ -37,7 +36,7 @@ from drivers.sim.warehouse_model import (
 )
 from drivers.warehouse_plc_map import C_X
 
-from .harness import sim_plant
+from .harness import close_plc, open_plc, sim_plant
 from .test_modbus import _serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,8 +146,7 @@ async def test_controller_move_arrives_at_the_slot_of_the_simulators_geometry():
     plant = sim_plant(WarehouseConfig.model_validate(WIDE))
     plant.place_foreign_box(Spot(3, 2, 1), "BOX42")  # stocked by hand on the plant side
     server, task, port = await _serve(plant)
-    io = ModbusPlantIO("127.0.0.1", port, poll_s=0.01)
-    await io.connect()
+    io = await open_plc(port, 2, poll_s=0.01)
     try:
         drv = CraneDriver(io, 2)
         st = await _until_done(drv, await drv.command(Op.PICK, Location(3, 2, 1)))
@@ -172,7 +170,7 @@ async def test_controller_move_arrives_at_the_slot_of_the_simulators_geometry():
         st = await _until_done(drv, await drv.command(Op.MOVE, Location(4, 7, 1)))
         assert (st.done_result, st.x, st.y) == (Result.BAD_TARGET, 3.75, 2.4)
     finally:
-        io.close()
+        await close_plc(io)
         await server.shutdown()
         task.cancel()
 

@@ -117,6 +117,9 @@ async def test_service_comes_up_with_the_warehouse_and_moves_a_box(running):
     assert svc.image.get("warehouse/slots/occupied").value == 5
     assert svc.image.get("warehouse/orders/completed").value == 1
     assert sim.warehouse.plant.conveyors[(1, True)].delivered == ["NEW00000"]
+    # every crane and conveyor command went over the PLC's bus and its read-back matched
+    plc = svc.plant.bus("warehouse_plc")
+    assert plc.unconfirmed == 0
     # a retry with the same token is the same command, not a second order
     again = await svc.router.submit(
         Request(
@@ -242,3 +245,26 @@ async def test_restart_keeps_inventory_and_does_not_seed_again(tmp_path, caplog)
         assert "differs from the inventory in 1 of 120 slots" in caplog.text
     finally:
         await sim.stop()
+
+
+async def test_the_plc_is_a_bus_of_the_plant_and_the_programs_run_on_the_fast_task(running):
+    svc, _sim = running
+    snaps = {s.name: s for s in svc.bus_snapshots()}
+    plc = snaps["warehouse_plc"]
+    assert (plc.protocol, plc.connected, plc.meters_total) == ("modbus_tcp", True, 1)
+    # the crane's status as the bus polled it: the simulated crane starts idle at (0, 0)
+    prefix = "buses/warehouse_plc/devices/plc/cranes/1/"
+    assert (svc.image.value(prefix + "state"), svc.image.value(prefix + "x")) == (0, 0.0)
+    names = [name for name, _p, _c in svc.fast._programs]
+    assert [n for n in names if n.startswith("warehouse ")] == [
+        "warehouse conveyor-1-in",
+        "warehouse conveyor-1-out",
+        "warehouse crane-1",
+        "warehouse program stats",
+    ]
+    wh = svc.subsystems[0].wh
+    # scan times are exported once a second per program
+    await wait_for(lambda: (svc.image.value("warehouse/programs/crane-1/scans") or 0) > 0)
+    assert svc.image.get("warehouse/programs/crane-1/scan_max_s").quality.name == "GOOD"
+    # an intent is a promise: the inventory commits with synchronous=FULL (2), not NORMAL (1)
+    assert wh.inv.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
