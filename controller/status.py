@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from drivers.local_channel import ControlServer, request
 
 if TYPE_CHECKING:
-    from controller.bus_stats import BusSnapshot
-
     from controller.alarms import AlarmEngine
+    from controller.bus_stats import BusSnapshot
     from controller.commands import CommandLog
     from controller.config import GridConfig
     from controller.cycle import CycleTask

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from asyncua import ua
-from controller.bus_stats import BusSnapshot
 
+from controller.bus_stats import BusSnapshot
 from opcua_server.ua_values import status_code, ua_time
 
 from . import nodes as N

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.bus_stats import BusSnapshot
-
 from controller.process_image import Tag
 
 from .config import Role, SetpointRule
