@@ -262,7 +262,7 @@ def test_demo_buses_inherit_their_line_settings():
         (
             "[bus_defaults.dlt645]\nbaud_rate = 2400\n",
             "bus_defaults.dlt645: unknown key 'baud_rate' (allowed: baud, byte_size, "
-            "byte_timeout_s, max_utilisation, parity, preamble, quarantine, "
+            "byte_timeout_s, clock_write, max_utilisation, parity, preamble, quarantine, "
             "reconnect_initial_s, reconnect_max_s, response_delay_s, response_timeout_s, "
             "retries, send_interval_s, stop_bits)",
         ),
