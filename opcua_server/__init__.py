@@ -1,15 +1,12 @@
 """gridctl OPC UA server: information model, publisher, methods, security."""
 
 from .config import OpcUaConfig, Role, UserConfig
-from .methods import AlarmInfo, AlarmSource, CommandRefused, CommandRequest, CommandSink
+from .methods import AlarmInfo, AlarmSource
 from .server import OpcUaServer
 
 __all__ = [
     "AlarmInfo",
     "AlarmSource",
-    "CommandRefused",
-    "CommandRequest",
-    "CommandSink",
     "OpcUaConfig",
     "OpcUaServer",
     "Role",
