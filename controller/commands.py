@@ -532,6 +532,11 @@ class CommandLog:
         (journaled then, when the expiry sweep has not done it yet).
         ``expires_in_s`` is the executed command's own validity.
         """
+        self._journal_failed()
+        if not self.accepting:
+            raise CommandRefused(
+                RefusalReason.SERVICE_STOPPING, f"not accepting commands: {self.refusal}"
+            )
         cmd = self._pending.get(command_id)
         if cmd is None:
             try:

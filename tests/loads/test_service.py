@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 import tomllib
 
+from controller.api import CommandRequest
 from controller.commands import CommandState
 from controller.config import validate_config
 from controller.service import Service
 from drivers.sim.plant import SimulatedPlant
-from opcua_server.methods import CommandRequest
 
 from .conftest import ADDR1, dlt645_config, wait_for
 
