@@ -5,7 +5,15 @@ from __future__ import annotations
 import time
 import tomllib
 
-from controller.api import CommandRequest
+import pytest
+
+from controller.api import (
+    ArmRequest,
+    CommandRefused,
+    CommandRequest,
+    ExecuteRequest,
+    RefusalReason,
+)
 from controller.commands import CommandState
 from controller.config import validate_config
 from controller.service import Service
@@ -42,9 +50,18 @@ async def test_service_runs_loads_and_routes_commands(tmp_path):
         await svc.start()
         assert svc.router.prefixes == ("loads/", "demand/groups/")
         assert await wait_for(lambda: svc.image.value("loads/l1/keep_power") is False, 10)
-        cid = await svc.router.submit(
-            CommandRequest("loads/l1", "trip", "test", "otto", "operator", "tok-1", time.time())
-        )
+        # a load is switched only by select-before-operate, never by a plain submit
+        with pytest.raises(CommandRefused) as err:
+            await svc.router.submit(
+                CommandRequest("loads/l1", "trip", "test", "otto", "operator", "tok-1", time.time())
+            )
+        assert err.value.reason is RefusalReason.NOT_SUPPORTED
+        selection = await svc.router.arm(ArmRequest("loads/l1", "trip", "test", "otto", "operator"))
+        assert svc.commands.get(selection.token).state is CommandState.ARMED
+        # the default arm timeout: 30 s from the Arm
+        assert selection.expires_at == selection.armed_at + 30.0
+        executed = await svc.router.execute(ExecuteRequest("loads/l1", selection.token, "otto"))
+        cid = executed.token
         rt = svc.subsystems[0].runtime
         cmd = await rt.executor.wait(cid)
         assert cmd.state is CommandState.CONFIRMED, cmd.reason
