@@ -101,7 +101,7 @@ def raise_error(name: str, message: str, reason: str | None = None) -> None:
         raise ChannelError(f"controller error ({name}): {message}")
     if kind is CommandRefused:
         try:
-            code = RefusalReason(reason)
+            code = RefusalReason(str(reason))
         except ValueError:
             raise ChannelError(
                 f"controller refusal with reason {reason!r} (not one of "
