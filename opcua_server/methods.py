@@ -267,6 +267,13 @@ def _result(code: int, n_args: int, err: MethodError | None = None) -> ua.CallMe
         infos = [ua.DiagnosticInfo() for _ in range(n_args)]
         infos[err.arg_index] = ua.DiagnosticInfo(AdditionalInfo=cast(ua.String, err.message))
         res.InputArgumentDiagnosticInfos = infos
+    elif err is not None and n_args:
+        # A refusal of the whole call (e.g. busy: who holds the load, until when) has no
+        # other place in a CallMethodResult: its text rides on the first argument's
+        # diagnostic while that argument's own result stays Good.
+        infos = [ua.DiagnosticInfo() for _ in range(n_args)]
+        infos[0] = ua.DiagnosticInfo(AdditionalInfo=cast(ua.String, err.message))
+        res.InputArgumentDiagnosticInfos = infos
     return res
 
 

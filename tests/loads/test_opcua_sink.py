@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 
 import pytest
@@ -86,6 +87,23 @@ async def test_two_operators_arm_the_same_load_second_is_refused_busy(served):
             ua.StatusCodes.BadLocked,
             emma.get_node(nid(ns, "loads/l1")).call_method(f"{ns}:Arm", "close_allowed", "emma"),
         )
+        # the refusal names the holder and the end of the reservation (Arm + 30 s)
+        until = dt.datetime.fromtimestamp(r.commands.get(token).expires, dt.UTC)
+        (res,) = await emma.uaclient.call(
+            [
+                ua.CallMethodRequest(
+                    ObjectId=nid(ns, "loads/l1"),
+                    MethodId=nid(ns, "loads/l1/Arm"),
+                    InputArguments=[ua.Variant("trip", ua.VariantType.String)] * 2,
+                )
+            ]
+        )
+        assert res.StatusCode.value == ua.StatusCodes.BadLocked
+        assert res.InputArgumentDiagnosticInfos[0].AdditionalInfo == (
+            f"refused (busy): target 'loads/l1': armed by otto until "
+            f"{until.isoformat(timespec='seconds').replace('+00:00', 'Z')}"
+        )
+        assert r.commands.get(token).expires == r.commands.get(token).created + 30.0
         # the other load is free
         other, _ = await emma.get_node(nid(ns, "loads/l2")).call_method(
             f"{ns}:Arm", "alarm_on", "emma selects l2"
