@@ -4,9 +4,10 @@ Every switching action — an operator's Arm/Execute, a demand-limit round, a
 prepaid trip — goes through :class:`SwitchingExecutor`:
 
 1. ``submit`` journals the command (``queued``; an operator's ``arm`` journals
-   it ``armed``, reserving the load and checking the interlocks at select time,
-   and ``execute`` moves it to ``queued``) with who and why, *before* anything else. A command
-   id seen before is the same command: it is never run twice.
+   it ``armed``, reserving the load and checking the interlocks at select
+   time, and ``execute`` moves it to ``queued``) with who and why, *before*
+   anything else. A command id seen before is the same command: it is never
+   run twice.
 2. The interlocks are checked (keep-power, lock-out, one command per load);
    a refusal is a terminal ``refused`` state with the reason.
 3. The feeder's rate limiter books a slot (mass switching is spread out).
