@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.api import (
+    ArmRequest,
+    CommandRefused,
+    CommandRequest,
+    CommandSink,
+    ExecuteRequest,
+    RefusalReason,
+    SelectBeforeOperate,
+    Selection,
+)
 from controller.commands import Command, CommandError, CommandLog
-from opcua_server.methods import CommandRefused, CommandRequest, CommandSink
 
 
 async def journal_request(
@@ -32,7 +41,7 @@ async def journal_request(
             command_id=f"opcua-{request.token[:48]}",
         )
     except CommandError as exc:
-        raise CommandRefused(str(exc)) from None
+        raise CommandRefused(RefusalReason.BAD_ARGUMENT, str(exc)) from None
 
 
 class CommandRouter:
@@ -52,16 +61,34 @@ class CommandRouter:
     def prefixes(self) -> tuple[str, ...]:
         return tuple(self._sinks)
 
-    async def submit(self, request: CommandRequest) -> str:
+    def _sink_for(self, target: str) -> CommandSink:
         # longest prefix wins, so "loads/groups/" can be served apart from "loads/";
         # the branch's own root object ("line" for "line/") belongs to the branch
         for prefix in sorted(self._sinks, key=len, reverse=True):
-            if request.target.startswith(prefix) or request.target == prefix[:-1]:
-                return await self._sinks[prefix].submit(request)
+            if target.startswith(prefix) or target == prefix[:-1]:
+                return self._sinks[prefix]
         known = ", ".join(sorted(self._sinks)) or "none in this build"
         raise CommandRefused(
-            f"target {request.target!r}: no subsystem takes commands for it (known: {known})"
+            RefusalReason.UNKNOWN_TARGET,
+            f"target {target!r}: no subsystem takes commands for it (known: {known})",
         )
+
+    def _selecting(self, target: str) -> SelectBeforeOperate:
+        sink = self._sink_for(target)
+        if not isinstance(sink, SelectBeforeOperate):
+            raise CommandRefused(
+                RefusalReason.NOT_SUPPORTED, f"target {target!r}: no select-before-operate here"
+            )
+        return sink
+
+    async def submit(self, request: CommandRequest) -> str:
+        return await self._sink_for(request.target).submit(request)
+
+    async def arm(self, request: ArmRequest) -> Selection:
+        return await self._selecting(request.target).arm(request)
+
+    async def execute(self, request: ExecuteRequest) -> Selection:
+        return await self._selecting(request.target).execute(request)
 
     def command_state(self, command_id: str) -> tuple[str, str] | None:
         """(state, reason) of a routed command, from the journal's command log."""

@@ -14,6 +14,10 @@ States::
       └──▶ refused / failed / expired
 
 - ``armed``: selected by an operator (select-before-operate), waiting for execute.
+  An armed command reserves its target: a second Arm of the same target, by
+  anyone, is refused ``busy`` until it is executed or its arm timeout passes
+  (then it expires, journaled). Execute must come from the user who armed it.
+  It survives a restart of either process until its timeout.
 - ``queued``: accepted and journaled; has not touched a wire.
 - ``sent``: journaled as sent *before* the bytes go out (write-ahead). After a
   crash, a ``sent`` command may or may not have reached the device: it is
@@ -36,17 +40,20 @@ that also raises the ``journal_failed`` alarm.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
+from datetime import UTC, datetime
+from enum import Enum, StrEnum
 from typing import Any
 
 import msgpack
 
 from controller.alarms import AlarmEngine, Severity
+from controller.api import CommandRefused, RefusalReason, Selection
 from controller.cycle import Series
 from controller.journal import Journal, JournalStorageError, Statement
 
@@ -55,6 +62,8 @@ log = logging.getLogger("gridctl.commands")
 # Alarm condition for a journal that can no longer write; registered on the engine by
 # `CommandLog.check_journal` when the engine's vocabulary does not have it yet.
 JOURNAL_FAILED = "journal_failed"
+# the journaled reason of a selection that was not executed in time
+ARM_LAPSED = "arm timeout passed; selection lapsed"
 
 
 class CommandState(StrEnum):
@@ -111,8 +120,14 @@ class CommandError(ValueError):
     """Bad command argument, unknown id or illegal transition; the message says which."""
 
 
-class CommandRefused(CommandError):
-    """The command log is not accepting new commands (shutting down)."""
+class _Keep(Enum):
+    KEEP = 0
+
+
+def _utc(t: float | None) -> str:
+    if t is None:
+        return "no expiry"
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)
@@ -141,6 +156,17 @@ class Command:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+    def selection(self) -> Selection:
+        """This command as the select-before-operate seam shows it (its id is the token)."""
+        return Selection(
+            token=self.id,
+            target=self.target,
+            kind=self.kind,
+            user=self.who,
+            armed_at=self.created,
+            expires_at=self.expires if self.expires is not None else self.created,
+        )
 
 
 @dataclass(slots=True, frozen=True)
@@ -191,6 +217,9 @@ class CommandLog:
         self._recent: deque[Command] = deque(maxlen=recent)
         self.accepting = True
         self.refusal = ""
+        # target -> user, while an Arm of it is being journaled (the await would
+        # otherwise let a second Arm of the same target past the reservation check)
+        self._arming: dict[str, str] = {}
         # (kind, outcome) -> created→terminal latency; bounded by kinds × 4
         self.latency: dict[tuple[str, str], Series] = {}
 
@@ -298,7 +327,9 @@ class CommandLog:
         """
         self._journal_failed()
         if not self.accepting:
-            raise CommandRefused(f"not accepting commands: {self.refusal}")
+            raise CommandRefused(
+                RefusalReason.SERVICE_STOPPING, f"not accepting commands: {self.refusal}"
+            )
         if kind not in self.kinds:
             raise CommandError(
                 f"kind: must be one of {', '.join(sorted(self.kinds))} (got {kind!r})"
@@ -351,7 +382,9 @@ class CommandLog:
         except JournalStorageError as exc:
             # not recorded, so not accepted: the caller is told it was refused, and why
             self._journal_failed()
-            raise CommandRefused(f"not accepting commands: {self.refusal}") from exc
+            raise CommandRefused(
+                RefusalReason.SERVICE_STOPPING, f"not accepting commands: {self.refusal}"
+            ) from exc
         self._pending[cid] = cmd
         return cmd
 
@@ -366,9 +399,18 @@ class CommandLog:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def transition(
-        self, command_id: str, state: CommandState | str, *, reason: str = "", who: str = "system"
+        self,
+        command_id: str,
+        state: CommandState | str,
+        *,
+        reason: str = "",
+        who: str = "system",
+        expires: float | _Keep | None = _Keep.KEEP,
     ) -> Command:
-        """Move a pending command to ``state``; returns once the change is on disk."""
+        """Move a pending command to ``state``; returns once the change is on disk.
+
+        ``expires`` (epoch seconds, None for none) replaces the expiry: an executed
+        selection trades its arm timeout for the command's own validity."""
         state = CommandState(state)
         cmd = self._pending.get(command_id)
         if cmd is None:
@@ -384,12 +426,14 @@ class CommandLog:
         if state in _ENDS and not reason:
             raise CommandError(f"command {command_id}: a reason is required for {state.value}")
         now = self._clock()
+        new_expiry = cmd.expires if isinstance(expires, _Keep) else expires
         try:
             await self.journal.commit(
                 [
                     (
-                        "UPDATE commands SET state = ?, reason = ?, updated = ? WHERE id = ?",
-                        (state.value, reason, now, command_id),
+                        "UPDATE commands SET state = ?, reason = ?, updated = ?, expires = ? "
+                        "WHERE id = ?",
+                        (state.value, reason, now, new_expiry, command_id),
                     ),
                     self._transition_row(command_id, state, reason, who, now),
                 ],
@@ -400,7 +444,7 @@ class CommandLog:
             # read-back at restart, never assumed either way
             self._journal_failed()
             raise
-        cmd.state, cmd.reason, cmd.updated = state, reason, now
+        cmd.state, cmd.reason, cmd.updated, cmd.expires = state, reason, now, new_expiry
         cmd.history.append(Transition(state, now, reason, who))
         if state in TERMINAL:
             del self._pending[command_id]
@@ -426,14 +470,124 @@ class CommandLog:
             if c.expires is not None and c.expires <= now and c.state is not CommandState.SENT
         ]
         return [
-            await self.transition(c.id, CommandState.EXPIRED, reason="expiry time passed")
+            await self.transition(
+                c.id,
+                CommandState.EXPIRED,
+                reason=ARM_LAPSED if c.state is CommandState.ARMED else "expiry time passed",
+            )
             for c in due
         ]
+
+    # -- select-before-operate ------------------------------------------------------------
+    async def selection_on(self, target: str) -> Command | None:
+        """The armed command holding ``target``; one past its arm timeout is expired first."""
+        now = self._clock()
+        for cmd in list(self._pending.values()):
+            if cmd.state is not CommandState.ARMED or cmd.target != target:
+                continue
+            if cmd.expires is None or cmd.expires <= now:
+                await self.transition(cmd.id, CommandState.EXPIRED, reason=ARM_LAPSED)
+                continue
+            return cmd
+        return None
+
+    async def arm(
+        self,
+        kind: str,
+        target: str,
+        args: dict[str, Any] | None = None,
+        *,
+        who: str,
+        why: str,
+        timeout_s: float,
+    ) -> Command:
+        """Journal an ``armed`` command that reserves ``target`` for ``who`` for ``timeout_s``.
+
+        Refused ``busy`` while another selection holds the target (naming its user
+        and until when). Its id is the token Execute names; it is random, since a
+        client must not be able to guess another user's selection.
+        """
+        if not timeout_s > 0:
+            raise CommandError(f"timeout_s: must be > 0 (got {timeout_s})")
+        holder = await self.selection_on(target)
+        if holder is not None:
+            raise CommandRefused(
+                RefusalReason.BUSY,
+                f"target {target!r}: armed by {holder.who} until {_utc(holder.expires)}",
+            )
+        arming = self._arming.get(target)
+        if arming is not None:
+            raise CommandRefused(RefusalReason.BUSY, f"target {target!r}: being armed by {arming}")
+        self._arming[target] = who
+        try:
+            return await self.submit(
+                kind,
+                target,
+                args,
+                who=who,
+                why=why,
+                command_id=secrets.token_urlsafe(16),
+                expires_in_s=timeout_s,
+                arm=True,
+            )
+        finally:
+            del self._arming[target]
+
+    async def execute_armed(
+        self, command_id: str, *, target: str, who: str, expires_in_s: float | None
+    ) -> Command:
+        """Move ``who``'s selection ``command_id`` of ``target`` to ``queued`` ("executed").
+
+        Refused ``not_armed`` for an unknown token, one armed for another target or
+        by another user, or one already executed; ``expired`` past the arm timeout
+        (journaled then, when the expiry sweep has not done it yet).
+        ``expires_in_s`` is the executed command's own validity.
+        """
+        self._journal_failed()
+        if not self.accepting:
+            raise CommandRefused(
+                RefusalReason.SERVICE_STOPPING, f"not accepting commands: {self.refusal}"
+            )
+        cmd = self._pending.get(command_id)
+        if cmd is None:
+            try:
+                known = self.get(command_id)
+            except CommandError:
+                raise CommandRefused(
+                    RefusalReason.NOT_ARMED, f"token: no armed command {command_id!r}"
+                ) from None
+            cmd = known
+        if not cmd.history or cmd.history[0].state is not CommandState.ARMED:
+            raise CommandRefused(RefusalReason.NOT_ARMED, f"token: no armed command {command_id!r}")
+        if cmd.target != target:
+            raise CommandRefused(
+                RefusalReason.NOT_ARMED, f"token: armed for {cmd.target}, not {target}"
+            )
+        if cmd.who != who:
+            raise CommandRefused(
+                RefusalReason.NOT_ARMED, f"token: armed by {cmd.who}, not by {who or 'anonymous'}"
+            )
+        now = self._clock()
+        if cmd.state is CommandState.ARMED and cmd.expires is not None and cmd.expires <= now:
+            cmd = await self.transition(cmd.id, CommandState.EXPIRED, reason=ARM_LAPSED, who=who)
+        if cmd.state is CommandState.EXPIRED:
+            raise CommandRefused(
+                RefusalReason.EXPIRED, f"token: the selection expired at {_utc(cmd.expires)}"
+            )
+        if cmd.state is not CommandState.ARMED:
+            raise CommandRefused(
+                RefusalReason.NOT_ARMED, f"token: command {cmd.id} is already {cmd.state.value}"
+            )
+        expires = None if expires_in_s is None else now + expires_in_s
+        return await self.transition(
+            cmd.id, CommandState.QUEUED, reason="executed", who=who, expires=expires
+        )
 
     async def reconcile(self, reread: Reread) -> ReconcileReport:
         """Bring every pending command loaded at start-up to a terminal state.
 
-        ``armed`` ones expire (an operator selection does not survive a restart).
+        ``armed`` ones stay armed until their arm timeout (the selection is in the
+        journal, not in a process); past it, or without one, they expire.
         ``queued`` and ``sent`` ones are resolved by ``reread`` — a read-back of
         the target, never a re-send. ``None`` from ``reread`` means the device
         does not show the command applied: a ``queued`` one is failed as not
@@ -446,6 +600,9 @@ class CommandLog:
                 continue  # its subsystem settles it
             report.examined += 1
             if cmd.state is CommandState.ARMED:
+                if cmd.expires is not None and cmd.expires > self._clock():
+                    report.count(cmd.state)
+                    continue
                 done = await self.transition(
                     cmd.id, CommandState.EXPIRED, reason="armed before restart; selection lapsed"
                 )

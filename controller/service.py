@@ -39,6 +39,7 @@ from typing import Any
 
 from controller import deadline_timer
 from controller.alarms import AlarmEngine
+from controller.api import WRITE_SETPOINT
 from controller.command_router import CommandRouter
 from controller.commands import DEFAULT_KINDS, Command, CommandLog, Resolution
 from controller.config import DEFAULT_CONFIG, ConfigError, GridConfig, load_config
@@ -60,7 +61,6 @@ from opcua_server import OpcUaServer
 from opcua_server.adapters import EngineAlarmSource
 from opcua_server.config import SetpointRule
 from opcua_server.login_failures import LoginFailureLog
-from opcua_server.methods import WRITE_SETPOINT
 from opcua_server.server import ServerSettings, task_stats_from
 from opcua_server.server_process import OpcUaProcessError, OpcUaServerProcess
 

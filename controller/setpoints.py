@@ -32,13 +32,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from controller.api import WRITE_SETPOINT, CommandRefused, CommandRequest, RefusalReason
 from controller.command_router import journal_request
 from controller.commands import Command, CommandLog, CommandState, Resolution
 from controller.process_image import Tag
 from drivers.config import ModbusTag
 from drivers.modbus_bus import ModbusBus, encode_tag, value_range
 from opcua_server.config import Role, SetpointRule
-from opcua_server.methods import WRITE_SETPOINT, CommandRefused, CommandRequest
 
 _log = logging.getLogger("gridctl.setpoints")
 
@@ -89,12 +89,14 @@ class ModbusSetpoints:
     async def submit(self, request: CommandRequest) -> str:
         if request.kind != WRITE_SETPOINT:
             raise CommandRefused(
-                f"kind: {request.kind!r} is not a setpoint command ({WRITE_SETPOINT})"
+                RefusalReason.NOT_SUPPORTED,
+                f"kind: {request.kind!r} is not a setpoint command ({WRITE_SETPOINT})",
             )
         point = self.points.get(request.target)
         if point is None:
             raise CommandRefused(
-                f"target: {request.target!r} is not a setpoint (a writable holding register)"
+                RefusalReason.UNKNOWN_TARGET,
+                f"target: {request.target!r} is not a setpoint (a writable holding register)",
             )
         value: Any = (request.args or {}).get("value")
         cmd = await journal_request(self.commands, WRITE_SETPOINT, request, {"value": value})
@@ -105,7 +107,7 @@ class ModbusSetpoints:
         except ValueError as exc:
             reason = f"{request.target}: {exc}"
             await self.commands.transition(cmd.id, CommandState.REFUSED, reason=reason)
-            raise CommandRefused(reason) from None
+            raise CommandRefused(RefusalReason.BAD_ARGUMENT, reason) from None
         await self.commands.transition(cmd.id, CommandState.SENT)
         # The request returns once the command is journaled as sent; the write and
         # its read-back run on the bus's control lane, and the outcome reaches the

@@ -1,7 +1,7 @@
 """Adapters from the runtime's alarm engine and command log to the server's seams.
 
 The OPC UA server depends only on the :class:`~opcua_server.methods.AlarmSource`
-and :class:`~opcua_server.methods.CommandSink` protocols; these classes wrap
+and ``controller.api`` command protocols; these classes wrap
 ``controller.alarms.AlarmEngine`` and ``controller.commands.CommandLog`` to
 provide them, translating their errors into the server's refusals.
 """
@@ -14,10 +14,17 @@ from collections.abc import Callable
 from typing import Any
 
 from controller.alarms import Alarm, AlarmEngine, AlarmError, AlarmState
-from controller.commands import CommandError, CommandLog
-from controller.commands import CommandRefused as LogRefused
+from controller.api import (
+    ArmRequest,
+    CommandRefused,
+    CommandRequest,
+    ExecuteRequest,
+    RefusalReason,
+    Selection,
+)
+from controller.commands import Command, CommandError, CommandLog
 
-from .methods import AlarmInfo, CommandNotSupported, CommandRefused, CommandRequest
+from .methods import AlarmInfo
 
 _log = logging.getLogger(__name__)
 
@@ -95,7 +102,7 @@ class CommandLogSink:
         *,
         dispatch: Callable[[Any], Any] | None = None,
         kind_map: dict[str, str] | None = None,
-        arm_expiry_s: float | None = None,
+        arm_expiry_s: float = 30.0,
     ) -> None:
         self.log = log
         self.dispatch = dispatch
@@ -105,7 +112,9 @@ class CommandLogSink:
     async def submit(self, request: CommandRequest) -> str:
         kind = self.kind_map.get(request.kind, request.kind)
         if kind not in self.log.kinds:
-            raise CommandNotSupported(f"{request.kind} is not handled by this controller")
+            raise CommandRefused(
+                RefusalReason.NOT_SUPPORTED, f"{request.kind} is not handled by this controller"
+            )
         args = dict(request.args)
         args["_role"] = request.role
         args["_source"] = request.source
@@ -118,15 +127,43 @@ class CommandLogSink:
                 why=request.reason,
                 command_id=request.token[:64] or None,
             )
-        except LogRefused as exc:
-            raise CommandRefused(str(exc)) from None
         except CommandError as exc:
-            raise CommandRefused(str(exc)) from None
+            raise CommandRefused(RefusalReason.BAD_ARGUMENT, str(exc)) from None
+        await self._dispatch(cmd)
+        return cmd.id
+
+    async def _dispatch(self, cmd: Command) -> None:
         if self.dispatch is not None:
             result = self.dispatch(cmd)
             if hasattr(result, "__await__"):
                 await result
-        return cmd.id
+
+    async def arm(self, request: ArmRequest) -> Selection:
+        """An ``armed`` record in the log, reserving the target for ``arm_expiry_s``."""
+        kind = self.kind_map.get(request.kind, request.kind)
+        if kind not in self.log.kinds:
+            raise CommandRefused(
+                RefusalReason.NOT_SUPPORTED, f"{request.kind} is not handled by this controller"
+            )
+        try:
+            cmd = await self.log.arm(
+                kind,
+                request.target,
+                {"_role": request.role, "_source": request.source},
+                who=request.user,
+                why=request.reason,
+                timeout_s=self.arm_expiry_s,
+            )
+        except CommandError as exc:
+            raise CommandRefused(RefusalReason.BAD_ARGUMENT, str(exc)) from None
+        return cmd.selection()
+
+    async def execute(self, request: ExecuteRequest) -> Selection:
+        cmd = await self.log.execute_armed(
+            request.token, target=request.target, who=request.user, expires_in_s=None
+        )
+        await self._dispatch(cmd)
+        return cmd.selection()
 
     def command_state(self, command_id: str) -> tuple[str, str] | None:
         try:

@@ -53,7 +53,7 @@ from typing import Any
 
 import msgpack
 
-from .methods import CommandNotSupported, CommandRefused
+from controller.api import CommandRefused, RefusalReason
 
 HEADER = struct.Struct(">I")
 # A change batch is at most a few hundred kB and the tag definitions go in
@@ -66,9 +66,9 @@ class ChannelError(RuntimeError):
 
 
 # Exceptions that cross the channel by name and are raised again as themselves,
-# so the OPC UA methods map them to the same status codes as in-process.
+# so the OPC UA methods map them to the same status codes as in-process; a
+# refusal carries its reason code alongside.
 ERRORS: dict[str, type[Exception]] = {
-    "CommandNotSupported": CommandNotSupported,
     "CommandRefused": CommandRefused,
     "KeyError": KeyError,
     "ValueError": ValueError,
@@ -90,10 +90,24 @@ def error_message(exc: BaseException) -> str:
     return str(exc)
 
 
-def raise_error(name: str, message: str) -> None:
+def error_reason(exc: BaseException) -> str | None:
+    """A refusal's reason code, for the reply's ``reason`` field."""
+    return exc.reason.value if isinstance(exc, CommandRefused) else None
+
+
+def raise_error(name: str, message: str, reason: str | None = None) -> None:
     kind = ERRORS.get(name)
     if kind is None:
         raise ChannelError(f"controller error ({name}): {message}")
+    if kind is CommandRefused:
+        try:
+            code = RefusalReason(str(reason))
+        except ValueError:
+            raise ChannelError(
+                f"controller refusal with reason {reason!r} (not one of "
+                f"{', '.join(RefusalReason)}): {message}"
+            ) from None
+        raise CommandRefused(code, message)
     raise kind(message)
 
 

@@ -23,11 +23,21 @@ from typing import Any, Protocol, runtime_checkable
 
 from asyncua import ua
 
+from controller.api import (
+    ArmRequest,
+    CommandRefused,
+    CommandRequest,
+    CommandSink,
+    CommandStatus,
+    ExecuteRequest,
+    RefusalReason,
+    SelectBeforeOperate,
+    Selection,
+)
 from opcua_server.ua_values import status_code
 
 from . import nodes as N
 from .events import VT, Emitter, make_event
-from .methods import CommandRequest, CommandSink, CommandStatus
 from .model import VarEntry
 from .nodes import Made, NodeFactory
 
@@ -174,12 +184,32 @@ class CommandTracker:
         class TrackingSink:
             async def submit(self, request: CommandRequest) -> str:
                 command_id = await sink.submit(request)
-                await tracker.accepted(request, command_id)
+                await tracker.accepted(request.kind, request.target, request.user, command_id)
                 return command_id
+
+            async def arm(self, request: ArmRequest) -> Selection:
+                if not isinstance(sink, SelectBeforeOperate):
+                    raise CommandRefused(
+                        RefusalReason.NOT_SUPPORTED,
+                        "this controller keeps no select-before-operate",
+                    )
+                return await sink.arm(request)
+
+            async def execute(self, request: ExecuteRequest) -> Selection:
+                if not isinstance(sink, SelectBeforeOperate):
+                    raise CommandRefused(
+                        RefusalReason.NOT_SUPPORTED,
+                        "this controller keeps no select-before-operate",
+                    )
+                selection = await sink.execute(request)
+                await tracker.accepted(
+                    selection.kind, selection.target, selection.user, selection.token
+                )
+                return selection
 
         return TrackingSink()
 
-    async def accepted(self, request: CommandRequest, command_id: str) -> None:
+    async def accepted(self, kind: str, target: str, user: str, command_id: str) -> None:
         self.accepted_count += 1
         state, reason = "queued", ""
         if self.status is not None:
@@ -193,20 +223,20 @@ class CommandTracker:
             for cid in [c for c, t in self._by_id.items() if t.slot == slot]:
                 del self._by_id[cid]
                 self._polled.pop(cid, None)
-        t = Tracked(command_id, request.kind, request.target, request.user, state, reason, slot)
+        t = Tracked(command_id, kind, target, user, state, reason, slot)
         self._by_id[command_id] = t
         entries = self._slots[slot]
         for name, value in (
             ("CommandId", command_id),
-            ("Kind", request.kind),
-            ("Target", request.target),
-            ("User", request.user),
+            ("Kind", kind),
+            ("Target", target),
+            ("User", user),
         ):
             await self._set(entries[name], value)
         await self._set(self.last_slot, slot)
-        target = self._targets.get(request.target)
-        if target is not None:
-            await self._set(target[0], command_id)
+        target_vars = self._targets.get(target)
+        if target_vars is not None:
+            await self._set(target_vars[0], command_id)
         await self._state(t, state, reason)
 
     async def _state(self, t: Tracked, state: str, reason: str) -> None:

@@ -121,8 +121,6 @@ class OpcUaConfig(ConfigModel):
     # superseded within a tick are not notified. 0: every change, at once. Keep
     # it at or below the smallest publishing interval clients ask for.
     sampling_interval_ms: float = Field(default=SAMPLING_INTERVAL_MS, ge=0.0, le=60_000.0)
-    # Select-before-operate: an Arm token must be executed within this time.
-    arm_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
     # Failed logins, per user name and peer address (never per user alone: a
     # stranger's wrong guesses must not lock the operator out). After
     # `login_free_attempts` failures that pair waits `login_backoff_s`, doubling

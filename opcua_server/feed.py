@@ -39,13 +39,23 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
 
+from controller.api import (
+    ArmRequest,
+    CommandRefused,
+    CommandRequest,
+    CommandSink,
+    CommandStatus,
+    ExecuteRequest,
+    RefusalReason,
+    SelectBeforeOperate,
+)
 from controller.process_image import ChangeQueue, ProcessImage, Tag, TagValue
 from controller.unix_socket import bind_listening_socket, peer_credentials, private_dir
 
-from .channel import FrameDecoder, encode, error_message, error_name
+from .channel import FrameDecoder, encode, error_message, error_name, error_reason
 from .command_view import TERMINAL
 from .config import SetpointRule
-from .methods import AlarmShelving, AlarmSource, CommandRequest, CommandSink, CommandStatus
+from .methods import AlarmShelving, AlarmSource
 
 _log = logging.getLogger("gridctl.opcua.feed")
 
@@ -582,6 +592,7 @@ class ImageFeed:
                 "ok": False,
                 "error": name,
                 "message": error_message(exc),
+                "reason": error_reason(exc),
             }
         conn.send(reply)
 
@@ -604,6 +615,32 @@ class ImageFeed:
             )
             self._watch(command_id, state)
             return {"command_id": command_id, "state": list(state) if state else None}
+        if op in ("arm", "execute"):
+            sink = self.commands
+            if not isinstance(sink, SelectBeforeOperate):
+                raise CommandRefused(
+                    RefusalReason.NOT_SUPPORTED, "this controller keeps no select-before-operate"
+                )
+            fields = message.get("request")
+            if not isinstance(fields, dict):
+                raise ValueError(f"{op}: 'request' must be a map of {op} request fields")
+            try:
+                if op == "arm":
+                    selection = await sink.arm(ArmRequest(**fields))
+                else:
+                    selection = await sink.execute(ExecuteRequest(**fields))
+            except TypeError as exc:
+                raise ValueError(f"{op}: bad request fields: {exc}") from None
+            state = None
+            if op == "execute":
+                state = (
+                    sink.command_state(selection.token) if isinstance(sink, CommandStatus) else None
+                )
+                self._watch(selection.token, state)
+            return {
+                "selection": dataclasses.asdict(selection),
+                "state": list(state) if state else None,
+            }
         if op in ("acknowledge", "shelve"):
             alarms = self.alarms
             if alarms is None:
@@ -626,4 +663,4 @@ class ImageFeed:
             rows = self._alarm_rows()
             self._last_alarms = rows
             return {"alarms": rows}
-        raise ValueError(f"unknown request op {op!r} (submit, acknowledge, shelve)")
+        raise ValueError(f"unknown request op {op!r} (submit, arm, execute, acknowledge, shelve)")

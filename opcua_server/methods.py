@@ -1,8 +1,9 @@
 """OPC UA methods: argument validation, role checks and the seams to the runtime.
 
-The runtime provides a :class:`CommandSink` (journal-then-send command records)
-and an :class:`AlarmSource`; the server only validates, checks roles, enforces
-select-before-operate and hands over. Later methods (verification batches,
+The runtime provides a ``controller.api.CommandSink`` (journal-then-send command
+records, select-before-operate kept in its journal) and an :class:`AlarmSource`;
+the server only decodes and validates arguments, checks roles, hands over, and
+maps a ``CommandRefused`` reason code to the status code (:data:`REFUSAL_STATUS`). Later methods (verification batches,
 warehouse orders) plug in with :class:`MethodSpec` the same way.
 
 Result codes:
@@ -11,7 +12,9 @@ Result codes:
 - a value outside its allowed set → BadInvalidArgument, outside its range or
   length → BadOutOfRange; the argument's slot carries the same code and a
   diagnostic text naming the argument and the allowed values;
-- caller's role too low → BadUserAccessDenied, and nothing reaches the sink.
+- caller's role too low → BadUserAccessDenied, and nothing reaches the sink;
+- refused by the controller → the status code of its reason (busy → BadLocked,
+  interlock → BadInvalidState, not_armed → BadNoEntryExists, expired → BadTimeout …).
 """
 
 from __future__ import annotations
@@ -22,13 +25,23 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, cast, runtime_checkable
 
 from asyncua import ua
 
+from controller.api import WRITE_SETPOINT as WRITE_SETPOINT
+from controller.api import (
+    ArmRequest,
+    CommandRefused,
+    CommandRequest,
+    CommandSink,
+    ExecuteRequest,
+    RefusalReason,
+    SelectBeforeOperate,
+)
 from opcua_server.ua_values import status_code
 
 from .config import Role
@@ -39,46 +52,7 @@ _log = logging.getLogger(__name__)
 SC = ua.StatusCodes
 
 
-# -- seams to the runtime ------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class CommandRequest:
-    """A command as the OPC UA server hands it to the runtime (which journals it)."""
-
-    target: str  # object path, e.g. "loads/feeder1_l3"
-    kind: str  # e.g. "trip"
-    reason: str
-    user: str
-    role: str
-    token: str  # the arm token or request id: unique per command, usable as idempotency key
-    armed_at: float  # epoch seconds (the request time for commands without Arm)
-    source: str = "opcua"
-    args: dict[str, Any] = field(default_factory=dict)  # validated, JSON/msgpack-able
-
-
-class CommandRefused(Exception):
-    """Raised by a sink when an interlock or the runtime refuses a command."""
-
-
-class CommandNotSupported(CommandRefused):
-    """Raised by a sink that does not handle this kind of command (yet)."""
-
-
-@runtime_checkable
-class CommandStatus(Protocol):
-    """Optional sink extension: the current state of a command it accepted."""
-
-    def command_state(self, command_id: str) -> tuple[str, str] | None:
-        """(state, reason) of a command, or None when unknown."""
-        ...
-
-
-@runtime_checkable
-class CommandSink(Protocol):
-    async def submit(self, request: CommandRequest) -> str:
-        """Journal and queue the command; return its command id. May raise CommandRefused."""
-        ...
-
-
+# -- the alarm seam (commands: controller.api) ---------------------------------------
 @dataclass(frozen=True, slots=True)
 class AlarmInfo:
     alarm_id: str
@@ -293,6 +267,13 @@ def _result(code: int, n_args: int, err: MethodError | None = None) -> ua.CallMe
         infos = [ua.DiagnosticInfo() for _ in range(n_args)]
         infos[err.arg_index] = ua.DiagnosticInfo(AdditionalInfo=cast(ua.String, err.message))
         res.InputArgumentDiagnosticInfos = infos
+    elif err is not None and n_args:
+        # A refusal of the whole call (e.g. busy: who holds the load, until when) has no
+        # other place in a CallMethodResult: its text rides on the first argument's
+        # diagnostic while that argument's own result stays Good.
+        infos = [ua.DiagnosticInfo() for _ in range(n_args)]
+        infos[0] = ua.DiagnosticInfo(AdditionalInfo=cast(ua.String, err.message))
+        res.InputArgumentDiagnosticInfos = infos
     return res
 
 
@@ -339,19 +320,8 @@ def bind(
 
 
 # -- select-before-operate ------------------------------------------------------------
-@dataclass(slots=True)
-class ArmToken:
-    token: str
-    target: str
-    kind: str
-    reason: str
-    user: str
-    role: str
-    armed_at: float  # wall clock
-    deadline: float  # monotonic
-    used: bool = False
-
-
+# The selection is the controller's (an ``armed`` command record in its journal);
+# this side checks the role per kind and maps the refusal.
 LOAD_KINDS: dict[str, Role] = {
     "trip": Role.OPERATOR,
     "close_allowed": Role.OPERATOR,
@@ -363,105 +333,71 @@ LOAD_KINDS: dict[str, Role] = {
     "keep_power_off": Role.ENGINEER,
 }
 
-
-@dataclass(slots=True)
-class ArmRegistry:
-    """Arm tokens: single use, expire after ``timeout_s``, bound to user and target."""
-
-    timeout_s: float
-    clock: Callable[[], float] = time.monotonic
-    wall: Callable[[], float] = time.time
-    max_tokens: int = 10_000
-    tokens: dict[str, ArmToken] = field(default_factory=dict)
-
-    def arm(self, target: str, kind: str, reason: str, user: GridUser) -> ArmToken:
-        now = self.clock()
-        self._purge(now)
-        if len(self.tokens) >= self.max_tokens:
-            raise MethodError(SC.BadTooManyOperations, "too many armed commands pending")
-        tok = ArmToken(
-            token=secrets.token_urlsafe(16),
-            target=target,
-            kind=kind,
-            reason=reason,
-            user=user.name or "",
-            role=user.grid_role.value if user.grid_role else "",
-            armed_at=self.wall(),
-            deadline=now + self.timeout_s,
-        )
-        self.tokens[tok.token] = tok
-        return tok
-
-    def take(self, token: str, target: str, user: GridUser, index: int = 0) -> ArmToken:
-        now = self.clock()
-        tok = self.tokens.get(token)
-        if tok is None:
-            raise MethodError(SC.BadInvalidArgument, "argument 'token': unknown arm token", index)
-        if tok.used:
-            raise MethodError(SC.BadInvalidState, "argument 'token': already executed", index)
-        if tok.target != target:
-            raise MethodError(
-                SC.BadInvalidArgument,
-                f"argument 'token': armed for {tok.target}, not {target}",
-                index,
-            )
-        if tok.user != (user.name or ""):
-            raise MethodError(
-                SC.BadUserAccessDenied, "argument 'token': armed by another user", index
-            )
-        if now > tok.deadline:
-            del self.tokens[token]
-            raise MethodError(
-                SC.BadTimeout,
-                f"argument 'token': expired (armed {self.timeout_s:g} s limit)",
-                index,
-            )
-        tok.used = True
-        return tok
-
-    def _purge(self, now: float) -> None:
-        # Used tokens are kept until their deadline so a replay reads "already executed".
-        for key in [k for k, t in self.tokens.items() if now > t.deadline]:
-            del self.tokens[key]
+# A refusal's reason code → the method's status code.
+REFUSAL_STATUS: dict[RefusalReason, int] = {
+    RefusalReason.BAD_ARGUMENT: SC.BadInvalidArgument,
+    RefusalReason.NOT_PERMITTED: SC.BadUserAccessDenied,
+    RefusalReason.NOT_SUPPORTED: SC.BadNotSupported,
+    RefusalReason.UNKNOWN_TARGET: SC.BadNotFound,
+    RefusalReason.BUSY: SC.BadLocked,
+    RefusalReason.INTERLOCK: SC.BadInvalidState,
+    RefusalReason.INVALID_STATE: SC.BadInvalidState,
+    RefusalReason.NOT_ARMED: SC.BadNoEntryExists,
+    RefusalReason.EXPIRED: SC.BadTimeout,
+    RefusalReason.SERVICE_STOPPING: SC.BadShutdown,
+    RefusalReason.UNAVAILABLE: SC.BadResourceUnavailable,
+}
 
 
-def load_methods(sink: CommandSink | None, arms: ArmRegistry) -> list[MethodSpec]:
-    """Arm/Execute on LoadType instances (select-before-operate)."""
+def refused(exc: CommandRefused, arg_index: int | None = None) -> MethodError:
+    """The method error of a refusal: its reason's status code, its message."""
+    return MethodError(
+        REFUSAL_STATUS[exc.reason], f"refused ({exc.reason.value}): {exc.message}", arg_index
+    )
+
+
+def load_methods(sink: CommandSink | None) -> list[MethodSpec]:
+    """Arm/Execute on LoadType instances (select-before-operate, kept by the controller)."""
+
+    def selecting() -> SelectBeforeOperate:
+        if sink is None or not isinstance(sink, SelectBeforeOperate):
+            raise MethodError(SC.BadNotSupported, "commands are not available on this server")
+        return sink
 
     async def arm(target: str, user: GridUser, values: list[Any]) -> list[ua.Variant]:
         kind, reason = values
         needed = LOAD_KINDS[kind]
         if not user.allows(needed):
             raise MethodError(SC.BadUserAccessDenied, f"{kind} needs role {needed.value}")
-        if sink is None:
-            raise MethodError(SC.BadNotSupported, "commands are not available on this server")
-        tok = arms.arm(target, kind, reason, user)
-        expires = datetime.fromtimestamp(tok.armed_at + arms.timeout_s, UTC)
+        request = ArmRequest(
+            target=target,
+            kind=kind,
+            reason=reason,
+            user=user.name or "",
+            role=user.grid_role.value if user.grid_role else "",
+        )
+        try:
+            selection = await selecting().arm(request)
+        except CommandRefused as exc:
+            raise refused(exc) from None
         return [
-            ua.Variant(tok.token, ua.VariantType.String),
-            ua.Variant(expires, ua.VariantType.DateTime),
+            ua.Variant(selection.token, ua.VariantType.String),
+            ua.Variant(datetime.fromtimestamp(selection.expires_at, UTC), ua.VariantType.DateTime),
         ]
 
     async def execute(target: str, user: GridUser, values: list[Any]) -> list[ua.Variant]:
-        if sink is None:
-            raise MethodError(SC.BadNotSupported, "commands are not available on this server")
-        tok = arms.take(values[0], target, user)
-        request = CommandRequest(
-            target=target,
-            kind=tok.kind,
-            reason=tok.reason,
-            user=tok.user,
-            role=tok.role,
-            token=tok.token,
-            armed_at=tok.armed_at,
-        )
-        command_id = await submit(sink, request)
-        return [ua.Variant(command_id, ua.VariantType.String)]
+        request = ExecuteRequest(target=target, token=values[0], user=user.name or "")
+        try:
+            selection = await selecting().execute(request)
+        except CommandRefused as exc:
+            token_slot = exc.reason in (RefusalReason.NOT_ARMED, RefusalReason.EXPIRED)
+            raise refused(exc, 0 if token_slot else None) from None
+        return [ua.Variant(selection.token, ua.VariantType.String)]
 
     return [
         MethodSpec(
             "Arm",
-            "select a command; returns a single-use token to Execute before it expires",
+            "select a command: reserves the load for you until the returned expiry",
             Role.OPERATOR,
             (
                 Arg("kind", "command", choices=tuple(LOAD_KINDS)),
@@ -475,7 +411,7 @@ def load_methods(sink: CommandSink | None, arms: ArmRegistry) -> list[MethodSpec
         ),
         MethodSpec(
             "Execute",
-            "operate the command selected by Arm",
+            "operate the command selected by Arm (the same user, before it expires)",
             Role.OPERATOR,
             (Arg("token", "token returned by Arm", min_len=1, max_len=64),),
             (argument("command_id", DT_STRING, "id of the journalled command record"),),
@@ -488,10 +424,8 @@ async def submit(sink: CommandSink, request: CommandRequest) -> str:
     """Hand a validated, role-checked request to the sink; map its refusals to status codes."""
     try:
         command_id = await sink.submit(request)
-    except CommandNotSupported as exc:
-        raise MethodError(SC.BadNotSupported, f"not supported: {exc}") from None
     except CommandRefused as exc:
-        raise MethodError(SC.BadInvalidState, f"refused: {exc}") from None
+        raise refused(exc) from None
     return str(command_id)
 
 
@@ -673,9 +607,6 @@ def command_methods(
             )
         )
     return specs
-
-
-WRITE_SETPOINT = "write_setpoint"  # CommandRequest.kind of an OPC UA Write to a setpoint
 
 
 def setpoint_writer(

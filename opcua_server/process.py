@@ -38,6 +38,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from controller.api import (
+    ArmRequest,
+    CommandRefused,
+    CommandRequest,
+    ExecuteRequest,
+    RefusalReason,
+    Selection,
+)
 from controller.bus_stats import BusSnapshot
 from controller.process_image import ChangeQueue, ProcessImage, Quality, TagValue
 from controller.quality_reason import reason_from_wire
@@ -47,7 +55,7 @@ from controller.unix_socket import peer_credentials
 from .channel import ChannelError, FrameDecoder, encode, raise_error
 from .config import OpcUaConfig, Role, SetpointRule
 from .login_failures import FailureOutbox
-from .methods import AlarmInfo, CommandRefused, CommandRequest
+from .methods import AlarmInfo
 
 _log = logging.getLogger("gridctl.opcua.process")
 _QUALITIES = {int(q): q for q in Quality}
@@ -230,7 +238,7 @@ class ControllerChannel:
         finally:
             self._waiting.pop(request_id, None)
         if not reply.get("ok"):
-            raise_error(str(reply.get("error")), str(reply.get("message", "")))
+            raise_error(str(reply.get("error")), str(reply.get("message", "")), reply.get("reason"))
         return reply.get("result")
 
     def close(self) -> None:
@@ -256,13 +264,34 @@ class ChannelCommandSink:
         except ChannelError as exc:
             # Not known to be journaled: the token is the idempotency key for a retry.
             raise CommandRefused(
-                f"controller unreachable ({exc}); retry with the same token"
+                RefusalReason.UNAVAILABLE,
+                f"controller unreachable ({exc}); retry with the same token",
             ) from None
         command_id = str(result["command_id"])
         state = result.get("state")
         if state:
             self.states[command_id] = (str(state[0]), str(state[1]))
         return command_id
+
+    async def _select(self, op: str, request: ArmRequest | ExecuteRequest) -> Selection:
+        # the selection lives in the controller's journal; nothing of it is kept here
+        try:
+            result = await self.channel.request(op, request=asdict(request))
+        except ChannelError as exc:
+            raise CommandRefused(
+                RefusalReason.UNAVAILABLE, f"{op}: controller unreachable ({exc})"
+            ) from None
+        state = result.get("state")
+        selection = Selection(**result["selection"])
+        if state:
+            self.states[selection.token] = (str(state[0]), str(state[1]))
+        return selection
+
+    async def arm(self, request: ArmRequest) -> Selection:
+        return await self._select("arm", request)
+
+    async def execute(self, request: ExecuteRequest) -> Selection:
+        return await self._select("execute", request)
 
     def command_state(self, command_id: str) -> tuple[str, str] | None:
         return self.states.get(command_id)

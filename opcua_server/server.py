@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncua import Server, ua
 
+from controller.api import CommandSink
 from controller.process_image import ChangeQueue, ProcessImage, Tag
 from controller.task_stop import stop_task
 from opcua_server.ua_values import node_id
@@ -34,8 +35,6 @@ from .late_tags import LateTags
 from .methods import (
     COMMAND_METHODS,
     AlarmSource,
-    ArmRegistry,
-    CommandSink,
     MethodSpec,
     bind,
     command_methods,
@@ -122,7 +121,6 @@ class OpcUaServer:
         self._sink: CommandSink | None = None
         self._load_specs: list[MethodSpec] = []
         self._command_specs: dict[str, list[MethodSpec]] = {}
-        self.arms = ArmRegistry(timeout_s=config.arm_timeout_s)
         self.users = UserStore.from_config(config, on_failure=settings.login_failures)
         self.peer_limit: connection_limits.PeerLimit | None = None
         self.ruleset = GridRuleset()
@@ -389,7 +387,7 @@ class OpcUaServer:
         self._sink = self.tracker.wrap(self.commands) if self.commands is not None else None
         if self._sink is not None and self.access is not None:
             self.access.writer = setpoint_writer(self._sink)
-        load_specs = load_methods(self._sink, self.arms)
+        load_specs = load_methods(self._sink)
         for spec in load_specs:
             self.methods[spec.name] = spec
         self._load_specs = load_specs

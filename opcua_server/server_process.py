@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from controller.api import CommandSink
 from controller.cpu_affinity import pin_process
 from controller.process_image import ProcessImage, Tag
 from controller.task_stop import stop_task
@@ -34,7 +35,7 @@ from controller.unix_socket import SUN_PATH_MAX, short_socket_path
 
 from .config import OpcUaConfig, SetpointRule
 from .feed import NO_PEER, ImageFeed, QuietPoint
-from .methods import AlarmSource, CommandSink
+from .methods import AlarmSource
 
 _log = logging.getLogger("gridctl.opcua")
 

@@ -30,6 +30,7 @@ from decimal import Decimal
 from typing import Any
 
 from controller.alarms import AlarmEngine, Severity
+from controller.api import CommandRefused
 from controller.commands import CommandError, CommandLog, CommandState
 from controller.journal import Journal, Statement
 from controller.loads.config import TARIFF_REGISTERS, LoadsConfig, MemberConfig
@@ -594,7 +595,7 @@ class LoadsRuntime:
             )
             cmd = await self.executor.wait(cmd.id)
             ok = cmd.state is CommandState.CONFIRMED
-        except (LoadsError, CommandError) as exc:
+        except (LoadsError, CommandError, CommandRefused) as exc:
             self.journal.event("loads", intent.source, f"{intent.kind} {intent.load}: {exc}")
         finally:
             self._feedback(machine, intent, ok)

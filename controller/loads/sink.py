@@ -1,12 +1,13 @@
-"""The OPC UA server's ``CommandSink``: Arm/Execute on a LoadType node → the executor.
+"""The loads' command sink: Arm/Execute on a LoadType node → the executor.
 
-The server has already checked the caller's role and the arm token; this
-side maps the request onto a journaled command record whose history shows
-the select-before-operate path (``armed`` → ``queued`` "executed" → ``sent`` →
-``confirmed``), with the user and reason audited. The arm token is the
-command id, so a repeated Execute cannot act twice. Interlocks are enforced
-here, in the controller: a refused command is journaled as ``refused`` and the
-method call fails with the reason.
+The OPC UA server has already checked the caller's role; this side keeps the
+selection: Arm journals an ``armed`` command record that reserves the load and
+runs the interlocks at select time, Execute (same user, before the arm
+timeout) moves it on, so its history shows the select-before-operate path
+(``armed`` → ``queued`` "executed" → ``sent`` → ``confirmed``), with the user
+and reason audited. The record id is the token, so a repeated Execute cannot
+act twice. Interlocks are enforced here, in the controller: a refused command
+is journaled as ``refused`` and the method call fails with the reason.
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from controller.api import (
+    ArmRequest,
+    CommandRefused,
+    CommandRequest,
+    ExecuteRequest,
+    RefusalReason,
+    Selection,
+)
 from controller.command_router import journal_request
 from controller.commands import CommandError, CommandLog, CommandState
-from controller.commands import CommandRefused as LogRefused
 from controller.loads.prepaid import PrepaidError
 from controller.loads.switching import LoadsError, SwitchingExecutor
-from opcua_server.methods import CommandRefused, CommandRequest
 
 if TYPE_CHECKING:
     from controller.loads.runtime import LoadsRuntime
@@ -49,11 +56,15 @@ class LoadsCommandSink:
         repeated call records one purchase, not two."""
         runtime = self.runtime
         if runtime is None:
-            raise CommandRefused("recharge: prepaid control is not running")
+            raise CommandRefused(
+                RefusalReason.INVALID_STATE, "recharge: prepaid control is not running"
+            )
         load = request.target.removeprefix("loads/")
         accounts = [a for a in runtime.accounts.values() if a.cfg.load == load]
         if not accounts:
-            raise CommandRefused(f"target: load {load!r} has no prepaid account")
+            raise CommandRefused(
+                RefusalReason.UNKNOWN_TARGET, f"target: load {load!r} has no prepaid account"
+            )
         amount = (request.args or {}).get("amount")
         account = accounts[0].cfg.id
 
@@ -71,33 +82,57 @@ class LoadsCommandSink:
             self.executor.commands, "recharge", request, {"amount": amount}, record
         )
 
+    def _load(self, target: str) -> str:
+        if not target.startswith("loads/"):
+            raise CommandRefused(
+                RefusalReason.UNKNOWN_TARGET, f"target: {target!r} is not a load (loads/<name>)"
+            )
+        load = target.removeprefix("loads/")
+        if load not in self.executor.loads:
+            known = ", ".join(sorted(self.executor.loads)) or "none configured"
+            raise CommandRefused(
+                RefusalReason.UNKNOWN_TARGET, f"load: no load named {load!r} (loads: {known})"
+            )
+        return load
+
     async def submit(self, request: CommandRequest) -> str:
         if request.kind == "recharge":
             return await self._recharge(request)
+        raise CommandRefused(
+            RefusalReason.NOT_SUPPORTED,
+            f"kind: {request.kind!r} on a load is selected with Arm and operated with Execute",
+        )
+
+    async def arm(self, request: ArmRequest) -> Selection:
         kind = KIND_MAP.get(request.kind)
         if kind is None:
             raise CommandRefused(
-                f"kind: {request.kind!r} is not a load command ({', '.join(KIND_MAP)})"
+                RefusalReason.BAD_ARGUMENT,
+                f"kind: {request.kind!r} is not a load command ({', '.join(KIND_MAP)})",
             )
-        if not request.target.startswith("loads/"):
-            raise CommandRefused(f"target: {request.target!r} is not a load (loads/<name>)")
-        load = request.target.removeprefix("loads/")
+        load = self._load(request.target)
         try:
-            cmd = await self.executor.submit(
+            cmd = await self.executor.arm(
                 kind,
                 load,
                 who=request.user or "anonymous",
                 why=request.reason,
-                command_id=request.token[:64],
                 source=request.source,
-                armed_at=request.armed_at,
-                extra={"role": request.role, "armed_at": request.armed_at},
+                role=request.role,
             )
-        except (LoadsError, LogRefused, CommandError) as exc:
-            raise CommandRefused(str(exc)) from None
+        except (LoadsError, CommandError) as exc:
+            raise CommandRefused(RefusalReason.BAD_ARGUMENT, str(exc)) from None
+        return cmd.selection()
+
+    async def execute(self, request: ExecuteRequest) -> Selection:
+        load = self._load(request.target)
+        try:
+            cmd = await self.executor.execute(request.token, load, who=request.user or "anonymous")
+        except (LoadsError, CommandError) as exc:
+            raise CommandRefused(RefusalReason.BAD_ARGUMENT, str(exc)) from None
         if cmd.state is CommandState.REFUSED:
-            raise CommandRefused(f"command {cmd.id}: {cmd.reason}")
-        return cmd.id
+            raise CommandRefused(RefusalReason.INTERLOCK, f"command {cmd.id}: {cmd.reason}")
+        return cmd.selection()
 
 
 class DemandLimitSink:
@@ -113,8 +148,9 @@ class DemandLimitSink:
     async def submit(self, request: CommandRequest) -> str:
         if request.kind not in ("set_demand_limit", "clear_demand_limit"):
             raise CommandRefused(
+                RefusalReason.NOT_SUPPORTED,
                 f"kind: {request.kind!r} is not a demand-group command "
-                "(set_demand_limit, clear_demand_limit)"
+                "(set_demand_limit, clear_demand_limit)",
             )
         name = request.target.removeprefix("demand/groups/")
         who = request.user or "anonymous"
@@ -129,7 +165,9 @@ class DemandLimitSink:
             return await run_audited(runtime.executor.commands, "clear_limit", request, {}, clear)
         limit = (request.args or {}).get("limit_kw")
         if isinstance(limit, bool) or not isinstance(limit, int | float):
-            raise CommandRefused(f"limit_kw: a number of kW is required (got {limit!r})")
+            raise CommandRefused(
+                RefusalReason.BAD_ARGUMENT, f"limit_kw: a number of kW is required (got {limit!r})"
+            )
 
         async def set_limit() -> str:
             await runtime.set_demand_limit(name, float(limit), who=who, why=request.reason, ref=ref)
@@ -158,7 +196,7 @@ async def run_audited(
         detail = await action()
     except (LoadsError, PrepaidError) as exc:
         await log.transition(cmd.id, CommandState.REFUSED, reason=str(exc))
-        raise CommandRefused(str(exc)) from None
+        raise CommandRefused(RefusalReason.BAD_ARGUMENT, str(exc)) from None
     await log.transition(cmd.id, CommandState.SENT)
     await log.transition(cmd.id, CommandState.CONFIRMED, reason=detail)
     return cmd.id

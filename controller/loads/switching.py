@@ -3,9 +3,11 @@
 Every switching action — an operator's Arm/Execute, a demand-limit round, a
 prepaid trip — goes through :class:`SwitchingExecutor`:
 
-1. ``submit`` journals the command (``queued``, or ``armed`` → ``queued`` for
-   select-before-operate) with who and why, *before* anything else. A command
-   id seen before is the same command: it is never run twice.
+1. ``submit`` journals the command (``queued``; an operator's ``arm`` journals
+   it ``armed``, reserving the load and checking the interlocks at select
+   time, and ``execute`` moves it to ``queued``) with who and why, *before*
+   anything else. A command id seen before is the same command: it is never
+   run twice.
 2. The interlocks are checked (keep-power, lock-out, one command per load);
    a refusal is a terminal ``refused`` state with the reason.
 3. The feeder's rate limiter books a slot (mass switching is spread out).
@@ -47,6 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.alarms import AlarmEngine
+from controller.api import CommandRefused, RefusalReason
 from controller.commands import Command, CommandLog, CommandState, Resolution
 from controller.cycle import Series
 from controller.loads.config import LoadConfig, LoadsConfig
@@ -418,14 +421,13 @@ class SwitchingExecutor:
         command_id: str | None = None,
         source: str = "operator",
         automation: bool = False,
-        armed_at: float | None = None,
         extra: dict[str, Any] | None = None,
     ) -> Command:
         """Journal a command and start it; returns the record (not waiting for confirmation).
 
         The same ``command_id`` again returns the same record and does nothing
-        more. ``armed_at`` records a select-before-operate path (armed →
-        executed) from an operator interface.
+        more. An operator's select-before-operate goes through :meth:`arm` and
+        :meth:`execute` instead.
         """
         self._check_args(kind, load)
         if command_id is not None:
@@ -453,12 +455,7 @@ class SwitchingExecutor:
                 why=why,
                 command_id=command_id,
                 expires_in_s=self.config.confirm.valid_for_s,
-                arm=armed_at is not None,
             )
-            if cmd.state is CommandState.ARMED:
-                await self.commands.transition(
-                    cmd.id, CommandState.QUEUED, reason="executed", who=who
-                )
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # retrieved: a retry that never came must not warn
@@ -468,6 +465,59 @@ class SwitchingExecutor:
         finally:
             if command_id is not None:
                 self._claims.pop(command_id, None)
+        return await self._start(cmd, load, automation)
+
+    # -- select-before-operate ----------------------------------------------------------------
+    async def arm(
+        self, kind: str, load: str, *, who: str, why: str, source: str, role: str
+    ) -> Command:
+        """Select ``kind`` on ``load``: a journaled ``armed`` record reserving the load.
+
+        Refused (CommandRefused) ``busy`` while a command runs on the load or
+        another selection holds it, ``interlock`` when the interlocks forbid the
+        command now (journaled as refused, so the attempt is audited).
+        """
+        self._check_args(kind, load)
+        running = self._busy.get(load)
+        if running is not None:
+            raise CommandRefused(
+                RefusalReason.BUSY, f"load {load!r}: command {running} is in progress"
+            )
+        now = self._clock()
+        args = {
+            "load": load,
+            "feeder": self.loads[load].feeder,
+            "source": source,
+            "automation": False,
+            "role": role,
+            "armed_at": now,
+        }
+        cmd = await self.commands.arm(
+            kind,
+            f"loads/{load}",
+            args,
+            who=who,
+            why=why,
+            timeout_s=self.config.confirm.arm_timeout_s,
+        )
+        refusal = check(kind, self.facts(load), automation=False)
+        if refusal:
+            log.info("arm %s %s on %s refused: %s", cmd.id, kind, load, refusal)
+            await self._end(cmd, CommandState.REFUSED, refusal, who=who)
+            raise CommandRefused(RefusalReason.INTERLOCK, f"load {load!r}: {refusal}")
+        return cmd
+
+    async def execute(self, command_id: str, load: str, *, who: str) -> Command:
+        """Operate ``who``'s selection of ``load``: queued, interlocks again, then run."""
+        cmd = await self.commands.execute_armed(
+            command_id,
+            target=f"loads/{load}",
+            who=who,
+            expires_in_s=self.config.confirm.valid_for_s,
+        )
+        return await self._start(cmd, load, automation=False)
+
+    async def _start(self, cmd: Command, load: str, automation: bool) -> Command:
         if cmd.state is not CommandState.QUEUED or cmd.id in self._running_ids():
             return cmd  # a retry of a known command: it is not run again
         # interlocks at once, so the caller learns of a refusal synchronously

@@ -35,12 +35,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from controller.api import CommandRefused, RefusalReason
 from controller.verification.scheme import Scheme
 from controller.verification.sequencer import MeterTask
-from opcua_server.methods import CommandRefused
 
 if TYPE_CHECKING:  # pragma: no cover
-    from opcua_server.methods import CommandRequest
+    from controller.api import CommandRequest
 
 START_BATCH = "start_batch"
 ABORT_BATCH = "abort_batch"
@@ -94,10 +94,13 @@ def request_args(request: Any) -> dict[str, Any]:
         try:
             raw = json.loads(raw)
         except ValueError as exc:
-            raise CommandRefused(f"args: not a JSON object ({exc})") from None
+            raise CommandRefused(
+                RefusalReason.BAD_ARGUMENT, f"args: not a JSON object ({exc})"
+            ) from None
     if not isinstance(raw, Mapping):
         raise CommandRefused(
-            f"args: must be an object of named arguments (got {type(raw).__name__})"
+            RefusalReason.BAD_ARGUMENT,
+            f"args: must be an object of named arguments (got {type(raw).__name__})",
         )
     return dict(raw)
 
@@ -119,11 +122,15 @@ def batch_id_for(request: Any) -> str:
 def find_scheme(schemes: Mapping[str, Scheme], value: Any) -> Scheme:
     names = sorted({s.name for s in schemes.values()})
     if not isinstance(value, str) or not value.strip():
-        raise CommandRefused(f"scheme: required, one of {', '.join(names) or 'none configured'}")
+        raise CommandRefused(
+            RefusalReason.BAD_ARGUMENT,
+            f"scheme: required, one of {', '.join(names) or 'none configured'}",
+        )
     scheme = schemes.get(value.strip())
     if scheme is None:
         raise CommandRefused(
-            f"scheme: unknown {value!r}; one of {', '.join(names) or 'none configured'}"
+            RefusalReason.BAD_ARGUMENT,
+            f"scheme: unknown {value!r}; one of {', '.join(names) or 'none configured'}",
         )
     return scheme
 
@@ -134,14 +141,16 @@ def parse_meters(value: Any, stations: int, batch_id: str) -> tuple[list[MeterTa
     if isinstance(value, str):
         text = value.strip()
         if not text:
-            raise CommandRefused(f"meters: required, {allowed}")
+            raise CommandRefused(RefusalReason.BAD_ARGUMENT, f"meters: required, {allowed}")
         if COUNT.match(text):
             value = int(text)
         elif text.startswith("["):
             try:
                 value = json.loads(text)
             except ValueError as exc:
-                raise CommandRefused(f"meters: not a JSON array ({exc}); {allowed}") from None
+                raise CommandRefused(
+                    RefusalReason.BAD_ARGUMENT, f"meters: not a JSON array ({exc}); {allowed}"
+                ) from None
         else:
             value = [part for part in re.split(r"[\s,;]+", text) if part]
     if (
@@ -152,22 +161,28 @@ def parse_meters(value: Any, stations: int, batch_id: str) -> tuple[list[MeterTa
     ):
         value = int(value[0])  # OPC UA String[] ["12"]: a count
     if isinstance(value, bool) or value is None:
-        raise CommandRefused(f"meters: required, {allowed} (got {value!r})")
+        raise CommandRefused(
+            RefusalReason.BAD_ARGUMENT, f"meters: required, {allowed} (got {value!r})"
+        )
     if isinstance(value, int):
         if not 1 <= value <= stations:
             raise CommandRefused(
-                f"meters: {value} meters, but the line has {stations} stations (allowed 1..{stations})"
+                RefusalReason.BAD_ARGUMENT,
+                f"meters: {value} meters, but the line has {stations} stations (allowed 1..{stations})",
             )
         return [
             MeterTask(code, address_for(code))
             for code in (f"{batch_id}-{n:02d}" for n in range(1, value + 1))
         ], True
     if not isinstance(value, list):
-        raise CommandRefused(f"meters: {allowed} (got {type(value).__name__})")
+        raise CommandRefused(
+            RefusalReason.BAD_ARGUMENT, f"meters: {allowed} (got {type(value).__name__})"
+        )
     if not 1 <= len(value) <= stations:
         raise CommandRefused(
+            RefusalReason.BAD_ARGUMENT,
             f"meters: {len(value)} barcodes, but the line has {stations} stations "
-            f"(allowed 1..{stations})"
+            f"(allowed 1..{stations})",
         )
     out: list[MeterTask] = []
     seen: set[str] = set()
@@ -178,16 +193,22 @@ def parse_meters(value: Any, stations: int, batch_id: str) -> tuple[list[MeterTa
             barcode, address = item, None
         if not isinstance(barcode, str) or not BARCODE.match(barcode):
             raise CommandRefused(
+                RefusalReason.BAD_ARGUMENT,
                 f"meters[{n}]: barcode must be 1..32 characters of A-Z a-z 0-9 _ . : - "
-                f"(got {barcode!r})"
+                f"(got {barcode!r})",
             )
         if barcode in seen:
-            raise CommandRefused(f"meters[{n}]: barcode {barcode!r} appears twice")
+            raise CommandRefused(
+                RefusalReason.BAD_ARGUMENT, f"meters[{n}]: barcode {barcode!r} appears twice"
+            )
         seen.add(barcode)
         if address is None:
             address = barcode if ADDRESS.match(barcode) else address_for(barcode)
         elif not isinstance(address, str) or not ADDRESS.match(address):
-            raise CommandRefused(f"meters[{n}].address: must be 12 digits (got {address!r})")
+            raise CommandRefused(
+                RefusalReason.BAD_ARGUMENT,
+                f"meters[{n}].address: must be 12 digits (got {address!r})",
+            )
         out.append(MeterTask(barcode, address))
     return out, False
 
@@ -204,7 +225,8 @@ class LineCommandSink:
             unknown = sorted(set(args) - {"scheme", "meters"})
             if unknown:
                 raise CommandRefused(
-                    f"args: unknown {', '.join(unknown)}; StartBatch takes scheme and meters"
+                    RefusalReason.BAD_ARGUMENT,
+                    f"args: unknown {', '.join(unknown)}; StartBatch takes scheme and meters",
                 )
             batch_id = batch_id_for(request)
             scheme = find_scheme(self.line.schemes, args.get("scheme"))
@@ -217,14 +239,19 @@ class LineCommandSink:
             unknown = sorted(set(args) - {"batch_id"})
             if unknown:
                 raise CommandRefused(
-                    f"args: unknown {', '.join(unknown)}; AbortBatch takes batch_id"
+                    RefusalReason.BAD_ARGUMENT,
+                    f"args: unknown {', '.join(unknown)}; AbortBatch takes batch_id",
                 )
             batch = args.get("batch_id", "")
             if not isinstance(batch, str):
-                raise CommandRefused(f"batch_id: must be a batch id string (got {batch!r})")
+                raise CommandRefused(
+                    RefusalReason.BAD_ARGUMENT,
+                    f"batch_id: must be a batch id string (got {batch!r})",
+                )
             return await self.line.abort_batch(request, batch)
         raise CommandRefused(
-            f"kind: the verification line takes {' or '.join(KINDS)} (got {request.kind!r})"
+            RefusalReason.BAD_ARGUMENT,
+            f"kind: the verification line takes {' or '.join(KINDS)} (got {request.kind!r})",
         )
 
     def command_state(self, command_id: str) -> tuple[str, str] | None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from controller.alarms import AlarmError
+from controller.api import CommandRefused, RefusalReason
 from controller.commands import Command, CommandError, CommandState
 from controller.subsystem_context import SubsystemContext
 from controller.verification.clock import Clock, RealClock, ScaledClock
@@ -47,7 +48,6 @@ from controller.verification.sink import (
 )
 from controller.verification.temperature import TemperatureSupervisor
 from drivers.verification_rig import Rig
-from opcua_server.methods import CommandRefused
 
 log = logging.getLogger("gridctl.line")
 
@@ -267,11 +267,13 @@ class VerificationLineSubsystem:
                 command_id=cid,
             )
         except CommandError as exc:
-            raise CommandRefused(str(exc)) from None
+            raise CommandRefused(RefusalReason.BAD_ARGUMENT, str(exc)) from None
 
-    async def _refuse(self, cmd: Command, reason: str) -> None:
+    async def _refuse(
+        self, cmd: Command, reason: str, code: RefusalReason = RefusalReason.INVALID_STATE
+    ) -> None:
         await self.service.commands.transition(cmd.id, CommandState.REFUSED, reason=reason)
-        raise CommandRefused(reason)
+        raise CommandRefused(code, reason)
 
     async def start_fed_batch(
         self, batch_id: str, scheme: str, meter_type: str, meters: list[MeterTask], why: str
@@ -310,19 +312,22 @@ class VerificationLineSubsystem:
         problems = batch.scheme.problems_for(mt)
         if problems:
             raise CommandRefused(
+                RefusalReason.BAD_ARGUMENT,
                 f"scheme: {batch.scheme.name!r} cannot run on meter type {mt.name!r}: "
-                + "; ".join(problems)
+                + "; ".join(problems),
             )
         cmd = await self._submit(START_BATCH, request, batch.args(batch_id, mt.name), batch_id)
         if cmd.terminal or len(cmd.history) > 1:
             return cmd.id  # a retry of a request already handled
         if self.running:
-            await self._refuse(cmd, f"line busy: batch {self.batch_id} is running")
+            await self._refuse(
+                cmd, f"line busy: batch {self.batch_id} is running", RefusalReason.BUSY
+            )
         try:
             self.seq.create_batch(batch_id, batch.scheme, mt.name, batch.meters)
         except (BatchError, RepositoryError, SchemeError, KeyError) as exc:
             await self.service.commands.transition(cmd.id, CommandState.FAILED, reason=str(exc))
-            raise CommandRefused(str(exc)) from None
+            raise CommandRefused(RefusalReason.INVALID_STATE, str(exc)) from None
         await self.service.commands.transition(cmd.id, CommandState.SENT, reason="batch created")
         # The simulated plant: the meters of the batch arrive on the infeed conveyor of an
         # empty line (what an aborted or failed batch left was taken off first).
@@ -355,7 +360,11 @@ class VerificationLineSubsystem:
         if not running:
             await self._refuse(cmd, "no batch is running")
         if batch_id and batch_id != running:
-            await self._refuse(cmd, f"batch_id: {batch_id!r} is not running (running: {running})")
+            await self._refuse(
+                cmd,
+                f"batch_id: {batch_id!r} is not running (running: {running})",
+                RefusalReason.BAD_ARGUMENT,
+            )
         await self.service.commands.transition(cmd.id, CommandState.SENT, reason="abort requested")
         self._write("line/state", "aborting")
         self._abort(f"aborted by {cmd.who}: {cmd.why}")

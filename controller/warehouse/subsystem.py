@@ -27,6 +27,7 @@ import logging
 import time
 from typing import Any
 
+from controller.api import CommandRefused, CommandRequest, RefusalReason
 from controller.commands import CommandError, CommandState
 from controller.subsystem_context import SubsystemContext
 from controller.task_stop import stop_task
@@ -38,7 +39,6 @@ from controller.warehouse.orders import TERMINAL, OrderError, OrderKind, OrderSt
 from controller.warehouse.plant_io import PlantIOError, PlcImageIO
 from controller.warehouse.rack import BoxClass
 from controller.warehouse.service import Warehouse
-from opcua_server.methods import CommandRefused, CommandRequest
 
 log = logging.getLogger("gridctl.warehouse")
 
@@ -223,11 +223,12 @@ class WarehouseSubsystem:
         """Journal, then apply; CommandRefused names the bad argument."""
         if request.kind not in KINDS:
             raise CommandRefused(
-                f"kind: the warehouse takes {', '.join(sorted(KINDS))} (got {request.kind!r})"
+                RefusalReason.BAD_ARGUMENT,
+                f"kind: the warehouse takes {', '.join(sorted(KINDS))} (got {request.kind!r})",
             )
         wh = self.wh
         if wh is None:
-            raise CommandRefused("warehouse: not started")
+            raise CommandRefused(RefusalReason.INVALID_STATE, "warehouse: not started")
         args = dict(getattr(request, "args", None) or {})
         if request.kind == "create_order":
             kind, params, priority = _order_args(args)
@@ -246,7 +247,7 @@ class WarehouseSubsystem:
                         oid = wh.submit(kind, params, priority)
                 except (OrderError, MarketingError) as exc:
                     await self._refuse(cmd.id, str(exc))
-                    raise CommandRefused(str(exc)) from None
+                    raise CommandRefused(RefusalReason.BAD_ARGUMENT, str(exc)) from None
                 await self.service.commands.transition(
                     cmd.id, CommandState.SENT, reason=f"order {oid}"
                 )
@@ -256,7 +257,7 @@ class WarehouseSubsystem:
                     wh.cancel(order_id, request.reason)
                 except OrderError as exc:
                     await self._refuse(cmd.id, str(exc))
-                    raise CommandRefused(str(exc)) from None
+                    raise CommandRefused(RefusalReason.INVALID_STATE, str(exc)) from None
                 await self.service.commands.transition(
                     cmd.id, CommandState.SENT, reason=f"order {order_id}"
                 )
@@ -278,7 +279,7 @@ class WarehouseSubsystem:
                 command_id=request.token or None,
             )
         except CommandError as exc:
-            raise CommandRefused(str(exc)) from None
+            raise CommandRefused(RefusalReason.BAD_ARGUMENT, str(exc)) from None
 
     async def _refuse(self, command_id: str, reason: str) -> None:
         await self.service.commands.transition(command_id, CommandState.REFUSED, reason=reason)
@@ -335,26 +336,32 @@ def _order_args(args: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
     kind = args.get("kind")
     if kind not in ORDER_KINDS:
         raise CommandRefused(
-            f"argument 'kind': must be one of {', '.join(ORDER_KINDS)} (got {kind!r})"
+            RefusalReason.BAD_ARGUMENT,
+            f"argument 'kind': must be one of {', '.join(ORDER_KINDS)} (got {kind!r})",
         )
     priority = args.get("priority", 0)
     if not isinstance(priority, int) or isinstance(priority, bool) or not -100 <= priority <= 100:
         raise CommandRefused(
-            f"argument 'priority': must be an integer -100..100 (got {priority!r})"
+            RefusalReason.BAD_ARGUMENT,
+            f"argument 'priority': must be an integer -100..100 (got {priority!r})",
         )
     params = args.get("params")
     items = args.get("items")
     if params is not None:
         if not isinstance(params, dict):
             raise CommandRefused(
-                f"argument 'params': must be a mapping (got {type(params).__name__})"
+                RefusalReason.BAD_ARGUMENT,
+                f"argument 'params': must be a mapping (got {type(params).__name__})",
             )
         return kind, params, priority
     if items is None:
-        raise CommandRefused("argument 'params' (or 'items'): required for create_order")
+        raise CommandRefused(
+            RefusalReason.BAD_ARGUMENT, "argument 'params' (or 'items'): required for create_order"
+        )
     if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
         raise CommandRefused(
-            f"argument 'items': must be a non-empty list of strings (got {items!r})"
+            RefusalReason.BAD_ARGUMENT,
+            f"argument 'items': must be a non-empty list of strings (got {items!r})",
         )
     if kind == OrderKind.INVENTORY_COUNT:
         return kind, {"slots": items}, priority
@@ -367,7 +374,8 @@ def _order_args(args: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
     if kind == OrderKind.REJECTED_OUTBOUND and len(items) == 1:
         if not items[0].isdigit():
             raise CommandRefused(
-                f"argument 'items': [number of rejected boxes] expected (got {items!r})"
+                RefusalReason.BAD_ARGUMENT,
+                f"argument 'items': [number of rejected boxes] expected (got {items!r})",
             )
         return kind, {"boxes": int(items[0])}, priority
     if kind == OrderKind.QUALIFIED_RETURN and len(items) == 1:
@@ -380,15 +388,17 @@ def _order_args(args: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
         name = "batch" if kind == OrderKind.OUTBOUND_VERIFICATION else "district"
         if not items[1].isdigit():
             raise CommandRefused(
-                f"argument 'items': [{name}, number of boxes] expected (got {items!r})"
+                RefusalReason.BAD_ARGUMENT,
+                f"argument 'items': [{name}, number of boxes] expected (got {items!r})",
             )
         return kind, {name: items[0], "boxes": int(items[1])}, priority
     raise CommandRefused(
+        RefusalReason.BAD_ARGUMENT,
         f"argument 'items': not enough for a {kind} order (inventory_count: slots; relocation: "
         "[barcode] or [barcode, slot]; outbound_verification: [batch, boxes]; qualified_return: "
         "[batch]; "
         "distribution_outbound: [district, boxes]; rejected_outbound: [boxes]); give 'params' "
-        "for the others"
+        "for the others",
     )
 
 
@@ -398,8 +408,11 @@ def _order_id(args: dict[str, Any]) -> int:
         value = int(str(raw))
     except ValueError:
         raise CommandRefused(
-            f"argument 'order_id': must be an order number (got {raw!r})"
+            RefusalReason.BAD_ARGUMENT,
+            f"argument 'order_id': must be an order number (got {raw!r})",
         ) from None
     if value < 1:
-        raise CommandRefused(f"argument 'order_id': must be >= 1 (got {raw!r})")
+        raise CommandRefused(
+            RefusalReason.BAD_ARGUMENT, f"argument 'order_id': must be >= 1 (got {raw!r})"
+        )
     return value

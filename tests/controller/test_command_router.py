@@ -1,7 +1,7 @@
 import pytest
 
+from controller.api import ArmRequest, CommandRefused, CommandRequest, RefusalReason
 from controller.command_router import CommandRouter
-from opcua_server.methods import CommandRefused, CommandRequest
 
 
 class RecordingSink:
@@ -59,3 +59,16 @@ async def test_the_root_object_of_a_branch_belongs_to_it():
     assert await router.submit(_req("line")) == "line-1"
     with pytest.raises(CommandRefused):
         await router.submit(_req("lines"))
+
+
+async def test_refusals_carry_their_reason():
+    router = CommandRouter()
+    router.register("line/", RecordingSink("line"))
+    with pytest.raises(CommandRefused) as err:
+        await router.submit(_req("warehouse/orders"))
+    assert err.value.reason is RefusalReason.UNKNOWN_TARGET
+    # the line's sink keeps no select-before-operate: Arm is not supported there
+    arm = ArmRequest(target="line", kind="trip", reason="r", user="op", role="operator")
+    with pytest.raises(CommandRefused, match="no select-before-operate") as err:
+        await router.arm(arm)
+    assert err.value.reason is RefusalReason.NOT_SUPPORTED

@@ -3,10 +3,10 @@ import sqlite3
 
 import pytest
 
+from controller.api import CommandRefused, RefusalReason
 from controller.commands import (
     CommandError,
     CommandLog,
-    CommandRefused,
     CommandState,
     Resolution,
 )
@@ -191,8 +191,9 @@ async def test_same_id_is_idempotent(journal):
 async def test_closed_intake_refuses(journal):
     log = CommandLog(journal)
     log.close_intake("service stopping")
-    with pytest.raises(CommandRefused, match="not accepting commands: service stopping"):
+    with pytest.raises(CommandRefused, match="not accepting commands: service stopping") as err:
         await log.submit("trip", "m1", who="op", why="r")
+    assert err.value.reason is RefusalReason.SERVICE_STOPPING
 
 
 async def test_expiry(journal):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from controller.commands import CommandLog, CommandRefused, CommandState, Resolution
+from controller.api import CommandRefused
+from controller.commands import CommandLog, CommandState, Resolution
 from controller.config import validate_config
 from controller.journal import Journal
 from controller.service import Service

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from controller.alarms import AlarmEngine, Severity
-from controller.commands import JOURNAL_FAILED, CommandError, CommandLog, CommandRefused
+from controller.api import CommandRefused, RefusalReason
+from controller.commands import JOURNAL_FAILED, CommandLog
 from controller.journal import Journal, JournalError, JournalStorageError, storage_failure
 
 PAD = "x" * 3000  # a few of these fill the pages SQLite still has free
@@ -93,11 +94,12 @@ async def test_disk_full_closes_intake_raises_alarm_and_keeps_what_was_confirmed
 
     # later commands are refused up front, without another write attempt
     units = journal.units
-    with pytest.raises(CommandRefused, match="journal failed"):
+    with pytest.raises(CommandRefused, match="journal failed") as err:
         await log.submit("trip", "tiny", who="op", why="after")
+    assert err.value.reason is RefusalReason.SERVICE_STOPPING
     assert journal.units == units
-    # whatever the command (CommandRefused is a CommandError, as callers expect)
-    with pytest.raises(CommandError, match="journal failed"):
+    # whatever the command: the intake is checked before the arguments
+    with pytest.raises(CommandRefused, match="journal failed"):
         await log.submit("no-such-kind", "x", who="op", why="after")
 
     journal.close()

@@ -20,19 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.api import CommandRefused, CommandRequest
 from controller.bus_stats import BusSnapshot
 from controller.process_image import ProcessImage, Quality
 from controller.quality_reason import Reason
-from opcua_server import (
-    AlarmInfo,
-    CommandRefused,
-    CommandRequest,
-    OpcUaConfig,
-    OpcUaServer,
-    ServerSettings,
-    UserConfig,
-)
+from opcua_server import AlarmInfo, OpcUaConfig, OpcUaServer, ServerSettings, UserConfig
 from opcua_server.users import hash_password
+from tests.opcua_server.conftest import FakeSelections
 
 PASSWORDS = {"vera": "viewer-pw", "otto": "operator-pw", "emma": "engineer-pw"}
 ROLES = {"vera": "viewer", "otto": "operator", "emma": "engineer"}
@@ -267,7 +261,7 @@ def bus_snapshots(buses: int) -> list[BusSnapshot]:
 
 
 @dataclass
-class FakeSink:
+class FakeSink(FakeSelections):
     """Stands in for the subsystems: accepts, then confirms by writing the read-back.
 
     Warehouse orders get numbers as the real subsystem gives them, and the
@@ -277,13 +271,13 @@ class FakeSink:
     image: ProcessImage
     delay_s: float = 0.3
     requests: list[CommandRequest] = field(default_factory=list)
-    refuse: str | None = None
+    refuse: CommandRefused | None = None
     states: dict[str, tuple[str, str]] = field(default_factory=dict)
     orders: int = 0
 
     async def submit(self, request: CommandRequest) -> str:
         if self.refuse:
-            raise CommandRefused(self.refuse)
+            raise self.refuse
         self.requests.append(request)
         command_id = f"cmd-{len(self.requests):04d}"
         self.states[command_id] = ("sent", request.reason)

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
+from controller.api import CommandRefused, CommandRequest
 from controller.loads.switching import LoadsError
-from opcua_server.methods import CommandRefused, CommandRequest
 
 from .test_runtime import cfg, make
 

@@ -198,9 +198,9 @@ async def test_shedding_stops_at_the_security_value(tmp_path):
 
 
 async def test_a_limit_below_the_security_value_is_refused_and_changes_nothing(tmp_path):
+    from controller.api import CommandRefused, CommandRequest
     from controller.loads.sink import DemandLimitSink
     from controller.loads.switching import LoadsError
-    from opcua_server.methods import CommandRefused, CommandRequest
 
     s = await start(tmp_path, [SECURITY_GROUP], {"l0": 50.0, "l1": 20.0, "l2": 30.0})
     reason = (

@@ -6,11 +6,19 @@ import datetime as dt
 import time
 import tomllib
 
+import pytest
+
+from controller.api import (
+    ArmRequest,
+    CommandRefused,
+    CommandRequest,
+    ExecuteRequest,
+    RefusalReason,
+)
 from controller.commands import CommandState
 from controller.config import validate_config
 from controller.service import Service
 from drivers.sim.plant import SimulatedPlant
-from opcua_server.methods import CommandRequest
 
 from .conftest import ADDR1, dlt645_config, wait_for
 
@@ -45,9 +53,18 @@ async def test_service_runs_loads_and_routes_commands(tmp_path):
         await svc.start()
         assert svc.router.prefixes == ("loads/", "demand/groups/")
         assert await wait_for(lambda: svc.image.value("loads/l1/keep_power") is False, 10)
-        cid = await svc.router.submit(
-            CommandRequest("loads/l1", "trip", "test", "otto", "operator", "tok-1", time.time())
-        )
+        # a load is switched only by select-before-operate, never by a plain submit
+        with pytest.raises(CommandRefused) as err:
+            await svc.router.submit(
+                CommandRequest("loads/l1", "trip", "test", "otto", "operator", "tok-1", time.time())
+            )
+        assert err.value.reason is RefusalReason.NOT_SUPPORTED
+        selection = await svc.router.arm(ArmRequest("loads/l1", "trip", "test", "otto", "operator"))
+        assert svc.commands.get(selection.token).state is CommandState.ARMED
+        # the default arm timeout: 30 s from the Arm
+        assert selection.expires_at == selection.armed_at + 30.0
+        executed = await svc.router.execute(ExecuteRequest("loads/l1", selection.token, "otto"))
+        cid = executed.token
         rt = svc.subsystems[0].runtime
         # tariff periods, no-trip windows and demand schedules read the site's wall
         # clock: 2026-12-01T02:00:00Z (1_796_090_400) is 10:00 in Beijing (UTC + 8 h)

@@ -14,6 +14,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from controller.api import (
+    ArmRequest,
+    CommandRefused,
+    CommandRequest,
+    ExecuteRequest,
+    RefusalReason,
+    Selection,
+)
 from controller.process_image import ProcessImage
 from opcua_server import OpcUaConfig, OpcUaServer, ServerSettings, UserConfig
 from opcua_server.users import hash_password
@@ -45,6 +53,47 @@ def client_cert(tmp_path_factory) -> tuple[Path, Path]:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
     key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
     return cert_path, key_path
+
+
+class FakeSelections:
+    """Select-before-operate as the test sinks' stand-in runtime: remembers each Arm and
+    hands the selection to the sink's ``submit`` at Execute (the same user, the same
+    target). The controller's own selection (journaled, reserving, expiring) is tested
+    in tests/controller/test_selection.py and tests/loads/test_opcua_sink.py."""
+
+    def _armed(self) -> dict[str, ArmRequest]:
+        armed: dict[str, ArmRequest] | None = getattr(self, "_fake_armed", None)
+        if armed is None:
+            armed = {}
+            self._fake_armed = armed
+        return armed
+
+    async def submit(self, request: CommandRequest) -> str:
+        raise NotImplementedError
+
+    async def arm(self, request: ArmRequest) -> Selection:
+        armed = self._armed()
+        token = f"arm-{len(armed) + 1}"
+        armed[token] = request
+        return Selection(token, request.target, request.kind, request.user, 1.0, 31.0)
+
+    async def execute(self, request: ExecuteRequest) -> Selection:
+        armed = self._armed().get(request.token)
+        if armed is None or (armed.target, armed.user) != (request.target, request.user):
+            raise CommandRefused(RefusalReason.NOT_ARMED, f"token: no armed {request.token!r}")
+        del self._armed()[request.token]
+        command_id = await self.submit(
+            CommandRequest(
+                target=armed.target,
+                kind=armed.kind,
+                reason=armed.reason,
+                user=armed.user,
+                role=armed.role,
+                token=request.token,
+                armed_at=0.0,
+            )
+        )
+        return Selection(command_id, armed.target, armed.kind, armed.user, 1.0, 31.0)
 
 
 async def until(check: Callable[[], Any], timeout: float = 20.0) -> Any:

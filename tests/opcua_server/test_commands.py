@@ -7,12 +7,11 @@ import asyncio
 import pytest
 from asyncua import Client, ua
 
+from controller.api import CommandRefused, CommandRequest, RefusalReason
 from controller.commands import CommandLog
 from controller.journal import Journal
-from opcua_server import CommandRefused, CommandRequest
-from opcua_server.methods import CommandNotSupported
 
-from .conftest import client_for, demo_image, nid, ns_of
+from .conftest import FakeSelections, client_for, demo_image, nid, ns_of
 from .test_hmi_support import wait_for
 
 SC = ua.StatusCodes
@@ -20,7 +19,7 @@ O = ua.ObjectIds  # noqa: E741
 VT = ua.VariantType
 
 
-class FakeSink:
+class FakeSink(FakeSelections):
     """Accepts every kind except those in ``unknown``; reports states it is told."""
 
     def __init__(self) -> None:
@@ -30,9 +29,9 @@ class FakeSink:
 
     async def submit(self, request: CommandRequest) -> str:
         if request.kind in self.unknown:
-            raise CommandNotSupported(f"no {request.kind} handler yet")
+            raise CommandRefused(RefusalReason.NOT_SUPPORTED, f"no {request.kind} handler yet")
         if request.args.get("limit_kw") == 999.0:
-            raise CommandRefused("group g1 is in dry-run mode")
+            raise CommandRefused(RefusalReason.INVALID_STATE, "group g1 is in dry-run mode")
         self.requests.append(request)
         cid = f"cmd-{len(self.requests)}"
         self.states[cid] = ("queued", "")

@@ -17,12 +17,12 @@ import asyncua
 import pytest
 from asyncua import Client, ua
 
+from controller.api import WRITE_SETPOINT
 from controller.commands import DEFAULT_KINDS, CommandLog
 from controller.journal import Journal
 from controller.process_image import ProcessImage, Tag
 from opcua_server.asyncua_gate import AsyncuaVersionError
 from opcua_server.config import Role
-from opcua_server.methods import WRITE_SETPOINT
 
 from .conftest import client_for, demo_image, nid, ns_of
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 from asyncua import Client, ua
 
-from opcua_server import CommandRequest
+from controller.api import CommandRequest
 
-from .conftest import client_for, nid, ns_of
+from .conftest import FakeSelections, client_for, nid, ns_of
 
 SC = ua.StatusCodes
 A = ua.AttributeIds
@@ -24,7 +24,7 @@ LOAD2 = "loads/feeder1_l2"
 VOLT = "buses/bus1/meters/000000000001/voltage_a"
 
 
-class RecordingSink:
+class RecordingSink(FakeSelections):
     def __init__(self) -> None:
         self.requests: list[CommandRequest] = []
 
@@ -76,7 +76,7 @@ async def test_each_item_gets_its_own_result(env):
             SC.BadMethodInvalid,
         ]
         assert [v.Value for v in results[0].OutputArguments] == ["vera", "viewer"]
-    assert sink.requests == [] and srv.arms.tokens == {}
+    assert sink.requests == [] and sink._armed() == {}
 
 
 async def test_anonymous_reaches_public_methods_only_per_item(env):
@@ -100,7 +100,7 @@ async def test_anonymous_reaches_public_methods_only_per_item(env):
             SC.BadUserAccessDenied,
         ]
         assert [v.Value for v in results[0].OutputArguments] == ["anonymous", "anonymous"]
-    assert sink.requests == [] and srv.arms.tokens == {}
+    assert sink.requests == [] and sink._armed() == {}
 
 
 async def test_operator_items_checked_by_each_methods_role(env):
@@ -117,7 +117,7 @@ async def test_operator_items_checked_by_each_methods_role(env):
         assert keep_power.StatusCode.value == SC.BadUserAccessDenied
         assert wrong_object.StatusCode.value == SC.BadMethodInvalid
         token = armed.OutputArguments[0].Value
-        assert [(t.target, t.kind) for t in srv.arms.tokens.values()] == [(LOAD1, "trip")]
+        assert [(a.target, a.kind) for a in sink._armed().values()] == [(LOAD1, "trip")]
         (executed,) = await call(client, request(ns, LOAD1, f"{LOAD1}/Execute", token))
         assert executed.StatusCode.value == SC.Good
     assert [(r.target, r.kind, r.user) for r in sink.requests] == [(LOAD1, "trip", "otto")]

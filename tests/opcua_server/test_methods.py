@@ -3,22 +3,25 @@ from __future__ import annotations
 import pytest
 from asyncua import ua
 
-from opcua_server import AlarmInfo, CommandRefused, CommandRequest
+from controller.api import CommandRefused, CommandRequest, RefusalReason
+from controller.commands import CommandLog, CommandState
+from controller.journal import Journal
+from opcua_server import AlarmInfo
 
-from .conftest import client_for, nid, ns_of
+from .conftest import FakeSelections, client_for, nid, ns_of
 
 SC = ua.StatusCodes
 LOAD = "loads/feeder1_l1"
 
 
-class FakeSink:
+class FakeSink(FakeSelections):
     def __init__(self) -> None:
         self.requests: list[CommandRequest] = []
-        self.refuse: str | None = None
+        self.refuse: CommandRefused | None = None
 
     async def submit(self, request: CommandRequest) -> str:
         if self.refuse:
-            raise CommandRefused(self.refuse)
+            raise self.refuse
         self.requests.append(request)
         return f"cmd-{len(self.requests)}"
 
@@ -76,8 +79,8 @@ async def test_operator_arms_and_executes(env):
             "otto",
             "operator",
         )
-        # single use
-        await expect(SC.BadInvalidState, load.call_method(f"{ns}:Execute", token))
+        # single use: not_armed → BadNoEntryExists
+        await expect(SC.BadNoEntryExists, load.call_method(f"{ns}:Execute", token))
         assert len(sink.requests) == 1
 
 
@@ -102,31 +105,50 @@ async def test_anonymous_cannot_call(env):
     assert sink.requests == []
 
 
-async def test_expired_token_refused(env):
-    srv, sink, _ = env
+@pytest.fixture
+async def journaled(start_server, tmp_path):
+    """A server whose sink is the controller's command log (selection journaled there)."""
     clock = Clock()
-    srv.arms.clock = clock
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.open()
+    log = CommandLog(journal, kinds={"trip", "close_allowed"}, clock=clock)
+    srv = await start_server(commands=log)
+    yield srv, log, clock
+    journal.close()
+
+
+async def test_expired_token_refused(journaled):
+    srv, log, clock = journaled
     async with client_for(srv, "otto") as client:
         ns = await ns_of(client)
         load = client.get_node(nid(ns, LOAD))
-        token, _ = await load.call_method(f"{ns}:Arm", "close_allowed", "restore")
-        clock.t += srv.config.arm_timeout_s + 0.1
+        token, expires = await load.call_method(f"{ns}:Arm", "close_allowed", "restore")
+        # the sink's arm timeout: 30 s after the log's clock (1000 s epoch)
+        assert expires.timestamp() == 1000.0 + 30.0
+        clock.t += 30.0 + 0.1
+        # expired → BadTimeout; the lapse is journaled
         await expect(SC.BadTimeout, load.call_method(f"{ns}:Execute", token))
-    assert sink.requests == []
+    cmd = log.get(token)
+    assert cmd.state is CommandState.EXPIRED
+    assert [t.state.value for t in cmd.history] == ["armed", "expired"]
 
 
-async def test_token_bound_to_load_and_user(env):
-    srv, sink, _ = env
+async def test_token_bound_to_load_and_user(journaled):
+    srv, log, _ = journaled
     async with client_for(srv, "otto") as otto:
         ns = await ns_of(otto)
         token, _ = await otto.get_node(nid(ns, LOAD)).call_method(f"{ns}:Arm", "trip", "r")
         other = otto.get_node(nid(ns, "loads/feeder1_l2"))
-        await expect(SC.BadInvalidArgument, other.call_method(f"{ns}:Execute", token))
+        await expect(SC.BadNoEntryExists, other.call_method(f"{ns}:Execute", token))
     async with client_for(srv, "emma") as emma:
         await expect(
-            SC.BadUserAccessDenied, emma.get_node(nid(ns, LOAD)).call_method(f"{ns}:Execute", token)
+            SC.BadNoEntryExists, emma.get_node(nid(ns, LOAD)).call_method(f"{ns}:Execute", token)
         )
-    assert sink.requests == []
+        # the load stays reserved for otto: busy → BadLocked
+        await expect(
+            SC.BadLocked, emma.get_node(nid(ns, LOAD)).call_method(f"{ns}:Arm", "trip", "mine")
+        )
+    assert log.get(token).state is CommandState.ARMED
 
 
 async def test_bad_arguments(env):
@@ -139,7 +161,7 @@ async def test_bad_arguments(env):
         await expect(SC.BadOutOfRange, load.call_method(f"{ns}:Arm", "trip", ""))
         await expect(SC.BadInvalidArgument, load.call_method(f"{ns}:Arm", 5, "r"))
         await expect(SC.BadArgumentsMissing, load.call_method(f"{ns}:Arm", "trip"))
-        await expect(SC.BadInvalidArgument, load.call_method(f"{ns}:Execute", "no-such-token"))
+        await expect(SC.BadNoEntryExists, load.call_method(f"{ns}:Execute", "no-such-token"))
         # The refusal names the argument in the per-argument diagnostics.
         req = ua.CallMethodRequest(
             ObjectId=load.nodeid,
@@ -167,14 +189,36 @@ async def test_keep_power_needs_engineer(env):
         assert await load.call_method(f"{ns}:Execute", token) == "cmd-1"
 
 
-async def test_sink_refusal_is_reported(env):
+# Each reason code as the client sees it (the table in opcua_server/methods.py, by hand).
+REFUSAL_CODES = [
+    (RefusalReason.BAD_ARGUMENT, SC.BadInvalidArgument),
+    (RefusalReason.NOT_PERMITTED, SC.BadUserAccessDenied),
+    (RefusalReason.NOT_SUPPORTED, SC.BadNotSupported),
+    (RefusalReason.UNKNOWN_TARGET, SC.BadNotFound),
+    (RefusalReason.BUSY, SC.BadLocked),
+    (RefusalReason.INTERLOCK, SC.BadInvalidState),
+    (RefusalReason.INVALID_STATE, SC.BadInvalidState),
+    (RefusalReason.NOT_ARMED, SC.BadNoEntryExists),
+    (RefusalReason.EXPIRED, SC.BadTimeout),
+    (RefusalReason.SERVICE_STOPPING, SC.BadShutdown),
+    (RefusalReason.UNAVAILABLE, SC.BadResourceUnavailable),
+]
+
+
+def test_every_reason_has_a_status_code():
+    assert sorted(r for r, _ in REFUSAL_CODES) == sorted(RefusalReason)
+
+
+async def test_sink_refusal_is_reported_as_its_reasons_status_code(env):
     srv, sink, _ = env
-    sink.refuse = "maintenance lock-out"
     async with client_for(srv, "otto") as client:
         ns = await ns_of(client)
         load = client.get_node(nid(ns, LOAD))
-        token, _ = await load.call_method(f"{ns}:Arm", "close_direct", "r")
-        await expect(SC.BadInvalidState, load.call_method(f"{ns}:Execute", token))
+        for reason, code in REFUSAL_CODES:
+            sink.refuse = CommandRefused(reason, "load feeder1_l1: maintenance lock-out")
+            token, _ = await load.call_method(f"{ns}:Arm", "close_direct", "r")
+            await expect(code, load.call_method(f"{ns}:Execute", token))
+    assert sink.requests == []
 
 
 async def test_acknowledge_alarm(env):

@@ -23,14 +23,21 @@ import pytest
 from asyncua import Client, ua
 
 from controller.alarms import AlarmEngine
+from controller.api import CommandRefused, RefusalReason
 from controller.bus_stats import BusSnapshot
 from controller.commands import CommandLog
 from controller.config import ConfigError, validate_config
 from controller.journal import Journal
 from controller.process_image import ProcessImage, Quality
 from opcua_server.adapters import CommandLogSink, EngineAlarmSource
-from opcua_server.channel import ChannelError, FrameDecoder, encode, error_name, raise_error
-from opcua_server.methods import CommandNotSupported, CommandRefused
+from opcua_server.channel import (
+    ChannelError,
+    FrameDecoder,
+    encode,
+    error_name,
+    error_reason,
+    raise_error,
+)
 from opcua_server.server_process import OpcUaServerProcess, socket_path_for
 
 from ..controller.test_service import Running, metric, scrape
@@ -145,15 +152,24 @@ async def test_values_commands_alarms_and_a_restart_over_the_channel(controller:
         assert err.value.code == SC.BadUserAccessDenied
     assert len(c.journal.query("SELECT id FROM commands")) == 1
 
-    # A refusal in the controller comes back as the same refusal (BadInvalidState).
+    # The selection is the controller's: an Arm is an armed record in its journal, and a
+    # second user's Arm of the same load comes back busy → BadLocked over the channel.
+    async with client_for(srv, "otto") as otto, client_for(srv, "emma") as emma:  # type: ignore[arg-type]
+        ns = await ns_of(otto)
+        token, _ = await otto.get_node(nid(ns, LOAD)).call_method(f"{ns}:Arm", "trip", "again")
+        assert c.log.get(token).state.value == "armed"
+        with pytest.raises(ua.UaStatusCodeError) as err:
+            await emma.get_node(nid(ns, LOAD)).call_method(f"{ns}:Arm", "trip", "mine")
+        assert err.value.code == SC.BadLocked
+
+    # A refusal in the controller comes back with its reason: service_stopping → BadShutdown.
     c.log.close_intake("service stopping")
     async with client_for(srv, "otto") as client:  # type: ignore[arg-type]
         ns = await ns_of(client)
         load = client.get_node(nid(ns, LOAD))
-        token, _ = await load.call_method(f"{ns}:Arm", "trip", "again")
         with pytest.raises(ua.UaStatusCodeError) as err:
             await load.call_method(f"{ns}:Execute", token)
-        assert err.value.code == SC.BadInvalidState
+        assert err.value.code == SC.BadShutdown
 
     # Alarms: raised in the controller, listed and acknowledged over OPC UA.
     c.alarms.set("bus_down", "bus1", True, "bus offline")
@@ -222,12 +238,15 @@ def test_frames_round_trip_in_pieces_and_oversized_frames_are_refused():
 
 
 def test_errors_cross_the_channel_as_the_same_exceptions():
-    assert error_name(CommandNotSupported("x")) == "CommandNotSupported"
-    assert error_name(CommandRefused("x")) == "CommandRefused"
-    assert error_name(KeyError("A1")) == "KeyError"
+    refusal = CommandRefused(RefusalReason.BUSY, "target 'loads/l1': armed by otto until …")
+    assert error_name(refusal) == "CommandRefused" and error_reason(refusal) == "busy"
+    assert error_name(KeyError("A1")) == "KeyError" and error_reason(KeyError("A1")) is None
     assert error_name(RuntimeError("x")) == "InternalError"
-    with pytest.raises(CommandNotSupported, match="recharge"):
-        raise_error("CommandNotSupported", "recharge")
+    with pytest.raises(CommandRefused, match="recharge") as err:
+        raise_error("CommandRefused", "recharge", "not_supported")
+    assert err.value.reason is RefusalReason.NOT_SUPPORTED
+    with pytest.raises(ChannelError, match=r"reason 'nonsense' \(not one of bad_argument, "):
+        raise_error("CommandRefused", "x", "nonsense")
     with pytest.raises(ChannelError, match=r"controller error \(InternalError\): boom"):
         raise_error("InternalError", "boom")
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from asyncua import Client, ua
 
+from controller.api import WRITE_SETPOINT, CommandRefused, CommandRequest
 from controller.command_router import CommandRouter
 from controller.commands import DEFAULT_KINDS, CommandLog
 from controller.journal import Journal
@@ -29,7 +30,6 @@ from drivers.plant import FieldPlant
 from drivers.sim.modbus_device import LoadControlTerminal
 from drivers.sim.plant import SimulatedPlant
 from opcua_server.config import Role, SetpointRule
-from opcua_server.methods import WRITE_SETPOINT, CommandRefused, CommandRequest
 from opcua_server.process import MirrorImage
 from opcua_server.server_process import OpcUaServerProcess
 

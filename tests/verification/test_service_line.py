@@ -11,11 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from controller.api import CommandRefused
 from controller.config import validate_config
 from controller.line_sim import sim_spec
 from controller.service import Service
 from controller.verification.subsystem import SERVICE_STOP
-from opcua_server.methods import CommandRefused
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMES = ROOT / "config" / "schemes"

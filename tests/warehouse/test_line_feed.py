@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from controller.api import CommandRefused
 from controller.config import validate_config
 from controller.line_sim import sim_spec
 from controller.service import Service
 from controller.warehouse.demo import demo_stock
 from drivers.sim.plant import SimulatedPlant
-from opcua_server.methods import CommandRefused
 
 from .test_subsystem import FAST_CONVEYOR, FAST_CRANE, Request, free_port, wait_for
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from controller.api import CommandRefused
 from controller.commands import CommandState
 from controller.config import load_config, validate_config
 from controller.service import Service
 from drivers.sim.plant import SimulatedPlant
-from opcua_server.methods import CommandRefused
 
 FAST_CRANE = dict(vx_m_s=50.0, ax_m_s2=1000.0, vy_m_s=50.0, ay_m_s2=1000.0, fork_cycle_s=0.05)
 FAST_CONVEYOR = dict(zones=2, zone_travel_s=0.05, jam_timeout_s=5.0)
