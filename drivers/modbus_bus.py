@@ -9,7 +9,6 @@ quarantine, and tags in the process image under
 
 from __future__ import annotations
 
-import asyncio
 import math
 import struct
 import time
@@ -17,14 +16,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from controller.process_image import ProcessImage, Quality
 from controller.quality_reason import Reason
-from drivers.bus_owner import LANES, BusOwner, PeriodicJob, WireRecord
+from drivers.bus_owner import LANES, PeriodicJob
 from drivers.config import ModbusBusConfig, ModbusDeviceConfig, ModbusTag
-from drivers.errors import BusTimeout, ModbusDeviceError, TransportClosed
+from drivers.errors import ModbusDeviceError, TransportClosed
 from drivers.modbus_blocks import BlockRead, merge_reads
+from drivers.modbus_exchange import ModbusClientBus
 from drivers.quantities import SECONDARY_SUFFIX, scales_with_ratio, transformer_factor
 
 FC = {"coil": 1, "discrete_input": 2, "holding": 3, "input": 4}
@@ -103,7 +102,7 @@ def encode_tag(tag: ModbusTag, value: object) -> list[int]:
     return list(struct.unpack(">HH", struct.pack(fmt, n)))
 
 
-class ModbusBus(BusOwner):
+class ModbusBus(ModbusClientBus):
     def __init__(
         self,
         config: ModbusBusConfig,
@@ -185,40 +184,7 @@ class ModbusBus(BusOwner):
     async def _call(
         self, device: ModbusDeviceConfig, fc: int, call: Callable[[], Awaitable[Any]], retries: int
     ) -> Any:
-        loop = asyncio.get_running_loop()
-        last: Exception | None = None
-        for _attempt in range(1 + retries):
-            await self._run_controls()
-            client = self._client
-            if client is None or not client.connected:
-                raise TransportClosed(f"{self.config.port}: connection lost")
-            t0 = loop.time()
-            record = WireRecord(t0, device.name, fc)
-            self.wire_log.append(record)
-            try:
-                response = await call()
-            except ConnectionException as exc:
-                self.busy_s += loop.time() - t0
-                raise TransportClosed(f"{self.config.port}: {exc}") from exc
-            except (ModbusIOException, TimeoutError) as exc:
-                self.busy_s += loop.time() - t0
-                self.transactions["timeout"] += 1
-                record.outcome = "timeout"
-                last = BusTimeout(f"device {device.name}: no reply to function {fc}: {exc}")
-                if self._client is None or not self._client.connected:
-                    raise TransportClosed(f"{self.config.port}: connection lost") from exc
-                continue
-            self.busy_s += loop.time() - t0
-            if response.isError():
-                self.transactions["exception"] += 1
-                record.outcome = "exception"
-                code = getattr(response, "exception_code", None)
-                raise ModbusDeviceError(f"device {device.name}: exception {code} to function {fc}")
-            self.transactions["ok"] += 1
-            record.outcome = "ok"
-            return response
-        assert last is not None
-        raise last
+        return await self._transact(device.name, f"device {device.name}", fc, call, retries)
 
     # -- polling ------------------------------------------------------------------------
     async def _poll(self, job: PeriodicJob, probe: bool) -> None:

@@ -25,20 +25,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from controller.process_image import ProcessImage, Quality
 from controller.quality_reason import Reason
 from drivers.bus_owner import (
     LANES,
     MAX_CONTROL_QUEUE,
-    BusOwner,
     PeriodicJob,
-    WireRecord,
     _ControlItem,
 )
 from drivers.config import LinkConfig, Quarantine
-from drivers.errors import BusTimeout, CommandRejected, ModbusDeviceError, TransportClosed
+from drivers.errors import CommandRejected, ModbusDeviceError, TransportClosed
+from drivers.modbus_exchange import ModbusClientBus
 from drivers.warehouse_plc_map import (
     C_ACK_SEQ,
     C_CODE,
@@ -128,7 +126,7 @@ class CommandNotConfirmed(RuntimeError):
     """The PLC acknowledged a write but the read-back does not show it."""
 
 
-class WarehousePlcBus(BusOwner):
+class WarehousePlcBus(ModbusClientBus):
     protocol = "modbus_tcp"
 
     def __init__(
@@ -244,40 +242,7 @@ class WarehousePlcBus(BusOwner):
 
     # -- one exchange -------------------------------------------------------------------
     async def _call(self, fc: int, call: Callable[[], Awaitable[Any]], retries: int) -> Any:
-        loop = asyncio.get_running_loop()
-        last: Exception | None = None
-        for _attempt in range(1 + retries):
-            await self._run_controls()
-            client = self._client
-            if client is None or not client.connected:
-                raise TransportClosed(f"{self.link_config.port}: connection lost")
-            t0 = loop.time()
-            record = WireRecord(t0, DEVICE, fc)
-            self.wire_log.append(record)
-            try:
-                response = await call()
-            except ConnectionException as exc:
-                self.busy_s += loop.time() - t0
-                raise TransportClosed(f"{self.link_config.port}: {exc}") from exc
-            except (ModbusIOException, TimeoutError) as exc:
-                self.busy_s += loop.time() - t0
-                self.transactions["timeout"] += 1
-                record.outcome = "timeout"
-                last = BusTimeout(f"warehouse PLC: no reply to function {fc}: {exc}")
-                if self._client is None or not self._client.connected:
-                    raise TransportClosed(f"{self.link_config.port}: connection lost") from exc
-                continue
-            self.busy_s += loop.time() - t0
-            if response.isError():
-                self.transactions["exception"] += 1
-                record.outcome = "exception"
-                code = getattr(response, "exception_code", None)
-                raise ModbusDeviceError(f"warehouse PLC: exception {code} to function {fc}")
-            self.transactions["ok"] += 1
-            record.outcome = "ok"
-            return response
-        assert last is not None
-        raise last
+        return await self._transact(DEVICE, "warehouse PLC", fc, call, retries)
 
     async def _read_now(self, address: int, count: int, retries: int) -> list[int]:
         client = self._client
