@@ -167,13 +167,12 @@ def test_starting_and_creep_numbers_by_hand(line):
     assert clock.verdict == "fail"
 
 
-def test_barcode_mismatch_rejects_both_swapped_meters(line):
+def test_barcode_mismatch_rejects_both_swapped_meters(line2):
+    line = line2
     specs = [good(n) for n in range(24)]
     feed = list(specs)
     feed[2], feed[3] = feed[3], feed[2]
-    line.start(
-        "SWAP", "class2_quick.toml".replace("class2_quick", "class1_single_phase"), specs, feed=feed
-    )
+    line.start("SWAP", "class2_quick.toml", specs, feed=feed)
     summary = line.clock.run(line.seq.run("SWAP"))
     assert summary.failed == {
         "M00002": "rejected: barcode mismatch",
@@ -199,13 +198,18 @@ def test_progress_and_tags_published(line):
 
 
 @pytest.mark.parametrize("n_meters", [1, 30])
-def test_partial_batches(line, n_meters):
+def test_partial_batches(line2, n_meters):
+    # the class 2 scheme on class 2 meters (+0.3 %, inside ±2 %): every meter passes
+    line = line2
     specs = [good(n) for n in range(n_meters)]
-    line.start(
-        f"P{n_meters}", "class2_quick.toml".replace("class2_quick", "class1_single_phase"), specs
-    )
+    line.start(f"P{n_meters}", "class2_quick.toml", specs)
     summary = line.clock.run(line.seq.run(f"P{n_meters}"))
     assert len(summary.passed) == n_meters
+    rows = line.repo.results(f"P{n_meters}")
+    assert {r.kind for r in rows} == {"starting", "creep", "basic_error", "communication"}
+    # class 2, direct: ±2.0 % at Imax and Ib (PF 1) and at Ib PF 0.5L (GB/T 17215.321)
+    limits = {(r.limit_low, r.limit_high) for r in rows if r.kind == "basic_error"}
+    assert {(float(lo), float(hi)) for lo, hi in limits} == {(-2.0, 2.0)}
 
 
 def test_a_new_batch_clears_what_the_last_one_left_on_its_stations(line):
