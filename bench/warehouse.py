@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from controller.warehouse.clock import run_virtual
+from controller.virtual_time import run_virtual
 from controller.warehouse.config import WarehouseConfig
 from controller.warehouse.inventory import open_db
 from controller.warehouse.plant_io import LocalPlantIO

@@ -11,10 +11,11 @@ of events depends only on timer deadlines, never on the host's speed).
 from __future__ import annotations
 
 import asyncio
-import selectors
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
+
+from controller.virtual_time import VirtualTimeLoop
 
 T = TypeVar("T")
 
@@ -87,72 +88,6 @@ def loop_timeout(clock: object, seconds: float) -> float:
     """A timeout of ``seconds`` of the clock's time, on the running loop, with the
     clock's real-time slack (scaled clocks only)."""
     return seconds / getattr(clock, "scale", 1.0) + getattr(clock, "timeout_slack_s", 0.0)
-
-
-class VirtualTimeDeadlock(RuntimeError):
-    """Every task waits, no timer is set and nothing external can wake the loop."""
-
-
-class _VirtualSelector(selectors.BaseSelector):
-    """Wraps the real selector: real I/O is still polled, but a wait for a timer
-    advances the loop's virtual time instead of blocking (or blocks for
-    ``timeout / scale`` real seconds when a scale is set)."""
-
-    def __init__(self, loop: VirtualTimeLoop, scale: float | None, idle_limit_s: float) -> None:
-        self._real = selectors.DefaultSelector()
-        self._loop = loop
-        self._scale = scale
-        self._idle_limit_s = idle_limit_s
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._real.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._real.unregister(fileobj)
-
-    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._real.modify(fileobj, events, data)
-
-    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
-        return self._real.get_map()
-
-    def close(self) -> None:
-        self._real.close()
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        events = self._real.select(0)
-        if events or timeout == 0:
-            return events
-        if timeout is None:
-            # Only a thread or real I/O can wake us (run_in_executor, sockets).
-            events = self._real.select(self._idle_limit_s)
-            if not events:
-                raise VirtualTimeDeadlock(
-                    "virtual time: every task waits and no timer is set "
-                    f"(nothing happened for {self._idle_limit_s} s of real time)"
-                )
-            return events
-        if self._scale is None:
-            self._loop._vt += timeout
-            return []
-        start = time.monotonic()
-        events = self._real.select(timeout / self._scale)
-        if events:
-            self._loop._vt += min(timeout, (time.monotonic() - start) * self._scale)
-        else:
-            self._loop._vt += timeout
-        return events
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An asyncio loop whose ``time()`` is virtual (starts at 0)."""
-
-    def __init__(self, scale: float | None = None, idle_limit_s: float = 30.0) -> None:
-        self._vt = 0.0
-        super().__init__(_VirtualSelector(self, scale, idle_limit_s))
-
-    def time(self) -> float:
-        return self._vt
 
 
 class VirtualClock:

@@ -6,7 +6,7 @@ Where slots are, how cranes move and how long loads take on a conveyor come
 from the plant's own :class:`~drivers.sim.warehouse_model.WarehouseModel`, never
 from the controller. Time comes from the running asyncio loop, so the same
 plant runs in real time or in virtual time
-(``controller.warehouse.clock.VirtualTimeLoop``).
+(``controller.virtual_time.VirtualTimeLoop``).
 
 Faults on demand: crane drive fault, conveyor jam, barcode misread, a foreign
 box in a slot the controller believes empty, and the aisle door.

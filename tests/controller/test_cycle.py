@@ -5,7 +5,9 @@ import random
 import pytest
 import uvloop
 
-from controller.cycle import BUCKETS, CycleTask, Series, VirtualTime, percentile
+from controller.cycle import BUCKETS, CycleTask, Series, percentile
+
+from .virtual_cycle_time import VirtualTime
 
 T = 0.010
 

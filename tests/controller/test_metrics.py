@@ -7,11 +7,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.alarms import AlarmEngine
 from controller.bus_stats import BusSnapshot
 from controller.commands import CommandLog
-from controller.cycle import CycleTask, VirtualTime
+from controller.cycle import CycleTask
 from controller.exposition import TextExposition
 from controller.journal import Journal
 from controller.metrics import MetricsServer, Sources, make_registry
 from controller.process_image import ProcessImage
+
+from .virtual_cycle_time import VirtualTime
 
 
 def samples(registry):

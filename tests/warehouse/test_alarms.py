@@ -4,7 +4,7 @@ held load re-identified; in the service, through the alarm engine's conditions."
 import asyncio
 
 from controller.alarms import AlarmEngine, AlarmState
-from controller.warehouse.clock import run_virtual
+from controller.virtual_time import run_virtual
 from controller.warehouse.plant_io import CraneState
 from controller.warehouse.subsystem import _AlarmAdapter
 

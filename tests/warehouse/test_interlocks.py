@@ -1,6 +1,6 @@
 import asyncio
 
-from controller.warehouse.clock import run_virtual
+from controller.virtual_time import run_virtual
 from controller.warehouse.conveyor import HOLD, plan_motors
 from controller.warehouse.plant_io import CraneState, Op
 from controller.warehouse.rack import Location

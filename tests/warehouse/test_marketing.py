@@ -1,6 +1,6 @@
 import pytest
 
-from controller.warehouse.clock import run_virtual
+from controller.virtual_time import run_virtual
 from controller.warehouse.marketing import MarketingError, MarketingInterface
 
 from .harness import Rig, manifest

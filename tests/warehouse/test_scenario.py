@@ -1,6 +1,6 @@
 import asyncio
 
-from controller.warehouse.clock import run_virtual
+from controller.virtual_time import run_virtual
 from controller.warehouse.line_link import ReturnBox, VerifiedMeter
 from controller.warehouse.rack import BoxClass
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.warehouse.clock import run_virtual
+from controller.virtual_time import run_virtual
 from controller.warehouse.config import WarehouseConfig
 from controller.warehouse.crane import CraneDriver, CraneStatus
 from controller.warehouse.plant_io import (
