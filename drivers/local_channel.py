@@ -1,9 +1,10 @@
-"""The local control channel (DESIGN §7): msgpack messages over a Unix socket.
+"""The local control channel (DESIGN §7): msgpack frames over a Unix socket.
 
 Every ``gridctl`` process that takes requests from another on the same machine
 (the service for ``gridctl status``, the simulators for ``gridctl sim fault``)
-serves one of these. Each message is one msgpack map; the reply is one map with
-``ok`` and either the result fields or ``error``.
+serves one of these. Each message is one length-prefixed msgpack map
+(``controller.msgpack_frames``, the framing of every local channel); the reply
+is one map with ``ok`` and either the result fields or ``error``.
 
 The socket's mode is set before it listens, never left to the umask: 0600 (this
 user only), or 0660 with a ``group`` so an operator group can ask too.
@@ -18,8 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
+from controller.msgpack_frames import FrameDecoder, FrameError, encode
 from controller.unix_socket import SocketPathError, bind_listening_socket, group_id
 
 _log = logging.getLogger("gridctl.local_channel")
@@ -77,11 +77,10 @@ class ControlServer:
             self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_MESSAGE_BYTES)
+        decoder = FrameDecoder(MAX_MESSAGE_BYTES)
         try:
             while data := await reader.read(4096):
-                unpacker.feed(data)
-                for message in unpacker:
+                for message in decoder.feed(data):
                     if not isinstance(message, dict):
                         reply: dict[str, Any] = {"ok": False, "error": "message must be a map"}
                     else:
@@ -94,10 +93,10 @@ class ControlServer:
                         except Exception as exc:  # a bug in one handler must not end the channel
                             _log.exception("control request %r failed", message.get("op"))
                             reply = {"ok": False, "error": f"internal error: {exc!r}"}
-                    writer.write(msgpack.packb(reply, use_bin_type=True))
+                    writer.write(encode(reply))
                     await writer.drain()
-        except (ConnectionError, msgpack.exceptions.BufferFull, ValueError):
-            pass
+        except (ConnectionError, FrameError):
+            pass  # an oversized or malformed frame ends the connection
         finally:
             writer.close()
 
@@ -109,12 +108,11 @@ async def request(
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_unix_connection(str(path))
         try:
-            writer.write(msgpack.packb(message, use_bin_type=True))
+            writer.write(encode(message))
             await writer.drain()
-            unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_REPLY_BYTES)
+            decoder = FrameDecoder(MAX_REPLY_BYTES)
             while data := await reader.read(65536):
-                unpacker.feed(data)
-                for reply in unpacker:
+                for reply in decoder.feed(data):
                     return dict(reply)
             raise ConnectionError("control socket closed without a reply")
         finally:

@@ -47,15 +47,13 @@ Server process → controller:
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from typing import Any
 
-import msgpack
-
+from controller import msgpack_frames as frames
 from controller.api import CommandRefused, RefusalReason
 
-HEADER = struct.Struct(">I")
+HEADER = frames.HEADER
 # A change batch is at most a few hundred kB and the tag definitions go in
 # chunks; anything larger is a bug on the other side, not data to buffer.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -111,47 +109,26 @@ def raise_error(name: str, message: str, reason: str | None = None) -> None:
     raise kind(message)
 
 
-def _plain(obj: Any) -> Any:
-    """msgpack fallback for values it has no type for: their text."""
-    return str(obj)
-
-
-_packer = msgpack.Packer(default=_plain, use_bin_type=True)
-
-
 def encode(message: dict[str, Any]) -> bytes:
-    body = _packer.pack(message)
-    return HEADER.pack(len(body)) + body
+    return frames.encode(message)
 
 
 class FrameDecoder:
-    """Incremental decoder: feed bytes, iterate complete messages."""
+    """Incremental decoder: feed bytes, iterate complete channel messages (maps with a
+    ``t`` key); anything else, or a frame over ``max_frame``, is a ChannelError."""
 
     def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
-        self.max_frame = max_frame
-        self._buf = bytearray()
+        self._frames = frames.FrameDecoder(max_frame)
+
+    @property
+    def max_frame(self) -> int:
+        return self._frames.max_frame
 
     def feed(self, data: bytes) -> Iterator[dict[str, Any]]:
-        buf = self._buf
-        buf += data
-        pos = 0
-        size = HEADER.size
         try:
-            while len(buf) - pos >= size:
-                (length,) = HEADER.unpack_from(buf, pos)
-                if length > self.max_frame:
-                    raise ChannelError(
-                        f"frame of {length} bytes exceeds the limit of {self.max_frame}"
-                    )
-                if len(buf) - pos - size < length:
-                    break
-                start = pos + size
-                message = msgpack.unpackb(
-                    bytes(buf[start : start + length]), raw=False, strict_map_key=False
-                )
-                pos = start + length
+            for message in self._frames.feed(data):
                 if not isinstance(message, dict) or "t" not in message:
                     raise ChannelError("a channel message must be a map with a 't' key")
                 yield message
-        finally:
-            del buf[:pos]
+        except frames.FrameError as exc:
+            raise ChannelError(str(exc)) from None

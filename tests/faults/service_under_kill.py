@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 from asyncua import Client
+
+from controller.msgpack_frames import FrameDecoder, encode
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = ("confirmed", "failed", "expired", "refused")
@@ -187,11 +188,10 @@ class Simulator:
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5.0)
             s.connect(str(self.socket))
-            s.sendall(msgpack.packb({"op": "state", "meter": address}))
-            unpacker = msgpack.Unpacker(raw=False)
+            s.sendall(encode({"op": "state", "meter": address}))
+            decoder = FrameDecoder(1 << 20)
             while data := s.recv(65536):
-                unpacker.feed(data)
-                for reply in unpacker:
+                for reply in decoder.feed(data):
                     assert reply.get("ok"), reply
                     return dict(reply)
         raise AssertionError("simulator closed the control socket without a reply")
