@@ -188,15 +188,26 @@ class BusOwner(ABC):
         return await future
 
     async def _submit_control(self, action: Callable[[], Awaitable[T]]) -> T:
-        """Queue a control action; it goes out before the next transaction."""
+        """Queue a control action and wait for it; it goes out before the next transaction."""
         if self._stopping:
             raise CommandRejected(f"bus {self.name}: stopped")
-        if len(self._controls) >= MAX_CONTROL_QUEUE:
-            raise CommandRejected(f"bus {self.name}: control queue full ({MAX_CONTROL_QUEUE})")
+        return await self.queue_control(action)
+
+    def queue_control(self, action: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        """Queue a control action and return at once (a scan program never awaits the
+        wire): the future ends with its result, or with CommandRejected when the bus
+        is stopped or its control queue is full."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._controls.append(_ControlItem(action, future, self.clock()))
-        self._wake.set()
-        return await future
+        if self._stopping:
+            future.set_exception(CommandRejected(f"bus {self.name}: stopped"))
+        elif len(self._controls) >= MAX_CONTROL_QUEUE:
+            future.set_exception(
+                CommandRejected(f"bus {self.name}: control queue full ({MAX_CONTROL_QUEUE})")
+            )
+        else:
+            self._controls.append(_ControlItem(action, future, self.clock()))
+            self._wake.set()
+        return future
 
     async def _run_controls(self) -> None:
         """Drain the control lane. Called between every two transactions."""

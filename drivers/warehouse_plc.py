@@ -30,9 +30,7 @@ from controller.process_image import ProcessImage, Quality
 from controller.quality_reason import Reason
 from drivers.bus_owner import (
     LANES,
-    MAX_CONTROL_QUEUE,
     PeriodicJob,
-    _ControlItem,
 )
 from drivers.config import LinkConfig, Quarantine
 from drivers.errors import CommandRejected, ModbusDeviceError, TransportClosed
@@ -329,17 +327,12 @@ class WarehousePlcBus(ModbusClientBus):
         the future fails with :class:`CommandNotConfirmed` when they differ, with
         :class:`CommandRejected` when the bus is stopped or its control queue full,
         and with the wire error when the PLC did not answer."""
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[int]]
         if self._stopping or not self.connected:
+            future = asyncio.get_running_loop().create_future()
             future.set_exception(CommandRejected(f"bus {self.name}: not connected"))
-        elif len(self._controls) >= MAX_CONTROL_QUEUE:
-            future.set_exception(
-                CommandRejected(f"bus {self.name}: control queue full ({MAX_CONTROL_QUEUE})")
-            )
         else:
-            action = self._confirmed_write(address, list(values), check)
-            self._controls.append(_ControlItem(action, future, self.clock()))
-            self._wake.set()
+            future = self.queue_control(self._confirmed_write(address, list(values), check))
         future.add_done_callback(self._settled)
         return future
 
