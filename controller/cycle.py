@@ -142,6 +142,15 @@ def percentile(sorted_data: list[float], q: float) -> float:
     return sorted_data[rank - 1]
 
 
+@dataclass(slots=True)
+class ProgramScan:
+    """One attached program's scan time, accumulated since the task started."""
+
+    scans: int = 0
+    total_s: float = 0.0
+    max_s: float = 0.0
+
+
 @dataclass(slots=True, frozen=True)
 class TaskSnapshot:
     name: str
@@ -156,6 +165,8 @@ class TaskSnapshot:
     latency: Summary
     jitter: Summary
     execution: Summary
+    # per attached program: (name, scans, total seconds, longest scan in seconds)
+    programs: tuple[tuple[str, int, float, float], ...] = ()
 
 
 class CycleTask:
@@ -189,6 +200,7 @@ class CycleTask:
         self._sleep = sleep
         self._busy_wait = busy_wait if busy_wait is not None else _busy_wait_on(clock)
         self._programs: list[tuple[str, Program, bool]] = []
+        self._scans: list[ProgramScan] = []  # parallel to _programs
         self._task: asyncio.Task[None] | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._stopping = False
@@ -205,6 +217,7 @@ class CycleTask:
     # -- programs -------------------------------------------------------------------------
     def attach(self, name: str, program: Program) -> None:
         """Run ``program(deadline)`` every cycle, in attach order. Coroutine functions are awaited."""
+        self._scans.append(ProgramScan())
         self._programs.append((name, program, inspect.iscoroutinefunction(program)))
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -252,6 +265,7 @@ class CycleTask:
         hold = self.hold
         busy_wait = self._busy_wait
         programs = self._programs
+        scans = self._scans
         last_wake = 0.0
         last_k = -1
         while not self._stopping:
@@ -272,7 +286,8 @@ class CycleTask:
             if last_k >= 0:
                 self.jitter.add(abs((wake - last_wake) - (k - last_k) * period))
             last_wake, last_k = wake, k
-            for name, program, is_coro in programs:
+            t = wake
+            for i, (name, program, is_coro) in enumerate(programs):
                 try:
                     if is_coro:
                         await program(deadline)  # type: ignore[misc]
@@ -286,7 +301,14 @@ class CycleTask:
                         log.exception(
                             "task %s: program %s failed (errors=%d)", self.name, name, self.errors
                         )
-            end = clock()
+                now = clock()
+                scan = scans[i]
+                scan.scans += 1
+                scan.total_s += now - t
+                if now - t > scan.max_s:
+                    scan.max_s = now - t
+                t = now
+            end = t if programs else clock()
             self.execution.add(end - wake)
             if self._idle_waiters:
                 self._wake_idle_waiters()
@@ -335,6 +357,10 @@ class CycleTask:
             self.latency.summary(last),
             self.jitter.summary(last),
             self.execution.summary(last),
+            tuple(
+                (name, s.scans, s.total_s, s.max_s)
+                for (name, _p, _c), s in zip(self._programs, self._scans, strict=True)
+            ),
         )
 
 

@@ -177,6 +177,27 @@ class GridCollector(Collector):
         for t in tasks:
             p.add_metric([t.name], t.period_s)
         yield p
+        scans = CounterMetricFamily(
+            "gridctl_cycle_program_scans", "Scans of each program", labels=["task", "program"]
+        )
+        spent = CounterMetricFamily(
+            "gridctl_cycle_program_scan_seconds",
+            "Time spent in each program's scans (rate / scans rate: the mean scan time)",
+            labels=["task", "program"],
+        )
+        longest = GaugeMetricFamily(
+            "gridctl_cycle_program_scan_max_seconds",
+            "Longest scan of each program since the service started",
+            labels=["task", "program"],
+        )
+        for t in tasks:
+            for name, n, total_s, max_s in t.programs:
+                scans.add_metric([t.name, name], n)
+                spent.add_metric([t.name, name], total_s)
+                longest.add_metric([t.name, name], max_s)
+        yield scans
+        yield spent
+        yield longest
 
     # -- garbage collection at quiet points -------------------------------------------------
     def _gc(self) -> Iterator[Metric]:

@@ -249,3 +249,20 @@ def test_series_recent_last_n_wraps_the_ring():
     assert sorted(s.recent(7)) == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0]
     assert sorted(s.recent()) == [float(i) for i in range(5, 13)]
     assert s.summary(last=2).p50 == 11.0
+
+
+async def test_each_program_scan_time_is_measured_on_its_own():
+    vt = VirtualTime()
+    task = make(vt)
+    # "crane" takes 1 ms every cycle, 3 ms on cycle 2; "conveyor" 0.5 ms; "idle" nothing
+    task.attach("crane", lambda _d: vt.advance(0.003 if task.k == 2 else 0.001))
+    task.attach("conveyor", lambda _d: vt.advance(0.0005))
+    task.attach("idle", lambda _d: None)
+    await run_cycles(task, 10)
+    scans = {name: (n, total, longest) for name, n, total, longest in task.snapshot().programs}
+    # 10 cycles: crane 9 × 1 ms + 3 ms = 12 ms, longest 3 ms; conveyor 10 × 0.5 ms = 5 ms;
+    # "idle" and "body" (run_cycles' own program, attached last) take no time
+    assert scans["crane"] == pytest.approx((10, 0.012, 0.003), abs=1e-9)
+    assert scans["conveyor"] == pytest.approx((10, 0.005, 0.0005), abs=1e-9)
+    assert scans["idle"] == (10, 0.0, 0.0)
+    assert list(scans) == ["crane", "conveyor", "idle", "body"]

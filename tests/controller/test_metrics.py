@@ -40,6 +40,7 @@ async def test_collector_reads_snapshots_with_bounded_labels(tmp_path):
     image.write("a", 2)
     vt = VirtualTime()
     task = CycleTask("fast", 0.01, spin_s=0, clock=vt.clock, sleep=vt.sleep)
+    task.attach("crane", lambda _d: vt.advance(0.002))  # a 2 ms scan every cycle
     task.attach("stop", lambda _d: task.cycles >= 9 and task.request_stop())
     task.start()
     await task.join()
@@ -64,6 +65,12 @@ async def test_collector_reads_snapshots_with_bounded_labels(tmp_path):
     s = samples(registry)
     assert s[("gridctl_cycle_cycles_total", (("task", "fast"),))] == 10
     assert s[("gridctl_cycle_wakeup_latency_seconds_count", (("task", "fast"),))] == 10
+    crane = (("program", "crane"), ("task", "fast"))
+    assert s[("gridctl_cycle_program_scans_total", crane)] == 10
+    assert s[("gridctl_cycle_program_scan_seconds_total", crane)] == pytest.approx(
+        0.020
+    )  # 10 × 2 ms
+    assert s[("gridctl_cycle_program_scan_max_seconds", crane)] == pytest.approx(0.002)
     assert s[("gridctl_bus_transactions_total", (("bus", "b1"), ("outcome", "ok")))] == 120
     assert s[("gridctl_bus_utilisation_ratio", (("bus", "b1"),))] == 0.5  # first scrape: lifetime
     assert s[("gridctl_bus_connected", (("bus", "b2"), ("protocol", "modbus_tcp")))] == 0
