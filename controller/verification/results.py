@@ -36,7 +36,8 @@ RUNNING, DONE, INTERRUPTED = "running", "done", "interrupted"
 PASS, FAIL, ABORTED, SKIPPED = "pass", "fail", "aborted", "skipped"
 
 
-@dataclass(slots=True)
+# keyword-only: nineteen fields, several of the same type, are never matched by position
+@dataclass(slots=True, kw_only=True)
 class ResultRow:
     batch_id: str
     barcode: str
@@ -309,11 +310,12 @@ class ResultsRepository:
             "AND m.barcode = r.barcode), item_index, point_index",
             (batch_id,),
         )
+        names = [d[0] for d in rows.description]  # the SELECT list spells the field names
         out = []
         for r in rows:
-            values = list(r)
-            values[7] = msgpack.unpackb(values[7])
-            out.append(ResultRow(*values))
+            values = dict(zip(names, r, strict=True))
+            values["samples"] = msgpack.unpackb(values["samples"])
+            out.append(ResultRow(**values))
         return out
 
     def last_time(self) -> float:

@@ -16,32 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
-from fractions import Fraction
 from typing import Any
 
 from controller.process_image import ProcessImage
-from controller.verification.clock import Clock, loop_timeout
+from controller.verification.clock import Clock
 from controller.verification.config import LineConfig
-from controller.verification.errors import (
-    CREEP_MAX_PULSES,
-    STARTING_MIN_PULSES,
-    Evaluation,
-    PowerFactor,
-    clock_error_s_per_day,
-    creep_time_s,
-    error_limit,
-    evaluate_clock,
-    evaluate_error,
-    round_to_interval,
-    starting_time_s,
-    theoretical_count,
-    to_decimal,
+from controller.verification.errors import PowerFactor
+from controller.verification.items import (
+    Aborted,
+    ItemHandler,
+    ItemRun,
+    Meter,
+    handler_for,
+    result_row,
 )
-from controller.verification.ports import AlarmSink, NullAlarms, Rig, StationPort
+from controller.verification.ports import AlarmSink, NullAlarms, Rig
 from controller.verification.results import (
     ABORTED,
     FAIL,
@@ -50,27 +41,10 @@ from controller.verification.results import (
     ResultRow,
     ResultsRepository,
 )
-from controller.verification.scheme import (
-    AppearanceItem,
-    BasicErrorItem,
-    ClockItem,
-    CommunicationItem,
-    ConstantItem,
-    CostControlItem,
-    CreepItem,
-    Current,
-    MeterType,
-    Scheme,
-    SchemeError,
-    Scope,
-    StartingItem,
-    WithstandItem,
-    point_power_w,
-    starting_amperes,
-)
+from controller.verification.scheme import MeterType, Scheme, Scope
 from controller.verification.temperature import station_tag
-from drivers.site_time import host_zone, to_wall
-from drivers.verification_rig import CLOCK_PULSE_NOMINAL_HZ, station_point, unit_point
+from drivers.site_time import host_zone
+from drivers.verification_rig import station_point, unit_point
 
 OVER_TEMPERATURE = "over-temperature"
 
@@ -79,11 +53,6 @@ OVER_TEMPERATURE = "over-temperature"
 class MeterTask:
     barcode: str
     address: str
-
-
-@dataclass(slots=True)
-class Aborted:
-    reason: str
 
 
 @dataclass(slots=True)
@@ -99,22 +68,12 @@ class BatchSummary:
 
 
 @dataclass(slots=True)
-class _Meter:
-    barcode: str
-    address: str
-    station: int
-    state: str
-    verdict: str
-    stopped: str = ""  # why the station skips the rest of the scheme
-
-
-@dataclass(slots=True)
 class _Ctx:
     batch_id: str
     scheme: Scheme
     meter_type: MeterType
     unit: int
-    meters: list[_Meter]
+    meters: list[Meter]
     done: set[tuple[str, int]]
     verdicts: dict[tuple[str, int], list[str]]
 
@@ -210,7 +169,7 @@ class Sequencer:
         ctxs = []
         for u in self.config.units:
             ms = [
-                _Meter(m.barcode, m.address, m.station, m.state, m.verdict)
+                Meter(m.barcode, m.address, m.station, m.state, m.verdict)
                 for m in rec.meters
                 if m.unit == u.id
             ]
@@ -372,11 +331,11 @@ class Sequencer:
             n = end
 
     # -- bookkeeping helpers -----------------------------------------------------------------
-    def _pending(self, ctx: _Ctx, index: int, meters: Sequence[_Meter]) -> list[_Meter]:
+    def _pending(self, ctx: _Ctx, index: int, meters: Sequence[Meter]) -> list[Meter]:
         """Meters that still need this item run; updates 'stopped' from stored verdicts,
         and records 'skipped' for stopped meters."""
         item = ctx.scheme.items[index]
-        todo: list[_Meter] = []
+        todo: list[Meter] = []
         skips: list[ResultRow] = []
         for m in meters:
             key = (m.barcode, index)
@@ -389,8 +348,15 @@ class Sequencer:
                 now = self.clock.now()
                 reason = m.stopped or m.verdict
                 skips.append(
-                    self._row(
-                        ctx, m, index, 0, "", [], None, None, None, "", SKIPPED, reason, now, now
+                    result_row(
+                        batch_id=ctx.batch_id,
+                        scheme=ctx.scheme,
+                        meter=m,
+                        index=index,
+                        verdict=SKIPPED,
+                        reason=reason,
+                        started=now,
+                        ended=now,
                     )
                 )
                 continue
@@ -400,7 +366,7 @@ class Sequencer:
             self._mark_done(ctx, skips)
         return todo
 
-    def _note_verdicts(self, m: _Meter, item: Any, verdicts: list[str]) -> None:
+    def _note_verdicts(self, m: Meter, item: Any, verdicts: list[str]) -> None:
         if ABORTED in verdicts and not m.stopped:
             m.stopped = f"aborted: {OVER_TEMPERATURE}"
         elif FAIL in verdicts and item.stop_on_fail and not m.stopped:
@@ -414,75 +380,6 @@ class Sequencer:
                 self._progress_done += 1
             ctx.verdicts.setdefault(key, []).append(r.verdict)
         self._publish_progress(ctx.batch_id)
-
-    def _row(
-        self,
-        ctx: _Ctx,
-        m: _Meter,
-        index: int,
-        point_index: int,
-        point: str,
-        samples: list[dict[str, Any]],
-        average: Any,
-        rounded: Any,
-        limits: tuple[Any, Any] | None,
-        unit: str,
-        verdict: str,
-        reason: str,
-        started: float,
-        ended: float,
-        attempt: int = 1,
-    ) -> ResultRow:
-        return ResultRow(
-            ctx.batch_id,
-            m.barcode,
-            index,
-            point_index,
-            ctx.scheme.items[index].kind,
-            point,
-            m.station,
-            samples,
-            None if average is None else str(average),
-            None if rounded is None else str(rounded),
-            None if limits is None or limits[0] is None else str(limits[0]),
-            None if limits is None or limits[1] is None else str(limits[1]),
-            unit,
-            verdict,
-            reason,
-            started,
-            ended,
-            ctx.scheme.version,
-            attempt,
-        )
-
-    def _aborted_row(
-        self,
-        ctx: _Ctx,
-        m: _Meter,
-        index: int,
-        point_index: int,
-        point: str,
-        reason: str,
-        started: float,
-        ended: float,
-    ) -> ResultRow:
-        """A station that stopped before measuring (tripped, faulted) leaves a row saying why."""
-        return self._row(
-            ctx,
-            m,
-            index,
-            point_index,
-            point,
-            [],
-            None,
-            None,
-            None,
-            "",
-            ABORTED,
-            reason,
-            started,
-            ended,
-        )
 
     def _finish(
         self, ctx: _Ctx, index: int, rows: list[ResultRow], attempts: dict[str, int]
@@ -504,7 +401,7 @@ class Sequencer:
                 self._write(station_tag(m.station, "last_verdict"), last)
 
     async def _parallel(
-        self, meters: Sequence[_Meter], fn: Callable[[_Meter], Awaitable[Any]]
+        self, meters: Sequence[Meter], fn: Callable[[Meter], Awaitable[Any]]
     ) -> dict[str, Any]:
         """Run ``fn`` per meter concurrently; a station cut for over-temperature yields Aborted."""
         tasks: dict[str, asyncio.Task[Any]] = {}
@@ -542,9 +439,27 @@ class Sequencer:
                 out[m.barcode] = task.result()
         return out
 
-    # -- unit-wide items ------------------------------------------------------------------------
+    # -- items ----------------------------------------------------------------------------------
+    def _item_run(self, ctx: _Ctx, index: int, meters: list[Meter], started: float) -> ItemRun:
+        return ItemRun(
+            batch_id=ctx.batch_id,
+            scheme=ctx.scheme,
+            meter_type=ctx.meter_type,
+            unit_id=ctx.unit,
+            index=index,
+            meters=meters,
+            started=started,
+            clock=self.clock,
+            rig=self.rig,
+            config=self.config,
+            site_tz=self.site_tz,
+            tripped=self.tripped,
+            parallel=self._parallel,
+        )
+
     async def _unit_item(self, ctx: _Ctx, index: int) -> None:
         item = ctx.scheme.items[index]
+        handler = handler_for(ctx.scheme, index)
         meters = self._pending(ctx, index, ctx.meters)
         if not meters:
             return
@@ -555,498 +470,27 @@ class Sequencer:
         )
         for m in meters:
             self._write(station_tag(m.station, "state"), f"testing: {item.kind}")
-        unit = self.rig.units[ctx.unit]
-        mt = ctx.meter_type
-        rows: list[ResultRow] = []
-
-        def aborted_rows(results: dict[str, Any], point_index: int, point: str) -> list[_Meter]:
-            return aborted_rows_for(
-                meters, results, rows, self, ctx, index, point_index, point, started
-            )
-
-        if isinstance(item, WithstandItem):
-            leak = await unit.withstand(item.kv, item.seconds, item.ramp_s)
-            now = self.clock.now()
-            limit = Decimal(str(item.leakage_limit_ma))
-            for m in meters:
-                if m.station in self.tripped:
-                    rows.append(
-                        self._aborted_row(
-                            ctx, m, index, 0, "", self.tripped[m.station], started, now
-                        )
-                    )
-                    continue
-                value = Decimal(str(leak.get(m.station, float("inf"))))
-                verdict = PASS if value <= limit else FAIL
-                rows.append(
-                    self._row(
-                        ctx,
-                        m,
-                        index,
-                        0,
-                        f"{item.kv} kV {item.seconds:g} s",
-                        [{"leakage_ma": str(value)}],
-                        value,
-                        value,
-                        (None, limit),
-                        "mA",
-                        verdict,
-                        "" if verdict == PASS else "leakage above limit",
-                        started,
-                        now,
-                    )
-                )
-        elif isinstance(item, StartingItem):
-            amps = starting_amperes(item, mt)
-            limit_s = starting_time_s(mt.constant, mt.elements, mt.un, amps)
-            await unit.apply(100.0, float(amps), PowerFactor.UNITY)
-            await self.clock.sleep(item.settle_s)
-            res = await self._parallel(
-                meters, lambda m: self.rig.stations[m.station].count_pulses(float(limit_s))
-            )
-            now = self.clock.now()
-            limit_txt = to_decimal(limit_s, 1)
-            for m in aborted_rows(res, 0, f"{float(amps):g} A"):
-                w = res[m.barcode]
-                verdict = PASS if w.count >= STARTING_MIN_PULSES else FAIL
-                first = None if w.first_pulse_s is None else Decimal(str(round(w.first_pulse_s, 1)))
-                rows.append(
-                    self._row(
-                        ctx,
-                        m,
-                        index,
-                        0,
-                        f"{float(amps):g} A",
-                        [
-                            {
-                                "pulses": w.count,
-                                "first_pulse_s": None if first is None else str(first),
-                            }
-                        ],
-                        first,
-                        first,
-                        (None, limit_txt),
-                        "s",
-                        verdict,
-                        "" if verdict == PASS else f"no pulse within {limit_txt} s",
-                        started,
-                        now,
-                    )
-                )
-        elif isinstance(item, CreepItem):
-            window = creep_time_s(mt.accuracy_class, mt.constant, mt.elements, mt.un, mt.imax)
-            await unit.apply(item.voltage_pct, 0.0, PowerFactor.UNITY)
-            await self.clock.sleep(item.settle_s)
-            res = await self._parallel(
-                meters, lambda m: self.rig.stations[m.station].count_pulses(float(window))
-            )
-            now = self.clock.now()
-            for m in aborted_rows(res, 0, f"{item.voltage_pct:g}% Un"):
-                w = res[m.barcode]
-                verdict = PASS if w.count <= CREEP_MAX_PULSES else FAIL
-                rows.append(
-                    self._row(
-                        ctx,
-                        m,
-                        index,
-                        0,
-                        f"{item.voltage_pct:g}% Un {to_decimal(window, 1)} s",
-                        [{"pulses": w.count}],
-                        w.count,
-                        w.count,
-                        (None, CREEP_MAX_PULSES),
-                        "pulses",
-                        verdict,
-                        "" if verdict == PASS else f"{w.count} pulses in {to_decimal(window, 1)} s",
-                        started,
-                        now,
-                    )
-                )
-        elif isinstance(item, BasicErrorItem):
-            c0 = next(u.standard_constant for u in self.config.units if u.id == ctx.unit)
-            alive = meters
-            for k, p in enumerate(item.points):
-                cur = p.current
-                amps = cur.amperes(mt)
-                point_limit = error_limit(
-                    mt.accuracy_class, p.pf, cur.over_ib(mt), mt.imax_over_ib, mt.connection
-                )
-                if point_limit is None:  # validate_for() refuses such schemes; never guess a limit
-                    raise SchemeError(ctx.scheme.name, [f"items[{index}].points[{k}]: no limit"])
-                limit = point_limit
-                await unit.apply(100.0, float(amps), p.pf)
-                await self.clock.sleep(item.settle_s)
-                point_started = self.clock.now()
-                power = point_power_w(mt, cur, p.pf)
-                pulse_s = float(Fraction(3_600_000) / (mt.constant * power))
-                timeout = self.config.sample_timeout_factor * pulse_s * (p.pulses + 1)
-
-                async def measure(
-                    m: _Meter, p: Any = p, timeout: float = timeout
-                ) -> list[int] | None:
-                    st = self.rig.stations[m.station]
-                    counts = []
-                    for _ in range(p.samples):
-                        try:
-                            counts.append(
-                                await asyncio.wait_for(
-                                    st.error_sample(p.pulses), loop_timeout(self.clock, timeout)
-                                )
-                            )
-                        except TimeoutError:
-                            return None
-                    return counts
-
-                res = await self._parallel(alive, measure)
-                now = self.clock.now()
-                m0 = theoretical_count(c0, p.pulses, mt.constant)
-                still = []
-                for m in aborted_rows_for(
-                    alive, res, rows, self, ctx, index, k, p.name, point_started
-                ):
-                    counts = res[m.barcode]
-                    if counts is None:
-                        rows.append(
-                            self._row(
-                                ctx,
-                                m,
-                                index,
-                                k,
-                                p.name,
-                                [],
-                                None,
-                                None,
-                                (-limit, limit),
-                                "%",
-                                FAIL,
-                                f"no meter pulses within {timeout:.0f} s",
-                                point_started,
-                                now,
-                            )
-                        )
-                        still.append(m)
-                        continue
-                    ev = evaluate_error(m0, counts, mt.accuracy_class, limit)
-                    rows.append(
-                        self._error_row(
-                            ctx, m, index, k, p.name, p.pulses, m0, counts, ev, point_started, now
-                        )
-                    )
-                    still.append(m)
-                alive = still
-        elif isinstance(item, ConstantItem):
-            cur = Current.parse(item.i)
-            point_limit = error_limit(
-                mt.accuracy_class, item.pf, cur.over_ib(mt), mt.imax_over_ib, mt.connection
-            )
-            if point_limit is None:  # validate_for() refuses such schemes; never guess a limit
-                raise SchemeError(ctx.scheme.name, [f"items[{index}].i: no limit"])
-            limit = point_limit
-            await unit.apply(100.0, float(cur.amperes(mt)), item.pf)
-            await self.clock.sleep(item.settle_s)
-
-            async def constant(m: _Meter) -> tuple[Decimal | None, int, None]:
-                st = self.rig.stations[m.station]
-                before = await st.comms.read_energy()
-                pulses = await st.meter_pulses_during_energy(item.energy_kwh)
-                return before, pulses, None
-
-            res = await self._parallel(meters, constant)
-            await unit.apply(100.0, 0.0, PowerFactor.UNITY)
-            after = await self._parallel(
-                [m for m in meters if not isinstance(res.get(m.barcode), Aborted)],
-                lambda m: self.rig.stations[m.station].comms.read_energy(),
-            )
-            now = self.clock.now()
-            point = f"{cur} {item.energy_kwh:g} kWh"
-            for m in aborted_rows(res, 0, str(cur)):
-                before, pulses, _ = res[m.barcode]
-                r2 = after.get(m.barcode)
-                if isinstance(r2, Aborted):
-                    rows.append(
-                        self._aborted_row(ctx, m, index, 0, str(cur), r2.reason, started, now)
-                    )
-                    continue
-                sample = {
-                    "register_before": None if before is None else str(before),
-                    "register_after": None if r2 is None else str(r2),
-                    "pulses": pulses,
-                    "constant": mt.constant,
-                }
-                if before is None or r2 is None or pulses <= 0:
-                    reason = "register not readable" if pulses > 0 else "no meter pulses"
-                    rows.append(
-                        self._row(
-                            ctx,
-                            m,
-                            index,
-                            0,
-                            point,
-                            [sample],
-                            None,
-                            None,
-                            (-limit, limit),
-                            "%",
-                            FAIL,
-                            reason,
-                            started,
-                            now,
-                        )
-                    )
-                    continue
-                # The register's advance against the energy its pulse output stands
-                # for (N / C): a wrong constant shows as their relative difference,
-                # judged like a basic error against the class limit at this load point.
-                advance = Fraction(Decimal(str(r2)) - Decimal(str(before)))
-                by_pulses = Fraction(pulses, mt.constant)
-                error = (advance - by_pulses) / by_pulses * 100
-                rounded = round_to_interval(error, mt.accuracy_class.rounding_interval)
-                verdict = PASS if -limit <= rounded <= limit else FAIL
-                rows.append(
-                    self._row(
-                        ctx,
-                        m,
-                        index,
-                        0,
-                        point,
-                        [sample],
-                        to_decimal(error, 6),
-                        rounded,
-                        (-limit, limit),
-                        "%",
-                        verdict,
-                        ""
-                        if verdict == PASS
-                        else f"register advance {rounded} % off pulses / C (limit ±{limit} %)",
-                        started,
-                        now,
-                    )
-                )
-        else:  # pragma: no cover - the scheme's union is closed
-            raise SchemeError(ctx.scheme.name, [f"items[{index}]: not a unit-wide item"])
+        rows = await handler.run(self._item_run(ctx, index, meters, started), item)
         self._finish(ctx, index, rows, attempts)
 
-    def _error_row(
-        self,
-        ctx: _Ctx,
-        m: _Meter,
-        index: int,
-        k: int,
-        point: str,
-        pulses: int,
-        m0: Fraction,
-        counts: list[int],
-        ev: Evaluation,
-        started: float,
-        ended: float,
-    ) -> ResultRow:
-        samples = [
-            {
-                "n": pulses,
-                "m0": f"{m0.numerator}/{m0.denominator}",
-                "m": c,
-                "error_pct": str(to_decimal(g, 6)),
-            }
-            for c, g in zip(counts, ev.samples, strict=True)
-        ]
-        return self._row(
-            ctx,
-            m,
-            index,
-            k,
-            point,
-            samples,
-            to_decimal(ev.mean, 6),
-            ev.rounded,
-            (ev.limit_low, ev.limit_high),
-            "%",
-            PASS if ev.passed else FAIL,
-            "" if ev.passed else f"error {ev.rounded} % outside ±{ev.limit_high} %",
-            started,
-            ended,
-        )
-
-    # -- per-station items ------------------------------------------------------------------
-    async def _station_chain(self, ctx: _Ctx, m: _Meter, indices: range) -> None:
+    async def _station_chain(self, ctx: _Ctx, m: Meter, indices: range) -> None:
         for index in indices:
             if not self._pending(ctx, index, [m]):
                 continue
             item = ctx.scheme.items[index]
+            handler = handler_for(ctx.scheme, index)
             started = self.clock.now()
             attempts = self.repo.begin_item(ctx.batch_id, [m.barcode], index, item.kind, started)
             self._write(station_tag(m.station, "state"), f"testing: {item.kind}")
-            run_item: Callable[[_Meter], Awaitable[ResultRow]] = functools.partial(
-                self._station_item, ctx, index=index, item=item, started=started
-            )
-            res = await self._parallel([m], run_item)
+            run = self._item_run(ctx, index, [m], started)
+            res = await self._parallel([m], _on_station(handler, run, item))
             r = res[m.barcode]
             rows = (
-                [
-                    self._aborted_row(
-                        ctx,
-                        m,
-                        index,
-                        0,
-                        "",
-                        r.reason,
-                        started,
-                        self.clock.now(),
-                    )
-                ]
+                [run.aborted_row(m, r.reason, ended=self.clock.now())]
                 if isinstance(r, Aborted)
-                else [r]
+                else r
             )
             self._finish(ctx, index, rows, attempts)
-
-    async def _station_item(
-        self, ctx: _Ctx, m: _Meter, index: int, item: Any, started: float
-    ) -> ResultRow:
-        st: StationPort = self.rig.stations[m.station]
-        if isinstance(item, AppearanceItem):
-            ok = await st.power_ok(item.power_on_s)
-            return self._row(
-                ctx,
-                m,
-                index,
-                0,
-                "power-on",
-                [{"power_ok": ok}],
-                None,
-                None,
-                None,
-                "",
-                PASS if ok else FAIL,
-                "" if ok else "no voltage-circuit burden at power-on",
-                started,
-                self.clock.now(),
-            )
-        if isinstance(item, ClockItem):
-            # Each gate spans whole periods of the meter's second pulse, about gate_s long.
-            gate_pulses = max(1, round(item.gate_s * CLOCK_PULSE_NOMINAL_HZ))
-            samples_c: list[dict[str, Any]] = []
-            readings: list[Fraction] = []
-            for _ in range(item.readings):
-                try:
-                    gate = await asyncio.wait_for(
-                        st.clock_gate(gate_pulses),
-                        loop_timeout(self.clock, 2 * item.gate_s + 2),
-                    )
-                except TimeoutError:
-                    return self._row(
-                        ctx,
-                        m,
-                        index,
-                        0,
-                        "daily clock",
-                        samples_c,
-                        None,
-                        None,
-                        (-item.limit_s_per_day, item.limit_s_per_day),
-                        "s/d",
-                        FAIL,
-                        "no second pulse",
-                        started,
-                        self.clock.now(),
-                    )
-                error = clock_error_s_per_day(
-                    gate.pulses, gate.ticks, gate.timebase_hz, CLOCK_PULSE_NOMINAL_HZ
-                )
-                readings.append(error)
-                samples_c.append(
-                    {
-                        "pulses": gate.pulses,
-                        "ticks": gate.ticks,
-                        "timebase_hz": gate.timebase_hz,
-                        "s_per_day": str(to_decimal(error, 4)),
-                    }
-                )
-            ev = evaluate_clock(readings, item.limit_s_per_day)
-            return self._row(
-                ctx,
-                m,
-                index,
-                0,
-                f"{item.readings} x {gate_pulses} s",
-                samples_c,
-                to_decimal(ev.mean, 4),
-                ev.rounded,
-                (ev.limit_low, ev.limit_high),
-                "s/d",
-                PASS if ev.passed else FAIL,
-                "" if ev.passed else f"clock error {ev.rounded} s/d",
-                started,
-                self.clock.now(),
-            )
-        if isinstance(item, CommunicationItem):
-            samples: list[dict[str, Any]] = []
-            problems = []
-            if item.read_address:
-                addr = await st.comms.read_address()
-                samples.append({"address": addr})
-                if addr != m.address:
-                    problems.append(f"read address {addr!r}, expected {m.address!r}")
-            if item.read_energy:
-                energy = await st.comms.read_energy()
-                samples.append({"energy_kwh": None if energy is None else str(energy)})
-                if energy is None:
-                    problems.append("energy not readable")
-            return self._row(
-                ctx,
-                m,
-                index,
-                0,
-                "DL/T 645",
-                samples,
-                None,
-                None,
-                None,
-                "",
-                FAIL if problems else PASS,
-                "; ".join(problems),
-                started,
-                self.clock.now(),
-            )
-        if isinstance(item, CostControlItem):
-            # the meter compares the expiry with its own clock: site wall-clock time
-            expiry = to_wall(self.clock.now() + item.expiry_min * 60, self.site_tz)
-            valid_until = (
-                expiry.year,
-                expiry.month,
-                expiry.day,
-                expiry.hour,
-                expiry.minute,
-                expiry.second,
-            )
-            samples = []
-            problems = []
-            for command, want_open in (("trip", True), ("close", False)):
-                ack = await st.comms.relay_control(command, valid_until)  # type: ignore[arg-type]
-                await self.clock.sleep(item.relay_settle_s)
-                state = await st.comms.read_relay_open()
-                samples.append({"command": command, "ack": ack, "relay_open": state})
-                if not ack:
-                    problems.append(f"{command}: no acknowledgement")
-                elif state is not want_open:
-                    problems.append(
-                        f"{command}: relay read back {'open' if state else 'closed' if state is not None else 'nothing'}"
-                    )
-            return self._row(
-                ctx,
-                m,
-                index,
-                0,
-                "1C trip/close",
-                samples,
-                None,
-                None,
-                None,
-                "",
-                FAIL if problems else PASS,
-                "; ".join(problems),
-                started,
-                self.clock.now(),
-            )
-        raise SchemeError(ctx.scheme.name, [f"items[{index}]: not a per-station item"])
 
     # -- end of tests, safe state ---------------------------------------------------------------
     def _finish_verdicts(self, ctx: _Ctx) -> None:
@@ -1075,7 +519,7 @@ class Sequencer:
         for unit in self.rig.units.values():
             await unit.off()
 
-    def _meter_states(self, ctx: _Ctx, meters: Sequence[_Meter], state: str) -> None:
+    def _meter_states(self, ctx: _Ctx, meters: Sequence[Meter], state: str) -> None:
         for m in meters:
             m.state = state
             self._write(
@@ -1135,34 +579,8 @@ class Sequencer:
             self._write("line/metrics/items_per_hour", round(self._progress_done / hours, 1))
 
 
-def aborted_rows_for(
-    meters: Sequence[_Meter],
-    results: dict[str, Any],
-    rows: list[ResultRow],
-    seq: Sequencer,
-    ctx: _Ctx,
-    index: int,
-    point_index: int,
-    point: str,
-    started: float,
-) -> list[_Meter]:
-    """Rows for stations aborted at this load point; returns the ones that measured."""
-    alive = []
-    for m in meters:
-        r = results.get(m.barcode)
-        if isinstance(r, Aborted):
-            rows.append(
-                seq._aborted_row(
-                    ctx,
-                    m,
-                    index,
-                    point_index,
-                    point,
-                    r.reason,
-                    started,
-                    seq.clock.now(),
-                )
-            )
-        elif m.barcode in results:
-            alive.append(m)
-    return alive
+def _on_station(
+    handler: ItemHandler[Any], run: ItemRun, item: Any
+) -> Callable[[Meter], Awaitable[list[ResultRow]]]:
+    """A per-station item as the coroutine of its station's task."""
+    return lambda _m: handler.run(run, item)
