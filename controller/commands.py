@@ -503,13 +503,20 @@ class CommandLog:
     ) -> Command:
         """Journal an ``armed`` command that reserves ``target`` for ``who`` for ``timeout_s``.
 
-        Refused ``busy`` while another selection holds the target (naming its user
-        and until when). Its id is the token Execute names; it is random, since a
+        Refused ``busy`` while another user's selection holds the target (naming its
+        user and until when); the same user selecting again replaces their own
+        selection (the old token expires, journaled), as after a client restart that
+        lost its token. Its id is the token Execute names; it is random, since a
         client must not be able to guess another user's selection.
         """
         if not timeout_s > 0:
             raise CommandError(f"timeout_s: must be > 0 (got {timeout_s})")
         holder = await self.selection_on(target)
+        if holder is not None and holder.who == who and target not in self._arming:
+            await self.transition(
+                holder.id, CommandState.EXPIRED, reason=f"superseded by a new selection by {who}"
+            )
+            holder = None
         if holder is not None:
             raise CommandRefused(
                 RefusalReason.BUSY,

@@ -50,6 +50,26 @@ async def test_a_second_arm_of_the_target_is_busy_naming_holder_and_time(journal
     await log.arm("trip", "loads/l2", who="emma", why="other", timeout_s=30)
 
 
+async def test_the_same_user_selecting_again_replaces_their_selection(journal):
+    # e.g. an HMI restarted between Arm and Execute and lost its token
+    log = CommandLog(journal, clock=Clock())
+    first = await log.arm("trip", "loads/l1", who="otto", why="select", timeout_s=30)
+    second = await log.arm("trip", "loads/l1", who="otto", why="again", timeout_s=30)
+    assert second.id != first.id
+    assert states(journal, first.id) == ["armed", "expired"]
+    assert log.get(first.id).reason == "superseded by a new selection by otto"
+    with pytest.raises(CommandRefused) as err:
+        await log.execute_armed(first.id, target="loads/l1", who="otto", expires_in_s=60)
+    assert err.value.reason in (RefusalReason.NOT_ARMED, RefusalReason.EXPIRED)
+    done = await log.execute_armed(second.id, target="loads/l1", who="otto", expires_in_s=60)
+    assert done.state is CommandState.QUEUED
+    # re-selecting is the holder's right only: another user is still refused
+    await log.arm("trip", "loads/l2", who="otto", why="x", timeout_s=30)
+    with pytest.raises(CommandRefused) as busy:
+        await log.arm("trip", "loads/l2", who="emma", why="y", timeout_s=30)
+    assert busy.value.reason is RefusalReason.BUSY
+
+
 async def test_concurrent_arms_of_one_target_reserve_it_once(journal):
     log = CommandLog(journal)
     results = await asyncio.gather(
