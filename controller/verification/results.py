@@ -1,9 +1,10 @@
 """Durable verification results, and their export.
 
-The repository owns its tables through ``RESULTS_SCHEMA``: an ordered list of
-migration steps. Standalone it records how many it applied in its own meta
-table; the journal can instead append the steps to its own migration chain
-(``PRAGMA user_version``) and construct the repository with ``install=False``.
+The tables are steps of the journal's one migration list
+(``controller.results_schema`` in ``controller.journal.MIGRATIONS``, counted
+by ``PRAGMA user_version``); standalone, ``install`` applies the same list to
+the repository's own file. On the journal's file construct it with
+``install=False``: the journal has migrated it.
 
 Crash-safety rules:
 - an item run is recorded as ``running`` before the rig is touched;
@@ -27,7 +28,7 @@ from typing import Any
 
 import msgpack
 
-from controller.results_schema import RESULTS_SCHEMA
+from controller.journal import migrate
 from controller.verification.scheme import MeterType, Scheme, scheme_from_json
 
 # Item run states
@@ -92,19 +93,8 @@ class ResultsRepository:
 
     @staticmethod
     def install(conn: sqlite3.Connection) -> None:
-        """Apply the RESULTS_SCHEMA steps not applied yet (standalone use)."""
-        with conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS vl_meta (schema_version INTEGER NOT NULL)")
-            row = conn.execute("SELECT schema_version FROM vl_meta").fetchone()
-            done = row[0] if row else 0
-            if row is None:
-                conn.execute("INSERT INTO vl_meta VALUES (0)")
-        for n, step in enumerate(RESULTS_SCHEMA[done:], start=done + 1):
-            with conn:
-                for stmt in step.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                conn.execute("UPDATE vl_meta SET schema_version = ?", (n,))
+        """Bring the file to the journal's schema (standalone use)."""
+        migrate(conn, str(conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:"))
 
     # -- schemes and batches ---------------------------------------------------------
     def record_scheme(self, scheme: Scheme) -> None:
