@@ -327,6 +327,9 @@ class Journal:
         )
         self._thread.start()
         self._read = self._connect()
+        # one writer to the file: the read side cannot write even by mistake (a write
+        # here would contend with the writer thread for the file's lock on the loop)
+        self._read.execute("PRAGMA query_only = ON")
         self._read.row_factory = sqlite3.Row
         return self.schema_version
 
