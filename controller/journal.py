@@ -36,9 +36,14 @@ Storage failure
     with a reason rather than accepted on a promise the disk cannot keep.
 
 Schema
-    ``MIGRATIONS`` is an ordered list of SQL scripts; ``PRAGMA user_version``
-    is the number applied. Each runs in one transaction with its version bump.
-    Later parts append to the list; never edit an applied script.
+    ``MIGRATIONS`` is the one ordered list of steps for every table of the
+    file (commands, results, warehouse, loads); ``PRAGMA user_version`` is the
+    number applied. Each runs in one transaction with its version bump. Later
+    parts append to the list; never edit an applied step. A step is an SQL
+    script, or a function of the connection returning one when what it does
+    depends on the file (SQLite has no ``ADD COLUMN IF NOT EXISTS``). Steps
+    that adopted tables older code created on its own are idempotent, so a
+    file written by that code migrates forward like any other.
 """
 
 from __future__ import annotations
@@ -50,20 +55,24 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from controller.cpu_affinity import pin_current_thread
 from controller.cycle import Series
+from controller.loads_schema import LOADS_SCHEMA, tariff_registers_step
 from controller.results_schema import RESULTS_SCHEMA
+from controller.warehouse_schema import WAREHOUSE_SCHEMA
 
 log = logging.getLogger("gridctl.journal")
 
 Statement = tuple[str, Sequence[Any]]
+# (name, SQL script or a function of the file returning one)
+Migration = tuple[str, str | Callable[[sqlite3.Connection], str]]
 
-MIGRATIONS: list[tuple[str, str]] = [
+MIGRATIONS: list[Migration] = [
     (
         "commands, alarms and events",
         """
@@ -148,11 +157,46 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    # The warehouse and the loads created these tables themselves before they
+    # joined this list (the loads counting in ld_meta): the steps are idempotent.
+    ("warehouse inventory, orders and crane tasks", WAREHOUSE_SCHEMA),
+    *((f"loads {n}", step) for n, step in enumerate(LOADS_SCHEMA, start=1)),
+    (f"loads {len(LOADS_SCHEMA) + 1}: tariff registers", tariff_registers_step),
 ]
 
 
 class JournalError(RuntimeError):
     pass
+
+
+def migrate(
+    conn: sqlite3.Connection, where: str, migrations: Sequence[Migration] = MIGRATIONS
+) -> int:
+    """Apply the steps ``conn``'s file lacks (by ``user_version``); returns the version.
+
+    Also for files of their own (a results export, a warehouse tool's file):
+    one registry, whatever opens the file."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    known = len(migrations)
+    if version > known:
+        raise JournalError(
+            f"{where}: schema version {version} is newer than this gridctl knows ({known})"
+        )
+    for number in range(version + 1, known + 1):
+        name, step = migrations[number - 1]
+        log.info("journal: migrating %s to version %d (%s)", where, number, name)
+        # a function step reads the file as it is before its own transaction: migrations
+        # run while the file is opened, before any other writer of this process starts
+        script = step if isinstance(step, str) else step(conn)
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise JournalError(f"{where}: migration {number} ({name}) failed: {exc}") from exc
+    return known
 
 
 class JournalFull(JournalError):
@@ -226,7 +270,7 @@ class Journal:
         *,
         queue_limit: int = 10_000,
         batch_max: int = 256,
-        migrations: list[tuple[str, str]] | None = None,
+        migrations: Sequence[Migration] | None = None,
         writer_cpus: frozenset[int] | None = None,
     ) -> None:
         self.path = Path(path)
@@ -283,30 +327,14 @@ class Journal:
         )
         self._thread.start()
         self._read = self._connect()
+        # one writer to the file: the read side cannot write even by mistake (a write
+        # here would contend with the writer thread for the file's lock on the loop)
+        self._read.execute("PRAGMA query_only = ON")
         self._read.row_factory = sqlite3.Row
         return self.schema_version
 
     def _migrate(self, conn: sqlite3.Connection) -> int:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        known = len(self.migrations)
-        if version > known:
-            raise JournalError(
-                f"{self.path}: schema version {version} is newer than this gridctl knows ({known})"
-            )
-        for number in range(version + 1, known + 1):
-            name, script = self.migrations[number - 1]
-            log.info("journal: migrating %s to version %d (%s)", self.path, number, name)
-            try:
-                conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
-                )
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise JournalError(
-                    f"{self.path}: migration {number} ({name}) failed: {exc}"
-                ) from exc
-        return known
+        return migrate(conn, str(self.path), self.migrations)
 
     def close(self, timeout: float = 5.0) -> bool:
         """Flush what is queued and stop the writer; True when everything was written."""

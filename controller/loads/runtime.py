@@ -14,7 +14,7 @@
 5. reports alarms and journals notes (deferrals, skipped trips).
 
 Durable state lives in the journal's SQLite file, in tables of its own
-(``LOADS_SCHEMA``, applied idempotently at start): account balances and
+(``controller.loads_schema``, steps of the journal's migrations): account balances and
 baselines, the money ledger, maintenance lock-outs. Money is stored as
 decimal text, never as a float.
 """
@@ -60,72 +60,6 @@ CONDITIONS: dict[str, Severity] = {
     "prepaid_pre_trip": Severity.MEDIUM,
     FLAGGED: Severity.MEDIUM,
 }
-
-LOADS_SCHEMA: list[str] = [
-    """
-    CREATE TABLE IF NOT EXISTS ld_accounts (
-        id           TEXT PRIMARY KEY,
-        balance      TEXT NOT NULL,      -- decimal text
-        last_reading TEXT,               -- kWh, decimal text
-        last_at      REAL,
-        tripped      INTEGER NOT NULL DEFAULT 0,
-        alarm_sent   INTEGER NOT NULL DEFAULT 0,
-        updated      REAL NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS ld_ledger (
-        seq           INTEGER PRIMARY KEY,
-        account       TEXT NOT NULL,
-        at            REAL NOT NULL,
-        kind          TEXT NOT NULL,     -- recharge, usage, flag
-        amount        TEXT NOT NULL,
-        balance_after TEXT NOT NULL,
-        energy_kwh    TEXT,
-        reading_kwh   TEXT,
-        price         TEXT,
-        ref           TEXT UNIQUE,       -- recharge reference: a second use is the same recharge
-        who           TEXT NOT NULL,
-        why           TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS ld_ledger_by_account ON ld_ledger(account, seq);
-    CREATE TABLE IF NOT EXISTS ld_lockouts (
-        load  TEXT PRIMARY KEY,
-        who   TEXT NOT NULL,
-        why   TEXT NOT NULL,
-        since REAL NOT NULL
-    )
-    """,
-    # an engineer's demand-limit override stays in force across restarts until cleared
-    """
-    CREATE TABLE IF NOT EXISTS ld_demand_overrides (
-        grp      TEXT PRIMARY KEY,
-        limit_kw REAL NOT NULL,
-        who      TEXT NOT NULL,
-        why      TEXT NOT NULL,
-        ref      TEXT NOT NULL DEFAULT '',
-        since    REAL NOT NULL
-    )
-    """,
-    # tariff-register billing: T1..T4 at the last billed reading, decimal text "t1 t2 t3 t4"
-    "ALTER TABLE ld_accounts ADD COLUMN last_registers TEXT",
-]
-
-
-async def install_schema(journal: Journal) -> int:
-    """Apply the ``LOADS_SCHEMA`` steps not applied yet; returns the version."""
-    await journal.commit(
-        [("CREATE TABLE IF NOT EXISTS ld_meta (schema_version INTEGER NOT NULL)", ())]
-    )
-    rows = journal.query("SELECT schema_version FROM ld_meta")
-    done = rows[0][0] if rows else 0
-    stmts: list[Statement] = []
-    if not rows:
-        stmts.append(("INSERT INTO ld_meta VALUES (0)", ()))
-    for n, step in enumerate(LOADS_SCHEMA[done:], start=done + 1):
-        stmts += [(s, ()) for s in step.split(";") if s.strip()]
-        stmts.append(("UPDATE ld_meta SET schema_version = ?", (n,)))
-    if stmts:
-        await journal.commit(stmts)
-    return len(LOADS_SCHEMA)
 
 
 def _account_row(acc: PrepaidAccount, now: float) -> Statement:
@@ -274,7 +208,6 @@ class LoadsRuntime:
     # -- start-up ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Tables, then the persisted balances and lock-outs."""
-        await install_schema(self.journal)
         for row in self.journal.query("SELECT * FROM ld_accounts"):
             acc = self.accounts.get(row["id"])
             if acc is None:

@@ -1,9 +1,18 @@
 """Durable verification results, and their export.
 
-The repository owns its tables through ``RESULTS_SCHEMA``: an ordered list of
-migration steps. Standalone it records how many it applied in its own meta
-table; the journal can instead append the steps to its own migration chain
-(``PRAGMA user_version``) and construct the repository with ``install=False``.
+The tables are steps of the journal's one migration list
+(``controller.results_schema`` in ``controller.journal.MIGRATIONS``, counted
+by ``PRAGMA user_version``); standalone, ``install`` applies the same list to
+the repository's own file. On the journal's file construct it with
+``install=False``: the journal has migrated it.
+
+Writes: each mutator is one unit of work (one transaction) and returns a
+``Written``. On the service's journal file the unit goes to the journal's
+writer thread (fsynced: a result is a promise) and the caller awaits the
+``Written`` before acting on it (touching the rig, reading it back), so the
+loop never waits on the file's lock; the repository's own connection only
+reads. Standalone (tests, tools) the unit commits on the repository's
+connection before the mutator returns, and awaiting is a no-op.
 
 Crash-safety rules:
 - an item run is recorded as ``running`` before the rig is touched;
@@ -17,17 +26,20 @@ Crash-safety rules:
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import csv
 import io
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
 
-from controller.results_schema import RESULTS_SCHEMA
+from controller.journal import Journal, Statement, migrate
 from controller.verification.scheme import MeterType, Scheme, scheme_from_json
 
 # Item run states
@@ -85,31 +97,61 @@ class RepositoryError(ValueError):
     pass
 
 
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the journal file (WAL: a reader never waits on the writer)."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+class Written:
+    """A unit of work handed to the writer: await it to know it is on disk."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: concurrent.futures.Future[None] | None = None) -> None:
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if self._future is not None:
+            yield from asyncio.wrap_future(self._future).__await__()
+
+
 class ResultsRepository:
-    def __init__(self, conn: sqlite3.Connection, install: bool = True) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, install: bool = True, journal: Journal | None = None
+    ) -> None:
         self.conn = conn
+        # with a journal, ``conn`` is a read-only connection and every write goes
+        # through the journal's writer thread
+        self.journal = journal
         if install:
             self.install(conn)
 
+    def _write(self, statements: Sequence[Statement]) -> Written:
+        """One unit of work in one transaction."""
+        if self.journal is not None:
+            return Written(self.journal.submit(statements, durable=True))
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in statements:
+                conn.execute(sql, params)
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        return Written()
+
     @staticmethod
     def install(conn: sqlite3.Connection) -> None:
-        """Apply the RESULTS_SCHEMA steps not applied yet (standalone use)."""
-        with conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS vl_meta (schema_version INTEGER NOT NULL)")
-            row = conn.execute("SELECT schema_version FROM vl_meta").fetchone()
-            done = row[0] if row else 0
-            if row is None:
-                conn.execute("INSERT INTO vl_meta VALUES (0)")
-        for n, step in enumerate(RESULTS_SCHEMA[done:], start=done + 1):
-            with conn:
-                for stmt in step.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                conn.execute("UPDATE vl_meta SET schema_version = ?", (n,))
+        """Bring the file to the journal's schema (standalone use)."""
+        migrate(conn, str(conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:"))
 
     # -- schemes and batches ---------------------------------------------------------
-    def record_scheme(self, scheme: Scheme) -> None:
+    def record_scheme(self, scheme: Scheme) -> Written:
         """Store a scheme version; the same name and version must mean the same content."""
+        return self._write(self._scheme(scheme))
+
+    def _scheme(self, scheme: Scheme) -> list[Statement]:
         row = self.conn.execute(
             "SELECT content_hash FROM vl_schemes WHERE name = ? AND version = ?",
             (scheme.name, scheme.version),
@@ -120,12 +162,13 @@ class ResultsRepository:
                     f"scheme {scheme.name!r} version {scheme.version} is already recorded with "
                     "different content: raise 'version' when a scheme changes"
                 )
-            return
-        with self.conn:
-            self.conn.execute(
+            return []
+        return [
+            (
                 "INSERT INTO vl_schemes VALUES (?, ?, ?, ?)",
                 (scheme.name, scheme.version, scheme.content_hash, scheme.model_dump_json()),
             )
+        ]
 
     def create_batch(
         self,
@@ -134,12 +177,12 @@ class ResultsRepository:
         meter_type: MeterType,
         meters: Sequence[tuple[str, str, int, int]],  # barcode, address, unit, station
         now: float,
-    ) -> None:
+    ) -> Written:
         if self.conn.execute("SELECT 1 FROM vl_batches WHERE batch_id = ?", (batch_id,)).fetchone():
             raise RepositoryError(f"batch_id: {batch_id!r} already exists")
-        self.record_scheme(scheme)
-        with self.conn:
-            self.conn.execute(
+        stmts = self._scheme(scheme)
+        stmts.append(
+            (
                 "INSERT INTO vl_batches VALUES (?, ?, ?, ?, ?, 'created', '', ?, ?)",
                 (
                     batch_id,
@@ -151,10 +194,15 @@ class ResultsRepository:
                     now,
                 ),
             )
-            self.conn.executemany(
+        )
+        stmts += [
+            (
                 "INSERT INTO vl_meters VALUES (?, ?, ?, ?, ?, ?, 'queued', '', ?)",
-                [(batch_id, b, a, seq, u, s, now) for seq, (b, a, u, s) in enumerate(meters)],
+                (batch_id, b, a, seq, u, s, now),
             )
+            for seq, (b, a, u, s) in enumerate(meters)
+        ]
+        return self._write(stmts)
 
     def batch(self, batch_id: str) -> BatchRecord:
         row = self.conn.execute(
@@ -184,69 +232,81 @@ class ResultsRepository:
     def batches(self) -> list[tuple[str, str]]:
         return list(self.conn.execute("SELECT batch_id, state FROM vl_batches ORDER BY created"))
 
-    def set_batch_state(self, batch_id: str, state: str, now: float, reason: str = "") -> None:
-        with self.conn:
-            self.conn.execute(
-                "UPDATE vl_batches SET state = ?, reason = ?, updated = ? WHERE batch_id = ?",
-                (state, reason, now, batch_id),
-            )
+    def set_batch_state(self, batch_id: str, state: str, now: float, reason: str = "") -> Written:
+        return self._write(
+            [
+                (
+                    "UPDATE vl_batches SET state = ?, reason = ?, updated = ? WHERE batch_id = ?",
+                    (state, reason, now, batch_id),
+                )
+            ]
+        )
 
     def set_meter_states(
         self, batch_id: str, states: Iterable[tuple[str, str, str | None]], now: float
-    ) -> None:
+    ) -> Written:
         """(barcode, state, verdict or None to keep) for several meters in one transaction."""
-        with self.conn:
-            for barcode, state, verdict in states:
-                self.conn.execute(
+        return self._write(
+            [
+                (
                     "UPDATE vl_meters SET state = ?, verdict = COALESCE(?, verdict), updated = ? "
                     "WHERE batch_id = ? AND barcode = ?",
                     (state, verdict, now, batch_id, barcode),
                 )
+                for barcode, state, verdict in states
+            ]
+        )
 
     # -- item runs ---------------------------------------------------------------------
     def begin_item(
         self, batch_id: str, barcodes: Sequence[str], item_index: int, kind: str, now: float
-    ) -> dict[str, int]:
-        """Record the item as running for these meters; returns each one's attempt number."""
+    ) -> tuple[dict[str, int], Written]:
+        """Record the item as running for these meters: each one's attempt number, and the
+        write to await before the rig is touched (the previous attempt of the item was
+        awaited, so the read sees it)."""
         attempts: dict[str, int] = {}
-        with self.conn:
-            for b in barcodes:
-                row = self.conn.execute(
-                    "SELECT COALESCE(MAX(attempt), 0) FROM vl_item_runs "
-                    "WHERE batch_id = ? AND barcode = ? AND item_index = ?",
-                    (batch_id, b, item_index),
-                ).fetchone()
-                attempts[b] = row[0] + 1
-                self.conn.execute(
+        stmts: list[Statement] = []
+        for b in barcodes:
+            row = self.conn.execute(
+                "SELECT COALESCE(MAX(attempt), 0) FROM vl_item_runs "
+                "WHERE batch_id = ? AND barcode = ? AND item_index = ?",
+                (batch_id, b, item_index),
+            ).fetchone()
+            attempts[b] = row[0] + 1
+            stmts.append(
+                (
                     "INSERT INTO vl_item_runs VALUES (?, ?, ?, ?, ?, ?, '', ?, NULL)",
                     (batch_id, b, item_index, attempts[b], kind, RUNNING, now),
                 )
-        return attempts
+            )
+        return attempts, self._write(stmts)
 
-    def finish_item(self, rows: Sequence[ResultRow], now: float) -> None:
+    def finish_item(self, rows: Sequence[ResultRow], now: float) -> Written:
         """Write the results and close their runs, atomically."""
-        with self.conn:
-            self._insert(rows)
-            closed: set[tuple[str, str, int, int]] = set()
-            for r in rows:
-                key = (r.batch_id, r.barcode, r.item_index, r.attempt)
-                if key in closed:
-                    continue
-                closed.add(key)
-                self.conn.execute(
+        stmts = self._insert(rows)
+        closed: set[tuple[str, str, int, int]] = set()
+        for r in rows:
+            key = (r.batch_id, r.barcode, r.item_index, r.attempt)
+            if key in closed:
+                continue
+            closed.add(key)
+            stmts.append(
+                (
                     "UPDATE vl_item_runs SET state = ?, reason = ?, ended = ? WHERE batch_id = ? "
                     "AND barcode = ? AND item_index = ? AND attempt = ?",
                     (DONE, r.reason if r.verdict in (ABORTED, SKIPPED) else "", now, *key),
                 )
+            )
+        return self._write(stmts)
 
-    def record_skipped(self, rows: Sequence[ResultRow]) -> None:
-        with self.conn:
-            self._insert(rows)
+    def record_skipped(self, rows: Sequence[ResultRow]) -> Written:
+        return self._write(self._insert(rows))
 
-    def _insert(self, rows: Sequence[ResultRow]) -> None:
-        self.conn.executemany(
-            "INSERT INTO vl_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
+    def _insert(self, rows: Sequence[ResultRow]) -> list[Statement]:
+        return [
+            (
+                "INSERT INTO vl_results VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     r.batch_id,
                     r.barcode,
@@ -267,20 +327,22 @@ class ResultsRepository:
                     r.started,
                     r.ended,
                     r.scheme_version,
-                )
-                for r in rows
-            ],
-        )
-
-    def mark_interrupted(self, batch_id: str, now: float) -> int:
-        """Runs left ``running`` by a crash become ``interrupted`` (they will be re-tested)."""
-        with self.conn:
-            cur = self.conn.execute(
-                "UPDATE vl_item_runs SET state = ?, reason = 'controller restart', ended = ? "
-                "WHERE batch_id = ? AND state = ?",
-                (INTERRUPTED, now, batch_id, RUNNING),
+                ),
             )
-        return cur.rowcount
+            for r in rows
+        ]
+
+    def mark_interrupted(self, batch_id: str, now: float) -> Written:
+        """Runs left ``running`` by a crash become ``interrupted`` (they will be re-tested)."""
+        return self._write(
+            [
+                (
+                    "UPDATE vl_item_runs SET state = ?, reason = 'controller restart', ended = ? "
+                    "WHERE batch_id = ? AND state = ?",
+                    (INTERRUPTED, now, batch_id, RUNNING),
+                )
+            ]
+        )
 
     def completed_items(self, batch_id: str) -> set[tuple[str, int]]:
         """(barcode, item_index) pairs that have their results (measured, skipped or aborted)."""

@@ -40,6 +40,7 @@ from controller.verification.results import (
     SKIPPED,
     ResultRow,
     ResultsRepository,
+    Written,
 )
 from controller.verification.scheme import MeterType, Scheme, Scope
 from controller.verification.temperature import station_tag
@@ -116,8 +117,9 @@ class Sequencer:
     # -- public API -------------------------------------------------------------------
     def create_batch(
         self, batch_id: str, scheme: Scheme, meter_type: str, meters: Sequence[MeterTask]
-    ) -> None:
-        """Validate and record a batch: meters are assigned to stations in line order."""
+    ) -> Written:
+        """Validate and record a batch: meters are assigned to stations in line order
+        (await the result before running it)."""
         mt = self.config.meter_type(meter_type)
         scheme.validate_for(mt)
         stations = self.config.station_ids
@@ -133,7 +135,7 @@ class Sequencer:
             if m.barcode in seen:
                 raise BatchError(f"meters: barcode {m.barcode!r} appears twice")
             seen.add(m.barcode)
-        self.repo.create_batch(
+        return self.repo.create_batch(
             batch_id,
             scheme,
             mt,
@@ -154,8 +156,8 @@ class Sequencer:
         if rec.state == "done":
             return self._summarise(batch_id, summary)
         if rec.state != "created":
-            self.repo.mark_interrupted(batch_id, self.clock.now())
-        self.repo.set_batch_state(batch_id, "running", self.clock.now())
+            await self.repo.mark_interrupted(batch_id, self.clock.now())
+        await self.repo.set_batch_state(batch_id, "running", self.clock.now())
         self._write("line/batch/id", batch_id)
         self._write("line/batch/scheme", f"{rec.scheme.name} v{rec.scheme.version}")
         self._write("line/batch/state", "running")
@@ -197,8 +199,10 @@ class Sequencer:
             if task is not None:
                 task.uncancel()
             await self._safe_state()
-            self.repo.mark_interrupted(batch_id, self.clock.now())
-            self.repo.set_batch_state(batch_id, "aborted", self.clock.now(), self._abort_reason)
+            await self.repo.mark_interrupted(batch_id, self.clock.now())
+            await self.repo.set_batch_state(
+                batch_id, "aborted", self.clock.now(), self._abort_reason
+            )
             self._write("line/batch/state", "aborted")
             summary.state = "aborted"
             summary.ended = self.clock.now()
@@ -207,7 +211,7 @@ class Sequencer:
             self._main = None
         summary.tests_started = min((t[0] for t in times), default=0.0)
         summary.tests_ended = max((t[1] for t in times), default=0.0)
-        self.repo.set_batch_state(batch_id, "done", self.clock.now())
+        await self.repo.set_batch_state(batch_id, "done", self.clock.now())
         self._write("line/batch/state", "done")
         summary.ended = self.clock.now()
         return self._summarise(batch_id, summary)
@@ -249,7 +253,7 @@ class Sequencer:
                 io.write(unit_point(ctx.unit, "load"), False)
             if not ok:
                 raise BatchError(f"unit {ctx.unit}: loading timed out after {cfg.load_timeout_s} s")
-            self._meter_states(ctx, ctx.meters, "loaded")
+            await self._meter_states(ctx, ctx.meters, "loaded")
         if any(m.state in ("loaded", "connected", "testing") for m in ctx.meters):
             # Scan on every (re)start: after a restart we trust what is on the station,
             # not what memory says.
@@ -260,7 +264,7 @@ class Sequencer:
                 if code != m.barcode and not m.verdict:
                     m.verdict = "rejected: barcode mismatch"
                     m.stopped = f"barcode read {code!r}, task says {m.barcode!r}"
-                    self.repo.set_meter_states(
+                    await self.repo.set_meter_states(
                         ctx.batch_id, [(m.barcode, m.state, m.verdict)], self.clock.now()
                     )
                     self._write(station_tag(m.station, "verdict"), m.verdict)
@@ -269,14 +273,16 @@ class Sequencer:
                 raise BatchError(
                     f"unit {ctx.unit}: wiring press did not close in {cfg.press_timeout_s} s"
                 )
-            self._meter_states(ctx, [m for m in ctx.meters if m.state != "testing"], "connected")
+            await self._meter_states(
+                ctx, [m for m in ctx.meters if m.state != "testing"], "connected"
+            )
         tests_started = self.clock.now()
         if any(m.state in ("connected", "testing") for m in ctx.meters):
-            self._meter_states(ctx, ctx.meters, "testing")
+            await self._meter_states(ctx, ctx.meters, "testing")
             await self._run_items(ctx)
             await unit.off()
-            self._finish_verdicts(ctx)
-            self._meter_states(ctx, ctx.meters, "tested")
+            await self._finish_verdicts(ctx)
+            await self._meter_states(ctx, ctx.meters, "tested")
         tests_ended = self.clock.now()
         if any(m.state == "tested" for m in ctx.meters):
             io.write(unit_point(ctx.unit, "press"), False)
@@ -284,7 +290,7 @@ class Sequencer:
                 raise BatchError(
                     f"unit {ctx.unit}: wiring press did not open in {cfg.press_timeout_s} s"
                 )
-            self._meter_states(ctx, ctx.meters, "disconnected")
+            await self._meter_states(ctx, ctx.meters, "disconnected")
         if any(m.state == "disconnected" for m in ctx.meters):
             passed = [m for m in ctx.meters if m.verdict == PASS]
             for m in passed:
@@ -295,8 +301,8 @@ class Sequencer:
                 ):
                     raise BatchError(f"station {m.station}: sealing timed out")
                 io.write(station_point(m.station, "seal"), False)
-            self._meter_states(ctx, passed, "sealed")
-            self._meter_states(ctx, [m for m in ctx.meters if m.verdict != PASS], "sorted")
+            await self._meter_states(ctx, passed, "sealed")
+            await self._meter_states(ctx, [m for m in ctx.meters if m.verdict != PASS], "sorted")
         if any(m.state in ("sealed", "sorted") for m in ctx.meters):
             for m in ctx.meters:
                 io.write(station_point(m.station, "reject"), m.verdict != PASS)
@@ -309,7 +315,7 @@ class Sequencer:
                 raise BatchError(
                     f"unit {ctx.unit}: unloading timed out after {cfg.unload_timeout_s} s"
                 )
-            self._meter_states(ctx, ctx.meters, "boxed")
+            await self._meter_states(ctx, ctx.meters, "boxed")
         self._set_unit(ctx, "idle")
         return tests_started, tests_ended
 
@@ -331,7 +337,7 @@ class Sequencer:
             n = end
 
     # -- bookkeeping helpers -----------------------------------------------------------------
-    def _pending(self, ctx: _Ctx, index: int, meters: Sequence[Meter]) -> list[Meter]:
+    async def _pending(self, ctx: _Ctx, index: int, meters: Sequence[Meter]) -> list[Meter]:
         """Meters that still need this item run; updates 'stopped' from stored verdicts,
         and records 'skipped' for stopped meters."""
         item = ctx.scheme.items[index]
@@ -362,7 +368,7 @@ class Sequencer:
                 continue
             todo.append(m)
         if skips:
-            self.repo.record_skipped(skips)
+            await self.repo.record_skipped(skips)
             self._mark_done(ctx, skips)
         return todo
 
@@ -381,12 +387,12 @@ class Sequencer:
             ctx.verdicts.setdefault(key, []).append(r.verdict)
         self._publish_progress(ctx.batch_id)
 
-    def _finish(
+    async def _finish(
         self, ctx: _Ctx, index: int, rows: list[ResultRow], attempts: dict[str, int]
     ) -> None:
         for r in rows:
             r.attempt = attempts[r.barcode]
-        self.repo.finish_item(rows, self.clock.now())
+        await self.repo.finish_item(rows, self.clock.now())
         self._mark_done(ctx, rows)
         item = ctx.scheme.items[index]
         by_meter: dict[str, list[str]] = {}
@@ -460,27 +466,31 @@ class Sequencer:
     async def _unit_item(self, ctx: _Ctx, index: int) -> None:
         item = ctx.scheme.items[index]
         handler = handler_for(ctx.scheme, index)
-        meters = self._pending(ctx, index, ctx.meters)
+        meters = await self._pending(ctx, index, ctx.meters)
         if not meters:
             return
         self._write(f"line/units/{ctx.unit}/item", f"{index}: {item.label or item.kind}")
         started = self.clock.now()
-        attempts = self.repo.begin_item(
+        attempts, running = self.repo.begin_item(
             ctx.batch_id, [m.barcode for m in meters], index, item.kind, started
         )
+        await running  # write-ahead: recorded as running before the rig is touched
         for m in meters:
             self._write(station_tag(m.station, "state"), f"testing: {item.kind}")
         rows = await handler.run(self._item_run(ctx, index, meters, started), item)
-        self._finish(ctx, index, rows, attempts)
+        await self._finish(ctx, index, rows, attempts)
 
     async def _station_chain(self, ctx: _Ctx, m: Meter, indices: range) -> None:
         for index in indices:
-            if not self._pending(ctx, index, [m]):
+            if not await self._pending(ctx, index, [m]):
                 continue
             item = ctx.scheme.items[index]
             handler = handler_for(ctx.scheme, index)
             started = self.clock.now()
-            attempts = self.repo.begin_item(ctx.batch_id, [m.barcode], index, item.kind, started)
+            attempts, running = self.repo.begin_item(
+                ctx.batch_id, [m.barcode], index, item.kind, started
+            )
+            await running  # write-ahead: recorded as running before the rig is touched
             self._write(station_tag(m.station, "state"), f"testing: {item.kind}")
             run = self._item_run(ctx, index, [m], started)
             res = await self._parallel([m], _on_station(handler, run, item))
@@ -490,10 +500,10 @@ class Sequencer:
                 if isinstance(r, Aborted)
                 else r
             )
-            self._finish(ctx, index, rows, attempts)
+            await self._finish(ctx, index, rows, attempts)
 
     # -- end of tests, safe state ---------------------------------------------------------------
-    def _finish_verdicts(self, ctx: _Ctx) -> None:
+    async def _finish_verdicts(self, ctx: _Ctx) -> None:
         updates = []
         for m in ctx.meters:
             if not m.verdict:
@@ -512,20 +522,20 @@ class Sequencer:
             self._write(station_tag(m.station, "verdict"), m.verdict)
             self.meters_tested += 1
             self.meters_passed += m.verdict == PASS
-        self.repo.set_meter_states(ctx.batch_id, updates, self.clock.now())
+        await self.repo.set_meter_states(ctx.batch_id, updates, self.clock.now())
         self._publish_progress(ctx.batch_id)
 
     async def _safe_state(self) -> None:
         for unit in self.rig.units.values():
             await unit.off()
 
-    def _meter_states(self, ctx: _Ctx, meters: Sequence[Meter], state: str) -> None:
+    async def _meter_states(self, ctx: _Ctx, meters: Sequence[Meter], state: str) -> None:
         for m in meters:
             m.state = state
             self._write(
                 station_tag(m.station, "state"), state if not m.verdict else f"{state}: {m.verdict}"
             )
-        self.repo.set_meter_states(
+        await self.repo.set_meter_states(
             ctx.batch_id, [(m.barcode, state, None) for m in meters], self.clock.now()
         )
 

@@ -15,9 +15,10 @@ At start it
   batch that was running when the service stopped or died.
 
 A batch runs as one asyncio task on the service loop; the sequencer only
-awaits the clock and the rig, so it never holds the fast task. Results are
-written by the sequencer on its own SQLite connection to the journal file
-(WAL, ``synchronous=NORMAL``: a result survives SIGKILL once its item is done).
+awaits the clock, the rig and its writes, so it never holds the fast task.
+Results are written through the journal's writer thread, each unit fsynced
+(``synchronous=FULL``: a result is a promise) and awaited before the line acts
+on it; the line reads on a read-only connection of its own.
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ from controller.commands import Command, CommandError, CommandState
 from controller.subsystem_context import SubsystemContext
 from controller.verification.clock import Clock, RealClock, ScaledClock
 from controller.verification.config import LineConfig
-from controller.verification.results import RepositoryError, ResultsRepository
+from controller.verification.results import (
+    RepositoryError,
+    ResultsRepository,
+    open_read_only,
+)
 from controller.verification.scheme import MeterType, Scheme, SchemeError, load_scheme
 from controller.verification.sequencer import BatchError, MeterTask, Sequencer
 from controller.verification.sink import (
@@ -132,9 +137,11 @@ class VerificationLineSubsystem:
         self._load_schemes()
         mt = cfg.meter_type(self.meter_type_name)
         usable = sorted({s.name for s in self.schemes.values() if not s.problems_for(mt)})
-        self.conn = sqlite3.connect(svc.journal.path, timeout=5.0)
-        self.conn.execute("PRAGMA synchronous = NORMAL")
-        self.repo = ResultsRepository(self.conn, install=False)  # tables: journal migrations
+        # one writer to the file: the results' writes go through the journal's writer
+        # thread (the loop never waits on the file's lock); this connection only reads,
+        # and in WAL mode a reader never waits on the writer
+        self.conn = open_read_only(svc.journal.path)
+        self.repo = ResultsRepository(self.conn, install=False, journal=svc.journal)
         self.rig = self.plant.build(cfg, mt, self.clock)
         alarms = EngineAlarms(svc.alarms)
         self.seq = Sequencer(
@@ -324,7 +331,7 @@ class VerificationLineSubsystem:
                 cmd, f"line busy: batch {self.batch_id} is running", RefusalReason.BUSY
             )
         try:
-            self.seq.create_batch(batch_id, batch.scheme, mt.name, batch.meters)
+            await self.seq.create_batch(batch_id, batch.scheme, mt.name, batch.meters)
         except (BatchError, RepositoryError, SchemeError, KeyError) as exc:
             await self.service.commands.transition(cmd.id, CommandState.FAILED, reason=str(exc))
             raise CommandRefused(RefusalReason.INVALID_STATE, str(exc)) from None
@@ -410,8 +417,8 @@ class VerificationLineSubsystem:
         assert self.seq is not None and self.repo is not None and self.rig is not None
         if self._abort_reason:  # aborted before the task began: nothing was touched
             now = self.clock.now()
-            self.repo.mark_interrupted(batch_id, now)
-            self.repo.set_batch_state(batch_id, "aborted", now, self._abort_reason)
+            await self.repo.mark_interrupted(batch_id, now)
+            await self.repo.set_batch_state(batch_id, "aborted", now, self._abort_reason)
             self._write("line/batch/state", "aborted")
             self._write("line/state", "idle")
             return
@@ -425,7 +432,7 @@ class VerificationLineSubsystem:
             for unit in self.rig.units.values():
                 await unit.off()
             message = f"batch {batch_id} failed: {exc}"
-            self.repo.set_batch_state(batch_id, "failed", self.clock.now(), str(exc))
+            await self.repo.set_batch_state(batch_id, "failed", self.clock.now(), str(exc))
             self._write("line/batch/state", "failed")
             self._write("line/batch/message", message)
             self.service.journal.event("line", SOURCE, message, severity=700)
@@ -490,8 +497,8 @@ class VerificationLineSubsystem:
             # abort_batch: the operator wanted this batch stopped; never resume it
             if rec is not None and rec.state not in ("done", "failed", "aborted"):
                 now = self.clock.now()
-                self.repo.mark_interrupted(batch_id, now)
-                self.repo.set_batch_state(
+                await self.repo.mark_interrupted(batch_id, now)
+                await self.repo.set_batch_state(
                     batch_id, "aborted", now, f"aborted by {cmd.who}: {cmd.why}"
                 )
             if cmd.state is CommandState.QUEUED:

@@ -1,7 +1,8 @@
 """Durable inventory: boxes, meters, slot reservations, orders, crane tasks, events.
 
-The repository owns its tables through :data:`WAREHOUSE_SCHEMA`, a list of
-idempotent statements the runtime's journal can chain into its migrations.
+The tables are created by the journal's migrations
+(``controller.warehouse_schema``, a step of ``controller.journal.MIGRATIONS``);
+a file of its own gets the same steps from :meth:`Inventory.create_schema`.
 
 Write-ahead discipline: a crane task's intent (source, target, barcode) is
 committed before the crane moves, and each completed step (picked, put) is
@@ -23,90 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from controller.journal import migrate
 from controller.warehouse.rack import BoxClass, BoxInfo, Location, Rack
-
-WAREHOUSE_SCHEMA: list[str] = [
-    """CREATE TABLE IF NOT EXISTS wh_box (
-        barcode TEXT PRIMARY KEY,
-        klass TEXT NOT NULL CHECK (klass IN ('unverified', 'qualified', 'rejected')),
-        location TEXT NOT NULL,
-        arrived_at REAL NOT NULL,
-        verified_at REAL,
-        order_id INTEGER,
-        updated_at REAL NOT NULL
-    )""",
-    # one box per slot and per fork, enforced by the database itself
-    """CREATE UNIQUE INDEX IF NOT EXISTS wh_box_place ON wh_box(location)
-        WHERE location GLOB 'R*' OR location GLOB 'CRANE:*'""",
-    """CREATE TABLE IF NOT EXISTS wh_meter (
-        address TEXT PRIMARY KEY,
-        box TEXT NOT NULL,
-        type TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('new', 'qualified', 'rejected', 'returned')),
-        verified_at REAL,
-        batch TEXT,
-        district TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS wh_meter_box ON wh_meter(box)",
-    """CREATE TABLE IF NOT EXISTS wh_slot (
-        code TEXT PRIMARY KEY,
-        reserved_by INTEGER,
-        blocked TEXT NOT NULL DEFAULT ''
-    )""",
-    """CREATE TABLE IF NOT EXISTS wh_order (
-        id INTEGER PRIMARY KEY,
-        kind TEXT NOT NULL,
-        state TEXT NOT NULL,
-        priority INTEGER NOT NULL,
-        params TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        reason TEXT NOT NULL DEFAULT ''
-    )""",
-    """CREATE TABLE IF NOT EXISTS wh_order_box (
-        order_id INTEGER NOT NULL,
-        barcode TEXT NOT NULL,
-        state TEXT NOT NULL,
-        PRIMARY KEY (order_id, barcode)
-    )""",
-    """CREATE TABLE IF NOT EXISTS wh_task (
-        id INTEGER PRIMARY KEY,
-        order_id INTEGER,
-        aisle INTEGER NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('store', 'retrieve', 'relocate')),
-        barcode TEXT NOT NULL,
-        src TEXT NOT NULL,
-        dst TEXT,
-        priority INTEGER NOT NULL DEFAULT 0,
-        state TEXT NOT NULL,
-        step TEXT NOT NULL DEFAULT '',
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        reason TEXT NOT NULL DEFAULT ''
-    )""",
-    "CREATE INDEX IF NOT EXISTS wh_task_open ON wh_task(state) WHERE state IN ('queued', 'active', 'held')",
-    # the verification line fed from the warehouse: one row per batch (see line_feed)
-    """CREATE TABLE IF NOT EXISTS wh_line_feed (
-        batch TEXT PRIMARY KEY,
-        state TEXT NOT NULL,
-        meter_type TEXT NOT NULL,
-        out_order INTEGER NOT NULL,
-        return_order INTEGER,
-        reject_order INTEGER,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        reason TEXT NOT NULL DEFAULT ''
-    )""",
-    """CREATE TABLE IF NOT EXISTS wh_event (
-        id INTEGER PRIMARY KEY,
-        t REAL NOT NULL,
-        kind TEXT NOT NULL,
-        order_id INTEGER,
-        task_id INTEGER,
-        barcode TEXT,
-        detail TEXT NOT NULL DEFAULT ''
-    )""",
-]
 
 # task states: queued -> active -> done | failed | cancelled; active <-> held
 # task steps (write-ahead): '' (not started), 'intent', 'picked', 'put'
@@ -165,9 +84,10 @@ class Inventory:
         self.conn = conn
 
     def create_schema(self) -> None:
-        with self.tx():
-            for stmt in WAREHOUSE_SCHEMA:
-                self.conn.execute(stmt)
+        """Bring the file to the journal's schema (a no-op on the service's journal)."""
+        migrate(
+            self.conn, str(self.conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:")
+        )
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:

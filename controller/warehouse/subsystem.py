@@ -1,8 +1,8 @@
 """The warehouse inside `gridctl run`: one domain subsystem of the service.
 
 - Inventory, orders and crane tasks live in the service's journal file (the
-  ``wh_*`` tables, created idempotently from ``WAREHOUSE_SCHEMA`` at start on
-  a second connection; the journal's own writer keeps its connection).
+  ``wh_*`` tables, created by the journal's migrations from
+  ``controller.warehouse_schema``), written on a second connection of their own.
 - The PLC is a bus of the field plant (``drivers.warehouse_plc``, built from
   ``[warehouse] plc``; with ``[sim] enabled`` the simulator process serves it):
   its status is polled into the image, commands go on its control lane.

@@ -292,3 +292,15 @@ async def test_reconcile_leaves_a_command_its_subsystem_adopted(tmp_path):
     await log2.transition(order.id, "confirmed", reason="order 7 completed")
     assert not log2.pending()
     j2.close()
+
+
+async def test_the_read_connection_cannot_write(journal):
+    # one writer to the file: a write through query() is refused, and the file keeps
+    # only what the writer thread committed (one event, none from the query)
+    journal.event("service", "test", "written by the writer")
+    await journal.flush()
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        journal.query("INSERT INTO events(at, kind, source, message) VALUES (1, 'x', 'y', 'z')")
+    assert [r["message"] for r in journal.query("SELECT message FROM events")] == [
+        "written by the writer"
+    ]

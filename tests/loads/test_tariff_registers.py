@@ -355,18 +355,15 @@ def test_register_readings_backwards_or_implausible_are_flagged_not_billed():
 
 
 async def test_register_baseline_survives_restart_and_an_older_journal(tmp_path):
-    from controller.loads.runtime import LOADS_SCHEMA
+    from controller.journal import MIGRATIONS
 
     from .test_runtime import cfg, make
 
-    # a journal written before tariff-register billing: schema steps 1-2, one account row
-    old = Journal(tmp_path / "j.sqlite")
+    # a journal written before tariff-register billing: every step up to the last
+    # (which adds ld_accounts.last_registers), one account row
+    old = Journal(tmp_path / "j.sqlite", migrations=MIGRATIONS[:-1])
     old.open()
-    stmts = [("CREATE TABLE IF NOT EXISTS ld_meta (schema_version INTEGER NOT NULL)", ())]
-    for step in LOADS_SCHEMA[:2]:
-        stmts += [(s, ()) for s in step.split(";") if s.strip()]
-    stmts += [
-        ("INSERT INTO ld_meta VALUES (2)", ()),
+    stmts = [
         (
             "INSERT INTO ld_accounts(id, balance, last_reading, last_at, tripped, alarm_sent, "
             "updated) VALUES ('acc1', '10.00', NULL, NULL, 0, 0, 0)",

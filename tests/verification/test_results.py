@@ -6,8 +6,9 @@ import sqlite3
 
 import pytest
 
+from controller.journal import MIGRATIONS
 from controller.verification import cli
-from controller.verification.results import RESULTS_SCHEMA, RepositoryError, ResultsRepository
+from controller.verification.results import RepositoryError, ResultsRepository
 from controller.verification.scheme import parse_scheme
 from tests.verification.conftest import Line, good
 
@@ -49,12 +50,10 @@ def test_schema_steps_apply_once_and_chain():
     conn = sqlite3.connect(":memory:")
     ResultsRepository(conn)
     ResultsRepository(conn)  # idempotent
-    assert conn.execute("SELECT schema_version FROM vl_meta").fetchone()[0] == len(RESULTS_SCHEMA)
-    # a journal chaining the steps itself can skip the meta table
-    other = sqlite3.connect(":memory:")
-    for step in RESULTS_SCHEMA:
-        other.executescript(step)
-    ResultsRepository(other, install=False).batches()
+    # standalone, the file gets the journal's one migration list, counted by user_version
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'vl_meta'").fetchall() == []
+    assert ResultsRepository(conn, install=False).batches() == []
 
 
 def test_same_scheme_version_with_other_content_is_refused(line):
