@@ -142,8 +142,19 @@ class Inventory:
             row = c.execute("SELECT location FROM wh_box WHERE barcode=?", (barcode,)).fetchone()
             if row is not None and not _outside(row[0]):
                 raise InventoryError(f"box {barcode} is already in the warehouse at {row[0]}")
+            # the places that hold one box (the wh_box_place index): slots and forks
+            other = c.execute(
+                "SELECT barcode FROM wh_box WHERE location=? AND barcode<>?"
+                " AND (location GLOB 'R*' OR location GLOB 'CRANE:*')",
+                (location, barcode),
+            ).fetchone()
+            if other is not None:
+                # a REPLACE would delete the other box's row to make room: refuse instead
+                raise InventoryError(f"{location}: already holds box {other[0]}")
+            # a box that left and comes back keeps its barcode's row (replaced, not added)
+            c.execute("DELETE FROM wh_box WHERE barcode=?", (barcode,))
             c.execute(
-                "INSERT OR REPLACE INTO wh_box (barcode, klass, location, arrived_at, verified_at,"
+                "INSERT INTO wh_box (barcode, klass, location, arrived_at, verified_at,"
                 " order_id, updated_at) VALUES (?,?,?,?,?,?,?)",
                 (barcode, klass.value, location, t, verified_at, order_id, t),
             )

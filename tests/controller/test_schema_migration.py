@@ -13,7 +13,7 @@ import pytest
 
 from controller.journal import MIGRATIONS, Journal
 from controller.verification.results import ResultsRepository
-from controller.warehouse.inventory import Inventory, open_db
+from controller.warehouse.inventory import Inventory, InventoryError, open_db
 from controller.warehouse.rack import BoxClass
 
 OLD_FILE = Path(__file__).parent / "data" / "journal_v4.sql"
@@ -98,3 +98,15 @@ def test_no_step_splits_sql_on_semicolons():
         if 'split(";")' in p.read_text() or "split(';')" in p.read_text()
     ]
     assert offenders == []
+
+
+def test_a_box_added_to_an_occupied_slot_is_refused_and_the_other_box_kept(tmp_path):
+    # INSERT OR REPLACE would have deleted B0001's row to satisfy the one-box-per-slot index
+    inv = Inventory(open_db(str(tmp_path / "j.sqlite")))
+    inv.create_schema()
+    inv.add_box("B0001", BoxClass.UNVERIFIED, "R01-B001-L01", 1.0, [("000000000001", "t", "new")])
+    with pytest.raises(InventoryError, match="R01-B001-L01: already holds box B0001"):
+        inv.add_box(
+            "B0002", BoxClass.UNVERIFIED, "R01-B001-L01", 2.0, [("000000000002", "t", "new")]
+        )
+    assert [b.barcode for b in inv.boxes("R*")] == ["B0001"]
