@@ -173,6 +173,8 @@ class Service:
                 self.alarms.check_bus(snap)
             for bus, address, fault in self.plant.clock_faults():
                 self.alarms.check_clock(bus, address, fault)
+            for bus, address, online in self.plant.meters_online():
+                self.alarms.check_meter(bus, address, online)
         fast = self.fast
         self.alarms.set(
             "cycle_overrun",

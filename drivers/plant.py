@@ -99,6 +99,15 @@ class FieldPlant:
             for address in bus.meters
         ]
 
+    def meters_online(self) -> list[tuple[str, str, bool]]:
+        """(bus, meter address, online) for every DL/T 645 meter; offline while quarantined."""
+        return [
+            (name, address, not bus.quarantined(address))
+            for name, bus in self._buses.items()
+            if isinstance(bus, Dlt645Bus)
+            for address in bus.meters
+        ]
+
     def bus(self, name: str) -> BusOwner:
         try:
             return self._buses[name]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,7 @@ from hmi.app import HmiApp
 from hmi.client import GridClient
 
 from .plant import PASSWORDS, Plant, start_plant
+from .service import USERS, RealService
 
 
 @pytest.fixture
@@ -18,6 +19,28 @@ async def plant(tmp_path: Path) -> AsyncIterator[Plant]:
     p = await start_plant(tmp_path)
     yield p
     await p.stop()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[RealService]:
+    """`gridctl run` with the small simulated plant (tests/hmi/service.py), up and ready."""
+    svc = RealService(tmp_path)
+    try:
+        yield svc.start()
+    finally:
+        svc.close()
+
+
+def make_real_app(service: RealService, user: str | None = None) -> HmiApp:
+    client = GridClient(
+        service.url,
+        user,
+        USERS[user] if user else None,
+        security="none",
+        flush_interval=0.1,
+        publishing_interval_ms=100,
+    )
+    return HmiApp(client)
 
 
 def make_app(plant: Plant, user: str | None = None) -> HmiApp:

@@ -1,5 +1,9 @@
 """A demo plant behind a real gridctl OPC UA server, for the HMI tests and benchmark.
 
+The HMI's tests against the real service are tests/hmi/test_real_service.py;
+this fake stays for the states that service's small simulated plant cannot
+produce on demand (see tests/hmi/test_app.py); other tests (tests/opcua_server) build on it too.
+
 The server is the real :class:`opcua_server.OpcUaServer` fed by a real
 :class:`ProcessImage`. Two stand-ins remain, for parts not built yet:
 
