@@ -5,14 +5,13 @@ this fake stays for the states that service's small simulated plant cannot
 produce on demand (see tests/hmi/test_app.py); other tests (tests/opcua_server) build on it too.
 
 The server is the real :class:`opcua_server.OpcUaServer` fed by a real
-:class:`ProcessImage`. Two stand-ins remain, for parts not built yet:
+:class:`ProcessImage`, with two stand-ins that make states on demand:
 
 - :class:`FakeSink` stands in for the load-switching logic: it accepts a
   command and, shortly after, writes the relay read-back into the image (what
   the driver would do once status word 3 confirms it);
-- :func:`publish_alarm_list` adds the ``@alarms/Active`` variable (a JSON list of
-  the alarms) that the HMI asks the server to expose; the server today only
-  has ``@alarms/Acknowledge``.
+- :class:`FakeAlarms` is the alarm source; :func:`publish_alarm_list` tells the
+  server (which publishes ``@alarms/Active`` itself) when the list changed.
 """
 
 from __future__ import annotations
