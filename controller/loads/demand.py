@@ -65,6 +65,8 @@ class DemandGroup:
         self.average_kw: float | None = None
         self.power_kw: float | None = None  # the latest signed total
         self.bad_reason = ""  # why the group's demand is not Good ('' when it is)
+        self.quality_alarmed = False  # the demand_quality_bad alarm is raised
+        self.first_step: float | None = None
         self.limit_kw = cfg.limit_kw
         # an engineer's SetDemandLimit: replaces the configured limit and the
         # time-of-day schedule until cleared; the runtime keeps it in the journal
@@ -171,16 +173,25 @@ class DemandGroup:
         power_kw: float | None,
         loads: dict[str, LoadView],
         bad_reason: str = "",
+        awaiting_first: bool = False,
     ) -> StepResult:
-        """One cycle; ``power_kw`` None (or a ``bad_reason``): the group's demand is Bad."""
+        """One cycle; ``power_kw`` None (or a ``bad_reason``): the group's demand is Bad.
+
+        ``awaiting_first``: every member without a reading has not been polled yet
+        since start; the group is Bad (no switching) but raises no alarm for one
+        averaging window, the time a start-up's first polls may take."""
         out = StepResult()
         if not self.cfg.enabled:
             return out
+        if self.first_step is None:
+            self.first_step = now
         self.limit_kw = limit = self.limit_at(local)
         if power_kw is None or bad_reason:
             # the window keeps its Good samples; nothing is decided on a guess
             why = bad_reason or "no power reading"
-            if not self.bad_reason:
+            starting = awaiting_first and now - self.first_step < self.cfg.window_min * 60.0
+            if not self.quality_alarmed and not starting:
+                self.quality_alarmed = True
                 out.alarms.append(
                     AlarmNote(
                         QUALITY_CONDITION,
@@ -195,9 +206,11 @@ class DemandGroup:
             return out
         if self.bad_reason:
             self.bad_reason = ""
-            out.alarms.append(
-                AlarmNote(QUALITY_CONDITION, self.source, False, "group demand Good again")
-            )
+            if self.quality_alarmed:
+                self.quality_alarmed = False
+                out.alarms.append(
+                    AlarmNote(QUALITY_CONDITION, self.source, False, "group demand Good again")
+                )
             if self.alarm_since is not None:
                 self.alarm_since = now  # the alarm time counts on Good readings only
         self.power_kw = power_kw

@@ -47,6 +47,7 @@ from controller.loads.switching import (
     actuators_for,
 )
 from controller.process_image import ProcessImage, Quality
+from controller.quality_reason import Reason
 from controller.subsystem_context import SubsystemContext
 
 log = logging.getLogger("gridctl.loads")
@@ -405,6 +406,22 @@ class LoadsRuntime:
         bus, address = m.meter.split("/")
         return self._meter_power(bus, address)
 
+    def _awaiting_first(self, m: MemberConfig) -> bool:
+        """True when the member has a reading or has not been polled since start."""
+        if m.load is not None:
+            x = self.executor.loads[m.load]
+            if x.type != "meter" or x.address is None:
+                return False
+            bus, address = x.bus, x.address
+        else:
+            assert m.meter is not None
+            bus, address = m.meter.split("/")
+        tag = f"buses/{bus}/meters/{address}/power_active_total"
+        if tag not in self.image:
+            return False
+        tv = self.image.get(tag)
+        return tv.value is not None or tv.code == Reason.NOT_YET_POLLED
+
     def _group_power(self, g: DemandGroup) -> tuple[float | None, str]:
         """The members' signed sum (incoming minus outgoing), or None and the members without one."""
         total = 0.0
@@ -441,7 +458,8 @@ class LoadsRuntime:
             # a member without a trustworthy reading: the group is Bad (alarm, no
             # switching) rather than under-read
             total, bad = self._group_power(g)
-            self._apply(g, g.step(now, local, total, views, bad))
+            first = bool(bad) and all(self._awaiting_first(m) for m in g.cfg.members)
+            self._apply(g, g.step(now, local, total, views, bad, awaiting_first=first))
         rows: list[Statement] = []
         for acc in self.accounts.values():
             entries = self._energy_reading(acc)

@@ -301,3 +301,32 @@ async def test_a_member_without_a_reading_makes_the_group_bad_and_nothing_switch
     assert await s.run(3600) == []
     assert s.rt.groups["g"].shed == [0]
     s.journal.close()
+
+
+async def test_start_up_before_the_first_polls_is_bad_without_an_alarm(tmp_path):
+    # the outgoing meter is defined but not polled yet (as at start-up): the group is
+    # Bad and switches nothing, but raises no alarm within one averaging window
+    # (FAST: window_min = 1 → 60 s from the first cycle at t = 0); a meter still never
+    # read after that is alarmed
+    s, _out_kw = await signed_site(tmp_path)
+    assert s.rt.alarms is not None
+    del s.plant.extra[OUT]  # never written: its tag keeps "not yet read"
+    assert await s.run(60) == []  # t = 0 … 59
+    assert s.image.value("demand/groups/g/quality") == "bad"
+    assert QUALITY_KEY not in {a.key for a in s.rt.alarms}
+    assert await s.run(1) == []  # t = 60: the window has passed
+    assert s.rt.alarms.get(QUALITY_KEY).active
+
+
+async def test_first_polls_arriving_in_time_raise_nothing(tmp_path):
+    s, out_kw = await signed_site(tmp_path)
+    assert s.rt.alarms is not None
+    del s.plant.extra[OUT]
+    assert await s.run(20) == []
+    s.plant.extra[OUT] = lambda: out_kw[0]  # the first poll answers at t = 20
+    assert await s.run(1) == []
+    assert s.image.value("demand/groups/g/quality") == "good"
+    assert QUALITY_KEY not in {a.key for a in s.rt.alarms}
+
+
+QUALITY_KEY = "demand_quality_bad:demand/g"
