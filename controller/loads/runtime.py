@@ -380,9 +380,13 @@ class LoadsRuntime:
         await self.journal.commit([("DELETE FROM ld_lockouts WHERE load = ?", (load,))])
 
     # -- the control cycle ------------------------------------------------------------------
+    @staticmethod
+    def _power_tag(bus: str, address: str) -> str:
+        return f"buses/{bus}/meters/{address}/power_active_total"
+
     def _meter_power(self, bus: str, address: str) -> tuple[float | None, str]:
         """A meter's active power (kW) if Good, else None and why."""
-        tag = f"buses/{bus}/meters/{address}/power_active_total"
+        tag = self._power_tag(bus, address)
         if tag not in self.image:
             return None, f"no tag {tag}"
         v = self.image.value(tag)
@@ -390,11 +394,23 @@ class LoadsRuntime:
             return None, self.image.get(tag).reason or "not Good"
         return float(v), ""
 
-    def _load_power(self, load: str) -> tuple[float | None, str]:
+    def _load_meter(self, load: str) -> tuple[str, str] | None:
+        """(bus, address) of the load's own meter; None for a load without one."""
         x = self.executor.loads[load]
-        if x.type != "meter" or x.address is None:
-            return None, f"{x.type} load without a meter"
-        return self._meter_power(x.bus, x.address)
+        return None if x.type != "meter" or x.address is None else (x.bus, x.address)
+
+    def _member_meter(self, m: MemberConfig) -> tuple[str, str] | None:
+        if m.load is not None:
+            return self._load_meter(m.load)
+        assert m.meter is not None
+        bus, address = m.meter.split("/")
+        return bus, address
+
+    def _load_power(self, load: str) -> tuple[float | None, str]:
+        meter = self._load_meter(load)
+        if meter is None:
+            return None, f"{self.executor.loads[load].type} load without a meter"
+        return self._meter_power(*meter)
 
     def _power(self, load: str) -> float | None:
         return self._load_power(load)[0]
@@ -402,22 +418,14 @@ class LoadsRuntime:
     def _member_power(self, m: MemberConfig) -> tuple[float | None, str]:
         if m.load is not None:
             return self._load_power(m.load)
-        assert m.meter is not None
-        bus, address = m.meter.split("/")
-        return self._meter_power(bus, address)
+        meter = self._member_meter(m)
+        assert meter is not None  # a meter member names its meter
+        return self._meter_power(*meter)
 
     def _awaiting_first(self, m: MemberConfig) -> bool:
         """True when the member has a reading or has not been polled since start."""
-        if m.load is not None:
-            x = self.executor.loads[m.load]
-            if x.type != "meter" or x.address is None:
-                return False
-            bus, address = x.bus, x.address
-        else:
-            assert m.meter is not None
-            bus, address = m.meter.split("/")
-        tag = f"buses/{bus}/meters/{address}/power_active_total"
-        if tag not in self.image:
+        meter = self._member_meter(m)
+        if meter is None or (tag := self._power_tag(*meter)) not in self.image:
             return False
         tv = self.image.get(tag)
         return tv.value is not None or tv.code == Reason.NOT_YET_POLLED
