@@ -313,8 +313,34 @@ def journal_rows(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[A
 # -- the operator ----------------------------------------------------------------------------
 
 
+class OperatorSession:
+    """An operator's OPC UA session in a thread of its own, doing ``_work`` until the
+    service is killed under it (expected: the error is kept, not raised)."""
+
+    endpoint: str
+    errors: list[str]
+
+    def run_in_thread(self) -> threading.Thread:
+        t = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        t.start()
+        return t
+
+    async def _run(self) -> None:
+        client = Client(self.endpoint, timeout=5)
+        client.set_user("operator")
+        client.set_password("demo-operator")
+        try:
+            async with client:
+                await self._work(client, await client.get_namespace_index("urn:gridctl"))
+        except Exception as exc:  # the service was killed under us: expected
+            self.errors.append(repr(exc))
+
+    async def _work(self, client: Client, ns: int) -> None:
+        raise NotImplementedError
+
+
 @dataclass
-class Operator:
+class Operator(OperatorSession):
     """Toggles each load over OPC UA until told to stop: one command per load at a time.
 
     Each command is chosen from the relay as the simulated meter shows it (closed →
@@ -331,21 +357,8 @@ class Operator:
     errors: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def run_in_thread(self) -> threading.Thread:
-        t = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-        t.start()
-        return t
-
-    async def _run(self) -> None:
-        client = Client(self.endpoint, timeout=5)
-        client.set_user("operator")
-        client.set_password("demo-operator")
-        try:
-            async with client:
-                ns = await client.get_namespace_index("urn:gridctl")
-                await asyncio.gather(*(self._toggle(client, ns, ld) for ld in LOADS))
-        except Exception as exc:  # the service was killed under us: expected
-            self.errors.append(repr(exc))
+    async def _work(self, client: Client, ns: int) -> None:
+        await asyncio.gather(*(self._toggle(client, ns, ld) for ld in LOADS))
 
     async def _toggle(self, client: Client, ns: int, load: Load) -> None:
         node = client.get_node(f"ns={ns};s=loads/{load.name}")
@@ -371,7 +384,7 @@ class Operator:
 
 
 @dataclass
-class Dispatcher:
+class Dispatcher(OperatorSession):
     """Orders boxes moved over OPC UA (CreateOrder relocation), one order at a time.
 
     Picks a box stored in the rack per the journal, with the seeded ``rng``, and
@@ -385,21 +398,8 @@ class Dispatcher:
     errors: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def run_in_thread(self) -> threading.Thread:
-        t = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-        t.start()
-        return t
-
-    async def _run(self) -> None:
-        client = Client(self.endpoint, timeout=5)
-        client.set_user("operator")
-        client.set_password("demo-operator")
-        try:
-            async with client:
-                ns = await client.get_namespace_index("urn:gridctl")
-                await self._relocate(client.get_node(f"ns={ns};s=warehouse"), ns)
-        except Exception as exc:  # the service was killed under us: expected
-            self.errors.append(repr(exc))
+    async def _work(self, client: Client, ns: int) -> None:
+        await self._relocate(client.get_node(f"ns={ns};s=warehouse"), ns)
 
     async def _relocate(self, node: Any, ns: int) -> None:
         while not self.stop.is_set():
